@@ -1,0 +1,28 @@
+# One-command setup, tests, benchmark and book.  `make test` is the README's (and CI's) test command.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PROFILE ?= quick
+
+.PHONY: setup test bench clean-venv
+
+setup: $(VENV)/.installed
+
+# torch/torchvision first: pip takes the pinned CUDA build (which also runs on a CPU) from this
+# machine's disk; then the project and every pinned dependency from pyproject.toml.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) benchmarks/bench_projectors.py
+
+clean-venv:
+	rm -rf $(VENV)

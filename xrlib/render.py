@@ -1,0 +1,226 @@
+"""Radiographs and clavicle masks rendered from a CT: geometry × pose × physics × backend.
+
+:func:`render_batch` turns a CT (HU) and optional clavicle masks into one :class:`Radiograph` per
+pose. The CT is converted to the channels the physics level needs (μ for ``naive`` and
+``heuristic``; four material densities for ``realistic``), every channel is forward-projected
+once for all poses, and the clavicle masks are projected with the same geometry and binarized by
+path length (default ≥ 0.5 mm).
+
+Tight CT fields of view
+-----------------------
+A CT that ends inside the body (the example CT starts at the lung apices, and its clavicles run
+up to the top slice) produces rays that cross the superior or inferior face of the volume. They
+see only part of the anatomy, which shows as an artificial horizontal edge. Three modes:
+
+``fov="pad"`` (default)
+    The CT is extended superiorly by ``pad_mm`` of *bone-free soft tissue*: every slice of the
+    pad copies the body outline of the top slice (HU > −500) filled with 40 HU (muscle/soft
+    tissue), air elsewhere; the label map is padded with background. Rays through the band above
+    the cut then see a plausible amount of tissue, the clavicles stay visible up to the cut plane
+    and their projected masks are cut at the same plane. Rays that still cross the (new) superior
+    or the inferior face are collimated as in ``collimate``.
+``fov="collimate"``
+    Detector pixels whose rays cross the superior or inferior face are treated as collimated:
+    image and masks are 0 there. Honest but costly for the example CT, whose clavicles rise
+    laterally above the top slice: most of their lateral parts fall outside the field.
+``fov="none"``
+    The raw partial ray sums, for comparison.
+
+In every mode ``Radiograph.field`` marks the valid area; image and masks are zero outside it, so
+they are always cut at the same place. CTs with full neck and shoulder coverage are barely affected.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import physics as phys
+from .annotate import ClavicleMasks
+from .ct import Volume
+from .geometry import Geometry, Pose, complete_ray_field, rays_in_patient_frame
+from .projector import Projector, get_projector
+
+PHYSICS = ("naive", "heuristic", "realistic")
+FOV_MODES = ("pad", "collimate", "none")
+#: Default superior padding (mm) for ``fov="pad"`` and the HU it is filled with (soft tissue).
+PAD_MM = 80.0
+PAD_HU = 40.0
+#: Default path-length threshold (mm) above which a pixel belongs to a projected clavicle.
+MASK_THRESHOLD_MM = 0.5
+
+
+@dataclass
+class Radiograph:
+    """One rendered radiograph.
+
+    Attributes:
+        image: float32 ``(H, W)``. ``naive``/``heuristic``: the line integral ∫μ dl (dimensionless);
+            ``realistic``: −log(I/I0) of the simulated detector signal; after ``postprocess``:
+            display values in [0, 1]. Row 0 is superior, column 0 the patient's right.
+        mask_left, mask_right: uint8 ``(H, W)`` projected clavicle masks (patient's left/right),
+            or ``None`` without labels.
+        field: bool ``(H, W)``, pixels whose rays cross the whole CT column (see module docstring).
+        meta: geometry, pose, physics, backend, versions (JSON-serializable).
+    """
+
+    image: np.ndarray
+    mask_left: np.ndarray | None
+    mask_right: np.ndarray | None
+    field: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        """Both clavicles (uint8)."""
+        if self.mask_left is None or self.mask_right is None:
+            return None
+        return (self.mask_left | self.mask_right).astype(np.uint8)
+
+
+def physics_channels(ct: Volume, physics: str, energy_kev: float = 60.0) -> tuple[list[Volume], list[str]]:
+    """Volumes to project for a physics level, with their names."""
+    if physics == "naive":
+        return [ct.with_array(phys.naive_mu(ct.array, energy_kev))], ["mu"]
+    if physics == "heuristic":
+        return [ct.with_array(phys.heuristic_mu(ct.array, energy_kev))], ["mu"]
+    if physics == "realistic":
+        dens = phys.material_densities(ct.array)
+        return [ct.with_array(dens[m]) for m in phys.MATERIALS], list(phys.MATERIALS)
+    raise ValueError(f"unknown physics {physics!r}; expected one of {', '.join(PHYSICS)}")
+
+
+def pad_superior(ct: Volume, labels: list[Volume], pad_mm: float = PAD_MM) -> tuple[Volume, list[Volume]]:
+    """Extend ``ct`` (and label volumes on its grid) superiorly with bone-free soft tissue.
+
+    The index axis closest to the patient's +z is found from the direction matrix; ``ceil(pad_mm /
+    spacing)`` slices are added at its superior end. Each added CT slice is the body outline of
+    the superior-most slice (HU > −500) filled with :data:`PAD_HU`, air (−1000 HU) elsewhere; label
+    slices are 0. Voxel positions of the original grid are unchanged.
+    """
+    m = np.asarray(ct.direction, float)
+    ax = int(np.argmax(np.abs(m[2, :])))  # index axis (i, j, k) along the SI direction
+    n = int(np.ceil(pad_mm / ct.spacing[ax]))
+    np_axis = 2 - ax  # numpy axis of that index axis ([k, j, i] layout)
+    up = m[2, ax] > 0  # superior end is the high-index end
+    top = np.take(ct.array, -1 if up else 0, axis=np_axis)
+    slab = np.where(top > -500.0, PAD_HU, -1000.0).astype(ct.array.dtype)
+    slab = np.repeat(np.expand_dims(slab, np_axis), n, axis=np_axis)
+    parts = (ct.array, slab) if up else (slab, ct.array)
+    origin = np.asarray(ct.origin, float)
+    if not up:
+        shift = np.zeros(3)
+        shift[ax] = -n
+        origin = ct.index_to_world[:3, :3] @ shift + origin
+    grow = lambda v, arr: Volume(arr, v.spacing, tuple(origin), v.direction, v.source)  # noqa: E731
+    padded_labels = []
+    for lab in labels:
+        z = np.zeros_like(slab, dtype=lab.array.dtype)
+        padded_labels.append(grow(lab, np.concatenate((lab.array, z) if up else (z, lab.array), axis=np_axis)))
+    return grow(ct, np.concatenate(parts, axis=np_axis)), padded_labels
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that determine a rendering."""
+    out = {}
+    for name in ("xrlib", "numpy", "itk-rtk", "nanodrr", "diffdrr", "torch", "spekpy", "xraydb", "SimpleITK"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def render_batch(
+    ct: Volume,
+    clavicles: ClavicleMasks | None,
+    geometry: Geometry,
+    poses: Sequence[Pose],
+    physics: str = "naive",
+    backend: str | Projector = "auto",
+    seed: int | None = 0,
+    fov: str = "pad",
+    pad_mm: float = PAD_MM,
+    mask_threshold_mm: float = MASK_THRESHOLD_MM,
+    realistic: phys.RealisticParams | None = None,
+    isocenter: np.ndarray | None = None,
+) -> list[Radiograph]:
+    """Render ``ct`` (and its clavicle masks) at every pose in ``poses``.
+
+    Args:
+        ct: CT volume in HU.
+        clavicles: left/right clavicle masks on the CT grid, or ``None``.
+        geometry: detector and distances (:class:`xrlib.geometry.Geometry`).
+        poses: patient poses (α, tilt, shift).
+        physics: ``naive``, ``heuristic`` or ``realistic`` (see :mod:`xrlib.physics`).
+        backend: projector name (``auto``, ``rtk``, ``torch``, ``diffdrr``) or an instance.
+        seed: seed of the noise generator (realistic physics); poses get independent streams.
+        fov: ``pad``, ``collimate`` or ``none`` (see the module docstring).
+        pad_mm: superior padding for ``fov="pad"`` (mm).
+        mask_threshold_mm: path length through a clavicle above which a pixel is in its mask.
+        realistic: parameters of the realistic chain (default :class:`xrlib.physics.RealisticParams`).
+        isocenter: rotation centre (mm, LPS); default the CT grid centre.
+    """
+    if physics not in PHYSICS:
+        raise ValueError(f"unknown physics {physics!r}; expected one of {', '.join(PHYSICS)}")
+    if fov not in FOV_MODES:
+        raise ValueError(f"unknown fov mode {fov!r}; expected one of {', '.join(FOV_MODES)}")
+    if not mask_threshold_mm > 0:
+        raise ValueError(f"mask threshold must be positive, got {mask_threshold_mm} mm")
+    proj = backend if isinstance(backend, Projector) else get_projector(backend)
+    iso = ct.center if isocenter is None else np.asarray(isocenter, float)
+    params = realistic or phys.RealisticParams()
+
+    masks = [] if clavicles is None else [clavicles.left, clavicles.right]
+    masks = [m.with_array(m.array.astype(np.float32)) for m in masks]
+    if fov == "pad":
+        ct, masks = pad_superior(ct, masks, pad_mm)
+    channels, names = physics_channels(ct, physics)
+    channels += masks
+    stack = proj.project(channels, geometry, poses, iso)
+    streams = np.random.SeedSequence(seed).spawn(len(poses))
+
+    out = []
+    for b, pose in enumerate(poses):
+        if fov in ("pad", "collimate"):
+            rays = rays_in_patient_frame(geometry, pose, iso)
+            fld = complete_ray_field(rays, ct.index_to_world, ct.shape_ijk)
+        else:
+            fld = np.ones((geometry.height, geometry.width), bool)
+        if physics == "realistic":
+            integrals = {m: stack[b, i] for i, m in enumerate(names)}
+            image = phys.realistic_image(integrals, geometry.pitch, geometry.sdd, params, np.random.default_rng(streams[b]))
+        else:
+            image = stack[b, 0]
+        image = np.where(fld, image, 0.0).astype(np.float32)
+        left = right = None
+        if clavicles is not None:
+            left = ((stack[b, -2] >= mask_threshold_mm) & fld).astype(np.uint8)
+            right = ((stack[b, -1] >= mask_threshold_mm) & fld).astype(np.uint8)
+        meta = {
+            "geometry": geometry.to_dict(),
+            "pose": pose.to_dict(),
+            "isocenter_mm": [float(x) for x in iso],
+            "physics": physics,
+            "physics_params": params.to_dict() if physics == "realistic" else {"energy_kev": 60.0},
+            "backend": proj.name,
+            "fov": fov,
+            "pad_mm": float(pad_mm) if fov == "pad" else 0.0,
+            "field_fraction": float(fld.mean()),
+            "mask_threshold_mm": float(mask_threshold_mm),
+            "ct": ct.source,
+            "annotation": None if clavicles is None else clavicles.source,
+            "seed": seed,
+            "versions": versions(),
+            "conventions": "row 0 superior, column 0 = patient's right; see xrlib.geometry",
+        }
+        out.append(Radiograph(image, left, right, fld, meta))
+    return out
+
+
+def render(ct: Volume, clavicles: ClavicleMasks | None, geometry: Geometry, pose: Pose = Pose(), **kwargs) -> Radiograph:
+    """Render one pose; keyword arguments as in :func:`render_batch`."""
+    return render_batch(ct, clavicles, geometry, [pose], **kwargs)[0]
