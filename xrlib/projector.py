@@ -260,3 +260,38 @@ def get_projector(name: str = "auto", **kwargs) -> Projector:
     if name not in classes:
         raise ValueError(f"unknown projector backend {name!r}; expected one of auto, {', '.join(BACKENDS)}")
     return classes[name](**kwargs)
+
+
+def compare_backends(
+    channels: Sequence[Volume],
+    geometry: Geometry,
+    pose: Pose,
+    isocenter: np.ndarray,
+    backends: Sequence[str] = BACKENDS,
+    field: np.ndarray | None = None,
+) -> tuple["object", dict[str, np.ndarray]]:
+    """Render one pose with several backends; wall time and agreement with the first backend.
+
+    Returns a pandas DataFrame (backend, seconds, relative L2 difference to the first backend over
+    the whole image and over ``field``) and the images by backend (``(C, H, W)`` each). The first
+    call of a backend in a process includes its one-time start-up (library loading), so each
+    backend is run once before it is timed.
+    """
+    import time
+
+    import pandas as pd
+
+    rows, images = [], {}
+    for name in backends:
+        proj = get_projector(name)
+        proj.project(channels, geometry.resized(8), [pose], isocenter)  # warm-up on a tiny detector
+        t0 = time.perf_counter()
+        images[name] = proj.project(channels, geometry, [pose], isocenter)[0]
+        rows.append({"backend": name, "device": getattr(proj, "device", "cpu"), "seconds": time.perf_counter() - t0})
+    ref = images[backends[0]]
+    sel = np.ones(ref.shape[-2:], bool) if field is None else field
+    for row in rows:
+        img = images[row["backend"]]
+        row["rel_l2_vs_" + backends[0]] = float(np.linalg.norm(img - ref) / np.linalg.norm(ref))
+        row["rel_l2_in_field"] = float(np.linalg.norm((img - ref)[:, sel]) / np.linalg.norm(ref[:, sel]))
+    return pd.DataFrame(rows), images

@@ -1,0 +1,88 @@
+"""Helpers shared by the notebooks: run folders, the stage header and stage timing.
+
+Each notebook is one study stage. It starts with :class:`Stage`, which prints what the stage reads
+and writes, the profile, the device and the package versions, and ends with
+:meth:`Stage.summary`, which prints how long each step took on that device (also saved as
+``<run>/<stage>.timings.json`` for the book's appendix).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+from .profiles import load_profile
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_dir(profile: str, run_root: str | Path | None = None) -> Path:
+    """Artifacts folder of a profile: ``<run_root>/<profile>`` (default ``<repo>/runs``).
+
+    An empty ``run_root`` means the default; ``XRLIB_RUNS`` overrides the default root.
+    """
+    root = Path(run_root) if run_root else Path(os.environ.get("XRLIB_RUNS", REPO_ROOT / "runs"))
+    path = root / Path(str(profile)).stem
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def device_description() -> str:
+    """``cuda (<GPU name>)`` or ``cpu (<n> cores, <processor>)``."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda ({torch.cuda.get_device_name()})"
+    return f"cpu ({os.cpu_count()} cores, {platform.machine()})"
+
+
+class Stage:
+    """Header, timing and summary of one notebook stage.
+
+    Args:
+        name: stage name (the notebook's file stem).
+        profile: profile name or path (see ``book/profiles``).
+        reads, writes: what the stage consumes and produces (shown to the reader).
+        run_root: artifacts root (default ``<repo>/runs``).
+    """
+
+    def __init__(self, name: str, profile: str, reads: list[str], writes: list[str], run_root: str | Path | None = None):
+        self.name = name
+        self.profile_name = Path(str(profile)).stem
+        self.cfg = load_profile(profile)
+        self.run = run_dir(profile, run_root)
+        self.device = device_description()
+        self.times: dict[str, float] = {}
+        self._t0 = time.perf_counter()
+        print(f"stage    : {name}")
+        print(f"profile  : {self.profile_name}  (book/profiles/{self.profile_name}.yml)")
+        print(f"device   : {self.device}")
+        print(f"run dir  : {self.run}")
+        print("reads    : " + "; ".join(reads))
+        print("writes   : " + "; ".join(writes))
+
+    @contextmanager
+    def step(self, label: str):
+        """Time a block: ``with stage.step("render"): ...``."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[label] = self.times.get(label, 0.0) + time.perf_counter() - t0
+
+    def summary(self) -> pd.DataFrame:
+        """Table of step times; also written to ``<run>/<stage>.timings.json``."""
+        total = time.perf_counter() - self._t0
+        df = pd.DataFrame({"step": [*self.times, "total (whole notebook)"],
+                           "seconds": [*self.times.values(), total]})
+        record = {"stage": self.name, "profile": self.profile_name, "device": self.device,
+                  "steps": self.times, "total_s": total}
+        (self.run / f"{self.name}.timings.json").write_text(json.dumps(record, indent=2))
+        print(f"{self.name} ran in {total:.1f} s on {self.device} (profile {self.profile_name})")
+        return df.round(2)
