@@ -159,14 +159,29 @@ def test_scatter_lowers_contrast_by_log_spr_on_uniform_slab():
     np.testing.assert_allclose(with_scatter, base - np.log(1.3), atol=1e-5)
 
 
-def test_scatter_and_blur_preserve_mean_signal():
+def test_scatter_comes_from_the_patient_at_the_stated_ratio():
+    li = {"soft_tissue": np.zeros((96, 96), np.float32)}
+    li["soft_tissue"][:, 48:] = 200.0  # half the field behind 20 cm of tissue, half open
+    params = P.RealisticParams(quantum_noise=False, electronic_noise=0.0, blur_sigma_mm=0.0,
+                               scatter_to_primary=0.3, scatter_sigma_mm=20.0)
+    prim, flat = P.realistic_intensity(li, 1.0, SDD, NOISELESS, None, 1.0)
+    tot, _ = P.realistic_intensity(li, 1.0, SDD, params, None, 1.0)
+    body = li["soft_tissue"] > 0
+    assert (tot - prim)[body].sum() / prim[body].sum() == pytest.approx(0.3, rel=1e-6)
+    # Scatter spills into the open field near the body, but far from it the open field stays clean
+    # relative to its large primary, and an empty field (no patient) gets none at all.
+    assert (tot - prim)[:, 0].mean() < 0.01 * prim[:, 0].mean()
+    air = {"soft_tissue": np.zeros((32, 32), np.float32)}
+    np.testing.assert_allclose(P.realistic_intensity(air, 1.0, SDD, params, None, 1.0)[0], flat[:32, :32], rtol=1e-6)
+
+
+def test_detector_blur_preserves_the_mean_signal():
     li = {"soft_tissue": np.zeros((96, 96), np.float32)}
     li["soft_tissue"][:, 48:] = 200.0
-    params = P.RealisticParams(quantum_noise=False, electronic_noise=0.0, blur_sigma_mm=0.5,
-                               scatter_to_primary=0.3, scatter_sigma_mm=20.0)
+    params = P.RealisticParams(quantum_noise=False, electronic_noise=0.0, blur_sigma_mm=0.5, scatter_to_primary=0.0)
     prim, _ = P.realistic_intensity(li, 1.0, SDD, NOISELESS, None, 1.0)
     tot, _ = P.realistic_intensity(li, 1.0, SDD, params, None, 1.0)
-    assert tot.mean() == pytest.approx(1.3 * prim.mean(), rel=2e-3)
+    assert tot.mean() == pytest.approx(prim.mean(), rel=1e-6)
 
 
 # --- realistic image: noise -------------------------------------------------------------------

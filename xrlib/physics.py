@@ -260,7 +260,11 @@ def realistic_intensity(line_integrals: dict[str, np.ndarray], pixel_area_mm2: f
        from spekpy's 1 m reference; the cos³ fall-off off-axis is ignored, it cancels in I/I0).
     2. Primary: N(E) = N0(E)·exp(−Σ_m (μ/ρ)_m(E)·L_m/10); mean signal m = Σ E·η(E)·N(E) and the
        compound-Poisson variance v = Σ E²·η(E)·N(E), accumulated bin by bin.
-    3. Scatter: S = SPR·G_σs ∗ P (sum-preserving Gaussian), I = P + S. Scatter photons are given
+    3. Scatter (a convolution approximation): scatter is emitted where the beam is attenuated,
+       in proportion to the *scatter potential* P·ln(P0/P) (zero in open field, largest at
+       moderate thickness), spread by a broad sum-preserving Gaussian G_σs, and scaled so that the
+       scatter-to-primary ratio summed over the attenuating pixels (P < 0.99·P0) equals
+       ``scatter_to_primary``: S = k·G_σs ∗ (P·ln(P0/P)), I = P + S. Scatter photons are given
        the local primary's energy mix. The flat field has no patient and hence no scatter.
     4. Detector blur: Gaussian with sigma blur_sigma_mm/pitch_mm pixels.
     5. Quantum noise: with q = v/m (keV per "equivalent quantum"), I ← q·Poisson(I/q), which
@@ -305,7 +309,12 @@ def realistic_intensity(line_integrals: dict[str, np.ndarray], pixel_area_mm2: f
     q = np.where(mean > 0, var / np.maximum(mean, 1e-300), v0 / m0)
     img = mean
     if p.scatter_to_primary > 0:
-        img = img + p.scatter_to_primary * _broad_blur(mean, p.scatter_sigma_mm / pitch_mm)
+        potential = mean * np.log(np.maximum(m0 / np.maximum(mean, 1e-300), 1.0))
+        attenuating = mean < 0.99 * m0
+        if attenuating.any():
+            spread = _broad_blur(potential, p.scatter_sigma_mm / pitch_mm)
+            k = p.scatter_to_primary * mean[attenuating].sum() / max(spread[attenuating].sum(), 1e-300)
+            img = img + k * spread
     if p.blur_sigma_mm > 0:
         img = ndimage.gaussian_filter(img, p.blur_sigma_mm / pitch_mm, mode="reflect")
     if p.quantum_noise or p.electronic_noise > 0:
