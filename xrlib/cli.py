@@ -98,6 +98,43 @@ def _cmd_render(args) -> int:
     return 0
 
 
+def _add_dataset(sub) -> None:
+    p = sub.add_parser("dataset", help="build the study's datasets (pools, splits, shards, manifest)",
+                       description="Build the surrogate/synthetic datasets of a profile and print Table 1.")
+    p.add_argument("--profile", required=True, help="profile name (book/profiles/NAME.yml) or a YAML path")
+    p.add_argument("--out", type=Path, help="run folder (default runs/<profile>): the virtual cohort goes to "
+                                            "OUT/cohort, the datasets to OUT/datasets")
+    p.add_argument("--sources", type=Path, help="folder of source CTs with label maps for the virtual cohort "
+                                                "(default: the example CT)")
+    p.add_argument("--real", type=Path, help="folder of real radiographs (images/, masks/) replacing the surrogate pool")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=_cmd_dataset)
+
+
+def _cmd_dataset(args) -> int:
+    import time
+
+    import pandas as pd
+
+    from .cohort import sources_from_folder
+    from .datasets import build_datasets, cohort_subjects, table1
+    from .notebook import run_dir
+    from .profiles import load_profile
+
+    t0 = time.perf_counter()
+    cfg = load_profile(args.profile)
+    run = args.out if args.out is not None else run_dir(cfg["name"])
+    out = run / "datasets"
+    sources = sources_from_folder(args.sources) if args.sources is not None else None
+    subjects = cohort_subjects(cfg, run / "cohort", sources=sources, progress=not args.no_progress)
+    manifest = build_datasets(cfg, out, subjects=subjects, real_folder=args.real, progress=not args.no_progress)
+    with pd.option_context("display.width", 120):
+        print(table1(manifest, cfg["synthetic"]["cen_alphas"]).to_string(index=False))
+    print(f"datasets of profile {cfg['name']!r} in {out} ({len(manifest)} images); "
+          f"wall time {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 def save_npz_atomic(path: Path, arrays: dict) -> None:
     """Write an .npz so that an interrupted write never leaves a complete-looking file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="xrlib", description="Synthetic radiographs from CT for robust clavicle segmentation.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_render(sub)
+    _add_dataset(sub)
     return parser
 
 

@@ -240,7 +240,8 @@ def image_grid(images: Sequence[np.ndarray], titles: Sequence[str], masks: Seque
         ext = None if extent_mm is None else [-extent_mm / 2, extent_mm / 2, -extent_mm / 2, extent_mm / 2]
         ax.imshow(img, cmap="gray", vmin=0, vmax=1, extent=ext)
         if m is not None and m.any():
-            ax.contour(m, [0.5], colors="tab:red", linewidths=0.7, extent=ext, origin="upper")
+            kw = {} if ext is None else {"extent": ext, "origin": "upper"}  # no extent: pixel coordinates
+            ax.contour(m, [0.5], colors="tab:red", linewidths=0.7, **kw)
         ax.set_title(t, fontsize=8)
         ax.tick_params(labelsize=6)
     for ax in axes.flat[n:]:

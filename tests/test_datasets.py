@@ -1,0 +1,319 @@
+"""Datasets: profiles, preprocessing, pools and splits, shards + manifest caching, real folders, CLI."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+import yaml
+from PIL import Image
+
+from xrlib import datasets as ds
+from xrlib.cli import main
+from xrlib.ct import Volume
+from xrlib.errors import InputError
+from xrlib.profiles import load_profile, profile_hash, validate_profile
+
+ALPHAS = [float(a) for a in range(-20, 21, 2)]
+
+
+def tiny_subject(seed: int, n=(40, 40, 24), spacing=8.0):
+    """A 'torso' box of soft tissue with lungs and two bar clavicles near the top (73 at +x, 74 at −x)."""
+    rng = np.random.default_rng(seed)
+    nx, ny, nz = n
+    ct = np.full((nz, ny, nx), -1000.0, np.float32)
+    lab = np.zeros((nz, ny, nx), np.uint8)
+    w = 12 + int(rng.integers(0, 3))
+    ct[:, 20 - 8:20 + 8, 20 - w:20 + w] = 40.0
+    ct[2:18, 14:24, 10:18] = -800.0
+    ct[2:18, 14:24, 22:30] = -800.0
+    z = 19 + int(rng.integers(0, 2))
+    for sl, val in ((slice(22, 31), 73), (slice(9, 18), 74)):  # +x = patient's left (LPS)
+        ct[z:z + 2, 15:17, sl] = 1200.0
+        lab[z:z + 2, 15:17, sl] = val
+    sp = (spacing,) * 3
+    org = tuple(-(k - 1) * spacing / 2 for k in (nx, ny, nz))
+    return Volume(ct, sp, org), Volume(lab, sp, org)
+
+
+def tiny_profile(**over):
+    cfg = {
+        "name": "tiny", "seed": 3,
+        "cohort": {"n_subjects": 7},
+        "pools": {"surrogate": {"train": 2, "val": 1, "test": 1}, "syn_train": {"train": 1, "val": 1, "test": 0},
+                  "syn_test": {"test": 1}},
+        "surrogate": {"poses_per_subject": 2, "alpha_jitter_deg": 2.0, "tilt_jitter_deg": 2.0,
+                      "shift_jitter_mm": 5.0, "dose_mas": 2.0},
+        "synthetic": {"alphas": {"start": -20, "stop": 20, "step": 2}, "cen_alphas": [-2, 0, 2]},
+        "render": {"detector": 32, "field_mm": 432.0, "backend": "rtk", "fov": "pad"},
+        "image_size": 24,
+        "real": {"folder": None},
+    }
+    cfg.update(over)
+    return validate_profile(cfg, "tiny.yml")
+
+
+@pytest.fixture(scope="module")
+def source():
+    return ds.subjects_from_volumes([(f"tiny-v{i:03d}", *tiny_subject(i)) for i in range(7)])
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, source):
+    out = tmp_path_factory.mktemp("dsets")
+    cfg = tiny_profile()
+    return cfg, out, ds.build_datasets(cfg, out, subjects=source, progress=False)
+
+
+# ------------------------------------------------------------------------------ preprocess
+
+
+def test_preprocess_keeps_aspect_ratio_pads_centred_and_binarizes():
+    img = np.linspace(-3.0, 5.0, 40 * 80, dtype=np.float32).reshape(40, 80)  # H=40, W=80
+    mask = np.zeros((40, 80), np.uint8)
+    mask[10:30, 20:60] = 1
+    out, m = ds.preprocess(img, mask, 32)
+    assert out.shape == m.shape == (32, 32) and out.dtype == np.float32 and m.dtype == np.uint8
+    assert out.min() == 0.0 and out.max() == pytest.approx(1.0)
+    rows = np.flatnonzero(out.max(1) > 0)
+    # 80 → 32 wide, 40 → 16 high, centred: rows 8..23 hold the image, the rest is zero padding.
+    assert out[:8].max() == 0 and out[24:].max() == 0 and rows.min() <= 8 and rows.max() == 23
+    assert set(np.unique(m)) == {0, 1}
+    # The mask box scales by 0.4: 20×40 → 8×16 at rows 8+4..8+12, cols 8..24.
+    r, c = np.nonzero(m)
+    assert (r.min(), r.max(), c.min(), c.max()) == (12, 19, 8, 23)
+    # Intensities: monotone along columns as in the input.
+    assert np.all(np.diff(out[16, :]) >= -1e-6)
+
+
+def test_preprocess_tall_image_pads_columns_and_rejects_mismatched_mask():
+    out, m = ds.preprocess(np.random.default_rng(0).random((60, 20)), None, 30)
+    assert m is None and out.shape == (30, 30)
+    assert out[:, :10].max() == 0 and out[:, 20:].max() == 0 and out[:, 10:20].min() >= 0
+    with pytest.raises(ValueError, match="mask shape"):
+        ds.preprocess(np.zeros((4, 5)), np.zeros((5, 4)), 8)
+
+
+# ------------------------------------------------------------------------------ pools, manifest, Table 1
+
+
+def test_pools_are_subject_disjoint_and_deterministic_and_splits_are_by_subject(built):
+    cfg, _, man = built
+    per_subject = man.groupby("subject")[["pool", "split"]].nunique()
+    assert (per_subject == 1).all().all()  # no subject in two pools or two splits
+    a = ds.assign_pools([f"s{i}" for i in range(10)], tiny_profile())
+    assert a == ds.assign_pools([f"s{i}" for i in reversed(range(10))], tiny_profile())
+    assert a != ds.assign_pools([f"s{i}" for i in range(10)], tiny_profile(seed=4))
+    for pool, counts in cfg["pools"].items():
+        for split, n in counts.items():
+            assert man[(man.pool == pool) & (man.split == split)]["subject"].nunique() == n
+
+
+def test_manifest_columns_physics_and_poses(built):
+    cfg, out, man = built
+    assert list(man.columns) == ds.MANIFEST_COLUMNS
+    sur, syn = man[man.pool == "surrogate"], man[man.pool != "surrogate"]
+    assert set(sur.physics) == {"realistic"} and set(syn.physics) == {"naive"}
+    assert sur.alpha.abs().max() <= 2 and sur.tilt.abs().max() <= 2
+    assert sur[["shift_x", "shift_y", "shift_z"]].abs().to_numpy().max() <= 5
+    assert (sur.dose_mas == 2.0).all() and syn.dose_mas.isna().all()
+    for _, g in syn.groupby("subject"):
+        assert sorted(g.alpha) == ALPHAS
+    assert json.loads((out / "build.json").read_text())["complete"] is True
+    for rel, g in man.groupby("shard"):
+        assert ds.sha256_file(out / rel) == g.checksum.iloc[0]
+
+
+def test_selections_and_table1_match_the_profile(built):
+    cfg, _, man = built
+    cen = ds.select(man, "Syn_cen", "train")
+    assert sorted(set(cen.alpha)) == [-2.0, 0.0, 2.0] and len(cen) == 3 * cfg["pools"]["syn_train"]["train"]
+    assert len(ds.select(man, "Syn_all", "train")) == 21 * cfg["pools"]["syn_train"]["train"]
+    t = ds.table1(man).set_index(["dataset", "split"])
+    P = cfg["surrogate"]["poses_per_subject"]
+    for split in ("train", "val", "test"):
+        n = cfg["pools"]["surrogate"][split]
+        assert t.loc[("Real", split), "subjects"] == n and t.loc[("Real", split), "images"] == n * P
+    for split in ("train", "val"):
+        n = cfg["pools"]["syn_train"][split]
+        assert t.loc[("Syn_all", split), "images"] == 21 * n and t.loc[("Syn_cen", split), "images"] == 3 * n
+        assert t.loc[("Syn_cen", split), "subjects"] == n
+    assert t.loc[("Syn_test", "test"), "images"] == 21 and t.loc[("Syn_test", "test"), "subjects"] == 1
+
+
+def test_shard_dataset_shapes_dtypes_and_filters(built):
+    cfg, out, man = built
+    d = ds.ShardDataset(out, pool="syn_train", split="train", alphas={-2, 0, 2})
+    assert len(d) == 3
+    img, mask = d[1]
+    S = cfg["image_size"]
+    assert img.shape == mask.shape == (1, S, S) and img.dtype == mask.dtype == torch.float32
+    assert 0 <= img.min() and img.max() <= 1 and set(torch.unique(mask).tolist()) <= {0.0, 1.0}
+    assert mask.sum() > 0  # the clavicles are visible at α = 0
+    loader = torch.utils.data.DataLoader(ds.ShardDataset(man, pool="surrogate"), batch_size=4)
+    x, y = next(iter(loader))
+    assert x.shape == (4, 1, S, S)
+
+
+# ------------------------------------------------------------------------------ caching
+
+
+def _mtimes(out):
+    return {p: p.stat().st_mtime_ns for p in sorted((out / "shards").rglob("*.npz"))}
+
+
+def test_cache_noop_resume_and_corruption(tmp_path, source):
+    cfg = tiny_profile(pools={"surrogate": {"train": 1}, "syn_train": {"train": 1}, "syn_test": {"test": 1}},
+                       cohort={"n_subjects": 3})
+    loads = []
+    src = ds.SubjectSource(source.ids, lambda s: (loads.append(s), source.load(s))[1], source.fingerprint)
+    man = ds.build_datasets(cfg, tmp_path, subjects=src, progress=False)
+    assert len(loads) == 3
+    before, manifest_text = _mtimes(tmp_path), (tmp_path / "manifest.csv").read_text()
+
+    # 1. finished build: no-op (no subject loaded, no shard rewritten, same manifest)
+    loads.clear()
+    assert ds.build_datasets(cfg, tmp_path, subjects=src, progress=False).equals(man)
+    assert loads == [] and _mtimes(tmp_path) == before
+    assert (tmp_path / "manifest.csv").read_text() == manifest_text
+
+    shards = sorted(before)
+    # 2. resume after a deleted shard (and an interrupted build marker)
+    shards[0].unlink()
+    b = json.loads((tmp_path / "build.json").read_text())
+    (tmp_path / "build.json").write_text(json.dumps({**b, "complete": False}))
+    # 3. a truncated shard and one with flipped bytes
+    data = shards[1].read_bytes()
+    shards[1].write_bytes(data[: len(data) // 2])
+    data = bytearray(shards[2].read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shards[2].write_bytes(bytes(data))
+    loads.clear()
+    again = ds.build_datasets(cfg, tmp_path, subjects=src, progress=False)
+    assert len(loads) == 3
+    assert again.drop(columns="checksum").equals(man.drop(columns="checksum"))
+    for p in shards:
+        with np.load(p) as z:
+            assert z["image"].dtype == np.uint8
+    assert json.loads((tmp_path / "build.json").read_text())["complete"] is True
+
+    # only one damaged shard → only that subject is re-rendered
+    shards[1].write_bytes(b"garbage")
+    loads.clear()
+    ds.build_datasets(cfg, tmp_path, subjects=src, progress=False)
+    assert len(loads) == 1
+
+    # a changed profile invalidates the cache
+    loads.clear()
+    ds.build_datasets(tiny_profile(**{**cfg, "seed": 9}), tmp_path, subjects=src, progress=False)
+    assert len(loads) == 3
+
+
+# ------------------------------------------------------------------------------ real folder
+
+
+def _write_real(folder, names=("a", "b", "c", "d"), size=(30, 50), skip_mask=()):
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for n in names:
+        img = (rng.random(size) * 255).astype(np.uint8)
+        Image.fromarray(img).save(folder / "images" / f"{n}.png")
+        if n not in skip_mask:
+            m = np.zeros(size, np.uint8)
+            m[5:10, 10:40] = 255
+            Image.fromarray(m).save(folder / "masks" / f"{n}.png")
+
+
+def test_real_folder_loader_and_replacement_of_the_surrogate(tmp_path, source):
+    _write_real(tmp_path / "real")
+    items = ds.load_real_folder(tmp_path / "real")
+    assert [it.name for it in items] == ["a", "b", "c", "d"]
+    assert items[0].image.shape == (30, 50) and set(np.unique(items[0].mask)) == {0, 1}
+    cfg = tiny_profile(pools={"surrogate": {"train": 2, "val": 1, "test": 1}, "syn_train": {"train": 1},
+                              "syn_test": {"test": 1}})
+    man = ds.build_datasets(cfg, tmp_path / "out", subjects=source, real_folder=tmp_path / "real", progress=False)
+    assert "surrogate" not in set(man.pool) and (man.pool == "real").sum() == 4
+    assert sorted(man[man.pool == "real"].split) == ["test", "train", "train", "val"]
+    img, mask = ds.ShardDataset(man, pool="real")[0]
+    assert img.shape == (1, 24, 24) and mask.sum() > 0
+
+
+def test_real_folder_errors(tmp_path):
+    _write_real(tmp_path / "r1", skip_mask=("b",))
+    with pytest.raises(InputError, match=r"b\.png.*no mask"):
+        ds.load_real_folder(tmp_path / "r1")
+    _write_real(tmp_path / "r2", names=("a",))
+    Image.fromarray(np.zeros((31, 50), np.uint8)).save(tmp_path / "r2" / "masks" / "a.png")
+    with pytest.raises(InputError, match="differs from image size"):
+        ds.load_real_folder(tmp_path / "r2")
+    _write_real(tmp_path / "r3", names=("a",))
+    (tmp_path / "r3" / "images" / "a.png").write_bytes(b"not a png")
+    with pytest.raises(InputError, match="cannot read image"):
+        ds.load_real_folder(tmp_path / "r3")
+    with pytest.raises(InputError, match="no such directory"):
+        ds.load_real_folder(tmp_path / "nothing")
+
+
+# ------------------------------------------------------------------------------ profiles
+
+
+def test_shipped_profiles_load_with_the_required_sizes():
+    paper, quick, smoke = (load_profile(n) for n in ("paper", "quick", "smoke"))
+    assert paper["render"]["detector"] == 1800 and paper["image_size"] == 256
+    assert paper["render"]["field_mm"] / paper["render"]["detector"] == pytest.approx(0.24)
+    assert paper["pools"]["syn_train"]["train"] + paper["pools"]["syn_train"]["val"] == 96
+    assert paper["pools"]["syn_test"]["test"] == 20 and len(paper["synthetic"]["alphas"]) == 21
+    assert smoke["render"]["detector"] == 64 and smoke["image_size"] == 64
+    for cfg in (paper, quick, smoke):  # profiles differ only in sizes
+        assert set(cfg) == set(paper)
+        assert cfg["synthetic"]["alphas"] == ALPHAS
+    assert profile_hash(quick) == profile_hash(copy.deepcopy(quick)) != profile_hash(smoke)
+
+
+def test_load_profile_errors(tmp_path):
+    with pytest.raises(InputError, match=r"nope\.yml.*unknown profile 'nope'.*paper, quick, smoke"):
+        load_profile("nope")
+    cfg = yaml.safe_load(open(load_profile("smoke")["path"]))
+    del cfg["render"]["detector"]
+    (tmp_path / "bad.yml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(InputError, match=r"bad\.yml.*missing key 'render\.detector'"):
+        load_profile(tmp_path / "bad.yml")
+    cfg = yaml.safe_load(open(load_profile("smoke")["path"]))
+    cfg["cohort"]["n_subjects"] = 2
+    (tmp_path / "small.yml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(InputError, match="smaller than the 3 subjects"):
+        load_profile(tmp_path / "small.yml")
+    (tmp_path / "broken.yml").write_text("seed: [1,\n")
+    with pytest.raises(InputError, match="broken.yml: cannot read profile"):
+        load_profile(tmp_path / "broken.yml")
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def test_cli_builds_a_tiny_profile_from_a_sources_folder(tmp_path, capsys):
+    ct, lab = tiny_subject(0)
+    (tmp_path / "src").mkdir()
+    sitk.WriteImage(ct.to_sitk(), str(tmp_path / "src" / "tiny.nii.gz"))
+    sitk.WriteImage(lab.to_sitk(), str(tmp_path / "src" / "tiny_labels.nii.gz"))
+    cfg = yaml.safe_load(open(load_profile("smoke")["path"]))
+    cfg["render"].update(detector=32, backend="rtk")
+    cfg["image_size"] = 16
+    (tmp_path / "tiny.yml").write_text(yaml.safe_dump(cfg))
+    args = ["dataset", "--profile", str(tmp_path / "tiny.yml"), "--out", str(tmp_path / "out"),
+            "--sources", str(tmp_path / "src"), "--no-progress"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "Syn_all" in text and "wall time" in text
+    man = ds.read_manifest(tmp_path / "out" / "datasets")
+    assert len(man) == 2 + 21 + 21 and (tmp_path / "out" / "cohort" / "cohort.csv").is_file()
+    assert main(args) == 0  # cached
+
+
+def test_cli_unknown_profile_exits_2_with_one_line(capsys):
+    assert main(["dataset", "--profile", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown profile 'nope'" in err and "smoke" in err

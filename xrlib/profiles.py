@@ -1,0 +1,195 @@
+"""Run profiles: one YAML file per profile is the single source of sizes for every stage.
+
+Profiles live in ``book/profiles/<name>.yml`` (``smoke``, ``quick``, ``paper``). They differ only in
+sizes (number of virtual subjects, poses, detector and image sizes, training budget), never in
+code paths. :func:`load_profile` reads and validates one and returns a plain ``dict`` with the
+synthetic angle list expanded; :func:`profile_hash` fingerprints (a part of) it for caching.
+
+Schema (all keys required unless marked optional)::
+
+    name: quick                      # optional; defaults to the file stem
+    seed: 0
+    cohort:
+      n_subjects: 14                 # virtual subjects per source CT (≥ sum of the pool sizes)
+    pools:                           # virtual subjects per pool and split (subject-disjoint)
+      surrogate: {train: 4, val: 1, test: 1}   # clinical-surrogate "Real" domain
+      syn_train: {train: 4, val: 1, test: 0}   # synthetic training pool
+      syn_test:  {test: 3}                      # synthetic test pool
+    surrogate:
+      poses_per_subject: 4
+      alpha_jitter_deg: 2.0          # α ~ U(−2°, 2°)
+      tilt_jitter_deg: 2.0           # tilt ~ U(−2°, 2°)
+      shift_jitter_mm: 5.0           # each shift component ~ U(−5, 5) mm
+      dose_mas: 2.0                  # realistic physics tube current-time product
+    synthetic:
+      alphas: {start: -20, stop: 20, step: 2}   # or an explicit list
+      cen_alphas: [-2, 0, 2]         # the Syn_cen subset
+    render:
+      detector: 256                  # N×N pixels over the same field (pitch = field_mm / N)
+      field_mm: 432.0
+      backend: auto
+      fov: pad
+    image_size: 256                  # S: network input S×S
+    real: {folder: null}             # optional: folder of real radiographs replacing the surrogate
+    train: {...}                     # optional, used by the training stage
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import yaml
+
+from .errors import InputError
+
+#: Folder of the profiles shipped with the book.
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "book" / "profiles"
+
+_SPLITS = ("train", "val", "test")
+_POOL_SPLITS = {"surrogate": _SPLITS, "syn_train": _SPLITS, "syn_test": ("test",)}
+
+
+def available_profiles(folder: Path = PROFILES_DIR) -> list[str]:
+    """Names of the profiles in ``folder`` (file stems of ``*.yml``)."""
+    return sorted(p.stem for p in Path(folder).glob("*.yml")) if Path(folder).is_dir() else []
+
+
+def _resolve(name_or_path: str | Path) -> Path:
+    text = str(name_or_path)
+    path = Path(text)
+    if path.suffix in (".yml", ".yaml") or path.parent != Path(".") or path.is_file():
+        if not path.is_file():
+            raise InputError(path, "profile file not found")
+        return path
+    path = PROFILES_DIR / f"{text}.yml"
+    if not path.is_file():
+        names = ", ".join(available_profiles()) or "none"
+        raise InputError(path, f"unknown profile {text!r}; available profiles: {names}")
+    return path
+
+
+def _get(cfg: dict, dotted: str, source: Path):
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise InputError(source, f"missing key {dotted!r}")
+        node = node[part]
+    return node
+
+
+def _int(cfg: dict, dotted: str, source: Path, minimum: int = 0) -> int:
+    value = _get(cfg, dotted, source)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InputError(source, f"{dotted} must be an integer ≥ {minimum}, got {value!r}")
+    return value
+
+
+def _float(cfg: dict, dotted: str, source: Path, positive: bool = False) -> float:
+    value = _get(cfg, dotted, source)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (positive and value == 0):
+        raise InputError(source, f"{dotted} must be a {'positive' if positive else 'non-negative'} number, got {value!r}")
+    return float(value)
+
+
+def _alphas(value, source: Path) -> list[float]:
+    if isinstance(value, dict):
+        try:
+            start, stop, step = (float(value[k]) for k in ("start", "stop", "step"))
+        except (KeyError, TypeError, ValueError):
+            raise InputError(source, "synthetic.alphas must be a list or {start, stop, step}") from None
+        if step <= 0 or stop < start:
+            raise InputError(source, f"synthetic.alphas: need step > 0 and stop ≥ start, got {value!r}")
+        n = int(round((stop - start) / step)) + 1
+        return [round(start + i * step, 6) for i in range(n)]
+    if isinstance(value, list) and value and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in value):
+        return [float(a) for a in value]
+    raise InputError(source, f"synthetic.alphas must be a non-empty list of angles or {{start, stop, step}}, got {value!r}")
+
+
+def validate_profile(cfg: dict, source: str | Path = "<profile>") -> dict:
+    """Check a profile dictionary and return a normalised copy (angles expanded, numbers typed)."""
+    source = Path(str(source))
+    if not isinstance(cfg, dict):
+        raise InputError(source, "a profile must be a YAML mapping")
+    cfg = copy.deepcopy(cfg)
+    cfg.setdefault("name", source.stem)
+    cfg["seed"] = _int(cfg, "seed", source)
+    _int(cfg, "cohort.n_subjects", source, 1)
+    total = 0
+    for pool, splits in _POOL_SPLITS.items():
+        node = _get(cfg, f"pools.{pool}", source)
+        if not isinstance(node, dict):
+            raise InputError(source, f"pools.{pool} must map split names to subject counts")
+        extra = sorted(set(node) - set(splits))
+        if extra:
+            raise InputError(source, f"pools.{pool}: unknown split(s) {extra}; expected {list(splits)}")
+        for split in splits:
+            if split != "train" and pool != "syn_test":
+                node.setdefault(split, 0)  # an omitted val/test split is empty
+            total += _int(cfg, f"pools.{pool}.{split}", source)
+    for pool in ("surrogate", "syn_train"):
+        if cfg["pools"][pool]["train"] < 1:
+            raise InputError(source, f"pools.{pool}.train must be ≥ 1")
+    if cfg["pools"]["syn_test"]["test"] < 1:
+        raise InputError(source, "pools.syn_test.test must be ≥ 1")
+    if cfg["cohort"]["n_subjects"] < total:
+        raise InputError(source, f"cohort.n_subjects ({cfg['cohort']['n_subjects']}) is smaller than the "
+                                 f"{total} subjects the pools need")
+    _int(cfg, "surrogate.poses_per_subject", source, 1)
+    for key in ("alpha_jitter_deg", "tilt_jitter_deg", "shift_jitter_mm"):
+        cfg["surrogate"][key] = _float(cfg, f"surrogate.{key}", source)
+    cfg["surrogate"]["dose_mas"] = _float(cfg, "surrogate.dose_mas", source, positive=True)
+    cfg["synthetic"]["alphas"] = _alphas(_get(cfg, "synthetic.alphas", source), source)
+    cen = _alphas(_get(cfg, "synthetic.cen_alphas", source), source)
+    missing = [a for a in cen if a not in cfg["synthetic"]["alphas"]]
+    if missing:
+        raise InputError(source, f"synthetic.cen_alphas {missing} are not in synthetic.alphas")
+    cfg["synthetic"]["cen_alphas"] = cen
+    _int(cfg, "render.detector", source, 8)
+    cfg["render"]["field_mm"] = _float(cfg, "render.field_mm", source, positive=True)
+    backend = _get(cfg, "render.backend", source)
+    if backend not in ("auto", "rtk", "torch", "diffdrr"):
+        raise InputError(source, f"render.backend must be auto, rtk, torch or diffdrr, got {backend!r}")
+    cfg["render"].setdefault("fov", "pad")
+    if cfg["render"]["fov"] not in ("pad", "collimate", "none"):
+        raise InputError(source, f"render.fov must be pad, collimate or none, got {cfg['render']['fov']!r}")
+    _int(cfg, "image_size", source, 8)
+    real = cfg.setdefault("real", {"folder": None})
+    if not isinstance(real, dict) or "folder" not in real:
+        raise InputError(source, "real must be a mapping with a 'folder' key (null for the surrogate)")
+    return cfg
+
+
+def load_profile(name_or_path: str | Path) -> dict:
+    """Read and validate a profile by name (``book/profiles/<name>.yml``) or path.
+
+    Raises :class:`InputError` naming the file for an unknown profile (listing the available
+    ones), unreadable YAML, a missing key or a bad value.
+    """
+    path = _resolve(name_or_path)
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise InputError(path, f"cannot read profile ({' '.join(str(exc).split())})") from None
+    if isinstance(cfg, dict):
+        cfg.setdefault("name", path.stem)
+    cfg = validate_profile(cfg, path)
+    cfg["path"] = str(path)
+    return cfg
+
+
+#: Sections of a profile that determine the datasets (others, e.g. ``train``, do not).
+DATASET_KEYS = ("seed", "cohort", "pools", "surrogate", "synthetic", "render", "image_size", "real")
+
+
+def profile_hash(cfg: dict, keys: tuple[str, ...] | None = None) -> str:
+    """SHA-256 (hex) of the canonical JSON of ``cfg`` (restricted to ``keys`` if given).
+
+    ``name`` and ``path`` are ignored, so a copy of a profile under another name hashes the same.
+    """
+    d = {k: v for k, v in cfg.items() if k not in ("name", "path") and (keys is None or k in keys)}
+    text = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
