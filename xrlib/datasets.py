@@ -366,7 +366,7 @@ def _write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as fh:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         os.replace(tmp, path)
     except BaseException:
@@ -447,13 +447,13 @@ def build_datasets(
     # Rows recorded by a previous run of the same configuration, grouped by shard.
     old: dict[str, list[dict]] = {}
     try:
-        info = json.loads(build_path.read_text())
+        info = json.loads(build_path.read_text(encoding="utf-8"))
         if info.get("hash") == digest and manifest_path.is_file():
             for row in read_manifest(manifest_path).to_dict("records"):
                 old.setdefault(row["shard"], []).append(row)
     except (OSError, ValueError, InputError, pd.errors.ParserError, pd.errors.EmptyDataError):
         old = {}
-    was_complete = bool(old) and json.loads(build_path.read_text()).get("complete") is True
+    was_complete = bool(old) and json.loads(build_path.read_text(encoding="utf-8")).get("complete") is True
 
     # Plan: (subject, source, pool, split, shard_rel, maker)
     plan = []

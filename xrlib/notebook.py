@@ -83,6 +83,6 @@ class Stage:
                            "seconds": [*self.times.values(), total]})
         record = {"stage": self.name, "profile": self.profile_name, "device": self.device,
                   "steps": self.times, "total_s": total}
-        (self.run / f"{self.name}.timings.json").write_text(json.dumps(record, indent=2))
+        (self.run / f"{self.name}.timings.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
         print(f"{self.name} ran in {total:.1f} s on {self.device} (profile {self.profile_name})")
         return df.round(2)

@@ -171,7 +171,7 @@ def load_profile(name_or_path: str | Path) -> dict:
     """
     path = _resolve(name_or_path)
     try:
-        cfg = yaml.safe_load(path.read_text())
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise InputError(path, f"cannot read profile ({' '.join(str(exc).split())})") from None
     if isinstance(cfg, dict):
