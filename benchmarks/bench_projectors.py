@@ -52,8 +52,9 @@ def run_one(kind: str, size: int, repeats: int) -> dict:
             geo = helper.rtk_geometry([rays_in_patient_frame(g, pose, ct.center)])
             outs = []
             for img in images:
+                stack = helper.empty_stack(g, 1)  # keep the source alive while the filter runs
                 f = rtk.JosephForwardProjectionImageFilter[image_type, image_type].New()
-                f.SetInput(0, helper.empty_stack(g, 1).GetOutput())
+                f.SetInput(0, stack.GetOutput())
                 f.SetInput(1, img)
                 f.SetGeometry(geo)
                 f.Update()
@@ -71,8 +72,9 @@ def run_one(kind: str, size: int, repeats: int) -> dict:
     times = []
     for p in poses[1:]:
         t0 = time.perf_counter()
-        once(p)
+        out = once(p)
         times.append(time.perf_counter() - t0)
+        assert float(np.sum(out[0])) > 0, f"{kind} produced an empty projection"
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return {"backend": kind, "size": size, "median_ms": 1e3 * statistics.median(times), "repeats": len(times),
             "peak_rss_mb": peak_mb}
