@@ -112,8 +112,8 @@ def main() -> int:
             print(f"  measured {kind:15s} {size:4d}²: {r['median_ms']:9.1f} ms/pose", flush=True)
 
     print()
-    print(f"| detector | backend | median ms/pose | ratio vs itk-rtk direct | peak RSS (MB) |")
-    print(f"|---|---|---:|---:|---:|")
+    print("| detector | backend | median ms/pose | ratio vs itk-rtk direct | peak RSS (MB) |")
+    print("|---|---|---:|---:|---:|")
     for size in args.sizes:
         ref = next(r for r in rows if r["size"] == size and r["backend"] == "itk-rtk direct")
         for r in (r for r in rows if r["size"] == size):

@@ -8,13 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import save_npz_atomic
 from .errors import InputError, MissingWeightsError
 
 
@@ -133,19 +132,6 @@ def _cmd_dataset(args) -> int:
     print(f"datasets of profile {cfg['name']!r} in {out} ({len(manifest)} images); "
           f"wall time {time.perf_counter() - t0:.1f} s")
     return 0
-
-
-def save_npz_atomic(path: Path, arrays: dict) -> None:
-    """Write an .npz so that an interrupted write never leaves a complete-looking file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz.part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -107,7 +107,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -117,6 +116,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
+from .atomic import atomic_write, sha256_file
 from .ct import (
     CLAVICLE_LEFT_LABEL,
     CLAVICLE_RIGHT_LABEL,
@@ -616,14 +616,6 @@ def deform(
 # --------------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _source_fingerprint(ct: Volume, labels: Volume) -> str:
     h = hashlib.sha256()
     for v in (ct, labels):
@@ -635,24 +627,14 @@ def _source_fingerprint(ct: Volume, labels: Volume) -> str:
 
 
 def _write_atomic(img: sitk.Image, path: Path) -> None:
-    """Write ``img`` to a temporary name in the same folder, then rename: never a half-written ``path``."""
-    tmp = path.with_name(f".{path.name.split('.')[0]}.tmp-{os.getpid()}{''.join(path.suffixes)}")
-    try:
+    """Write ``img`` compressed through :func:`xrlib.atomic.atomic_write`: never a half-written ``path``."""
+    with atomic_write(path) as tmp:
         sitk.WriteImage(img, str(tmp), True)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_write(path) as tmp:
         df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _ct_to_int16(vol: Volume) -> sitk.Image:
@@ -676,7 +658,7 @@ def _row_matches(row: dict, expect: dict, out_dir: Path) -> bool:
             return False
     for col in ("ct", "labels"):
         p = out_dir / str(row.get(f"{col}_path", ""))
-        if not p.is_file() or _sha256(p) != row.get(f"{col}_sha256"):
+        if not p.is_file() or sha256_file(p) != row.get(f"{col}_sha256"):
             return False
     return True
 
@@ -810,8 +792,8 @@ def _build_subject(name, index, subject, ct, labels, config, out_dir, cfg_hash, 
         **stats,
         "ct_path": f"{subject}/{CT_FILE}",
         "labels_path": f"{subject}/{LABELS_FILE}",
-        "ct_sha256": _sha256(ct_path),
-        "labels_sha256": _sha256(lab_path),
+        "ct_sha256": sha256_file(ct_path),
+        "labels_sha256": sha256_file(lab_path),
         "config_hash": cfg_hash,
         "source_hash": src_hash,
     }

@@ -42,8 +42,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,6 +50,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .atomic import save_npz_atomic, sha256_file, write_text_atomic
 from .errors import InputError
 from .profiles import DATASET_KEYS, profile_hash
 
@@ -348,32 +347,6 @@ def _real_shard(item: RealItem, size: int) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _save_npz_atomic(path: Path, arrays: dict) -> None:
-    from .cli import save_npz_atomic
-
-    save_npz_atomic(path, arrays)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _shard_rows(subject: str, source: str, pool: str, split: str, shard_rel: str, arrays: dict, checksum: str) -> list[dict]:
     rows = []
     for i in range(arrays["image"].shape[0]):
@@ -474,7 +447,7 @@ def build_datasets(
                          lambda it=it: _real_shard(it, size)))
 
     if not was_complete or not build_path.is_file():
-        _write_text_atomic(build_path, json.dumps({"hash": digest, "complete": False, "version": DATASETS_VERSION}))
+        write_text_atomic(build_path, json.dumps({"hash": digest, "complete": False, "version": DATASETS_VERSION}))
     rows: dict[str, list[dict]] = {}
     rebuilt = 0
     bar = tqdm(plan, desc="datasets", unit="subject", disable=not progress)
@@ -486,10 +459,10 @@ def build_datasets(
             rows[rel] = prev
             continue
         if was_complete:  # a finished build lost a shard: mark it incomplete until repaired
-            _write_text_atomic(build_path, json.dumps({"hash": digest, "complete": False, "version": DATASETS_VERSION}))
+            write_text_atomic(build_path, json.dumps({"hash": digest, "complete": False, "version": DATASETS_VERSION}))
             was_complete = False
         arrays = make()
-        _save_npz_atomic(path, arrays)
+        save_npz_atomic(path, arrays)
         rows[rel] = _shard_rows(sid, source, pool, split, rel, arrays, sha256_file(path))
         rebuilt += 1
         _write_manifest(manifest_path, rows, plan)
@@ -497,7 +470,7 @@ def build_datasets(
     if rebuilt or not manifest_path.is_file() or set(old) != set(rows):
         _write_manifest(manifest_path, rows, plan)
     if rebuilt or not was_complete:
-        _write_text_atomic(build_path, json.dumps({
+        write_text_atomic(build_path, json.dumps({
             "hash": digest, "complete": True, "version": DATASETS_VERSION, "profile": cfg.get("name"),
             "images": sum(len(r) for r in rows.values()), "subjects": len(rows),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -516,7 +489,7 @@ def _scale_counts(counts: dict, n: int) -> dict:
 def _write_manifest(path: Path, rows: dict, plan) -> None:
     order = [p[4] for p in plan if p[4] in rows]
     df = pd.DataFrame([r for rel in order for r in rows[rel]], columns=MANIFEST_COLUMNS)
-    _write_text_atomic(path, df.to_csv(index=False))
+    write_text_atomic(path, df.to_csv(index=False))
 
 
 # --------------------------------------------------------------------------------------------

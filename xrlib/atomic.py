@@ -1,0 +1,55 @@
+"""Atomic file writes and checksums: an interrupted stage never leaves a complete-looking file.
+
+Every artifact is written to a temporary name in its destination folder and renamed into place
+only once it is complete (``os.replace`` is atomic on one file system).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+
+@contextmanager
+def atomic_write(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` (same suffixes); rename it to ``path`` on success.
+
+    On any exception the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + "".join(path.suffixes), dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def save_npz_atomic(path: str | Path, arrays: dict) -> None:
+    """``np.savez_compressed`` through :func:`atomic_write`."""
+    with atomic_write(path) as tmp:
+        np.savez_compressed(tmp, **arrays)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """UTF-8 text through :func:`atomic_write`."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
