@@ -1,0 +1,55 @@
+"""The study layer: comparison tables against the paper's values, on hand-made results."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from xrlib import study
+from xrlib.evaluate import GROUP_ORDER
+
+
+def results_frame():
+    rows = []
+    for model, base in (("U-Net(Real)", 0.80), ("U-Net(Real+Syn_all)", 0.90)):
+        for alpha in range(-20, 21, 2):
+            for subject in ("a", "b"):
+                rows.append({"model": model, "subject": subject, "alpha": float(alpha), "test_set": "Syn_test",
+                             "dice": base - 0.002 * abs(alpha)})
+        for subject in ("c", "d"):
+            rows.append({"model": model, "subject": subject, "alpha": 0.0, "test_set": "Real_test",
+                         "dice": base + (0.01 if subject == "c" else -0.01)})
+    df = pd.DataFrame(rows)
+    from xrlib.evaluate import alpha_group
+
+    df["group"] = df["alpha"].map(alpha_group)
+    return df
+
+
+def test_paper_tables_are_complete():
+    assert set(study.PAPER_TABLE2_DICE) == set(study.PAPER_TABLE4_DICE)
+    for groups in study.PAPER_TABLE2_DICE.values():
+        assert list(groups) == GROUP_ORDER
+    assert len(study.PAPER_TABLE3_DICE) == 18 and max(study.PAPER_TABLE3_DICE) == 92.58  # Exp15, the paper's best
+
+
+def test_compare_table2_puts_our_means_next_to_the_paper():
+    df = results_frame()
+    syn = df[df["test_set"] == "Syn_test"]
+    table = study.compare_table2(syn)
+    # Center = alpha -2, 0, 2: mean of 0.80 - 0.002*|alpha| = 0.80 - 0.002*4/3 -> percent
+    assert table.loc["U-Net(Real)", ("this build", "Center")] == pytest.approx(100 * (0.80 - 0.002 * 4 / 3), abs=0.01)
+    assert table.loc["U-Net(Real)", ("paper", "Center")] == 83.79
+    assert table.loc["U-Net(Real+Syn_all)", ("paper", "Moderate+")] == 88.95
+
+
+def test_table4_uses_only_the_real_test_split():
+    t = study.table4(results_frame())
+    assert t.loc["U-Net(Real)", "mean Dice (%)"] == pytest.approx(80.0)
+    assert t.loc["U-Net(Real)", "sd"] == pytest.approx(100 * np.std([0.81, 0.79], ddof=1), abs=0.01)
+    assert t.loc["U-Net(Real)", "images"] == 2
+    assert t.loc["U-Net(Real+Syn_all)", "paper mean (%)"] == 92.30
+
+
+def test_real_domain_caption():
+    assert study.real_domain(pd.DataFrame({"pool": ["surrogate", "syn_test"]})).startswith("clinical surrogate")
+    assert study.real_domain(pd.DataFrame({"pool": ["real", "syn_test"]})) == "real radiographs"
