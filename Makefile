@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROFILE ?= quick
 
-.PHONY: setup test bench clean-venv
+.PHONY: setup test bench book clean-venv
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/bench_projectors.py
+
+# Execute the notebooks with papermill (cached) and build the HTML book: book/_build/html/index.html.
+book: setup
+	$(PY) -m xrlib book --profile $(PROFILE)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,19 +1,18 @@
 """Notebooks: committed without outputs, a tagged parameters cell, and a papermill smoke run each.
 
-The smoke runs execute every notebook in study order with the ``smoke`` profile into one
-temporary run folder (later stages reuse earlier stages' artifacts, as in a book build) and fail
-on any cell error. Executed copies are kept under ``test-artifacts/notebooks/`` for inspection.
+The smoke runs are those of the session's smoke book build (``tests/conftest.py``): every notebook
+executed by papermill in study order with the ``smoke`` profile into one temporary run folder
+(later stages reuse earlier stages' artifacts). A cell error fails the test of that notebook.
+Executed copies are kept under ``test-artifacts/notebooks/`` for inspection.
 """
 
 from pathlib import Path
 
 import nbformat
-import papermill
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-ARTIFACTS = REPO / "test-artifacts" / "notebooks"
 
 
 def test_there_are_notebooks():
@@ -31,22 +30,16 @@ def test_committed_without_outputs_and_with_a_parameters_cell(path):
         assert len(cell.source.splitlines()) <= 25, f"cell too long (logic belongs in xrlib): {cell.source[:60]!r}"
 
 
-@pytest.fixture(scope="session")
-def smoke_runs(tmp_path_factory):
-    return tmp_path_factory.mktemp("runs")
-
-
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_papermill_smoke_run(path, smoke_runs):
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    out = ARTIFACTS / path.name
-    papermill.execute_notebook(
-        str(path), str(out), parameters={"profile": "smoke", "run_root": str(smoke_runs)},
-        kernel_name="python3", cwd=str(path.parent), progress_bar=False,
-    )
+def test_papermill_smoke_run(path, smoke_book):
+    """Each notebook ran under papermill with the smoke profile (in the session's smoke book build)."""
+    out = smoke_book["executed"] / path.name
+    assert out.is_file(), f"{path.name} was not executed: {smoke_book['stderr'][-2000:]}"
     executed = nbformat.read(out, as_version=4)
     errors = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
-    images = sum("image/png" in o.get("data", {}) for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    code = [c for c in executed.cells if c.cell_type == "code"]
+    assert all(c.execution_count is not None for c in code), "not every cell ran"
+    images = sum("image/png" in o.get("data", {}) for c in code for o in c.outputs)
     assert images >= 1, "a chapter without a single figure"
-    assert (smoke_runs / "smoke" / f"{path.stem}.timings.json").is_file()
+    assert (smoke_book["runs"] / "smoke" / f"{path.stem}.timings.json").is_file()

@@ -134,11 +134,58 @@ def _cmd_dataset(args) -> int:
     return 0
 
 
+def _add_book(sub) -> None:
+    p = sub.add_parser("book", help="execute the chapters with papermill and build the HTML book",
+                       description="Execute the notebooks of a profile (cached by stamps) and publish them "
+                                   "with jupyter-book into book/_build/html.")
+    p.add_argument("--profile", required=True, help="profile name (book/profiles/NAME.yml)")
+    p.add_argument("--only", nargs="+", metavar="STAGE", help="run just these stages (e.g. 05_training); "
+                   "earlier stages must already be built and current")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                   help="extra notebook parameter (VALUE parsed as YAML); repeatable")
+    p.add_argument("--run-root", type=Path, help="artifacts root (default <repo>/runs)")
+    p.add_argument("--html", action=argparse.BooleanOptionalAction, default=True,
+                   help="build the HTML book when every stage is current (default: yes)")
+    p.add_argument("--force", action="store_true", help="re-run the selected stages even when cached")
+    p.add_argument("--notebooks", type=Path, help=argparse.SUPPRESS)  # for tests: another notebooks folder
+    p.add_argument("--book-dir", type=Path, help=argparse.SUPPRESS)   # for tests: another book folder
+    p.add_argument("--no-progress", action="store_true", help="hide the per-notebook progress bars")
+    p.set_defaults(func=_cmd_book)
+
+
+def _cmd_book(args) -> int:
+    import yaml
+
+    from . import book
+
+    overrides = {}
+    for key, text in args.parameter:
+        if not key.isidentifier():
+            raise UsageError(f"xrlib book: -p {key!r}: not a valid parameter name")
+        try:
+            overrides[key] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise UsageError(f"xrlib book: -p {key}: cannot parse {text!r} as YAML") from None
+    kwargs = {"notebooks_dir": args.notebooks or book.NOTEBOOKS_DIR, "book_dir": args.book_dir or book.BOOK_DIR}
+    try:
+        report = book.build_book(args.profile, only=args.only, overrides=overrides, run_root=args.run_root,
+                                 html=args.html, force=args.force, progress=not args.no_progress, **kwargs)
+    except book.BookUsageError as exc:
+        raise UsageError(str(exc)) from None
+    print(report.table())
+    print(report.html_note)
+    if report.error:
+        print(report.error, file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="xrlib", description="Synthetic radiographs from CT for robust clavicle segmentation.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_render(sub)
     _add_dataset(sub)
+    _add_book(sub)
     return parser
 
 

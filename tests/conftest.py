@@ -1,0 +1,43 @@
+"""Shared fixtures.
+
+``smoke_book`` builds the whole book once per test session with the ``smoke`` profile — every
+notebook executed by papermill through ``xrlib book`` into a temporary run root and book folder,
+then the HTML — so that the notebook smoke tests (``test_notebooks.py``) and the browser checks
+(``test_book.py``) share one execution instead of running the notebooks twice.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "test-artifacts"
+BOOK_SOURCES = ("_config.yml", "_toc.yml", "intro.md", "how_to_run.md", "data.md", "methods.md", "appendix.md")
+
+
+@pytest.fixture(scope="session")
+def smoke_book(tmp_path_factory):
+    """Build the smoke book once; returns its folders and the command's output."""
+    tmp = tmp_path_factory.mktemp("smoke_book")
+    book = tmp / "book"
+    book.mkdir()
+    for name in BOOK_SOURCES:
+        shutil.copy(REPO / "book" / name, book / name)
+    cmd = [sys.executable, "-m", "xrlib", "book", "--profile", "smoke", "--run-root", str(tmp / "runs"),
+           "--book-dir", str(book)]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=2400)
+    (ARTIFACTS / "book").mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "book" / "xrlib-book.log").write_text(res.stdout + "\n" + res.stderr, encoding="utf-8")
+    executed = book / "executed" / "smoke"
+    if executed.is_dir():  # keep the executed notebooks for inspection
+        shutil.copytree(executed, ARTIFACTS / "notebooks", dirs_exist_ok=True)
+    log = book / "_build" / "jupyter-book.log"
+    if log.is_file():
+        shutil.copy(log, ARTIFACTS / "book" / "jupyter-book.log")
+    return {"book": book, "html": book / "_build" / "html", "stdout": res.stdout, "stderr": res.stderr,
+            "returncode": res.returncode, "runs": tmp / "runs", "executed": executed}
