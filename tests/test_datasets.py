@@ -283,8 +283,10 @@ def test_load_profile_errors(tmp_path):
         load_profile(tmp_path / "bad.yml")
     cfg = yaml.safe_load(open(load_profile("smoke")["path"]))
     cfg["cohort"]["n_subjects"] = 2
+    need = sum(int(n) for pool in cfg["pools"].values() for n in pool.values())
+    assert need > 2
     (tmp_path / "small.yml").write_text(yaml.safe_dump(cfg))
-    with pytest.raises(InputError, match="smaller than the 3 subjects"):
+    with pytest.raises(InputError, match=f"smaller than the {need} subjects"):
         load_profile(tmp_path / "small.yml")
     (tmp_path / "broken.yml").write_text("seed: [1,\n")
     with pytest.raises(InputError, match="broken.yml: cannot read profile"):
@@ -309,7 +311,10 @@ def test_cli_builds_a_tiny_profile_from_a_sources_folder(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "Syn_all" in text and "wall time" in text
     man = ds.read_manifest(tmp_path / "out" / "datasets")
-    assert len(man) == 2 + 21 + 21 and (tmp_path / "out" / "cohort" / "cohort.csv").is_file()
+    pools = cfg["pools"]
+    expected = (sum(pools["surrogate"].values()) * cfg["surrogate"]["poses_per_subject"]
+                + (sum(pools["syn_train"].values()) + sum(pools["syn_test"].values())) * 21)
+    assert len(man) == expected and (tmp_path / "out" / "cohort" / "cohort.csv").is_file()
     assert main(args) == 0  # cached
 
 
