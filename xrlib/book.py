@@ -51,7 +51,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import nbformat
@@ -283,13 +282,9 @@ def execute_stages(
 
 
 def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in VERSION_PACKAGES:
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    from .render import versions
+
+    return {"python": platform.python_version(), **versions(VERSION_PACKAGES)}
 
 
 def _md_table(header: list[str], rows: list[list]) -> str:

@@ -123,10 +123,13 @@ def pad_superior(ct: Volume, labels: list[Volume], pad_mm: float = PAD_MM) -> tu
     return grow(ct, np.concatenate(parts, axis=np_axis)), padded_labels
 
 
-def versions() -> dict[str, str]:
-    """Versions of the packages that determine a rendering."""
+RENDER_PACKAGES = ("xrlib", "numpy", "itk-rtk", "nanodrr", "diffdrr", "torch", "spekpy", "xraydb", "SimpleITK")
+
+
+def versions(packages: Sequence[str] = RENDER_PACKAGES) -> dict[str, str]:
+    """Installed versions of ``packages`` (default: those that determine a rendering)."""
     out = {}
-    for name in ("xrlib", "numpy", "itk-rtk", "nanodrr", "diffdrr", "torch", "spekpy", "xraydb", "SimpleITK"):
+    for name in packages:
         try:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
