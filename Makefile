@@ -25,8 +25,9 @@ bench: setup
 	$(PY) benchmarks/bench_projectors.py
 
 # Execute the notebooks with papermill (cached) and build the HTML book: book/_build/html/index.html.
+# A quick build also rewrites the README's generated section (headline result and stage times).
 book: setup
-	$(PY) -m xrlib book --profile $(PROFILE)
+	$(PY) -m xrlib book --profile $(PROFILE) $(if $(filter quick,$(PROFILE)),--readme README.md)
 
 clean-venv:
 	rm -rf $(VENV)

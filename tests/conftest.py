@@ -28,8 +28,9 @@ def smoke_book(tmp_path_factory):
     book.mkdir()
     for name in BOOK_SOURCES:
         shutil.copy(REPO / "book" / name, book / name)
+    shutil.copy(REPO / "README.md", tmp / "README.md")  # its generated section is rewritten by --readme
     cmd = [sys.executable, "-m", "xrlib", "book", "--profile", "smoke", "--run-root", str(tmp / "runs"),
-           "--book-dir", str(book)]
+           "--book-dir", str(book), "--readme", str(tmp / "README.md")]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=2400)
     (ARTIFACTS / "book").mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "book" / "xrlib-book.log").write_text(res.stdout + "\n" + res.stderr, encoding="utf-8")
@@ -40,4 +41,4 @@ def smoke_book(tmp_path_factory):
     if log.is_file():
         shutil.copy(log, ARTIFACTS / "book" / "jupyter-book.log")
     return {"book": book, "html": book / "_build" / "html", "stdout": res.stdout, "stderr": res.stderr,
-            "returncode": res.returncode, "runs": tmp / "runs", "executed": executed}
+            "returncode": res.returncode, "runs": tmp / "runs", "executed": executed, "readme": tmp / "README.md"}

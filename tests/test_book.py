@@ -31,6 +31,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from xrlib import book as xbook
+
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts" / "book"
 BOOK_SOURCES = ("_config.yml", "_toc.yml", "intro.md", "how_to_run.md", "data.md", "methods.md", "appendix.md")
@@ -124,6 +126,30 @@ def test_bad_arguments_are_one_line_errors(tiny):
         assert res.returncode == 2 and needle in res.stderr and res.stderr.strip().count("\n") == 0, res.stderr
     res = xrlib_book("--profile", "nope", "--notebooks", tiny["nbs"], "--book-dir", tiny["book"])
     assert res.returncode == 2 and "unknown profile" in res.stderr
+
+
+def test_readme_without_markers_is_refused_before_anything_runs(tiny, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# a project\n\nno generated section here\n", encoding="utf-8")
+    res = xrlib_book(*tiny["args"], "--readme", readme)
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0, res.stderr
+    assert f"book: {readme}: the generated section's markers are missing" in res.stderr
+    assert not (tiny["book"] / "executed" / "smoke" / "01_first.ipynb").exists()
+    assert readme.read_text(encoding="utf-8") == "# a project\n\nno generated section here\n"
+
+
+def test_update_readme_replaces_only_the_generated_section(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"head\n{xbook.README_BEGIN}\nold numbers\n{xbook.README_END}\ntail\n", encoding="utf-8")
+    xbook.update_readme(readme, "new numbers\n")
+    assert readme.read_text(encoding="utf-8") == f"head\n{xbook.README_BEGIN}\nnew numbers\n{xbook.README_END}\ntail\n"
+
+
+def test_repository_readme_has_a_generated_section():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    i, j = text.find(xbook.README_BEGIN), text.find(xbook.README_END)
+    assert 0 <= i < j, "README.md lacks the section that 'make book' regenerates"
+    assert "Last `xrlib book --profile quick` build" in text[i:j]  # written by a quick build, not by hand
 
 
 # ------------------------------------------------------------------------------------- failure
@@ -227,6 +253,23 @@ def test_smoke_book_builds_every_stage(smoke_book):
     appendix = (html / "appendix.html").read_text()
     timings = json.loads((smoke_book["runs"] / "smoke" / "06_rotation_robustness.timings.json").read_text())
     assert timings["device"] in appendix and "06_rotation_robustness" in appendix
+    # the README's generated section: this build's headline numbers and stage times
+    readme = smoke_book["readme"].read_text(encoding="utf-8")
+    section = readme[readme.index(xbook.README_BEGIN):readme.index(xbook.README_END)]
+    assert "Last `xrlib book --profile smoke` build" in section
+    if results.is_file():
+        import pandas as pd
+
+        df = pd.read_csv(results)
+        syn = df[(df["test_set"] == "Syn_test") & (df["model"] == "U-Net(Real+Syn_all)")]
+        center = 100 * syn[syn["group"] == "Center"]["dice"].mean()
+        assert f"| U-Net(Real+Syn_all) | {center:.1f} |" in section
+    for stem in notebooks:
+        assert re.search(rf"\| {stem} \| ran \| [^|]+ \| \d+\.\d \|", section), stem
+    assert "HTML (jupyter-book)" in section and "**total**" in section
+    original = (REPO / "README.md").read_text(encoding="utf-8")
+    assert readme[:readme.index(xbook.README_BEGIN)] == original[:original.index(xbook.README_BEGIN)]
+    assert readme[readme.index(xbook.README_END):] == original[original.index(xbook.README_END):]
     # the injected parameters cell is hidden, the profile banner shown
     chapter = (html / "chapters" / "03_projection.html").read_text()
     assert "Built with profile" in chapter

@@ -157,6 +157,33 @@ def test_shard_dataset_shapes_dtypes_and_filters(built):
     assert x.shape == (4, 1, S, S)
 
 
+def test_pool_samples_spread_over_each_pool_and_match_the_shards(built):
+    _, out, man = built
+    images, masks, titles = ds.pool_samples(man, out, per_pool=3)
+    counts = man["pool"].value_counts()
+    expected = sum(min(3, counts.get(p, 0)) for p in ("real", "surrogate", "syn_train", "syn_test"))
+    assert len(images) == len(masks) == len(titles) == expected
+    syn_test = [t for t in titles if t.startswith("syn_test")]
+    assert syn_test[0].endswith("α=-20.0°") and syn_test[-1].endswith("α=+20.0°")  # first and last of the pool
+    first = man[man["pool"] == "surrogate"].iloc[[0]]
+    img, mask = ds.ShardDataset(first, root=out)[0]
+    np.testing.assert_array_equal(images[0], img[0].numpy())
+    np.testing.assert_array_equal(masks[0], mask[0].numpy())
+
+
+def test_preprocessing_example_matches_the_synthetic_shard_at_the_same_angle(built, source):
+    cfg, out, man = built
+    row = man[(man["pool"] == "syn_test") & (man["alpha"] == 10.0)].iloc[[0]]
+    ct, labels = source.load(row["subject"].iloc[0])
+    ex = ds.preprocessing_example(ct, labels, cfg, alpha=10.0)
+    S, n = cfg["image_size"], cfg["render"]["detector"]
+    assert ex["detector"].shape == ex["detector_mask"].shape == (n, n) and ex["image"].shape == (S, S)
+    img, mask = ds.ShardDataset(row, root=out)[0]
+    # the shard stores the same image quantized to uint8
+    np.testing.assert_allclose(ex["image"], img[0].numpy(), atol=0.5 / 255 + 1e-6)
+    np.testing.assert_array_equal(ex["mask"], mask[0].numpy())
+
+
 # ------------------------------------------------------------------------------ caching
 
 

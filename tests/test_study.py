@@ -53,3 +53,18 @@ def test_table4_uses_only_the_real_test_split():
 def test_real_domain_caption():
     assert study.real_domain(pd.DataFrame({"pool": ["surrogate", "syn_test"]})).startswith("clinical surrogate")
     assert study.real_domain(pd.DataFrame({"pool": ["real", "syn_test"]})) == "real radiographs"
+
+
+def test_table3_joins_the_paper_value_of_each_experiment():
+    df = results_frame().replace({"model": {"U-Net(Real)": "Exp01-d3-dice-b8", "U-Net(Real+Syn_all)": "Exp15-d5-dice-b16"}})
+    t = study.table3(df)
+    assert list(t.index) == ["Exp01-d3-dice-b8", "Exp15-d5-dice-b16"]
+    assert t.loc["Exp01-d3-dice-b8", "paper mean (%)"] == 89.79
+    assert t.loc["Exp15-d5-dice-b16", "paper mean (%)"] == 92.58
+    assert t.loc["Exp15-d5-dice-b16", "mean Dice (%)"] == pytest.approx(90.0)
+    assert t["images"].tolist() == [2, 2]  # Real_test rows only
+
+
+def test_table3_rejects_models_outside_the_ablation_grid():
+    with pytest.raises(ValueError, match=r"table3: model 'U-Net\(Real\)' is not an ablation experiment"):
+        study.table3(results_frame())

@@ -147,6 +147,8 @@ def _add_book(sub) -> None:
     p.add_argument("--html", action=argparse.BooleanOptionalAction, default=True,
                    help="build the HTML book when every stage is current (default: yes)")
     p.add_argument("--force", action="store_true", help="re-run the selected stages even when cached")
+    p.add_argument("--readme", type=Path, metavar="FILE", help="after a successful publish, rewrite FILE's "
+                   "generated section (headline result and stage times; `make book` passes README.md for quick)")
     p.add_argument("--notebooks", type=Path, help=argparse.SUPPRESS)  # for tests: another notebooks folder
     p.add_argument("--book-dir", type=Path, help=argparse.SUPPRESS)   # for tests: another book folder
     p.add_argument("--no-progress", action="store_true", help="hide the per-notebook progress bars")
@@ -169,7 +171,8 @@ def _cmd_book(args) -> int:
     kwargs = {"notebooks_dir": args.notebooks or book.NOTEBOOKS_DIR, "book_dir": args.book_dir or book.BOOK_DIR}
     try:
         report = book.build_book(args.profile, only=args.only, overrides=overrides, run_root=args.run_root,
-                                 html=args.html, force=args.force, progress=not args.no_progress, **kwargs)
+                                 html=args.html, force=args.force, progress=not args.no_progress, readme=args.readme,
+                                 **kwargs)
     except book.BookUsageError as exc:
         raise UsageError(str(exc)) from None
     print(report.table())

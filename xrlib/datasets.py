@@ -221,16 +221,43 @@ def _noise_seed(cfg: dict, subject: str) -> int:
     return int(np.random.SeedSequence([int(cfg["seed"]), key, 2]).generate_state(1)[0])
 
 
+def study_geometry(cfg: dict):
+    """The profile's detector: ``render.detector`` px square over ``render.field_mm`` mm (paper PA geometry)."""
+    from .geometry import Geometry
+
+    n = int(cfg["render"]["detector"])
+    return Geometry(height=n, width=n, pitch=float(cfg["render"]["field_mm"]) / n)
+
+
+def preprocessing_example(ct, labels, cfg: dict, alpha: float = 10.0) -> dict:
+    """One synthetic (naive-physics) radiograph before and after :func:`preprocess`, as the datasets make them.
+
+    Returns ``detector`` (post-processed display image at the profile's detector size, [0, 1]),
+    ``detector_mask``, ``geometry``, ``image`` and ``mask`` (``image_size`` square) and ``alpha`` (deg).
+    """
+    from . import physics as phys
+    from .annotate import clavicles_from_labels
+    from .geometry import Pose
+    from .render import render_batch
+
+    geo = study_geometry(cfg)
+    rg = render_batch(ct, clavicles_from_labels(labels), geo, [Pose(alpha=float(alpha))], physics="naive",
+                      backend=cfg["render"]["backend"], fov=cfg["render"].get("fov", "pad"))[0]
+    disp = phys.postprocess(rg.image, rg.field, pitch_mm=geo.pitch)
+    img, mask = preprocess(disp, rg.mask, int(cfg["image_size"]))
+    return {"detector": disp, "detector_mask": rg.mask, "geometry": geo, "image": img, "mask": mask,
+            "alpha": float(alpha)}
+
+
 def render_subject(ct, labels, cfg: dict, pool: str, subject: str) -> dict:
     """Render, post-process and preprocess every image of one subject; arrays of a shard."""
     from . import physics as phys
     from .annotate import clavicles_from_labels
-    from .geometry import Geometry, Pose
+    from .geometry import Pose
     from .render import render_batch
 
     r = cfg["render"]
-    n = int(r["detector"])
-    geo = Geometry(height=n, width=n, pitch=float(r["field_mm"]) / n)
+    geo = study_geometry(cfg)
     if pool == "surrogate":
         poses, physics = surrogate_poses(cfg, subject), "realistic"
         params = phys.RealisticParams(dose_mas=float(cfg["surrogate"]["dose_mas"]))
@@ -514,6 +541,27 @@ def select(manifest: pd.DataFrame, dataset: str, split: str | None = None, cen_a
     if split is not None:
         df = df[df["split"] == split]
     return df
+
+
+def pool_samples(manifest: pd.DataFrame, root: str | Path, per_pool: int = 6,
+                 pools: Sequence[str] = ("real", "surrogate", "syn_train", "syn_test")) -> tuple[list, list, list[str]]:
+    """Up to ``per_pool`` preprocessed images per pool, spread evenly over the manifest order.
+
+    Returns ``(images, masks, titles)``: float arrays in [0, 1], uint8 masks and "pool · subject · α" titles.
+    """
+    images, masks, titles = [], [], []
+    for pool in pools:
+        rows = manifest[manifest["pool"] == pool]
+        if rows.empty:
+            continue
+        picks = rows.iloc[np.linspace(0, len(rows) - 1, min(per_pool, len(rows))).astype(int)]
+        ds = ShardDataset(picks, root=root)
+        for i, r in enumerate(picks.itertuples()):
+            img, m = ds[i]
+            images.append(img[0].numpy())
+            masks.append(m[0].numpy())
+            titles.append(f"{pool} · {r.subject} · α={r.alpha:+.1f}°")
+    return images, masks, titles
 
 
 def table1(manifest: pd.DataFrame, cen_alphas=(-2.0, 0.0, 2.0)) -> pd.DataFrame:

@@ -229,6 +229,20 @@ def bar_timings(labels: Sequence[str], seconds: Sequence[float], title: str, yla
     return fig
 
 
+def preprocessing_pair(example: Mapping) -> plt.Figure:
+    """Detector image (mm) next to the network input (px), from :func:`xrlib.datasets.preprocessing_example`."""
+    g = example["geometry"]
+    size = example["image"].shape[0]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5), constrained_layout=True)
+    show_radiograph(axes[0], example["detector"], g, {"clavicles": example["detector_mask"]},
+                    title=f"detector {g.height}×{g.width} px at {g.pitch:.3g} mm, α = {example['alpha']:+g}°")
+    axes[1].imshow(example["image"], cmap="gray", vmin=0, vmax=1)
+    if example["mask"] is not None and example["mask"].any():
+        axes[1].contour(example["mask"], [0.5], colors="tab:red", linewidths=0.8)
+    axes[1].set(title=f"network input {size}×{size} px", xlabel="column (px)", ylabel="row (px)")
+    return fig
+
+
 def image_grid(images: Sequence[np.ndarray], titles: Sequence[str], masks: Sequence[np.ndarray | None] | None = None,
                ncols: int = 6, extent_mm: float | None = None, unit: str = "px") -> plt.Figure:
     """Generic grid of 2-D images with optional mask contours; axes in ``unit``."""

@@ -148,6 +148,28 @@ def compare_table2(df: pd.DataFrame) -> pd.DataFrame:
     return out.reindex(columns=[(k, g) for k in ("this build", "paper") for g in GROUP_ORDER if (k, g) in out.columns]).round(2)
 
 
+def table3(df: pd.DataFrame, results: dict[str, TrainResult] | None = None) -> pd.DataFrame:
+    """Dice (%) on the Real test split per ablation model next to the paper's Table 3.
+
+    ``df``: per-image results whose ``model`` names start with ``ExpNN`` (:func:`xrlib.train.ablation_configs`);
+    only rows with ``test_set == "Real_test"`` are used. ``results`` adds best epoch, best validation
+    Dice and training time from :func:`training_table`.
+    """
+    real = df[df["test_set"] == "Real_test"]
+    out = real.groupby("model", sort=False)["dice"].agg(["mean", "std", "count"]).mul([100, 100, 1])
+    out.columns = ["mean Dice (%)", "sd", "images"]
+    numbers = []
+    for name in out.index:
+        digits = str(name)[3:5]
+        if not (str(name).startswith("Exp") and digits.isdigit() and 1 <= int(digits) <= len(PAPER_TABLE3_DICE)):
+            raise ValueError(f"table3: model {name!r} is not an ablation experiment named Exp01..Exp18")
+        numbers.append(int(digits))
+    out["paper mean (%)"] = [PAPER_TABLE3_DICE[n - 1] for n in numbers]
+    if results:
+        out = out.join(training_table(results).set_index("model")[["best epoch", "best val Dice", "time (s)"]])
+    return out.round(2)
+
+
 def table4(df: pd.DataFrame) -> pd.DataFrame:
     """Dice (%) on the Real test split per model (mean, sd, n) next to the paper's Table 4."""
     real = df[df["test_set"] == "Real_test"]
