@@ -7,39 +7,14 @@ from xrlib.ct import Volume
 from xrlib.geometry import Geometry, Pose, complete_ray_field, project_points, rays_in_patient_frame
 from xrlib.projector import get_projector
 
+from phantoms import centred_grid, sphere_chords, sphere_volume
+
 BACKENDS = ["rtk", "torch"]
 
 
 @pytest.fixture(scope="module")
 def projectors():
     return {name: get_projector(name) for name in ("rtk", "torch", "diffdrr")}
-
-
-def centred_grid(n: int, spacing: float, direction=np.eye(3), offset=(0.0, 0.0, 0.0)) -> dict:
-    """Grid kwargs whose centre sits at ``offset`` (mm)."""
-    d = np.asarray(direction, float)
-    origin = np.asarray(offset) - d @ (np.full(3, spacing) * (n - 1) / 2.0)
-    return dict(spacing=(spacing,) * 3, origin=tuple(origin), direction=d)
-
-
-def sphere_volume(radius: float, n: int, spacing: float, centre=(0.0, 0.0, 0.0)) -> Volume:
-    """A unit-density sphere with partial-volume edges (≈ fraction of each voxel inside).
-
-    The fraction is estimated on 3×3×3 sub-voxels, each with a linear ramp across the surface,
-    which keeps the phantom's effective radius within a few µm of ``radius``.
-    """
-    kw = centred_grid(n, spacing)
-    idx = (np.arange(n) - (n - 1) / 2.0) * spacing
-    sub = spacing / 3.0
-    arr = np.zeros((n, n, n), np.float32)
-    for dz in (-sub, 0.0, sub):
-        for dy in (-sub, 0.0, sub):
-            for dx in (-sub, 0.0, sub):
-                z, y, x = np.meshgrid(idx + dz - centre[2], idx + dy - centre[1], idx + dx - centre[0],
-                                      indexing="ij", sparse=True)
-                r = np.sqrt(x**2 + y**2 + z**2)
-                arr += np.clip((radius - r) / sub + 0.5, 0.0, 1.0) / 27.0
-    return Volume(arr, **kw)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -51,13 +26,7 @@ def test_sphere_chord_lengths_match_the_closed_form(projectors, backend):
     g = Geometry(height=48, width=48, pitch=1.5)
     pose = Pose(alpha=15.0)
     img = projectors[backend].project([vol], g, [pose], np.zeros(3))[0, 0]
-    rays = rays_in_patient_frame(g, pose, np.zeros(3))
-    pix = rays.pixel_centers()
-    d = pix - rays.source
-    d /= np.linalg.norm(d, axis=-1, keepdims=True)
-    w = centre - rays.source
-    dist2 = np.sum(w * w) - np.einsum("hwc,c->hw", d, w) ** 2
-    chord = 2.0 * np.sqrt(np.clip(radius**2 - dist2, 0.0, None))
+    chord = sphere_chords(g, pose, centre, radius)
     sel = chord > 20.0
     assert sel.sum() > 200
     rel = np.abs(img[sel] - chord[sel]) / chord[sel]

@@ -148,8 +148,9 @@ class TorchProjector(Projector):
     Args:
         device: torch device (default: CUDA if available, else CPU).
         step_mm: sampling step along each ray in mm (default: the smallest voxel spacing).
-        max_samples: upper bound on the number of samples held in memory at once (rows of the
-            detector are processed in chunks to respect it).
+        max_samples: upper bound on the number of samples held in memory at once by the
+            ``grid_sample`` path used on a CPU (rows of the detector are processed in chunks to
+            respect it). The fused GPU kernel holds no samples and renders all poses in one call.
     """
 
     name = "torch"
@@ -187,6 +188,7 @@ class TorchProjector(Projector):
 
     def _project_volume(self, vol: Volume, rays: list[Rays]) -> np.ndarray:
         from nanodrr.camera import make_k_inv
+        from nanodrr.drr.backends import pick_fused_backend
         from nanodrr.drr.renderer import _make_tgt, render
 
         torch = self.torch
@@ -197,15 +199,22 @@ class TorchProjector(Projector):
         k_inv = make_k_inv(g.sdd, g.pitch, g.pitch, 0.0, 0.0, g.height, g.width).to(dev)
         sdd = torch.tensor([g.sdd], device=dev)
         out = np.empty((len(rays), g.height, g.width), np.float32)
-        rows = max(1, min(g.height, self.max_samples // (n * g.width)))
+        rt_all = torch.from_numpy(np.stack([r.camera_to_patient() for r in rays])).float().to(dev)
         with torch.no_grad():
             tgt_all = _make_tgt(k_inv, sdd, g.height, g.width, dev, torch.float32)
-            for b, r in enumerate(rays):
-                rt_inv = torch.from_numpy(r.camera_to_patient()).float()[None].to(dev)
+            if pick_fused_backend(subject, rt_all, tgt_all, g.height, g.width):
+                # Fused kernel (Triton on CUDA): memory O(rays), so every pose and row in one launch.
+                img = render(subject, k_inv, rt_all, sdd, g.height, g.width, n_samples=n,
+                             src=torch.zeros(1, 1, 3, device=dev), tgt=tgt_all)
+                out[:] = img[:, 0].cpu().numpy()
+                return out
+            # grid_sample path (CPU): it holds every sample, so march chunks of detector rows.
+            rows = max(1, min(g.height, self.max_samples // (n * g.width)))
+            for b in range(len(rays)):
                 for r0 in range(0, g.height, rows):
                     r1 = min(g.height, r0 + rows)
                     img = render(
-                        subject, k_inv, rt_inv, sdd, r1 - r0, g.width, n_samples=n,
+                        subject, k_inv, rt_all[b : b + 1], sdd, r1 - r0, g.width, n_samples=n,
                         src=torch.zeros(1, 1, 3, device=dev), tgt=tgt_all[:, r0 * g.width : r1 * g.width],
                     )
                     out[b, r0:r1] = img[0, 0].cpu().numpy()
