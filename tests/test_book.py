@@ -263,7 +263,9 @@ def test_smoke_book_builds_every_stage(smoke_book):
         df = pd.read_csv(results)
         syn = df[(df["test_set"] == "Syn_test") & (df["model"] == "U-Net(Real+Syn_all)")]
         center = 100 * syn[syn["group"] == "Center"]["dice"].mean()
-        assert f"| U-Net(Real+Syn_all) | {center:.1f} |" in section
+        manifest = pd.read_csv(smoke_book["runs"] / "smoke" / "datasets" / "manifest.csv")
+        n_train = int(((manifest["split"] == "train") & manifest["pool"].isin(["surrogate", "syn_train"])).sum())
+        assert f"| U-Net(Real+Syn_all) | {n_train} | {center:.1f} |" in section
     for stem in notebooks:
         assert re.search(rf"\| {stem} \| ran \| [^|]+ \| \d+\.\d \|", section), stem
     assert "HTML (jupyter-book)" in section and "**total**" in section
