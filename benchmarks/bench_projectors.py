@@ -3,7 +3,7 @@
 Runs every configuration in its own subprocess so that peak RSS is measured per backend, and
 compares each backend with a direct itk-rtk Joseph call on the same geometry (the reference that
 the default CPU backend must stay within 1.25× of): time ratio and the relative L2 difference of
-the μ image at the first timed pose. Where itk-rtk is not installed (e.g. a GPU machine with only
+the μ image at α = −20°. Where itk-rtk is not installed (e.g. a GPU machine with only
 the torch stack), the first backend listed is the reference. On CUDA, ``torch`` is nanodrr's fused
 Triton kernel and ``diffdrr`` runs on the GPU too. Usage::
 
@@ -41,7 +41,7 @@ def _channels():
 def run_one(kind: str, size: int, repeats: int, save: str | None = None, batch: int = 1) -> dict:
     """Time one configuration in this process; returns a JSON-able row.
 
-    ``save``: .npy file for the μ image of the first timed pose; ``batch``: poses per projector call
+    ``save``: .npy file for the μ image at α = −20° (the untimed warm-up call); ``batch``: poses per projector call
     (the time per pose is the call's time / ``batch``).
     """
     from xrlib.geometry import Geometry, Pose, rays_in_patient_frame
@@ -79,16 +79,17 @@ def run_one(kind: str, size: int, repeats: int, save: str | None = None, batch: 
         def once(batch_poses):
             return proj.project(channels, g, batch_poses, ct.center)[0, 0]  # μ image of the first pose
 
-    once(poses[0])  # warm-up: lazy ITK template loading, torch kernels
+    # Warm-up (lazy ITK template loading, torch kernels); its pose is α = −20° for every
+    # configuration, so its μ image is the one compared across backends.
+    first = np.asarray(once(poses[0]), np.float32).reshape(size, size)
+    if save:
+        np.save(save, first)
     times = []
-    for i, p in enumerate(poses[1:]):
+    for p in poses[1:]:
         t0 = time.perf_counter()
         out = once(p)
         times.append((time.perf_counter() - t0) / batch)
-        mu = np.asarray(out, np.float32).reshape(size, size)
-        assert float(np.sum(mu)) > 0, f"{kind} produced an empty projection"
-        if save and i == 0:
-            np.save(save, mu)
+        assert float(np.sum(out)) > 0, f"{kind} produced an empty projection"
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return {"backend": kind, "size": size, "median_ms": 1e3 * statistics.median(times), "repeats": len(times),
             "batch": batch, "peak_rss_mb": peak_mb}
