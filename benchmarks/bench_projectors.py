@@ -17,11 +17,11 @@ import argparse
 import importlib.util
 import json
 import os
-import tempfile
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -125,8 +125,15 @@ def main() -> int:
     print(f"device: {'cuda ' + torch.cuda.get_device_name() if cuda else 'cpu'}, {os.cpu_count()} CPU cores, "
           f"torch {torch.__version__}; example CT 512×512×133; channels: μ + clavicle L + R; "
           f"{args.batch} pose(s) per call")
-    save_dir = args.save_dir or tempfile.mkdtemp(prefix="bench_projectors_")
-    os.makedirs(save_dir, exist_ok=True)
+    if args.save_dir:
+        os.makedirs(args.save_dir, exist_ok=True)
+        return measure(args, kinds, cuda, args.save_dir)
+    with tempfile.TemporaryDirectory(prefix="bench_projectors_") as tmp:
+        return measure(args, kinds, cuda, tmp)
+
+
+def measure(args: argparse.Namespace, kinds: list[str], cuda: bool, save_dir: str) -> int:
+    """Run every configuration in a child process and print the table (μ images kept in ``save_dir``)."""
     rows = []
     for size in args.sizes:
         for kind in kinds:

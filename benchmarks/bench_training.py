@@ -32,12 +32,18 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # as train.py: dete
 
 
 def train_images(cfg: dict) -> dict[str, int]:
-    """Training images of each study model under a profile (pool subjects × poses)."""
-    pools, n_alpha = cfg["pools"], len(cfg["synthetic"]["alphas"])
-    real = int(pools["surrogate"]["train"]) * int(cfg["surrogate"]["poses_per_subject"])
-    syn = int(pools["syn_train"]["train"])
-    return {"U-Net(Real)": real, "U-Net(Real+Syn_cen)": real + syn * len(cfg["synthetic"]["cen_alphas"]),
-            "U-Net(Real+Syn_all)": real + syn * n_alpha}
+    """Training images of each study model (:func:`xrlib.train.study_configs`) planned by a profile.
+
+    Counted from the pool sizes (subjects × poses), since a benchmark has no built manifest; a
+    configured folder of real radiographs is not counted.
+    """
+    from xrlib.train import study_configs
+
+    pools, syn = cfg["pools"], cfg["synthetic"]
+    per_set = {"Real": int(pools["surrogate"]["train"]) * int(cfg["surrogate"]["poses_per_subject"]),
+               "Syn_cen": int(pools["syn_train"]["train"]) * len(syn["cen_alphas"]),
+               "Syn_all": int(pools["syn_train"]["train"]) * len(syn["alphas"])}
+    return {c.name: sum(per_set[s] for s in c.train_sets) for c in study_configs(cfg)}
 
 
 def images_per_s(depth: int, loss: str, size: int, batch: int, dev: torch.device, mode: str,

@@ -1,0 +1,56 @@
+"""``make bench``'s scripts run end to end at tiny sizes (no timing is asserted, only what they report)."""
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "benchmarks"
+
+
+def _run(script: str, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCH / script), *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_projector_bench_reports_time_and_agreement_against_itk_rtk(tmp_path):
+    res = _run("bench_projectors.py", "--sizes", 32, "--repeats", 1, "--slow-repeats", 1,
+               "--backends", "rtk", "torch", "--save-dir", tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = {m[0]: (float(m[1]), float(m[2])) for m in
+            re.findall(r"^\| 32² \| (\S+(?: direct)?) \| [\d.]+ \| ([\d.]+)× \| ([\d.]+)% \|", res.stdout, re.M)}
+    assert set(rows) == {"itk-rtk direct", "rtk", "torch"}, res.stdout
+    assert rows["itk-rtk direct"] == (1.0, 0.0)
+    assert rows["rtk"][1] < 0.01      # the backend is the same Joseph projector on cropped channels
+    assert 0.0 < rows["torch"][1] < 5.0  # a different ray marcher: close, not identical
+    for name in ("itk-rtk-direct", "rtk", "torch"):
+        img = np.load(tmp_path / f"{name}_32.npy")
+        assert img.shape == (32, 32) and img.sum() > 0
+
+
+def _bench_training():
+    spec = importlib.util.spec_from_file_location("bench_training", BENCH / "bench_training.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_training_bench_plans_the_training_sets_that_the_smoke_build_made(smoke_book):
+    from xrlib.profiles import load_profile
+    from xrlib.train import select_images, study_configs
+
+    cfg = load_profile("smoke")
+    built = {c.name: len(select_images(smoke_book["runs"] / "smoke" / "datasets", c.train_sets, "train", c.cen_alphas))
+             for c in study_configs(cfg)}
+    assert _bench_training().train_images(cfg) == built
+
+
+def test_training_bench_runs_on_the_smoke_profile():
+    res = _run("bench_training.py", "--profile", "smoke", "--steps", 1, "--warmup", 0)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert re.search(r"^\| smoke \| 64² \| 5 \| dice \| 4 \| as train\.py \| [\d.]+ \| 1\.00× \|$", res.stdout, re.M), res.stdout
+    assert re.search(r"^\| smoke \| U-Net\(Real\+Syn_all\) \| \d+ \| [\d.]+ \| 2 \| [\d.]+ \|$", res.stdout, re.M), res.stdout
