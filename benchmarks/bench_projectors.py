@@ -28,9 +28,9 @@ import numpy as np
 
 
 def _channels():
-    from xrlib.annotate import clavicles_from_labels
-    from xrlib.ct import load_example
-    from xrlib.physics import naive_mu
+    from xrlib.anatomy.annotate import clavicles_from_labels
+    from xrlib.core.ct import load_example
+    from xrlib.drr.physics import naive_mu
 
     ct, labels = load_example()
     clav = clavicles_from_labels(labels)
@@ -44,7 +44,7 @@ def run_one(kind: str, size: int, repeats: int, save: str | None = None, batch: 
     ``save``: .npy file for the μ image at α = −20° (the untimed warm-up call); ``batch``: poses per projector call
     (the time per pose is the call's time / ``batch``).
     """
-    from xrlib.geometry import Geometry, Pose, rays_in_patient_frame
+    from xrlib.drr.geometry import Geometry, Pose, rays_in_patient_frame
 
     ct, channels = _channels()
     g = Geometry().resized(size)
@@ -52,7 +52,7 @@ def run_one(kind: str, size: int, repeats: int, save: str | None = None, batch: 
     poses = [[Pose(alpha=a) for a in alphas[i * batch:(i + 1) * batch]] for i in range(repeats + 1)]
     if kind == "itk-rtk direct":
         # The plain way to use itk-rtk: one Joseph filter per channel on the full volume.
-        from xrlib.projector import RTKProjector
+        from xrlib.drr.projector import RTKProjector
 
         helper = RTKProjector()  # only for the geometry/stack builders shared with the backend
         itk, rtk = helper._itk, helper._rtk
@@ -72,7 +72,7 @@ def run_one(kind: str, size: int, repeats: int, save: str | None = None, batch: 
                 outs.append(itk.array_from_image(f.GetOutput()))
             return outs[0][0]  # μ image of the first pose
     else:
-        from xrlib.projector import get_projector
+        from xrlib.drr.projector import get_projector
 
         proj = get_projector(kind)
 

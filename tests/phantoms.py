@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from xrlib.ct import Volume
-from xrlib.geometry import Geometry, Pose, rays_in_patient_frame
+from xrlib.core.ct import Volume
+from xrlib.drr.geometry import Geometry, Pose, rays_in_patient_frame
 
 
 def centred_grid(n: int, spacing: float, direction=np.eye(3), offset=(0.0, 0.0, 0.0)) -> dict:

@@ -1,4 +1,4 @@
-"""Tests of xrlib.annotate: masks from label maps, TotalSegmentator weight detection, no downloads."""
+"""Tests of xrlib.anatomy.annotate: masks from label maps, TotalSegmentator weight detection, no downloads."""
 
 from __future__ import annotations
 
@@ -15,15 +15,15 @@ import requests
 import totalsegmentator.libs
 import totalsegmentator.python_api as ts_api
 
-from xrlib.annotate import (
+from xrlib.anatomy.annotate import (
     ClavicleMasks,
     annotate,
     clavicles_from_labels,
     totalsegmentator_weights_dir,
     totalsegmentator_weights_status,
 )
-from xrlib.ct import Volume, load_example
-from xrlib.errors import InputError, MissingWeightsError
+from xrlib.core.ct import Volume, load_example
+from xrlib.core.errors import InputError, MissingWeightsError
 
 SPACING = (0.7, 0.8, 2.5)
 VOXEL_ML = 0.7 * 0.8 * 2.5 / 1000.0

@@ -31,7 +31,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from xrlib import book as xbook
+from xrlib.publish import book as xbook
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts" / "book"

@@ -1,4 +1,4 @@
-"""Tests of the virtual cohort (xrlib.cohort) on a small synthetic torso and, once, on the example CT."""
+"""Tests of the virtual cohort (xrlib.anatomy.cohort) on a small synthetic torso and, once, on the example CT."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from xrlib import cohort
-from xrlib.cohort import CohortConfig, DeformationParams, deform, deformation_transform, sample_params
-from xrlib.ct import Volume
-from xrlib.errors import InputError
+from xrlib.anatomy import cohort
+from xrlib.anatomy.cohort import CohortConfig, DeformationParams, deform, deformation_transform, sample_params
+from xrlib.core.ct import Volume
+from xrlib.core.errors import InputError
 
 LEFT, RIGHT = 73, 74
 BODY_HU, BONE_HU = 40.0, 700.0
@@ -436,7 +436,7 @@ def test_sources_from_folder_validates_ct(tmp_path, torso):
 
 @pytest.mark.slow
 def test_deform_example_ct_once():
-    from xrlib.ct import load_example
+    from xrlib.core.ct import load_example
 
     ct, lab = load_example()
     cfg = CohortConfig()

@@ -1,4 +1,4 @@
-"""Tests of xrlib.ct: bad input gives a clear InputError, every format round-trips the grid."""
+"""Tests of xrlib.core.ct: bad input gives a clear InputError, every format round-trips the grid."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from xrlib.ct import (
+from xrlib.core.ct import (
     CLAVICLE_LEFT_LABEL,
     CLAVICLE_RIGHT_LABEL,
     Volume,
@@ -18,7 +18,7 @@ from xrlib.ct import (
     load_example,
     load_labels,
 )
-from xrlib.errors import InputError
+from xrlib.core.errors import InputError
 
 SPACING = (0.7, 0.8, 2.5)
 ORIGIN = (-10.5, 20.25, -300.125)

@@ -10,11 +10,11 @@ import torch
 import yaml
 from PIL import Image
 
-from xrlib import datasets as ds
+from xrlib.data import datasets as ds
 from xrlib.cli import main
-from xrlib.ct import Volume
-from xrlib.errors import InputError
-from xrlib.profiles import load_profile, profile_hash, validate_profile
+from xrlib.core.ct import Volume
+from xrlib.core.errors import InputError
+from xrlib.core.profiles import load_profile, profile_hash, validate_profile
 
 ALPHAS = [float(a) for a in range(-20, 21, 2)]
 
@@ -234,7 +234,7 @@ def test_cache_noop_resume_and_corruption(tmp_path, source):
 
     # a changed profile invalidates the cache
     loads.clear()
-    ds.build_datasets(tiny_profile(**{**cfg, "seed": 9}), tmp_path, subjects=src, progress=False)
+    ds.build_datasets(tiny_profile(**{**cfg.raw, "seed": 9}), tmp_path, subjects=src, progress=False)
     assert len(loads) == 3
 
 

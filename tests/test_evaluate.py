@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.stats import wilcoxon
 
-from xrlib.evaluate import (
+from xrlib.eval.evaluate import (
     ALPHA_GROUPS,
     GROUP_ORDER,
     alpha_group,

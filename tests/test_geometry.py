@@ -1,9 +1,9 @@
-"""Geometry conventions pinned with pinhole maths (see the xrlib.geometry docstring)."""
+"""Geometry conventions pinned with pinhole maths (see the xrlib.drr.geometry docstring)."""
 
 import numpy as np
 import pytest
 
-from xrlib.geometry import (
+from xrlib.drr.geometry import (
     Geometry,
     Pose,
     complete_ray_field,

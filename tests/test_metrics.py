@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from xrlib.geometry import Geometry
-from xrlib.metrics import dice, hausdorff, image_metrics, image_pixel_mm
+from xrlib.drr.geometry import Geometry
+from xrlib.eval.metrics import dice, hausdorff, image_metrics, image_pixel_mm
 
 
 def _square(shape, r0, c0, size):

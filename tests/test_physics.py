@@ -1,4 +1,4 @@
-"""Tests of xrlib.physics against analytic answers and independent calculations."""
+"""Tests of xrlib.drr.physics against analytic answers and independent calculations."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import spekpy
 import xraydb
 
-from xrlib import physics as P
+from xrlib.drr import physics as P
 
 PITCH, SDD = 0.24, 1800.0
 NOISELESS = P.RealisticParams(quantum_noise=False, electronic_noise=0.0, blur_sigma_mm=0.0, scatter_to_primary=0.0)

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from xrlib.ct import Volume
-from xrlib.geometry import Geometry, Pose, complete_ray_field, project_points, rays_in_patient_frame
-from xrlib.projector import get_projector
+from xrlib.core.ct import Volume
+from xrlib.drr.geometry import Geometry, Pose, complete_ray_field, project_points, rays_in_patient_frame
+from xrlib.drr.projector import get_projector
 
 from phantoms import centred_grid, sphere_chords, sphere_volume
 
@@ -98,8 +98,8 @@ def test_unknown_backend():
 
 @pytest.fixture(scope="module")
 def example_mu():
-    from xrlib.ct import load_example
-    from xrlib.physics import naive_mu
+    from xrlib.core.ct import load_example
+    from xrlib.drr.physics import naive_mu
 
     ct, _ = load_example()
     return ct.with_array(naive_mu(ct.array))

@@ -2,7 +2,7 @@
 
 These tests need a CUDA GPU and are reported as skipped (with the reason) on machines without one,
 such as this project's CI. They pin what only a GPU exercises: the fused kernel (not the
-``grid_sample`` path the CPU uses), and :class:`~xrlib.projector.TorchProjector` rendering every pose
+``grid_sample`` path the CPU uses), and :class:`~xrlib.drr.projector.TorchProjector` rendering every pose
 of a call in one launch instead of row chunks.
 """
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from xrlib.geometry import Geometry, Pose
-from xrlib.projector import TorchProjector
+from xrlib.drr.geometry import Geometry, Pose
+from xrlib.drr.projector import TorchProjector
 
 from phantoms import sphere_chords, sphere_volume
 

@@ -7,12 +7,12 @@ import sys
 import numpy as np
 import pytest
 
-from xrlib import physics as phys
-from xrlib.annotate import clavicles_from_labels
+from xrlib.drr import physics as phys
+from xrlib.anatomy.annotate import clavicles_from_labels
 from xrlib.cli import main
-from xrlib.ct import Volume, load_example
-from xrlib.geometry import Geometry, Pose
-from xrlib.render import render, render_batch
+from xrlib.core.ct import Volume, load_example
+from xrlib.drr.geometry import Geometry, Pose
+from xrlib.drr.render import render, render_batch
 
 ALPHAS = [float(a) for a in range(-20, 21, 2)]
 
@@ -67,7 +67,7 @@ def test_fov_modes_keep_image_and_masks_cut_at_the_same_place(example):
 
 
 def test_pad_superior_keeps_the_original_voxels_in_place(example):
-    from xrlib.render import pad_superior
+    from xrlib.drr.render import pad_superior
 
     ct, clav = example
     padded, (left,) = pad_superior(ct, [clav.left], pad_mm=10.0)

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xrlib import study
-from xrlib.evaluate import GROUP_ORDER
+from xrlib.studies.rotation import study
+from xrlib.eval.evaluate import GROUP_ORDER
 
 
 def results_frame():
@@ -19,7 +19,7 @@ def results_frame():
             rows.append({"model": model, "subject": subject, "alpha": 0.0, "test_set": "Real_test",
                          "dice": base + (0.01 if subject == "c" else -0.01)})
     df = pd.DataFrame(rows)
-    from xrlib.evaluate import alpha_group
+    from xrlib.eval.evaluate import alpha_group
 
     df["group"] = df["alpha"].map(alpha_group)
     return df

@@ -1,4 +1,4 @@
-"""Tests of xrlib.models, xrlib.train and xrlib.baseline on a tiny synthetic task (CPU, seconds)."""
+"""Tests of xrlib.nets.unet, xrlib.training.train and xrlib.nets.baseline on a tiny synthetic task (CPU, seconds)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from xrlib.atomic import save_npz_atomic, sha256_file, write_text_atomic
-from xrlib.baseline import CLAVICLE_CHANNELS, TXRV_TARGETS, TxrvBaseline, txrv_postprocess, txrv_preprocess, txrv_status
-from xrlib.datasets import MANIFEST_COLUMNS
-from xrlib.models import build_unet, count_parameters, make_loss
-from xrlib.train import (
+from xrlib.core.atomic import save_npz_atomic, sha256_file, write_text_atomic
+from xrlib.nets.baseline import CLAVICLE_CHANNELS, TXRV_TARGETS, TxrvBaseline, txrv_postprocess, txrv_preprocess, txrv_status
+from xrlib.data.datasets import MANIFEST_COLUMNS
+from xrlib.nets.unet import build_unet, count_parameters, make_loss
+from xrlib.training.train import (
     TrainConfig,
     ablation_configs,
     ablation_grid,
@@ -43,7 +43,7 @@ def _disc_images(rng, n):
 
 
 def _toy_datasets(root: Path, seed: int = 0) -> Path:
-    """A datasets folder in the format of xrlib.datasets: shards, manifest.csv, build.json."""
+    """A datasets folder in the format of xrlib.data.datasets: shards, manifest.csv, build.json."""
     rng = np.random.default_rng(seed)
     plan = ([("surrogate", "train")] * 4 + [("surrogate", "val")] * 2 + [("syn_train", "train")] * 1
             + [("syn_train", "val")] * 1 + [("syn_test", "test")])
@@ -157,7 +157,7 @@ def test_training_learns_and_caches(toy, tmp_path):
     # the best checkpoint reproduces the best validation Dice
     model = load_best(res)
     assert not model.training
-    from xrlib.train import _load_tensors
+    from xrlib.training.train import _load_tensors
 
     x, y = _load_tensors(select_images(toy, ["Real"], "val"), toy, "val", False)
     with torch.no_grad():
@@ -206,7 +206,7 @@ def test_config_hash_and_errors(toy, tmp_path):
         train_model(_cfg(), empty, tmp_path / "out", progress=False)
     with pytest.raises(ValueError, match="augmentation"):
         train_model(_cfg(augment=True), toy, tmp_path / "out", progress=False)
-    from xrlib.errors import InputError
+    from xrlib.core.errors import InputError
 
     with pytest.raises(InputError, match="build"):
         train_model(_cfg(), tmp_path / "nowhere", tmp_path / "out", progress=False)

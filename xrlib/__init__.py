@@ -1,8 +1,8 @@
 """xrlib: synthetic chest radiographs from CT, and the robustness of X-ray clavicle segmentation.
 
-Modules: :mod:`~xrlib.ct` (CT input), :mod:`~xrlib.annotate` (clavicle masks),
-:mod:`~xrlib.geometry` (frames, pose, pixel-to-ray mapping), :mod:`~xrlib.projector` (rtk / torch /
-diffdrr backends), :mod:`~xrlib.physics` (naive / heuristic / realistic), :mod:`~xrlib.render`
+Modules: :mod:`~xrlib.core.ct` (CT input), :mod:`~xrlib.anatomy.annotate` (clavicle masks),
+:mod:`~xrlib.drr.geometry` (frames, pose, pixel-to-ray mapping), :mod:`~xrlib.drr.projector` (rtk / torch /
+diffdrr backends), :mod:`~xrlib.drr.physics` (naive / heuristic / realistic), :mod:`~xrlib.drr.render`
 (radiograph + masks), :mod:`~xrlib.cli` (``xrlib`` command).
 """
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import save_npz_atomic
-from .errors import InputError, MissingWeightsError
+from xrlib.core.atomic import save_npz_atomic
+from xrlib.core.errors import InputError, MissingWeightsError
 
 
 class UsageError(Exception):
@@ -65,10 +65,10 @@ def _add_render(sub) -> None:
 
 
 def _cmd_render(args) -> int:
-    from .annotate import clavicles_from_labels
-    from .ct import load_ct, load_example, load_labels
-    from .geometry import Geometry, Pose
-    from .render import render
+    from xrlib.anatomy.annotate import clavicles_from_labels
+    from xrlib.core.ct import load_ct, load_example, load_labels
+    from xrlib.drr.geometry import Geometry, Pose
+    from xrlib.drr.render import render
 
     if args.out.suffix != ".npz":
         raise UsageError(f"xrlib render: --out must end with .npz, got {str(args.out)!r}")
@@ -115,10 +115,10 @@ def _cmd_dataset(args) -> int:
 
     import pandas as pd
 
-    from .cohort import sources_from_folder
-    from .datasets import build_datasets, cohort_subjects, table1
-    from .notebook import run_dir
-    from .profiles import load_profile
+    from xrlib.anatomy.cohort import sources_from_folder
+    from xrlib.data.datasets import build_datasets, cohort_subjects, table1
+    from xrlib.core.runs import run_dir
+    from xrlib.core.profiles import load_profile
 
     t0 = time.perf_counter()
     cfg = load_profile(args.profile)
@@ -158,7 +158,7 @@ def _add_book(sub) -> None:
 def _cmd_book(args) -> int:
     import yaml
 
-    from . import book
+    from xrlib.publish import book
 
     overrides = {}
     for key, text in args.parameter:

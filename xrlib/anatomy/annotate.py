@@ -8,11 +8,11 @@ Three sources of masks:
 * ``"totalsegmentator"`` — TotalSegmentator's ``total`` task run on the CT with
   ``roi_subset=["clavicula_left", "clavicula_right"]``. Its weights are **never downloaded**
   implicitly: :func:`totalsegmentator_weights_status` checks for them on disk first, and a
-  :class:`~xrlib.errors.MissingWeightsError` explains what is missing and how to get it.
+  :class:`~xrlib.core.errors.MissingWeightsError` explains what is missing and how to get it.
 * ``"auto"`` — TotalSegmentator when its weights are on disk, otherwise the given label map
   with a :class:`UserWarning` that says so.
 
-Conventions (the same as :mod:`xrlib.ct`):
+Conventions (the same as :mod:`xrlib.core.ct`):
 
 * Masks are ``uint8`` arrays of 0/1 on exactly the grid of the CT (same shape, spacing, origin
   and direction), indexed ``[k, j, i]``.
@@ -34,8 +34,8 @@ from typing import Iterator
 import numpy as np
 import SimpleITK as sitk
 
-from .ct import CLAVICLE_LEFT_LABEL, CLAVICLE_RIGHT_LABEL, Volume, example_paths
-from .errors import InputError, MissingWeightsError
+from xrlib.core.ct import ClavicleMasks, CLAVICLE_LEFT_LABEL, CLAVICLE_RIGHT_LABEL, Volume, example_paths
+from xrlib.core.errors import InputError, MissingWeightsError
 
 #: TotalSegmentator class names of the clavicles (``total`` task).
 CLAVICLE_CLASSES = ("clavicula_left", "clavicula_right")
@@ -51,32 +51,6 @@ METHODS = ("auto", "shipped", "labels", "totalsegmentator")
 _WEIGHTS_ENV = "TOTALSEG_WEIGHTS_PATH"
 
 
-@dataclass(frozen=True)
-class ClavicleMasks:
-    """Left and right clavicle masks (uint8 0/1) on the grid of the CT they were made for.
-
-    ``left`` is the patient's left clavicle (+x in LPS). ``source`` records where the masks
-    came from: ``"shipped"`` (the label map shipped with the example CT), ``"labels"`` (a label
-    map given by the user) or ``"totalsegmentator"`` (computed from the CT).
-    """
-
-    left: Volume
-    right: Volume
-    source: str
-
-    @property
-    def combined(self) -> Volume:
-        """Both clavicles in one uint8 0/1 mask (``left | right``)."""
-        arr = ((self.left.array > 0) | (self.right.array > 0)).astype(np.uint8)
-        return self.left.with_array(arr)
-
-    def volumes_ml(self) -> dict[str, float]:
-        """Mask volumes in millilitres: ``{"left": ..., "right": ...}`` (voxel count × voxel volume)."""
-        out = {}
-        for side, vol in (("left", self.left), ("right", self.right)):
-            voxel_mm3 = float(np.prod(np.asarray(vol.spacing, float)))
-            out[side] = int(np.count_nonzero(vol.array)) * voxel_mm3 / 1000.0
-        return out
 
 
 # --------------------------------------------------------------------------- label maps

@@ -1,7 +1,7 @@
 """Training of the study's U-Nets: seeded, checkpointed, resumable and cached (paper 000).
 
 A model is described by a :class:`TrainConfig`. :func:`train_model` trains it on the union of the
-``train`` splits of its ``train_sets`` (named sets of :func:`xrlib.datasets.select`), validates on
+``train`` splits of its ``train_sets`` (named sets of :func:`xrlib.data.datasets.select`), validates on
 the union of their ``val`` splits after every epoch and stops early when the validation Dice has
 not improved for ``patience`` epochs (paper: Adam, lr 0.01, patience 30).
 
@@ -24,7 +24,7 @@ Caching and resuming
     resumed run ends with the same numbers as an uninterrupted one (same machine and device).
 
 Data
-    The selected images are read once through :class:`xrlib.datasets.ShardDataset` (shard by
+    The selected images are read once through :class:`xrlib.data.datasets.ShardDataset` (shard by
     shard) and kept in memory; batches come from a ``DataLoader`` whose shuffling generator is
     seeded with ``(seed, epoch)``. No augmentation is applied: the paper reports none, and the
     robustness question is precisely whether rotated *training data* helps, so ``augment`` must
@@ -46,8 +46,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .atomic import atomic_write, write_text_atomic
-from .errors import InputError
+from xrlib.core.atomic import atomic_write, write_text_atomic
+from xrlib.core.errors import InputError
+from xrlib.core.runs import device_description, resolve_device
 
 #: Bumped whenever this module changes how models are trained, so cached models are retrained.
 TRAIN_VERSION = 1
@@ -75,8 +76,8 @@ class TrainConfig:
         name: model name, e.g. ``"U-Net(Real)"`` (the folder uses a filesystem-safe form).
         train_sets: named sets whose ``train`` splits are the training images and whose ``val``
             splits are the validation images (``Real``, ``Syn_cen``, ``Syn_all``).
-        depth, base_channels: U-Net size (:func:`xrlib.models.build_unet`).
-        loss: ``"dice"`` or ``"dice_bce"`` (:func:`xrlib.models.make_loss`).
+        depth, base_channels: U-Net size (:func:`xrlib.nets.unet.build_unet`).
+        loss: ``"dice"`` or ``"dice_bce"`` (:func:`xrlib.nets.unet.make_loss`).
         lr, batch_size, epochs, patience: Adam learning rate, batch size, maximum epochs and
             early-stopping patience (epochs without a validation-Dice improvement).
         seed: seeds weights initialisation and shuffling.
@@ -101,7 +102,7 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Check the values; raises ``ValueError`` naming the bad field."""
-        from .models import DEPTHS, LOSSES
+        from xrlib.nets.unet import DEPTHS, LOSSES
 
         if not self.train_sets or any(s not in TRAIN_SETS for s in self.train_sets):
             raise ValueError(f"{self.name}: train_sets must be a non-empty list of {TRAIN_SETS}, got {self.train_sets!r}")
@@ -188,7 +189,7 @@ class TrainResult:
 
 def select_images(datasets_dir: str | Path, sets: Sequence[str], split: str, cen_alphas=(-2.0, 0.0, 2.0)) -> pd.DataFrame:
     """Manifest rows of the union of ``sets`` in ``split`` (an image in two sets counts once)."""
-    from .datasets import read_manifest, select
+    from xrlib.data.datasets import read_manifest, select
 
     manifest = read_manifest(datasets_dir)
     parts = [select(manifest, s, split, cen_alphas=cen_alphas) for s in sets]
@@ -202,7 +203,7 @@ def _load_tensors(rows: pd.DataFrame, root: Path, desc: str, progress: bool) -> 
     """All images and masks of ``rows`` as ``(N, 1, S, S)`` float32 / uint8 CPU tensors."""
     from tqdm.auto import tqdm
 
-    from .datasets import ShardDataset
+    from xrlib.data.datasets import ShardDataset
 
     ds = ShardDataset(rows, root=root)
     imgs, masks = [], []
@@ -232,19 +233,6 @@ def dice_per_image(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 # Training
 # --------------------------------------------------------------------------------------------
 
-
-def _resolve_device(device) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def _describe(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    from .notebook import device_description
-
-    return device_description() if device.type == "cpu" else str(device)
 
 
 def _save(obj, path: Path) -> None:
@@ -324,7 +312,7 @@ def train_model(
     """
     from tqdm.auto import tqdm
 
-    from .models import build_unet, make_loss
+    from xrlib.nets.unet import build_unet, make_loss
 
     cfg.validate()
     datasets_dir = Path(datasets_dir)
@@ -334,8 +322,8 @@ def train_model(
     if done is not None:
         return done
     folder.mkdir(parents=True, exist_ok=True)
-    dev = _resolve_device(device)
-    dev_text = _describe(dev)
+    dev = resolve_device(device)
+    dev_text = device_description(dev)
 
     train_rows = select_images(datasets_dir, cfg.train_sets, "train", cfg.cen_alphas)
     val_rows = select_images(datasets_dir, cfg.train_sets, "val", cfg.cen_alphas)
@@ -438,17 +426,17 @@ def train_model(
 
 def load_best(result: TrainResult | str | Path, device=None) -> torch.nn.Module:
     """The best-epoch model of a :class:`TrainResult` (or a model folder), in eval mode."""
-    from .models import build_unet
+    from xrlib.nets.unet import build_unet
 
     folder = Path(result.folder if isinstance(result, TrainResult) else result)
     path = folder / "best.pt"
     if not path.is_file():
         raise InputError(path, "no best checkpoint; train the model first")
-    ck = torch.load(path, map_location=_resolve_device(device), weights_only=False)
+    ck = torch.load(path, map_location=resolve_device(device), weights_only=False)
     c = ck["config"]
     model = build_unet(int(c["depth"]), int(c["base_channels"]))
     model.load_state_dict(ck["model"])
-    return model.to(_resolve_device(device)).eval()
+    return model.to(resolve_device(device)).eval()
 
 
 # --------------------------------------------------------------------------------------------

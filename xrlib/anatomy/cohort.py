@@ -22,7 +22,7 @@ Only one chest CT is available offline, so more "subjects" are made by deforming
 
 Conventions
 -----------
-Coordinates are LPS millimetres (see :mod:`xrlib.ct`). SimpleITK resampling pulls values: for each
+Coordinates are LPS millimetres (see :mod:`xrlib.core.ct`). SimpleITK resampling pulls values: for each
 voxel centre ``x`` of the *output* (virtual subject) grid the transform gives the *source* point
 ``T(x)`` whose value is taken. This module builds
 
@@ -116,8 +116,8 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from .atomic import atomic_write, sha256_file
-from .ct import (
+from xrlib.core.atomic import atomic_write, sha256_file
+from xrlib.core.ct import (
     CLAVICLE_LEFT_LABEL,
     CLAVICLE_RIGHT_LABEL,
     Volume,
@@ -125,7 +125,7 @@ from .ct import (
     load_example,
     load_labels,
 )
-from .errors import InputError
+from xrlib.core.errors import InputError
 
 #: Bumped whenever the deformation algorithm changes, so cached subjects are rebuilt.
 COHORT_VERSION = 1
@@ -627,7 +627,7 @@ def _source_fingerprint(ct: Volume, labels: Volume) -> str:
 
 
 def _write_atomic(img: sitk.Image, path: Path) -> None:
-    """Write ``img`` compressed through :func:`xrlib.atomic.atomic_write`: never a half-written ``path``."""
+    """Write ``img`` compressed through :func:`xrlib.core.atomic.atomic_write`: never a half-written ``path``."""
     with atomic_write(path) as tmp:
         sitk.WriteImage(img, str(tmp), True)
 
@@ -828,8 +828,8 @@ def sources_from_folder(folder: str | Path) -> list[tuple[str, Volume, Volume]]:
     Every ``*.nii.gz``, ``*.nii``, ``*.nrrd`` or ``*.mha`` file directly in ``folder`` is a CT
     (name = file name without extension), except files named ``<stem>_labels.<ext>``. Its label
     map is ``<stem>_labels.<ext>`` next to it (any of the extensions; the CT's own first) or
-    ``labels/<same file name>``. CTs and labels are validated by :func:`xrlib.ct.load_ct` and
-    :func:`xrlib.ct.load_labels`, which raise :class:`InputError` naming the file. A CT without a
+    ``labels/<same file name>``. CTs and labels are validated by :func:`xrlib.core.ct.load_ct` and
+    :func:`xrlib.core.ct.load_labels`, which raise :class:`InputError` naming the file. A CT without a
     label map is an :class:`InputError` (make one with the annotation stage first).
     """
     folder = Path(folder)

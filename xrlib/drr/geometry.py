@@ -10,7 +10,7 @@ Frames
 * **Room frame**: the frame in which source and detector are fixed. It coincides with the patient
   frame when the patient is in the reference pose (α = tilt = 0, no shift).
 * **Isocenter** ``c``: a point of the patient frame, by default the centre of the CT grid
-  (:attr:`xrlib.ct.Volume.center`). Rotations of the patient are about axes through ``c``.
+  (:attr:`xrlib.core.ct.Volume.center`). Rotations of the patient are about axes through ``c``.
 
 Source and detector (room frame, PA projection)
 -----------------------------------------------

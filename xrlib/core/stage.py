@@ -1,4 +1,4 @@
-"""Helpers shared by the notebooks: run folders, the stage header and stage timing.
+"""The notebooks' stage header and stage timing.
 
 Each notebook is one study stage. It starts with :class:`Stage`, which prints what the stage reads
 and writes, the profile, the device and the package versions, and ends with
@@ -9,37 +9,15 @@ and writes, the profile, the device and the package versions, and ends with
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 
-from .profiles import load_profile
+from xrlib.core.profiles import load_profile
+from xrlib.core.runs import device_description, run_dir
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_dir(profile: str, run_root: str | Path | None = None) -> Path:
-    """Artifacts folder of a profile: ``<run_root>/<profile>`` (default ``<repo>/runs``).
-
-    An empty ``run_root`` means the default; ``XRLIB_RUNS`` overrides the default root.
-    """
-    root = Path(run_root) if run_root else Path(os.environ.get("XRLIB_RUNS", REPO_ROOT / "runs"))
-    path = root / Path(str(profile)).stem
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def device_description() -> str:
-    """``cuda (<GPU name>)`` or ``cpu (<n> cores, <processor>)``."""
-    import torch
-
-    if torch.cuda.is_available():
-        return f"cuda ({torch.cuda.get_device_name()})"
-    return f"cpu ({os.cpu_count()} cores, {platform.machine()})"
 
 
 class Stage:

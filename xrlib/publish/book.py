@@ -55,9 +55,9 @@ from pathlib import Path
 
 import nbformat
 
-from . import __version__
-from .notebook import REPO_ROOT, run_dir
-from .profiles import DATASET_KEYS, load_profile, profile_hash
+from xrlib import __version__
+from xrlib.core.runs import REPO_ROOT, run_dir, versions
+from xrlib.core.profiles import DATASET_KEYS, load_profile, profile_hash
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 BOOK_DIR = REPO_ROOT / "book"
@@ -207,7 +207,7 @@ def execute_stages(
 
     Returns a :class:`BookReport`; ``report.error`` holds the one-line failure message, if any.
     Raises :class:`BookUsageError` for a bad ``only`` / ``overrides`` and
-    :class:`~xrlib.errors.InputError` for an unknown profile.
+    :class:`~xrlib.core.errors.InputError` for an unknown profile.
     """
     overrides = dict(overrides or {})
     bad = [k for k in overrides if k in RESERVED]
@@ -283,8 +283,6 @@ def execute_stages(
 
 
 def _versions() -> dict[str, str]:
-    from .render import versions
-
     return {"python": platform.python_version(), **versions(VERSION_PACKAGES)}
 
 
@@ -300,8 +298,8 @@ def headline_markdown(df, run: Path, profile: str) -> list[str]:
     syn = df[df["test_set"] == "Syn_test"] if "test_set" in df.columns else df
     domain = "clinical surrogate (realistic-physics renders at well-positioned poses)"
     try:
-        from .datasets import read_manifest
-        from .study import real_domain
+        from xrlib.data.datasets import read_manifest
+        from xrlib.studies.rotation.study import real_domain
 
         domain = str(real_domain(read_manifest(run / "datasets")))
     except Exception:
@@ -335,7 +333,7 @@ def headline_markdown(df, run: Path, profile: str) -> list[str]:
 def study_train_images(run: Path, profile: str) -> dict[str, int]:
     """Training images of each study model, counted from the run's dataset manifest ({} if unreadable)."""
     try:
-        from .train import select_images, study_configs
+        from xrlib.training.train import select_images, study_configs
 
         cfg = load_profile(profile)
         return {c.name: len(select_images(Path(run) / "datasets", c.train_sets, "train", c.cen_alphas))
@@ -441,7 +439,7 @@ def readme_markdown(report: BookReport, run: Path, repo: Path = REPO_ROOT, readm
 
 def update_readme(path: str | Path, text: str) -> None:
     """Replace the section between :data:`README_BEGIN` and :data:`README_END` of ``path`` (atomic write)."""
-    from .atomic import write_text_atomic
+    from xrlib.core.atomic import write_text_atomic
 
     path = Path(path)
     old, i, j = _readme_span(path)

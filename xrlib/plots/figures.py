@@ -2,7 +2,7 @@
 
 Every function returns a :class:`matplotlib.figure.Figure` with labelled axes and units. CT views
 are shown in radiological orientation (patient's right on the left, superior at the top);
-radiographs in the display convention of :mod:`xrlib.geometry`, with axes in millimetres on the
+radiographs in the display convention of :mod:`xrlib.drr.geometry`, with axes in millimetres on the
 detector.
 """
 
@@ -16,8 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
-from .ct import Volume  # noqa: E402
-from .geometry import Geometry, Pose, rotation_matrix  # noqa: E402
+from xrlib.core.ct import Volume  # noqa: E402
+from xrlib.drr.geometry import Geometry, Pose, rotation_matrix  # noqa: E402
 
 HU_WINDOW = (-1000.0, 1000.0)
 LEFT_COLOR, RIGHT_COLOR = "tab:orange", "tab:cyan"
@@ -230,7 +230,7 @@ def bar_timings(labels: Sequence[str], seconds: Sequence[float], title: str, yla
 
 
 def preprocessing_pair(example: Mapping) -> plt.Figure:
-    """Detector image (mm) next to the network input (px), from :func:`xrlib.datasets.preprocessing_example`."""
+    """Detector image (mm) next to the network input (px), from :func:`xrlib.data.datasets.preprocessing_example`."""
     g = example["geometry"]
     size = example["image"].shape[0]
     fig, axes = plt.subplots(1, 2, figsize=(11, 5), constrained_layout=True)

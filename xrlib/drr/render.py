@@ -32,17 +32,16 @@ they are always cut at the same place. CTs with full neck and shoulder coverage 
 
 from __future__ import annotations
 
-import importlib.metadata as md
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import physics as phys
-from .annotate import ClavicleMasks
-from .ct import Volume
-from .geometry import Geometry, Pose, complete_ray_field, rays_in_patient_frame
-from .projector import Projector, get_projector
+from xrlib.drr import physics as phys
+from xrlib.core.ct import ClavicleMasks, Volume
+from xrlib.core.runs import versions
+from xrlib.drr.geometry import Geometry, Pose, complete_ray_field, rays_in_patient_frame
+from xrlib.drr.projector import Projector, get_projector
 
 PHYSICS = ("naive", "heuristic", "realistic")
 FOV_MODES = ("pad", "collimate", "none")
@@ -126,15 +125,6 @@ def pad_superior(ct: Volume, labels: list[Volume], pad_mm: float = PAD_MM) -> tu
 RENDER_PACKAGES = ("xrlib", "numpy", "itk-rtk", "nanodrr", "diffdrr", "torch", "spekpy", "xraydb", "SimpleITK")
 
 
-def versions(packages: Sequence[str] = RENDER_PACKAGES) -> dict[str, str]:
-    """Installed versions of ``packages`` (default: those that determine a rendering)."""
-    out = {}
-    for name in packages:
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
 def render_batch(
@@ -156,15 +146,15 @@ def render_batch(
     Args:
         ct: CT volume in HU.
         clavicles: left/right clavicle masks on the CT grid, or ``None``.
-        geometry: detector and distances (:class:`xrlib.geometry.Geometry`).
+        geometry: detector and distances (:class:`xrlib.drr.geometry.Geometry`).
         poses: patient poses (α, tilt, shift).
-        physics: ``naive``, ``heuristic`` or ``realistic`` (see :mod:`xrlib.physics`).
+        physics: ``naive``, ``heuristic`` or ``realistic`` (see :mod:`xrlib.drr.physics`).
         backend: projector name (``auto``, ``rtk``, ``torch``, ``diffdrr``) or an instance.
         seed: seed of the noise generator (realistic physics); poses get independent streams.
         fov: ``pad``, ``collimate`` or ``none`` (see the module docstring).
         pad_mm: superior padding for ``fov="pad"`` (mm).
         mask_threshold_mm: path length through a clavicle above which a pixel is in its mask.
-        realistic: parameters of the realistic chain (default :class:`xrlib.physics.RealisticParams`).
+        realistic: parameters of the realistic chain (default :class:`xrlib.drr.physics.RealisticParams`).
         isocenter: rotation centre (mm, LPS); default the CT grid centre.
     """
     if physics not in PHYSICS:
@@ -217,8 +207,8 @@ def render_batch(
             "ct": ct.source,
             "annotation": None if clavicles is None else clavicles.source,
             "seed": seed,
-            "versions": versions(),
-            "conventions": "row 0 superior, column 0 = patient's right; see xrlib.geometry",
+            "versions": versions(RENDER_PACKAGES),
+            "conventions": "row 0 superior, column 0 = patient's right; see xrlib.drr.geometry",
         }
         out.append(Radiograph(image, left, right, fld, meta))
     return out

@@ -1,7 +1,7 @@
 """Forward projectors: line integrals of volume channels for a batch of poses.
 
 All backends share one interface, :meth:`Projector.project`, and one geometry
-(:mod:`xrlib.geometry`). Each input channel is a :class:`~xrlib.ct.Volume` (e.g. μ in 1/mm, a
+(:mod:`xrlib.drr.geometry`). Each input channel is a :class:`~xrlib.core.ct.Volume` (e.g. μ in 1/mm, a
 material density in g/cm³, or a 0/1 clavicle mask); the output for a channel is its line integral
 along every detector ray, in *channel units × mm* (μ → dimensionless; mask → path length in mm).
 
@@ -17,7 +17,7 @@ Backends
     DiffDRR's Siddon ray tracer (exact intersection lengths with nearest-voxel values). Slow and
     memory-hungry; kept as an independent reference for cross-checks.
 
-Every channel is first cropped to its non-zero support (:func:`xrlib.ct.crop_to_support`), which
+Every channel is first cropped to its non-zero support (:func:`xrlib.core.ct.crop_to_support`), which
 leaves line integrals unchanged and makes sparse channels such as clavicle masks cheap.
 """
 
@@ -30,8 +30,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from .ct import Volume, crop_to_support
-from .geometry import Geometry, Pose, Rays, rays_in_patient_frame
+from xrlib.core.runs import default_device
+from xrlib.core.ct import Volume, crop_to_support
+from xrlib.drr.geometry import Geometry, Pose, Rays, rays_in_patient_frame
 
 BACKENDS = ("rtk", "torch", "diffdrr")
 
@@ -135,12 +136,6 @@ class RTKProjector(Projector):
         return np.array(self._itk.array_view_from_image(f.GetOutput()), dtype=np.float32, copy=True)
 
 
-def torch_device() -> str:
-    """``cuda`` when a GPU is usable, else ``cpu``."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
 
 class TorchProjector(Projector):
     """nanodrr ray marcher: differentiable, fused Triton kernel on CUDA.
@@ -159,7 +154,7 @@ class TorchProjector(Projector):
         import torch
 
         self.torch = torch
-        self.device = torch.device(device or torch_device())
+        self.device = torch.device(device or default_device())
         self.step_mm = step_mm
         self.max_samples = max_samples
 
@@ -230,7 +225,7 @@ class DiffDRRProjector(Projector):
         import torch
 
         self.torch = torch
-        self.device = torch.device(device or torch_device())
+        self.device = torch.device(device or default_device())
         self.rays_per_chunk = rays_per_chunk
 
     def _project_volume(self, vol: Volume, rays: list[Rays]) -> np.ndarray:
@@ -258,7 +253,7 @@ class DiffDRRProjector(Projector):
 
 def default_backend() -> str:
     """``torch`` (nanodrr + Triton) on CUDA, ``rtk`` on a CPU."""
-    return "torch" if torch_device() == "cuda" else "rtk"
+    return "torch" if default_device() == "cuda" else "rtk"
 
 
 def get_projector(name: str = "auto", **kwargs) -> Projector:

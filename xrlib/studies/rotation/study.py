@@ -1,7 +1,7 @@
 """The rotation-robustness study of Fok et al. (2024) on this project's data.
 
 Trains the three study models — U-Net(Real), U-Net(Real+Syn_cen), U-Net(Real+Syn_all) — with the
-same hyperparameters and seed (:func:`xrlib.train.study_configs`), evaluates them on the synthetic
+same hyperparameters and seed (:func:`xrlib.training.train.study_configs`), evaluates them on the synthetic
 test subjects at all 21 angles and on the Real (surrogate or real) test split, and adds the
 TorchXRayVision baseline when its weights are on disk. The notebooks ``05_training``,
 ``06_rotation_robustness`` and ``07_ablation`` call these functions.
@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .datasets import ShardDataset, read_manifest, select
-from .evaluate import evaluate_model
-from .geometry import Geometry
-from .metrics import image_pixel_mm
-from .train import TrainConfig, TrainResult, load_best, study_configs, train_model
+from xrlib.data.datasets import ShardDataset, read_manifest, select
+from xrlib.eval.evaluate import evaluate_model
+from xrlib.drr.geometry import Geometry
+from xrlib.eval.metrics import image_pixel_mm
+from xrlib.training.train import TrainConfig, TrainResult, load_best, study_configs, train_model
 
 BASELINE_NAME = "TorchXRayVision"
 
@@ -60,7 +60,7 @@ def test_sets(run: Path, cen_alphas=(-2.0, 0.0, 2.0)) -> dict[str, pd.DataFrame]
 
 def baseline_model():
     """The TorchXRayVision PSPNet wrapper when its weights are on disk, else ``(None, reason)``."""
-    from .baseline import TxrvBaseline, txrv_status
+    from xrlib.nets.baseline import TxrvBaseline, txrv_status
 
     ok, reason = txrv_status()
     return (TxrvBaseline(), reason) if ok else (None, reason)
@@ -137,7 +137,7 @@ PAPER_TABLE3_DICE = [89.79, 89.88, 90.00, 89.42, 89.28, 88.60, 91.63, 91.37, 91.
 
 def compare_table2(df: pd.DataFrame) -> pd.DataFrame:
     """Our mean Dice (%) per model and α group next to the paper's Table 2 values."""
-    from .evaluate import GROUP_ORDER
+    from xrlib.eval.evaluate import GROUP_ORDER
 
     ours = df.groupby(["model", "group"])["dice"].mean().mul(100)
     rows = []
@@ -151,7 +151,7 @@ def compare_table2(df: pd.DataFrame) -> pd.DataFrame:
 def table3(df: pd.DataFrame, results: dict[str, TrainResult] | None = None) -> pd.DataFrame:
     """Dice (%) on the Real test split per ablation model next to the paper's Table 3.
 
-    ``df``: per-image results whose ``model`` names start with ``ExpNN`` (:func:`xrlib.train.ablation_configs`);
+    ``df``: per-image results whose ``model`` names start with ``ExpNN`` (:func:`xrlib.training.train.ablation_configs`);
     only rows with ``test_set == "Real_test"`` are used. ``results`` adds best epoch, best validation
     Dice and training time from :func:`training_table`.
     """

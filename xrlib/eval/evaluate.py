@@ -4,7 +4,7 @@ Pipeline
 --------
 :func:`evaluate_model` runs a model over a dataset (sigmoid of its one-channel logits) and hands the
 probabilities to :func:`evaluate_predictions`, which returns a tidy table with one row per image
-(model, manifest identifiers, α group and the metrics of :func:`xrlib.metrics.image_metrics`).
+(model, manifest identifiers, α group and the metrics of :func:`xrlib.eval.metrics.image_metrics`).
 :func:`save_results` stores it as CSV and Parquet. From that table:
 
 * :func:`group_stats` / :func:`format_table2` / :func:`group_table` — the paper's Table 2 (mean ± sd
@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_write
-from .metrics import image_metrics
+from xrlib.core.atomic import atomic_write
+from xrlib.eval.metrics import image_metrics
 
 __all__ = [
     "ALPHA_GROUPS",

@@ -2,7 +2,7 @@
 
 Pools
 -----
-Virtual subjects (see :mod:`xrlib.cohort`) are assigned to three subject-disjoint pools by a
+Virtual subjects (see :mod:`xrlib.anatomy.cohort`) are assigned to three subject-disjoint pools by a
 permutation drawn from the profile's seed:
 
 ``surrogate``
@@ -18,12 +18,12 @@ permutation drawn from the profile's seed:
 
 Inside the surrogate and ``syn_train`` pools subjects are split into train/validation/test, again
 by a seeded permutation, so no subject contributes images to two splits. Virtual subjects of one
-source CT are deformed copies of one person, not independent patients (see :mod:`xrlib.cohort`);
+source CT are deformed copies of one person, not independent patients (see :mod:`xrlib.anatomy.cohort`);
 the ``source`` column of the manifest names the unit of independence.
 
 Images
 ------
-Each radiograph goes through :func:`xrlib.physics.postprocess` (window + unsharp masking, [0, 1])
+Each radiograph goes through :func:`xrlib.drr.physics.postprocess` (window + unsharp masking, [0, 1])
 and :func:`preprocess` (aspect-preserving bilinear resize, centred zero padding to S×S, min–max to
 [0, 1]; the mask resized bilinearly and thresholded at 0.5). Images are stored as uint8 (×255).
 
@@ -50,9 +50,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import save_npz_atomic, sha256_file, write_text_atomic
-from .errors import InputError
-from .profiles import DATASET_KEYS, profile_hash
+from xrlib.core.atomic import save_npz_atomic, sha256_file, write_text_atomic
+from xrlib.core.errors import InputError
+from xrlib.core.profiles import DATASET_KEYS, profile_hash
 
 #: Bumped whenever this module changes what it writes, so cached datasets are rebuilt.
 DATASETS_VERSION = 1
@@ -124,7 +124,7 @@ def preprocess(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[n
 class SubjectSource:
     """Where virtual subjects come from: their ids, a loader and a fingerprint for caching.
 
-    ``load(subject_id)`` returns ``(ct, labels)`` :class:`xrlib.ct.Volume` s; it is only called
+    ``load(subject_id)`` returns ``(ct, labels)`` :class:`xrlib.core.ct.Volume` s; it is only called
     for subjects whose shards must be (re)built. ``source_of(subject_id)`` names the source CT
     (the unit of independence).
     """
@@ -148,12 +148,12 @@ def subjects_from_volumes(items: Sequence[tuple]) -> SubjectSource:
 
 
 def cohort_subjects(cfg: dict, cohort_dir: str | Path, sources=None, progress: bool = True) -> SubjectSource:
-    """Virtual subjects of :mod:`xrlib.cohort` (built lazily, on the first ``load``).
+    """Virtual subjects of :mod:`xrlib.anatomy.cohort` (built lazily, on the first ``load``).
 
-    ``sources`` as in :func:`xrlib.cohort.build_cohort` (``None``: the example CT). The cohort
+    ``sources`` as in :func:`xrlib.anatomy.cohort.build_cohort` (``None``: the example CT). The cohort
     has ``cfg["cohort"]["n_subjects"]`` subjects per source and the profile's seed.
     """
-    from .cohort import CohortConfig, build_cohort, load_subject
+    from xrlib.anatomy.cohort import CohortConfig, build_cohort, load_subject
 
     ccfg = CohortConfig(n_subjects=int(cfg["cohort"]["n_subjects"]), seed=int(cfg["seed"]))
     names = ["example"] if sources is None else [s[0] for s in sources]
@@ -167,11 +167,11 @@ def cohort_subjects(cfg: dict, cohort_dir: str | Path, sources=None, progress: b
         return load_subject(cohort_dir, sid)
 
     if sources is None:  # the example CT: fingerprint its files (cheap, no loading)
-        from .ct import example_paths
+        from xrlib.core.ct import example_paths
 
         src_fp = [sha256_file(p) for p in example_paths()]
     else:
-        from .cohort import _source_fingerprint
+        from xrlib.anatomy.cohort import _source_fingerprint
 
         src_fp = [_source_fingerprint(ct, lab) for _, ct, lab in sources]
     fp = hashlib.sha256(f"{ccfg.fingerprint()}|{names}|{src_fp}|{ccfg.n_subjects}".encode()).hexdigest()[:16]
@@ -202,7 +202,7 @@ def assign_pools(subject_ids: Sequence[str], cfg: dict) -> dict[str, tuple[str, 
 
 def surrogate_poses(cfg: dict, subject: str):
     """Well-positioned poses of one surrogate subject (seeded by profile seed and subject id)."""
-    from .geometry import Pose
+    from xrlib.drr.geometry import Pose
 
     s = cfg["surrogate"]
     key = int.from_bytes(hashlib.sha256(subject.encode()).digest()[:4], "little")
@@ -223,7 +223,7 @@ def _noise_seed(cfg: dict, subject: str) -> int:
 
 def study_geometry(cfg: dict):
     """The profile's detector: ``render.detector`` px square over ``render.field_mm`` mm (paper PA geometry)."""
-    from .geometry import Geometry
+    from xrlib.drr.geometry import Geometry
 
     n = int(cfg["render"]["detector"])
     return Geometry(height=n, width=n, pitch=float(cfg["render"]["field_mm"]) / n)
@@ -235,10 +235,10 @@ def preprocessing_example(ct, labels, cfg: dict, alpha: float = 10.0) -> dict:
     Returns ``detector`` (post-processed display image at the profile's detector size, [0, 1]),
     ``detector_mask``, ``geometry``, ``image`` and ``mask`` (``image_size`` square) and ``alpha`` (deg).
     """
-    from . import physics as phys
-    from .annotate import clavicles_from_labels
-    from .geometry import Pose
-    from .render import render_batch
+    from xrlib.drr import physics as phys
+    from xrlib.anatomy.annotate import clavicles_from_labels
+    from xrlib.drr.geometry import Pose
+    from xrlib.drr.render import render_batch
 
     geo = study_geometry(cfg)
     rg = render_batch(ct, clavicles_from_labels(labels), geo, [Pose(alpha=float(alpha))], physics="naive",
@@ -251,10 +251,10 @@ def preprocessing_example(ct, labels, cfg: dict, alpha: float = 10.0) -> dict:
 
 def render_subject(ct, labels, cfg: dict, pool: str, subject: str) -> dict:
     """Render, post-process and preprocess every image of one subject; arrays of a shard."""
-    from . import physics as phys
-    from .annotate import clavicles_from_labels
-    from .geometry import Pose
-    from .render import render_batch
+    from xrlib.drr import physics as phys
+    from xrlib.anatomy.annotate import clavicles_from_labels
+    from xrlib.drr.geometry import Pose
+    from xrlib.drr.render import render_batch
 
     r = cfg["render"]
     geo = study_geometry(cfg)
@@ -418,7 +418,7 @@ def build_datasets(
     """Build (or resume, or verify) the datasets of profile ``cfg`` under ``out_dir``.
 
     Args:
-        cfg: a validated profile (:func:`xrlib.profiles.load_profile`).
+        cfg: a validated profile (:func:`xrlib.core.profiles.load_profile`).
         out_dir: the datasets folder (``runs/<profile>/datasets``).
         subjects: where subjects come from; default the virtual cohort of the example CT built in
             ``cohort/`` next to ``out_dir`` (``runs/<profile>/cohort``, :func:`cohort_subjects`).
@@ -431,9 +431,9 @@ def build_datasets(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    real_folder = real_folder if real_folder is not None else (cfg.get("real") or {}).get("folder")
+    real_folder = real_folder if real_folder is not None else cfg.real_folder
     if real_folder:
-        cfg = {**cfg, "real": {"folder": str(real_folder)}}
+        cfg = cfg.with_real_folder(real_folder)
     if subjects is None:
         subjects = cohort_subjects(cfg, out_dir.parent / "cohort", progress=progress)
     fp = subjects.fingerprint

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
+from xrlib.core.errors import InputError
 
 #: TotalSegmentator class indices of the clavicles in the shipped label map (``structures.csv``).
 CLAVICLE_LEFT_LABEL = 73
@@ -103,6 +103,34 @@ class Volume:
             direction=np.asarray(img.GetDirection(), float).reshape(3, 3),
             source=source,
         )
+
+
+@dataclass(frozen=True)
+class ClavicleMasks:
+    """Left and right clavicle masks (uint8 0/1) on the grid of the CT they were made for.
+
+    ``left`` is the patient's left clavicle (+x in LPS). ``source`` records where the masks
+    came from: ``"shipped"`` (the label map shipped with the example CT), ``"labels"`` (a label
+    map given by the user) or ``"totalsegmentator"`` (computed from the CT).
+    """
+
+    left: Volume
+    right: Volume
+    source: str
+
+    @property
+    def combined(self) -> Volume:
+        """Both clavicles in one uint8 0/1 mask (``left | right``)."""
+        arr = ((self.left.array > 0) | (self.right.array > 0)).astype(np.uint8)
+        return self.left.with_array(arr)
+
+    def volumes_ml(self) -> dict[str, float]:
+        """Mask volumes in millilitres: ``{"left": ..., "right": ...}`` (voxel count × voxel volume)."""
+        out = {}
+        for side, vol in (("left", self.left), ("right", self.right)):
+            voxel_mm3 = float(np.prod(np.asarray(vol.spacing, float)))
+            out[side] = int(np.count_nonzero(vol.array)) * voxel_mm3 / 1000.0
+        return out
 
 
 def _read_image(path: str | Path) -> sitk.Image:
@@ -205,7 +233,7 @@ def load_example() -> tuple[Volume, Volume]:
     """The example chest CT (512×512×133, 0.70×0.70×2.5 mm, HU) and its label map.
 
     Note the tight field of view: the clavicle labels run up to the top slice, so the clavicles
-    are cut by the volume's superior face (see :func:`xrlib.render.render` for how that is handled).
+    are cut by the volume's superior face (see :func:`xrlib.drr.render.render` for how that is handled).
     """
     ct_path, lab_path = example_paths()
     ct = load_ct(ct_path)

@@ -2,8 +2,9 @@
 
 Profiles live in ``book/profiles/<name>.yml`` (``smoke``, ``quick``, ``paper``). They differ only in
 sizes (number of virtual subjects, poses, detector and image sizes, training budget), never in
-code paths. :func:`load_profile` reads and validates one and returns a plain ``dict`` with the
-synthetic angle list expanded; :func:`profile_hash` fingerprints (a part of) it for caching.
+code paths. :func:`load_profile` reads and validates one, once, and returns a typed, frozen
+:class:`Profile` (one dataclass per section, angle lists expanded); :func:`profile_hash`
+fingerprints (a part of) its normalised mapping for caching.
 
 Schema (all keys required unless marked optional)::
 
@@ -39,14 +40,15 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from .errors import InputError
+from xrlib.core.errors import InputError
 
 #: Folder of the profiles shipped with the book.
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "book" / "profiles"
+PROFILES_DIR = Path(__file__).resolve().parents[2] / "book" / "profiles"
 
 _SPLITS = ("train", "val", "test")
 _POOL_SPLITS = {"surrogate": _SPLITS, "syn_train": _SPLITS, "syn_test": ("test",)}
@@ -109,8 +111,13 @@ def _alphas(value, source: Path) -> list[float]:
     raise InputError(source, f"synthetic.alphas must be a non-empty list of angles or {{start, stop, step}}, got {value!r}")
 
 
-def validate_profile(cfg: dict, source: str | Path = "<profile>") -> dict:
-    """Check a profile dictionary and return a normalised copy (angles expanded, numbers typed)."""
+def validate_profile(cfg: dict, source: str | Path = "<profile>") -> "Profile":
+    """Check a profile mapping and return it as a :class:`Profile` (angles expanded, numbers typed)."""
+    return Profile.from_mapping(_normalise(cfg, source), source)
+
+
+def _normalise(cfg: dict, source: str | Path) -> dict:
+    """The checked, normalised copy of a profile mapping (the form that is hashed)."""
     source = Path(str(source))
     if not isinstance(cfg, dict):
         raise InputError(source, "a profile must be a YAML mapping")
@@ -160,10 +167,21 @@ def validate_profile(cfg: dict, source: str | Path = "<profile>") -> dict:
     real = cfg.setdefault("real", {"folder": None})
     if not isinstance(real, dict) or "folder" not in real:
         raise InputError(source, "real must be a mapping with a 'folder' key (null for the surrogate)")
+    if "train" in cfg:
+        train = cfg["train"]
+        if not isinstance(train, dict):
+            raise InputError(source, "train must be a mapping (epochs, batch_size, patience, lr)")
+        for key in ("epochs", "batch_size", "patience"):
+            _int(cfg, f"train.{key}", source, 1)
+        train["lr"] = _float(cfg, "train.lr", source)
+        subset = train.get("ablation_subset")
+        if subset is not None and not (isinstance(subset, int) and not isinstance(subset, bool)
+                                       or isinstance(subset, list) and all(isinstance(n, int) for n in subset)):
+            raise InputError(source, f"train.ablation_subset must be null, an integer or a list of integers, got {subset!r}")
     return cfg
 
 
-def load_profile(name_or_path: str | Path) -> dict:
+def load_profile(name_or_path: str | Path) -> "Profile":
     """Read and validate a profile by name (``book/profiles/<name>.yml``) or path.
 
     Raises :class:`InputError` naming the file for an unknown profile (listing the available
@@ -176,20 +194,169 @@ def load_profile(name_or_path: str | Path) -> dict:
         raise InputError(path, f"cannot read profile ({' '.join(str(exc).split())})") from None
     if isinstance(cfg, dict):
         cfg.setdefault("name", path.stem)
-    cfg = validate_profile(cfg, path)
-    cfg["path"] = str(path)
-    return cfg
+        cfg["path"] = str(path)
+    return validate_profile(cfg, path)
 
 
 #: Sections of a profile that determine the datasets (others, e.g. ``train``, do not).
 DATASET_KEYS = ("seed", "cohort", "pools", "surrogate", "synthetic", "render", "image_size", "real")
 
 
-def profile_hash(cfg: dict, keys: tuple[str, ...] | None = None) -> str:
-    """SHA-256 (hex) of the canonical JSON of ``cfg`` (restricted to ``keys`` if given).
+def profile_hash(cfg: "Profile | dict", keys: tuple[str, ...] | None = None) -> str:
+    """SHA-256 (hex) of the canonical JSON of a profile's normalised mapping (restricted to ``keys``).
 
     ``name`` and ``path`` are ignored, so a copy of a profile under another name hashes the same.
+    The mapping is the one :func:`validate_profile` normalised, so cache keys do not depend on how
+    the profile is represented in memory.
     """
+    if isinstance(cfg, Profile):
+        cfg = cfg.raw
     d = {k: v for k, v in cfg.items() if k not in ("name", "path") and (keys is None or k in keys)}
     text = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Typed sections
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SplitCounts:
+    """Virtual subjects per split of one pool."""
+
+    train: int = 0
+    val: int = 0
+    test: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.train + self.val + self.test
+
+    def as_dict(self) -> dict[str, int]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
+@dataclass(frozen=True)
+class PoolsSection:
+    """Subject-disjoint pools: the "Real" surrogate, synthetic training and synthetic test."""
+
+    surrogate: SplitCounts
+    syn_train: SplitCounts
+    syn_test: SplitCounts
+
+
+@dataclass(frozen=True)
+class SurrogateSection:
+    """Clinical-surrogate poses (jitter half-widths in deg and mm) and dose (mAs)."""
+
+    poses_per_subject: int
+    alpha_jitter_deg: float
+    tilt_jitter_deg: float
+    shift_jitter_mm: float
+    dose_mas: float
+
+
+@dataclass(frozen=True)
+class SyntheticSection:
+    """Synthetic rotation angles α (deg) and the Syn_cen subset."""
+
+    alphas: tuple[float, ...]
+    cen_alphas: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class RenderSection:
+    """Detector (N×N px over ``field_mm`` at the detector), projector backend and FOV handling."""
+
+    detector: int
+    field_mm: float
+    backend: str
+    fov: str
+
+    @property
+    def pitch_mm(self) -> float:
+        """Detector pixel pitch (mm)."""
+        return self.field_mm / self.detector
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    """Training budget; ``depth``/``loss``/``base_channels`` are optional model overrides."""
+
+    epochs: int
+    batch_size: int
+    patience: int
+    lr: float
+    depth: int | None = None
+    loss: str | None = None
+    base_channels: int = 16
+    ablation_subset: int | tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A validated profile: one typed section per YAML section (see the module docstring).
+
+    ``raw`` is the normalised mapping that :func:`profile_hash` fingerprints (kept so that cache
+    keys are those of the YAML, whatever the in-memory representation).
+    """
+
+    name: str
+    path: str | None
+    seed: int
+    n_subjects: int
+    pools: PoolsSection
+    surrogate: SurrogateSection
+    synthetic: SyntheticSection
+    render: RenderSection
+    image_size: int
+    real_folder: str | None
+    train: TrainSection | None
+    raw: dict = field(repr=False, compare=False)
+
+    @classmethod
+    def from_mapping(cls, cfg: dict, source: str | Path = "<profile>") -> "Profile":
+        """Build from a mapping already normalised by :func:`validate_profile`."""
+        pools = PoolsSection(**{p: SplitCounts(**cfg["pools"][p]) for p in _POOL_SPLITS})
+        t = cfg.get("train")
+        train = None
+        if t is not None:
+            subset = t.get("ablation_subset")
+            train = TrainSection(epochs=int(t["epochs"]), batch_size=int(t["batch_size"]), patience=int(t["patience"]),
+                                 lr=float(t["lr"]), depth=t.get("depth"), loss=t.get("loss"),
+                                 base_channels=int(t.get("base_channels", 16)),
+                                 ablation_subset=tuple(subset) if isinstance(subset, list) else subset)
+        r = cfg["render"]
+        return cls(
+            name=str(cfg["name"]), path=cfg.get("path"), seed=int(cfg["seed"]),
+            n_subjects=int(cfg["cohort"]["n_subjects"]), pools=pools,
+            surrogate=SurrogateSection(**{k: cfg["surrogate"][k] for k in SurrogateSection.__dataclass_fields__}),
+            synthetic=SyntheticSection(tuple(cfg["synthetic"]["alphas"]), tuple(cfg["synthetic"]["cen_alphas"])),
+            render=RenderSection(int(r["detector"]), float(r["field_mm"]), str(r["backend"]), str(r["fov"])),
+            image_size=int(cfg["image_size"]), real_folder=(cfg.get("real") or {}).get("folder") or None,
+            train=train, raw=cfg,
+        )
+
+    def require_train(self) -> TrainSection:
+        """The ``train:`` section; an :class:`InputError` naming the profile file when it is absent."""
+        if self.train is None:
+            raise InputError(self.path or self.name, "the profile has no train: block (epochs, batch_size, patience, lr)")
+        return self.train
+
+    def with_real_folder(self, folder: str | Path | None) -> "Profile":
+        """The same profile with ``real.folder`` replaced (``None``: the clinical surrogate)."""
+        raw = copy.deepcopy(self.raw)
+        raw["real"] = {"folder": None if folder is None else str(folder)}
+        return Profile.from_mapping(raw, self.path or self.name)
+
+    def hash(self, keys: tuple[str, ...] | None = None) -> str:
+        """:func:`profile_hash` of this profile."""
+        return profile_hash(self, keys)
+
+    # Transitional mapping access for callers not yet converted to the typed sections.
+    def __getitem__(self, key: str):
+        return self.raw[key]
+
+    def get(self, key: str, default=None):
+        return self.raw.get(key, default)
