@@ -46,6 +46,35 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def write_json_atomic(path: str | Path, obj, indent: int | None = 1) -> None:
+    """JSON (UTF-8) through :func:`atomic_write`."""
+    import json
+
+    write_text_atomic(path, json.dumps(obj, indent=indent))
+
+
+def write_csv_atomic(path: str | Path, df) -> None:
+    """A pandas DataFrame as CSV (no index) through :func:`atomic_write`."""
+    with atomic_write(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def save_torch_atomic(path: str | Path, obj) -> None:
+    """``torch.save`` through :func:`atomic_write`."""
+    import torch
+
+    with atomic_write(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def write_image_atomic(path: str | Path, image, compress: bool = True) -> None:
+    """A SimpleITK image (format from the suffix, e.g. ``.nii.gz``) through :func:`atomic_write`."""
+    import SimpleITK as sitk
+
+    with atomic_write(path) as tmp:
+        sitk.WriteImage(image, str(tmp), compress)
+
+
 def sha256_file(path: str | Path) -> str:
     """Hex SHA-256 of a file's bytes (read in 1 MiB chunks)."""
     h = hashlib.sha256()

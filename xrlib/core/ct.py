@@ -77,6 +77,11 @@ class Volume:
             raise ValueError(f"array shape {array.shape} differs from grid shape {self.array.shape}")
         return replace(self, array=array, source=self.source if source is None else source)
 
+    @property
+    def si_axis(self) -> int:
+        """Index axis (0 = i, 1 = j, 2 = k; NumPy axis ``2 - si_axis``) that runs closest to superior–inferior (z)."""
+        return int(np.argmax(np.abs(np.asarray(self.direction, float)[2, :])))
+
     def same_grid(self, other: "Volume") -> bool:
         """True if ``other`` has the same size, spacing, origin and direction."""
         return (
