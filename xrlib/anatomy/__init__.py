@@ -1,1 +1,1 @@
-"""TODO"""
+"""Anatomy from CT: clavicle annotation and the virtual cohort (seeded anatomical deformations)."""

@@ -8,16 +8,15 @@ and writes, the profile, the device and the package versions, and ends with
 
 from __future__ import annotations
 
-import json
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 
+from xrlib.core.atomic import write_json_atomic
 from xrlib.core.profiles import load_profile
 from xrlib.core.runs import device_description, run_dir
-
 
 
 class Stage:
@@ -61,6 +60,6 @@ class Stage:
                            "seconds": [*self.times.values(), total]})
         record = {"stage": self.name, "profile": self.profile_name, "device": self.device,
                   "steps": self.times, "total_s": total}
-        (self.run / f"{self.name}.timings.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+        write_json_atomic(self.run / f"{self.name}.timings.json", record, indent=2)
         print(f"{self.name} ran in {total:.1f} s on {self.device} (profile {self.profile_name})")
         return df.round(2)

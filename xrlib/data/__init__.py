@@ -1,1 +1,1 @@
-"""TODO"""
+"""Study datasets: preprocessing, pools and subject-disjoint splits, shards with a manifest, the torch Dataset."""

@@ -1,1 +1,1 @@
-"""TODO"""
+"""Digitally reconstructed radiographs: geometry and pose conventions, physics chains, projector backends, rendering."""

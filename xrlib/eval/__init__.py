@@ -1,1 +1,1 @@
-"""TODO"""
+"""Evaluation: per-image metrics, prediction over datasets, statistics and summary tables."""

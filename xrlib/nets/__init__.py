@@ -1,1 +1,1 @@
-"""TODO"""
+"""Networks: the study U-Net and its losses, and external baselines."""

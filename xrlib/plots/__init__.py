@@ -1,3 +1,17 @@
-"""Figures of the book (matplotlib, labelled axes and units)."""
+"""The book's figures, by topic; every function returns a Figure with labelled axes and units.
 
-from xrlib.plots.figures import *  # noqa: F401,F403
+:mod:`~xrlib.plots.volumes` (CT views), :mod:`~xrlib.plots.radiographs` (geometry and radiographs),
+:mod:`~xrlib.plots.results` (training and evaluation). Notebooks use ``from xrlib import plots`` and
+call ``plots.<name>``.
+"""
+
+from xrlib.plots.radiographs import (detector_extent, geometry_diagram, image_grid, preprocessing_pair,
+                                     radiograph_grid, show_radiograph, spectrum_plot)
+from xrlib.plots.results import (MODEL_COLORS, bar_timings, contour_overlays, dice_vs_alpha_plot, group_boxplots,
+                                 learning_curves)
+from xrlib.plots.volumes import as_lps, clavicle_mips, cohort_montage, coronal, ct_orthoslices, hu_histogram
+
+__all__ = ["MODEL_COLORS", "as_lps", "bar_timings", "clavicle_mips", "cohort_montage", "contour_overlays", "coronal",
+           "ct_orthoslices", "detector_extent", "dice_vs_alpha_plot", "geometry_diagram", "group_boxplots",
+           "hu_histogram", "image_grid", "learning_curves", "preprocessing_pair", "radiograph_grid",
+           "show_radiograph", "spectrum_plot"]

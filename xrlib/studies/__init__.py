@@ -1,1 +1,1 @@
-"""TODO"""
+"""One folder per chapter: the configurations, tables and paper comparisons of each study."""

@@ -1,1 +1,1 @@
-"""TODO"""
+"""One seeded, resumable, cached training loop; defenses plug in as recipes."""
