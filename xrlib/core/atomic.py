@@ -60,11 +60,19 @@ def write_csv_atomic(path: str | Path, df) -> None:
 
 
 def save_torch_atomic(path: str | Path, obj) -> None:
-    """``torch.save`` through :func:`atomic_write`."""
+    """``torch.save`` through :func:`atomic_write`, byte-reproducible.
+
+    ``torch.save`` to a file names the zip records after the file's stem, which here would be the
+    random temporary name; saving to memory first makes equal content give equal bytes.
+    """
+    import io
+
     import torch
 
+    buf = io.BytesIO()
+    torch.save(obj, buf)
     with atomic_write(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buf.getvalue())
 
 
 def write_image_atomic(path: str | Path, image, compress: bool = True) -> None:
