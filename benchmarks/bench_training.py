@@ -1,6 +1,6 @@
 """Training benchmark: images/s of one U-Net training step, and what a profile's training costs.
 
-Times the step that :func:`xrlib.training.train.train_model` runs (forward, loss, backward, Adam step) for
+Times the step that :func:`xrlib.training.loop.train_model` runs (forward, loss, backward, Adam step) for
 the study U-Net of a profile (``study_configs``: depth 5, Dice loss, the profile's batch size and
 image size) on random inputs of the profile's shape, on CUDA when available, else on the CPU.
 Three settings are compared in the same run:
@@ -32,12 +32,12 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # as train.py: dete
 
 
 def train_images(cfg: dict) -> dict[str, int]:
-    """Training images of each study model (:func:`xrlib.training.train.study_configs`) planned by a profile.
+    """Training images of each study model (:func:`xrlib.studies.rotation.models.study_configs`) planned by a profile.
 
     Counted from the pool sizes (subjects × poses), since a benchmark has no built manifest; a
     configured folder of real radiographs is not counted.
     """
-    from xrlib.training.train import study_configs
+    from xrlib.studies.rotation.models import study_configs
 
     pools, syn = cfg["pools"], cfg["synthetic"]
     per_set = {"Real": int(pools["surrogate"]["train"]) * int(cfg["surrogate"]["poses_per_subject"]),
@@ -49,7 +49,8 @@ def train_images(cfg: dict) -> dict[str, int]:
 def images_per_s(depth: int, loss: str, size: int, batch: int, dev: torch.device, mode: str,
                  steps: int, warmup: int) -> float:
     """Median images/s over ``steps`` timed training steps (after ``warmup`` untimed ones)."""
-    from xrlib.nets.unet import build_unet, make_loss
+    from xrlib.nets.losses import make_loss
+    from xrlib.nets.unet import build_unet
 
     prev = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
     torch.use_deterministic_algorithms(mode == "as train.py", warn_only=True)
@@ -83,7 +84,7 @@ def images_per_s(depth: int, loss: str, size: int, batch: int, dev: torch.device
 
 def main() -> int:
     from xrlib.core.profiles import load_profile
-    from xrlib.training.train import study_configs
+    from xrlib.studies.rotation.models import study_configs
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", nargs="+", default=["quick", "paper"])

@@ -41,7 +41,8 @@ def _bench_training():
 
 def test_training_bench_plans_the_training_sets_that_the_smoke_build_made(smoke_book):
     from xrlib.core.profiles import load_profile
-    from xrlib.training.train import select_images, study_configs
+    from xrlib.studies.rotation.models import study_configs
+    from xrlib.training.data import select_images
 
     cfg = load_profile("smoke")
     built = {c.name: len(select_images(smoke_book["runs"] / "smoke" / "datasets", c.train_sets, "train", c.cen_alphas))

@@ -1,4 +1,5 @@
-"""Tests of xrlib.nets.unet, xrlib.training.train and xrlib.nets.baseline on a tiny synthetic task (CPU, seconds)."""
+"""Tests of xrlib.nets (unet, losses, baseline), xrlib.training (config, data, loop, checkpoint) and the
+rotation study's model sets (xrlib.studies.rotation.models) on a tiny synthetic task (CPU, seconds)."""
 
 from __future__ import annotations
 
@@ -13,18 +14,14 @@ import torch
 from xrlib.core.atomic import save_npz_atomic, sha256_file, write_text_atomic
 from xrlib.nets.baseline import CLAVICLE_CHANNELS, TXRV_TARGETS, TxrvBaseline, txrv_postprocess, txrv_preprocess, txrv_status
 from xrlib.data.datasets import MANIFEST_COLUMNS
-from xrlib.nets.unet import build_unet, count_parameters, make_loss
-from xrlib.training.train import (
-    TrainConfig,
-    ablation_configs,
-    ablation_grid,
-    dice_per_image,
-    load_best,
-    safe_name,
-    select_images,
-    study_configs,
-    train_model,
-)
+from xrlib.core.profiles import Profile, load_profile, validate_profile
+from xrlib.nets.losses import dice_per_image, make_loss
+from xrlib.nets.unet import build_unet, count_parameters
+from xrlib.studies.rotation.models import ablation_configs, ablation_grid, study_configs
+from xrlib.training.checkpoint import load_best
+from xrlib.training.config import TrainConfig, safe_name
+from xrlib.training.data import load_tensors, select_images
+from xrlib.training.loop import train_model
 
 S = 32
 
@@ -72,7 +69,7 @@ def toy(tmp_path_factory):
 
 def _cfg(**kw):
     base = dict(name="toy U-Net(Real)", train_sets=["Real"], depth=3, base_channels=8, loss="dice_bce", lr=0.01,
-                batch_size=8, epochs=4, patience=30, seed=0)
+                batch_size=8, epochs=4, patience=30, seed=0, threads=1)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -157,9 +154,7 @@ def test_training_learns_and_caches(toy, tmp_path):
     # the best checkpoint reproduces the best validation Dice
     model = load_best(res)
     assert not model.training
-    from xrlib.training.train import _load_tensors
-
-    x, y = _load_tensors(select_images(toy, ["Real"], "val"), toy, "val", False)
+    x, y = load_tensors(select_images(toy, ["Real"], "val"), toy, "val", False)
     with torch.no_grad():
         assert float(dice_per_image(model(x), y.float()).double().mean()) == pytest.approx(res.best_val_dice, abs=1e-6)
 
@@ -214,8 +209,13 @@ def test_config_hash_and_errors(toy, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- configurations
 
-PROFILE = {"name": "t", "seed": 7, "synthetic": {"cen_alphas": [-2.0, 0.0, 2.0]},
-           "train": {"epochs": 20, "batch_size": 8, "patience": 5, "lr": 0.01}}
+def _profile() -> Profile:
+    raw = dict(load_profile("smoke").raw, name="t", seed=7, train={"epochs": 20, "batch_size": 8, "patience": 5, "lr": 0.01})
+    raw["synthetic"] = dict(raw["synthetic"], cen_alphas=[-2.0, 0.0, 2.0])
+    return validate_profile(raw, "t.yml")
+
+
+PROFILE = _profile()
 
 
 def test_study_configs():

@@ -1,4 +1,4 @@
-"""Segmentation networks and losses of the study (paper 000): MONAI U-Nets, Dice and Dice+BCE.
+"""Segmentation networks: 2-D MONAI U-Nets of a chosen depth (losses are in :mod:`xrlib.nets.losses`).
 
 The networks map a batch of radiographs ``(B, 1, S, S)`` with intensities in [0, 1] to clavicle
 *logits* ``(B, 1, S, S)``; a pixel is clavicle when ``sigmoid(logit) > 0.5`` (i.e. logit > 0).
@@ -15,8 +15,6 @@ import torch
 
 #: U-Net depths of the paper's ablation (Table 3).
 DEPTHS = (3, 4, 5)
-#: Loss names: ``dice`` (1 − soft Dice) and ``dice_bce`` (soft Dice + binary cross-entropy).
-LOSSES = ("dice", "dice_bce")
 
 
 def build_unet(depth: int = 4, base_channels: int = 16, dropout: float = 0.0) -> torch.nn.Module:
@@ -40,23 +38,6 @@ def build_unet(depth: int = 4, base_channels: int = 16, dropout: float = 0.0) ->
     channels = tuple(int(base_channels) * 2 ** i for i in range(depth))
     return UNet(spatial_dims=2, in_channels=1, out_channels=1, channels=channels,
                 strides=(2,) * (depth - 1), num_res_units=2, dropout=float(dropout))
-
-
-def make_loss(name: str) -> torch.nn.Module:
-    """The training loss on logits: ``"dice"`` or ``"dice_bce"``.
-
-    ``dice`` is MONAI ``DiceLoss(sigmoid=True)`` (soft Dice on sigmoid probabilities, batch mean
-    of the per-image loss). ``dice_bce`` is MONAI ``DiceCELoss(sigmoid=True)``; with a single
-    output channel MONAI computes the cross-entropy term with ``BCEWithLogitsLoss`` (checked in
-    MONAI 1.6 ``DiceCELoss.forward``), so the loss is Dice + BCE with weights 1 and 1 (paper eq. 3).
-    """
-    from monai.losses import DiceCELoss, DiceLoss
-
-    if name == "dice":
-        return DiceLoss(sigmoid=True)
-    if name == "dice_bce":
-        return DiceCELoss(sigmoid=True)
-    raise ValueError(f"unknown loss {name!r}; expected 'dice' or 'dice_bce'")
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = True) -> int:

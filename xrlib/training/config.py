@@ -1,0 +1,179 @@
+"""What determines a trained model: :class:`TrainConfig`, its cache hash and its folder name.
+
+The folder of a model is ``<out_root>/<safe name>-<hash12>`` where the hash
+(:meth:`TrainConfig.config_hash`) is the SHA-256 of the canonical JSON of::
+
+    {"config": <TrainConfig.as_dict() less num_workers>, "datasets": <dataset build hash>, "version": TRAIN_VERSION}
+
+``config`` includes the recipe name and parameters (:mod:`xrlib.training.recipes`) and the torch
+thread count, which changes floating-point results (weights after a few Adam steps differ between
+1 and 2 threads).
+
+Legacy hash
+    Models trained before recipes and thread counts existed were hashed without the fields
+    ``recipe``, ``recipe_params`` and ``threads`` (otherwise the same payload, byte for byte).
+    Those models are the ``standard`` recipe without parameters; :meth:`TrainConfig.legacy_hash`
+    recomputes their hash so that :func:`xrlib.training.checkpoint.cached_result` can adopt them
+    instead of retraining (see there for when).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from xrlib.core.errors import InputError
+from xrlib.data.datasets import BUILD_FILE, DATASET_NAMES
+
+#: Bumped whenever training changes how models are trained, so cached models are retrained.
+TRAIN_VERSION = 1
+#: Sets a model may be trained on (the test-only set is excluded).
+TRAIN_SETS = tuple(n for n in DATASET_NAMES if n != "Syn_test")
+#: The recipe of the plain fit loop (no hooks); the recipe of every model trained before recipes existed.
+STANDARD_RECIPE = "standard"
+#: Fields that the legacy hash (before recipes and thread counts) did not have.
+_NEW_FIELDS = ("recipe", "recipe_params", "threads")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a trained model (see the module docstring).
+
+    Attributes:
+        name: model name, e.g. ``"U-Net(Real)"`` (the folder uses a filesystem-safe form).
+        train_sets: named sets (:data:`TRAIN_SETS`) whose ``train`` splits are the training images
+            and whose ``val`` splits are the validation images.
+        depth, base_channels: U-Net size (:func:`xrlib.nets.unet.build_unet`).
+        loss: ``"dice"`` or ``"dice_bce"`` (:func:`xrlib.nets.losses.make_loss`).
+        lr, batch_size, epochs, patience: Adam learning rate, batch size, maximum epochs and
+            early-stopping patience (epochs without a validation-Dice improvement).
+        seed: seeds weights initialisation and shuffling.
+        num_workers: DataLoader workers (does not change the numbers; not hashed).
+        augment: must be ``False`` (no augmentation; defenses are recipes).
+        cen_alphas: the α values of ``Syn_cen`` (from the profile; required when ``Syn_cen`` is a
+            training set).
+        recipe: name of a registered :class:`xrlib.training.recipes.Recipe` (default ``standard``).
+        recipe_params: keyword arguments of the recipe (JSON values; hashed as given, so write
+            them the same way to hit the cache).
+        threads: torch intra-op threads the training runs with; ``None`` means the current
+            ``torch.get_num_threads()`` (torch's default is the core count), fixed when the
+            configuration is made.
+    """
+
+    name: str
+    train_sets: list = field(default_factory=lambda: ["Real"])
+    depth: int = 4
+    base_channels: int = 16
+    loss: str = "dice"
+    lr: float = 0.01
+    batch_size: int = 16
+    epochs: int = 200
+    patience: int = 30
+    seed: int = 0
+    num_workers: int = 0
+    augment: bool = False
+    cen_alphas: tuple | None = None
+    recipe: str = STANDARD_RECIPE
+    recipe_params: dict = field(default_factory=dict)
+    threads: int | None = None
+
+    def __post_init__(self):
+        if self.threads is None:
+            import torch
+
+            self.threads = torch.get_num_threads()
+
+    def validate(self) -> TrainConfig:
+        """Check the values; raises ``ValueError`` naming the bad field."""
+        from xrlib.nets.losses import LOSSES
+        from xrlib.nets.unet import DEPTHS
+        from xrlib.training.recipes import get_recipe
+
+        if not self.train_sets or any(s not in TRAIN_SETS for s in self.train_sets):
+            raise ValueError(f"{self.name}: train_sets must be a non-empty list of {TRAIN_SETS}, got {self.train_sets!r}")
+        if "Syn_cen" in self.train_sets and not self.cen_alphas:
+            raise ValueError(f"{self.name}: cen_alphas (the profile's synthetic.cen_alphas) are needed to train on Syn_cen")
+        if self.depth not in DEPTHS:
+            raise ValueError(f"{self.name}: U-Net depth must be 3, 4 or 5, got {self.depth!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"{self.name}: loss must be one of {LOSSES}, got {self.loss!r}")
+        for key, minimum in (("batch_size", 1), ("epochs", 1), ("patience", 1), ("base_channels", 1),
+                             ("num_workers", 0), ("threads", 1)):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+                raise ValueError(f"{self.name}: {key} must be an integer ≥ {minimum}, got {v!r}")
+        if not (float(self.lr) >= 0):
+            raise ValueError(f"{self.name}: lr must be ≥ 0, got {self.lr!r}")
+        if self.augment:
+            raise ValueError(f"{self.name}: augmentation is not implemented (augment must be False)")
+        try:
+            json.dumps(self.recipe_params, sort_keys=True)
+        except (TypeError, ValueError):
+            raise ValueError(f"{self.name}: recipe_params must be a JSON mapping, got {self.recipe_params!r}") from None
+        get_recipe(self.recipe, self.recipe_params)  # unknown recipe or bad parameters → ValueError
+        return self
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["train_sets"] = list(d["train_sets"])
+        d["cen_alphas"] = None if d["cen_alphas"] is None else [float(a) for a in d["cen_alphas"]]
+        d["recipe_params"] = dict(d["recipe_params"])
+        return d
+
+    def _hash(self, config: dict, datasets_dir) -> str:
+        build = build_hash(datasets_dir) if datasets_dir is not None else None
+        text = json.dumps({"config": config, "datasets": build, "version": TRAIN_VERSION}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def config_hash(self, datasets_dir: str | Path | None = None) -> str:
+        """SHA-256 (hex) of the configuration (less ``num_workers``), the dataset build hash read
+        from ``<datasets_dir>/build.json`` and :data:`TRAIN_VERSION`."""
+        d = self.as_dict()
+        d.pop("num_workers")
+        return self._hash(d, datasets_dir)
+
+    def is_legacy_recipe(self) -> bool:
+        """Whether models of this configuration could have been trained before recipes existed
+        (the standard recipe without parameters)."""
+        return self.recipe == STANDARD_RECIPE and not self.recipe_params
+
+    def legacy_hash(self, datasets_dir: str | Path | None = None) -> str | None:
+        """The hash that training computed before recipes and thread counts (the same payload
+        without ``recipe``, ``recipe_params`` and ``threads``); ``None`` for a configuration that
+        could not be trained then (:meth:`is_legacy_recipe` is false)."""
+        if not self.is_legacy_recipe():
+            return None
+        d = self.as_dict()
+        for key in ("num_workers", *_NEW_FIELDS):
+            d.pop(key)
+        return self._hash(d, datasets_dir)
+
+    def folder_name(self, datasets_dir: str | Path | None = None) -> str:
+        """``<safe name>-<first 12 hex digits of the hash>``."""
+        return hashed_folder_name(self.name, self.config_hash(datasets_dir))
+
+
+def safe_name(name: str) -> str:
+    """A filesystem-safe form of a model name: ``U-Net(Real+Syn_cen)`` → ``U-Net_Real_Syn_cen``."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("_")
+    return s or "model"
+
+
+def hashed_folder_name(name: str, digest: str) -> str:
+    """``<safe name>-<first 12 hex digits of digest>``."""
+    return f"{safe_name(name)}-{digest[:12]}"
+
+
+def build_hash(datasets_dir: str | Path) -> str:
+    """The hash of a complete dataset build (``<datasets_dir>/build.json``); :class:`InputError` otherwise."""
+    path = Path(datasets_dir) / BUILD_FILE
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise InputError(path, "no readable dataset build record; build the datasets first (xrlib dataset --profile NAME)") from None
+    if info.get("complete") is not True or "hash" not in info:
+        raise InputError(path, "the dataset build is incomplete; rerun the dataset stage")
+    return str(info["hash"])
