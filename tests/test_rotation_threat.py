@@ -144,3 +144,13 @@ def test_robustness_cli(toy_run, monkeypatch, capsys, tmp_path):
     assert args.func(args) == 0
     text = capsys.readouterr().out
     assert "U-Net(Real+Syn_all)" in text and "rotation.csv" in text
+
+
+def test_overlay_examples_agree_with_the_rotation_csv(toy_run):
+    profile, run, results = toy_run
+    ex = study.overlay_examples(profile, run, results, n_subjects=1, alphas=(-20.0, 0.0, 20.0))
+    assert ex["images"].shape == ex["truth"].shape == (3, S, S) and set(ex["preds"]) == set(results)
+    csv = robustness.run_threat(profile, run, models=["U-Net(Real)"], budgets=[-20, 20]).results
+    subject = ex["titles"][0].split(" · ")[0]
+    ref = csv[csv["subject"] == subject].sort_values("alpha")["dice"].tolist()
+    assert ex["dices"]["U-Net(Real)"] == pytest.approx(ref)

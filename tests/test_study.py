@@ -66,3 +66,11 @@ def test_table3_joins_the_paper_value_of_each_experiment():
 def test_table3_rejects_models_outside_the_ablation_grid():
     with pytest.raises(ValueError, match=r"table3: model 'U-Net\(Real\)' is not an ablation experiment"):
         study.table3(results_frame())
+
+
+def test_table2_orders_alpha_groups_and_compares_with_u_net_real():
+    syn = results_frame().query("test_set == 'Syn_test'").assign(hd_mm=1.0, hd95_mm=1.0, empty_pred=False)
+    stats, wide = study.table2(syn)
+    assert [g for g, _ in wide.columns[::3]] == GROUP_ORDER
+    r = stats.set_index(["model", "group", "metric"]).loc[("U-Net(Real+Syn_all)", "Center", "dice")]
+    assert r["pct_change"] == pytest.approx(0.10 / (0.80 - 0.002 * 4 / 3) * 100)  # both lose 0.002·|α| on average

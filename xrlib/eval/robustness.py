@@ -41,7 +41,7 @@ SUCCESS_DROP = 0.3
 CHANGED_BELOW = 0.7
 #: Quality bands of a prediction against the ground truth: Dice ≥ 0.8 / 0.5–0.8 / < 0.5.
 DEFAULT_BAND_EDGES = (0.8, 0.5)
-#: Subjects below which a CI is flagged as resting on few subjects (the paper's test set has more).
+#: Subjects below which a CI is flagged as resting on few subjects (the small profiles have fewer).
 FEW_SUBJECTS = 20
 
 
@@ -95,7 +95,7 @@ def read_robustness(run: str | Path, threat: str) -> pd.DataFrame:
 
 
 def ci_note(n_subjects: int) -> str:
-    """A caption note for CIs that rest on few subjects (every profile below ``paper``)."""
+    """A caption note for CIs that rest on fewer than :data:`FEW_SUBJECTS` subjects (the small profiles)."""
     if n_subjects >= FEW_SUBJECTS:
         return ""
     return (f"The confidence intervals resample only {n_subjects} subject(s), virtual subjects of few CTs: "

@@ -1,7 +1,7 @@
 """Tables of mean ± sd per group: a numeric long table and its formatted wide view.
 
 The grouping column (``by``) and its display order (``order``) are parameters: a study passes its
-own groups (e.g. the rotation study's α groups) and its baseline model.
+own groups (and their display order) and its baseline model.
 """
 
 from __future__ import annotations

@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from xrlib.attacks.base import TestImages
 from xrlib.core.errors import InputError
 from xrlib.core.profiles import Profile
 from xrlib.data.datasets import ShardDataset, read_manifest, select
 from xrlib.drr.geometry import Geometry
-from xrlib.eval.metrics import image_pixel_mm
-from xrlib.eval.predict import evaluate_model
+from xrlib.eval.metrics import dice, image_pixel_mm
+from xrlib.eval.predict import evaluate_model, predict
 from xrlib.eval.tables import group_table
 from xrlib.studies.rotation.groups import GROUP_ORDER, alpha_group
 from xrlib.studies.rotation.paper import PAPER_TABLE2_DICE, PAPER_TABLE3_DICE, PAPER_TABLE4_DICE
@@ -121,13 +122,12 @@ def overlay_examples(profile: Profile, run: Path, results: dict[str, TrainResult
     subjects = sorted(rows["subject"].unique())[:n_subjects]
     keep = rows[rows["subject"].isin(subjects) & np.isclose(rows["alpha"].to_numpy()[:, None], np.asarray(alphas)[None]).any(1)]
     keep = keep.sort_values(["subject", "alpha"]).reset_index(drop=True)
-    ds = ShardDataset(keep, root=datasets_dir(run))
-    images = np.stack([ds[i][0][0].numpy() for i in range(len(ds))])
-    masks = np.stack([ds[i][1][0].numpy() for i in range(len(ds))])
+    test = TestImages.from_manifest(keep, datasets_dir(run))
     probs, dices = {}, {}
     for name, res in results.items():
-        df, p = evaluate_model(load_best(res), ds, keep, name, pixel_mm(profile), return_probs=True)
-        probs[name], dices[name] = p, df["dice"].to_list()
+        p, _ = predict(load_best(res), (test.images, test.masks))
+        probs[name], dices[name] = p, [dice(pi, t) for pi, t in zip(p, test.masks)]
+    images, masks = test.images, test.masks
     titles = [f"{r.subject} · α = {r.alpha:+g}°" for r in keep.itertuples()]
     return {"images": images, "truth": masks, "preds": probs, "dices": dices, "titles": titles}
 
