@@ -1,4 +1,7 @@
-"""Evaluation by α group: grouping, Table 2, bootstrap, paired tests, model inference, saving."""
+"""Evaluation: the study's α groups, group tables, bootstrap, paired tests, model inference, saving.
+
+Modules: xrlib.studies.rotation.groups, xrlib.eval.tables, xrlib.eval.stats, xrlib.eval.predict.
+"""
 
 import math
 
@@ -8,21 +11,12 @@ import pytest
 import torch
 from scipy.stats import wilcoxon
 
-from xrlib.eval.evaluate import (
-    ALPHA_GROUPS,
-    GROUP_ORDER,
-    alpha_group,
-    bootstrap_by_group,
-    bootstrap_ci,
-    dice_vs_alpha,
-    evaluate_model,
-    evaluate_predictions,
-    format_table2,
-    group_stats,
-    group_table,
-    paired_wilcoxon,
-    save_results,
-)
+from xrlib.eval.predict import evaluate_model, evaluate_predictions, save_results
+from xrlib.eval.stats import bootstrap_by_group, bootstrap_ci, dice_vs_alpha, paired_wilcoxon
+from xrlib.eval.tables import format_group_table, group_stats, group_table
+from xrlib.studies.rotation.groups import ALPHA_GROUPS, GROUP_ORDER, alpha_group
+
+BASE = "U-Net(Real)"
 
 EXPECTED = {
     -20: "Moderate-", -18: "Moderate-", -16: "Moderate-", -14: "Moderate-", -12: "Moderate-",
@@ -77,7 +71,7 @@ def test_group_stats_and_table2():
     base = _results("U-Net(Real)", [0.6, 0.8, 0.4, 0.6], ["s1", "s2", "s1", "s2"], [0, 2, 20, 18])
     other = _results("U-Net(Real + Syn_all)", [0.9, 0.9, 0.5, 0.0], ["s1", "s2", "s1", "s2"], [0, 2, 20, 18],
                      empty=[False, False, False, True])
-    stats, wide = group_table(pd.concat([base, other]))
+    stats, wide = group_table(pd.concat([base, other]), baseline=BASE, order=GROUP_ORDER)
     s = stats.set_index(["model", "group", "metric"])
     r = s.loc[("U-Net(Real)", "Center", "dice")]
     assert r["mean"] == pytest.approx(0.7)
@@ -99,7 +93,7 @@ def test_group_stats_and_table2():
     assert wide.loc["U-Net(Real)", ("Center", "dice")] == "70.00 ± 14.14"
     assert wide.loc["U-Net(Real + Syn_all)", ("Center", "dice")] == "90.00 ± 0.00 (+28.57%)"
     assert wide.loc["U-Net(Real + Syn_all)", ("Moderate+", "dice")] == "25.00 ± 35.36 (-50.00%) [1 empty]"
-    assert format_table2(group_stats(base, baseline=None), baseline=None).shape == (1, 6)
+    assert format_group_table(group_stats(base, baseline=None), baseline=None).shape == (1, 6)
 
 
 def test_bootstrap_ci_contains_mean_and_is_deterministic():
@@ -135,7 +129,7 @@ def test_bootstrap_by_group_counts_nan_and_orders():
         _results("B", [0.5, 0.7, 0.9], ["a", "b", "c"], [0, 20, -20], empty=[False, True, False]),
         _results("A", [0.5, 0.7, 0.9], ["a", "b", "c"], [0, 20, -20]),
     ])
-    out = bootstrap_by_group(df, "hd_mm")
+    out = bootstrap_by_group(df, "hd_mm", orders={"group": GROUP_ORDER})
     assert list(out["model"]) == ["B", "B", "B", "A", "A", "A"]
     assert list(out["group"][:3]) == ["Moderate-", "Center", "Moderate+"]
     r = out[(out["model"] == "B") & (out["group"] == "Moderate+")].iloc[0]
@@ -161,7 +155,7 @@ def _paired_df():
 
 def test_paired_wilcoxon_matches_scipy_and_pairs_by_key():
     df, a, b, alphas = _paired_df()
-    out = paired_wilcoxon(df, "A", "B")
+    out = paired_wilcoxon(df, "A", "B", order=GROUP_ORDER)
     assert list(out["group"]) == ["Moderate-", "Center", "Moderate+", "all"]
     ref_all = wilcoxon(a - b)
     r = out[out["group"] == "all"].iloc[0]
@@ -175,7 +169,7 @@ def test_paired_wilcoxon_matches_scipy_and_pairs_by_key():
     assert r["n"] == 8 and r["pvalue"] == pytest.approx(ref.pvalue) and r["statistic"] == pytest.approx(ref.statistic)
     # Row order does not matter: pairs are formed by subject + alpha.
     shuffled = df.sample(frac=1.0, random_state=5)
-    pd.testing.assert_frame_equal(paired_wilcoxon(shuffled, "A", "B"), out)
+    pd.testing.assert_frame_equal(paired_wilcoxon(shuffled, "A", "B", order=GROUP_ORDER), out)
     # A naive pairing by row order would give a different answer.
     sa, sb = shuffled[shuffled.model == "A"]["dice"].to_numpy(), shuffled[shuffled.model == "B"]["dice"].to_numpy()
     assert wilcoxon(sa - sb).statistic != pytest.approx(ref_all.statistic)
@@ -221,7 +215,7 @@ def _rows(n):
 def test_evaluate_model_threshold_model(tmp_path):
     ds, rows = _Toy(), _rows(5)
     df, probs = evaluate_model(_Threshold(), ds, rows, "thr", pixel_mm_iso=0.5, batch_size=2,
-                               device="cpu", return_probs=True)
+                               device="cpu", return_probs=True, groups=alpha_group)
     assert probs.shape == (5, 16, 16) and probs.dtype == np.float32
     assert list(df["group"]) == GROUP_ORDER
     assert (df["dice"] == 1.0).all()
@@ -258,3 +252,23 @@ def test_save_results(tmp_path):
     assert back_csv["dice"].tolist() == [0.5, 0.7] and back_pq["group"].tolist() == ["Center", "Moderate+"]
     assert back_pq["empty_pred"].tolist() == [False, True] and math.isnan(back_pq["hd_mm"].iloc[1])
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["results.csv", "results.parquet"]
+
+
+def test_evaluate_predictions_without_groups_has_no_group_column():
+    df = evaluate_predictions("m", np.zeros((2, 4, 4)), np.zeros((2, 4, 4)), _rows(2), 1.0)
+    assert "group" not in df.columns and df["dice"].tolist() == [1.0, 1.0]
+
+
+def test_tables_order_levels_by_parameter():
+    df = pd.concat([_results("A", [0.5, 0.7, 0.9], ["a", "b", "c"], [0, 20, -20])])
+    assert list(group_stats(df, ["dice"])["group"]) == ["Center", "Moderate+", "Moderate-"]  # no order: ascending
+    assert list(group_stats(df, ["dice"], order=GROUP_ORDER)["group"]) == ["Moderate-", "Center", "Moderate+"]
+
+
+def test_bootstrap_ci_is_scipys_percentile_bootstrap():
+    from scipy.stats import bootstrap
+
+    v = np.random.default_rng(2).normal(0.5, 0.2, 30)
+    ref = bootstrap((v,), np.mean, n_resamples=500, method="percentile", rng=np.random.default_rng(9))
+    assert bootstrap_ci(v, n_boot=500, seed=9) == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high))
+    assert bootstrap_ci([0.3]) == (0.3, 0.3)

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xrlib.studies.rotation import study
-from xrlib.eval.evaluate import GROUP_ORDER
+from xrlib.studies.rotation import paper, study
+from xrlib.studies.rotation.groups import GROUP_ORDER, alpha_group
 
 
 def results_frame():
@@ -19,17 +19,15 @@ def results_frame():
             rows.append({"model": model, "subject": subject, "alpha": 0.0, "test_set": "Real_test",
                          "dice": base + (0.01 if subject == "c" else -0.01)})
     df = pd.DataFrame(rows)
-    from xrlib.eval.evaluate import alpha_group
-
     df["group"] = df["alpha"].map(alpha_group)
     return df
 
 
 def test_paper_tables_are_complete():
-    assert set(study.PAPER_TABLE2_DICE) == set(study.PAPER_TABLE4_DICE)
-    for groups in study.PAPER_TABLE2_DICE.values():
+    assert set(paper.PAPER_TABLE2_DICE) == set(paper.PAPER_TABLE4_DICE)
+    for groups in paper.PAPER_TABLE2_DICE.values():
         assert list(groups) == GROUP_ORDER
-    assert len(study.PAPER_TABLE3_DICE) == 18 and max(study.PAPER_TABLE3_DICE) == 92.58  # Exp15, the paper's best
+    assert len(paper.PAPER_TABLE3_DICE) == 18 and max(paper.PAPER_TABLE3_DICE) == 92.58  # Exp15, the paper's best
 
 
 def test_compare_table2_puts_our_means_next_to_the_paper():
@@ -68,3 +66,11 @@ def test_table3_joins_the_paper_value_of_each_experiment():
 def test_table3_rejects_models_outside_the_ablation_grid():
     with pytest.raises(ValueError, match=r"table3: model 'U-Net\(Real\)' is not an ablation experiment"):
         study.table3(results_frame())
+
+
+def test_table2_orders_alpha_groups_and_compares_with_u_net_real():
+    syn = results_frame().query("test_set == 'Syn_test'").assign(hd_mm=1.0, hd95_mm=1.0, empty_pred=False)
+    stats, wide = study.table2(syn)
+    assert [g for g, _ in wide.columns[::3]] == GROUP_ORDER
+    r = stats.set_index(["model", "group", "metric"]).loc[("U-Net(Real+Syn_all)", "Center", "dice")]
+    assert r["pct_change"] == pytest.approx(0.10 / (0.80 - 0.002 * 4 / 3) * 100)  # both lose 0.002·|α| on average

@@ -1,1 +1,1 @@
-"""Evaluation: per-image metrics, prediction over datasets, statistics and summary tables."""
+"""Evaluation: per-image metrics, predictions, group tables, statistics and the robustness results contract."""

@@ -17,10 +17,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from xrlib.attacks.base import TestImages
+from xrlib.core.errors import InputError
+from xrlib.core.profiles import Profile
 from xrlib.data.datasets import ShardDataset, read_manifest, select
-from xrlib.eval.evaluate import evaluate_model
 from xrlib.drr.geometry import Geometry
-from xrlib.eval.metrics import image_pixel_mm
+from xrlib.eval.metrics import dice, image_pixel_mm
+from xrlib.eval.predict import evaluate_model, predict
+from xrlib.eval.tables import group_table
+from xrlib.studies.rotation.groups import GROUP_ORDER, alpha_group
+from xrlib.studies.rotation.paper import PAPER_TABLE2_DICE, PAPER_TABLE3_DICE, PAPER_TABLE4_DICE
 from xrlib.training.train import TrainConfig, TrainResult, load_best, study_configs, train_model
 
 BASELINE_NAME = "TorchXRayVision"
@@ -30,10 +36,10 @@ def datasets_dir(run: Path) -> Path:
     return Path(run) / "datasets"
 
 
-def pixel_mm(cfg: dict) -> float:
+def pixel_mm(profile: Profile) -> float:
     """Size of one training-image pixel at the isocenter (mm) for a profile."""
-    n = int(cfg["render"]["detector"])
-    return image_pixel_mm(Geometry(height=n, width=n, pitch=float(cfg["render"]["field_mm"]) / n), int(cfg["image_size"]))
+    n = profile.render.detector
+    return image_pixel_mm(Geometry(height=n, width=n, pitch=profile.render.field_mm / n), profile.image_size)
 
 
 def real_domain(manifest: pd.DataFrame) -> str:
@@ -46,12 +52,32 @@ def train_all(configs: list[TrainConfig], run: Path, progress: bool = True) -> d
     return {c.name: train_model(c, datasets_dir(run), Path(run) / "models", progress=progress) for c in configs}
 
 
-def train_study(cfg: dict, run: Path, progress: bool = True) -> dict[str, TrainResult]:
-    """The three study models of the paper for profile ``cfg``."""
-    return train_all(study_configs(cfg), run, progress)
+def train_study(profile: Profile, run: Path, progress: bool = True) -> dict[str, TrainResult]:
+    """The three study models of the paper for ``profile``."""
+    return train_all(study_configs(profile), run, progress)
 
 
-def test_sets(run: Path, cen_alphas=(-2.0, 0.0, 2.0)) -> dict[str, pd.DataFrame]:
+def study_models(profile: Profile, run: Path, names=None) -> dict[str, TrainResult]:
+    """The study models already trained for ``profile`` in ``run`` (read from the cache, never trained).
+
+    ``names``: a subset of the study's model names (default all three). An unknown name, or a model
+    that has not been trained yet, raises :class:`InputError` naming it.
+    """
+    configs = {c.name: c for c in study_configs(profile)}
+    names = list(configs) if names is None else list(names)
+    unknown = [n for n in names if n not in configs]
+    if unknown:
+        raise InputError(None, f"unknown model {unknown[0]!r}; the study models are {', '.join(configs)}")
+    out = {}
+    for name in names:
+        folder = Path(run) / "models" / configs[name].folder_name(datasets_dir(run))
+        if not (folder / "result.json").is_file():
+            raise InputError(folder, f"model {name!r} is not trained; run chapter 05 (xrlib book --only 05_training) first")
+        out[name] = train_model(configs[name], datasets_dir(run), Path(run) / "models", progress=False)  # the cached result
+    return out
+
+
+def test_sets(run: Path, cen_alphas) -> dict[str, pd.DataFrame]:
     """Manifest rows of the two test sets: synthetic test subjects (21 α) and the Real test split."""
     manifest = read_manifest(datasets_dir(run))
     return {"Syn_test": select(manifest, "Syn_test", cen_alphas=cen_alphas),
@@ -66,7 +92,7 @@ def baseline_model():
     return (TxrvBaseline(), reason) if ok else (None, reason)
 
 
-def evaluate_all(cfg: dict, run: Path, results: dict[str, TrainResult], include_baseline: bool = True) -> tuple[pd.DataFrame, str]:
+def evaluate_all(profile: Profile, run: Path, results: dict[str, TrainResult], include_baseline: bool = True) -> tuple[pd.DataFrame, str]:
     """Per-image metrics of every model on both test sets (one tidy table) and the baseline status.
 
     The table has one row per (model, test image) with the manifest columns, the α group, Dice,
@@ -79,30 +105,29 @@ def evaluate_all(cfg: dict, run: Path, results: dict[str, TrainResult], include_
         if base is not None:
             models = {BASELINE_NAME: base, **models}
     frames = []
-    for set_name, rows in test_sets(run, cfg["synthetic"]["cen_alphas"]).items():
+    for set_name, rows in test_sets(run, profile.synthetic.cen_alphas).items():
         if rows.empty:
             continue
         ds = ShardDataset(rows, root=datasets_dir(run))
         for name, model in models.items():
-            df = evaluate_model(model, ds, rows.reset_index(drop=True), name, pixel_mm(cfg))
+            df = evaluate_model(model, ds, rows.reset_index(drop=True), name, pixel_mm(profile), groups=alpha_group)
             frames.append(df.assign(test_set=set_name))
     return pd.concat(frames, ignore_index=True), status
 
 
-def overlay_examples(cfg: dict, run: Path, results: dict[str, TrainResult], n_subjects: int = 3,
+def overlay_examples(profile: Profile, run: Path, results: dict[str, TrainResult], n_subjects: int = 3,
                      alphas=(-20.0, 0.0, 20.0)) -> dict:
     """Images, masks and each model's probabilities for a few synthetic test subjects at ``alphas``."""
-    rows = test_sets(run, cfg["synthetic"]["cen_alphas"])["Syn_test"]
+    rows = test_sets(run, profile.synthetic.cen_alphas)["Syn_test"]
     subjects = sorted(rows["subject"].unique())[:n_subjects]
     keep = rows[rows["subject"].isin(subjects) & np.isclose(rows["alpha"].to_numpy()[:, None], np.asarray(alphas)[None]).any(1)]
     keep = keep.sort_values(["subject", "alpha"]).reset_index(drop=True)
-    ds = ShardDataset(keep, root=datasets_dir(run))
-    images = np.stack([ds[i][0][0].numpy() for i in range(len(ds))])
-    masks = np.stack([ds[i][1][0].numpy() for i in range(len(ds))])
+    test = TestImages.from_manifest(keep, datasets_dir(run))
     probs, dices = {}, {}
     for name, res in results.items():
-        df, p = evaluate_model(load_best(res), ds, keep, name, pixel_mm(cfg), return_probs=True)
-        probs[name], dices[name] = p, df["dice"].to_list()
+        p, _ = predict(load_best(res), (test.images, test.masks))
+        probs[name], dices[name] = p, [dice(pi, t) for pi, t in zip(p, test.masks)]
+    images, masks = test.images, test.masks
     titles = [f"{r.subject} · α = {r.alpha:+g}°" for r in keep.itertuples()]
     return {"images": images, "truth": masks, "preds": probs, "dices": dices, "titles": titles}
 
@@ -116,29 +141,14 @@ def training_table(results: dict[str, TrainResult]) -> pd.DataFrame:
     } for name, r in results.items()]).round(3)
 
 
-#: Mean ± sd Dice (%) per α group on synthetic test images, Table 2 of Fok et al. 2024 (Sci. Rep.).
-PAPER_TABLE2_DICE = {
-    "TorchXRayVision": {"Moderate-": (48.67, 21.86), "Low-": (58.06, 21.53), "Center": (62.26, 20.32),
-                        "Low+": (60.21, 22.25), "Moderate+": (53.27, 26.12)},
-    "U-Net(Real)": {"Moderate-": (79.12, 8.90), "Low-": (82.94, 10.46), "Center": (83.79, 13.24),
-                    "Low+": (86.37, 6.61), "Moderate+": (76.71, 17.69)},
-    "U-Net(Real+Syn_cen)": {"Moderate-": (87.14, 4.58), "Low-": (88.84, 4.52), "Center": (89.61, 2.78),
-                            "Low+": (89.14, 3.30), "Moderate+": (86.02, 7.57)},
-    "U-Net(Real+Syn_all)": {"Moderate-": (88.50, 3.45), "Low-": (89.03, 3.47), "Center": (89.21, 3.49),
-                            "Low+": (89.32, 2.19), "Moderate+": (88.95, 3.39)},
-}
-#: Mean ± sd Dice (%) on 350 real test radiographs, Table 4 of Fok et al. 2024.
-PAPER_TABLE4_DICE = {"TorchXRayVision": (42.03, 32.62), "U-Net(Real)": (92.58, 7.14),
-                     "U-Net(Real+Syn_cen)": (91.96, 9.47), "U-Net(Real+Syn_all)": (92.30, 8.29)}
-#: Mean Dice (%) of the 18 U-Net(Real) ablation configurations (Exp 1-18), Table 3 of Fok et al. 2024.
-PAPER_TABLE3_DICE = [89.79, 89.88, 90.00, 89.42, 89.28, 88.60, 91.63, 91.37, 91.33,
-                     91.17, 91.45, 91.23, 92.04, 92.14, 92.58, 92.26, 91.53, 90.96]
+def table2(df: pd.DataFrame, baseline: str | None = "U-Net(Real)", dice_percent: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table 2: mean ± sd per α group and % change vs ``baseline`` — ``(numeric long, formatted wide)``
+    (:func:`xrlib.eval.tables.group_table` with the study's α groups)."""
+    return group_table(df, baseline=baseline, dice_percent=dice_percent, by="group", order=GROUP_ORDER)
 
 
 def compare_table2(df: pd.DataFrame) -> pd.DataFrame:
     """Our mean Dice (%) per model and α group next to the paper's Table 2 values."""
-    from xrlib.eval.evaluate import GROUP_ORDER
-
     ours = df.groupby(["model", "group"])["dice"].mean().mul(100)
     rows = []
     for (model, group), value in ours.items():

@@ -1,0 +1,156 @@
+"""The rotation threat on a tiny built run: contract CSV, equality with chapter 06's evaluation, errors, CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from xrlib.attacks.base import TestImages
+from xrlib.attacks.rotation import RotationThreat
+from xrlib.core.atomic import save_npz_atomic, sha256_file, write_text_atomic
+from xrlib.core.errors import InputError
+from xrlib.core.profiles import PROFILES_DIR, validate_profile
+from xrlib.data.datasets import MANIFEST_COLUMNS
+from xrlib.eval.robustness import CONTRACT_COLUMNS, read_robustness
+from xrlib.studies import robustness
+from xrlib.studies.rotation import study
+from xrlib.studies.rotation.groups import GROUP_ORDER
+
+S = 32
+ALPHAS = np.arange(-20.0, 21.0, 10.0)  # one angle or two per α group: seconds, not minutes
+
+
+def _profile():
+    cfg = yaml.safe_load((PROFILES_DIR / "smoke.yml").read_text())
+    cfg.update(name="toyrot", image_size=S)
+    cfg["synthetic"] = {"alphas": [float(a) for a in ALPHAS], "cen_alphas": [0.0]}
+    cfg["render"]["detector"] = S
+    cfg["train"].update(epochs=1, batch_size=8, depth=3, base_channels=4)
+    return validate_profile(cfg, "toyrot.yml")
+
+
+def _images(rng, alphas):
+    """A disc whose centre moves with α (the clavicle moving under rotation)."""
+    yy, xx = np.mgrid[:S, :S]
+    imgs, masks = [], []
+    for a in alphas:
+        cy, cx, r = 16 + rng.uniform(-2, 2), 16 + 0.4 * a, 5 + rng.uniform(-1, 1)
+        m = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.uint8)
+        img = np.clip(rng.normal(0.3, 0.08, (S, S)) + 0.45 * m, 0, 1)
+        imgs.append(np.round(img * 255).astype(np.uint8))
+        masks.append(m)
+    return np.stack(imgs), np.stack(masks)
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    """A run folder with a datasets build (2 Syn_test subjects at 5 α) and the three trained study models."""
+    run = tmp_path_factory.mktemp("runs") / "toyrot"
+    root = run / "datasets"
+    rng = np.random.default_rng(0)
+    plan = [("surrogate", "train"), ("surrogate", "val"), ("surrogate", "test"), ("syn_train", "train"),
+            ("syn_train", "val"), ("syn_test", "test"), ("syn_test", "test")]
+    rows = []
+    for k, (pool, split) in enumerate(plan):
+        sid = f"toy-v{k:03d}"
+        alphas = rng.uniform(-2, 2, 4) if pool == "surrogate" else ALPHAS
+        img, mask = _images(rng, alphas)
+        rel = f"shards/{pool}/{sid}.npz"
+        save_npz_atomic(root / rel, {"image": img, "mask": mask, "mask_left": mask, "mask_right": mask * 0})
+        for j, a in enumerate(alphas):
+            rows.append({"subject": sid, "source": "toy", "pool": pool, "split": split, "alpha": float(a), "tilt": 0.0,
+                         "shift_x": 0.0, "shift_y": 0.0, "shift_z": 0.0, "physics": "naive", "dose_mas": 2.0,
+                         "shard": rel, "index": j, "checksum": sha256_file(root / rel)})
+    write_text_atomic(root / "manifest.csv", pd.DataFrame(rows, columns=MANIFEST_COLUMNS).to_csv(index=False))
+    write_text_atomic(root / "build.json", json.dumps({"hash": "toyrot", "complete": True}))
+    profile = _profile()
+    results = study.train_study(profile, run, progress=False)
+    return profile, run, results
+
+
+def test_rotation_csv_matches_chapter_06_means(toy_run):
+    profile, run, results = toy_run
+    out = robustness.run_threat(profile, run)
+    assert out.path == run / "robustness" / "rotation.csv"
+    back = read_robustness(run, "rotation")
+    assert list(back.columns[:13]) == list(CONTRACT_COLUMNS)
+    assert len(back) == 3 * 2 * len(ALPHAS) and set(back["budget"]) == set(ALPHAS) and (back["budget"] == back["alpha"]).all()
+    assert (back["threat"] == "rotation").all() and (back["budget_unit"] == "deg").all()
+    # Clean = the subject at α = 0; the clean prediction maps onto the image only there.
+    zero = back[back["budget"] == 0]
+    assert (zero["dice"] == zero["dice_clean"]).all() and (zero["dice_vs_clean_pred"] == 1.0).all()
+    assert not zero["changed"].any() and not zero["success"].any()
+    other = back[back["budget"] != 0]
+    assert other["dice_vs_clean_pred"].isna().all() and other["changed"].isna().all()
+    clean = zero.set_index(["model", "subject"])["dice"]
+    assert other["dice_clean"].tolist() == pytest.approx([clean[(m, s)] for m, s in zip(other["model"], other["subject"])])
+    # Chapter 06's table means come out unchanged.
+    df, _ = study.evaluate_all(profile, run, results, include_baseline=False)
+    syn = df[df["test_set"] == "Syn_test"]
+    ours = back.groupby(["model", "alpha_group"])["dice"].mean()
+    theirs = syn.groupby(["model", "group"])["dice"].mean()
+    assert ours.to_numpy() == pytest.approx(theirs.to_numpy(), abs=1e-9)
+    assert list(ours.index) == list(theirs.index)
+    pd.testing.assert_frame_equal(out.summary, syn.pivot_table(index="model", columns="group", values="dice", aggfunc="mean")
+                                  .reindex(index=list(results), columns=GROUP_ORDER), check_names=False, atol=1e-9)
+    hd = back.groupby(["model", "alpha_group"])["hd95_mm"].mean()
+    assert hd.to_numpy() == pytest.approx(syn.groupby(["model", "group"])["hd95_mm"].mean().to_numpy(), nan_ok=True)
+
+
+def test_run_threat_subsets_and_errors(toy_run, tmp_path):
+    profile, run, _ = toy_run
+    out = robustness.run_threat(profile, run, models=["U-Net(Real)"], budgets=[10, -10])
+    assert out.results["model"].unique().tolist() == ["U-Net(Real)"]
+    assert out.results["budget"].unique().tolist() == [0.0, 10.0, -10.0]  # the clean budget always comes first
+    with pytest.raises(InputError, match="unknown threat 'pgd'"):
+        robustness.run_threat(profile, run, threat="pgd")
+    with pytest.raises(InputError, match="unknown model 'U-Net'"):
+        robustness.run_threat(profile, run, models=["U-Net"])
+    with pytest.raises(InputError, match="budget 5 deg"):
+        robustness.run_threat(profile, run, budgets=[5])
+    shutil.copytree(run / "datasets", tmp_path / "datasets")  # the datasets, but no trained model
+    with pytest.raises(InputError, match="model 'U-Net\\(Real\\)' is not trained"):
+        robustness.run_threat(profile, tmp_path)
+
+
+def test_rotation_threat_needs_the_clean_angle_and_images():
+    with pytest.raises(InputError, match="clean angle"):
+        RotationThreat([-2.0, 2.0])
+    test = TestImages(np.zeros((2, 4, 4), np.float32), np.zeros((2, 4, 4), np.float32),
+                      pd.DataFrame({"subject": ["a", "a"], "alpha": [0.0, 2.0]}))
+    th = RotationThreat([0.0, 2.0, 4.0])
+    assert th.apply(None, test, 2.0).same_view.tolist() == [False]
+    assert th.apply(None, test, 0.0).same_view.tolist() == [True]
+    with pytest.raises(InputError, match="no test image at α = 4°"):
+        th.apply(None, test, 4.0)
+
+
+def test_robustness_cli(toy_run, monkeypatch, capsys, tmp_path):
+    import argparse
+
+    profile, run, _ = toy_run
+    parser = argparse.ArgumentParser()
+    robustness.add_robustness_parser(parser.add_subparsers(dest="command"))
+    (tmp_path / "toyrot.yml").write_text(yaml.safe_dump(profile.raw))
+    args = parser.parse_args(["robustness", "--profile", str(tmp_path / "toyrot.yml"), "--threat", "rotation",
+                              "--models", "U-Net(Real+Syn_all)", "--budgets", "20", "--run-root", str(run.parent),
+                              "--no-progress"])
+    assert args.func(args) == 0
+    text = capsys.readouterr().out
+    assert "U-Net(Real+Syn_all)" in text and "rotation.csv" in text
+
+
+def test_overlay_examples_agree_with_the_rotation_csv(toy_run):
+    profile, run, results = toy_run
+    ex = study.overlay_examples(profile, run, results, n_subjects=1, alphas=(-20.0, 0.0, 20.0))
+    assert ex["images"].shape == ex["truth"].shape == (3, S, S) and set(ex["preds"]) == set(results)
+    csv = robustness.run_threat(profile, run, models=["U-Net(Real)"], budgets=[-20, 20]).results
+    subject = ex["titles"][0].split(" · ")[0]
+    ref = csv[csv["subject"] == subject].sort_values("alpha")["dice"].tolist()
+    assert ex["dices"]["U-Net(Real)"] == pytest.approx(ref)

@@ -1,0 +1,1 @@
+"""Threats to a segmentation model: each turns test images into threatened ones at a budget."""

@@ -1,0 +1,99 @@
+"""Running a threat against the study's models for a profile: the CSV of the results contract and its CLI.
+
+:func:`run_threat` loads the study models from the training cache (never trains), builds the test
+images the threat needs, scores them (:func:`xrlib.attacks.base.score_threat`) and writes
+``<run>/robustness/<threat>.csv``. :func:`add_robustness_parser` / :func:`cmd_robustness` are the
+``xrlib robustness --profile P --threat T [--models …] [--budgets …]`` command.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from xrlib.attacks.base import TestImages, Threat, score_threat
+from xrlib.attacks.rotation import RotationThreat
+from xrlib.core.errors import InputError
+from xrlib.core.profiles import Profile, load_profile
+from xrlib.eval.robustness import write_robustness
+from xrlib.studies.rotation import study
+from xrlib.studies.rotation.groups import GROUP_ORDER, alpha_group
+from xrlib.training.train import load_best
+
+__all__ = ["THREATS", "ThreatRun", "add_robustness_parser", "cmd_robustness", "run_threat", "threat_summary"]
+
+
+def _rotation(profile: Profile, run: Path) -> tuple[Threat, TestImages]:
+    rows = study.test_sets(run, profile.synthetic.cen_alphas)["Syn_test"]
+    return RotationThreat(profile.synthetic.alphas), TestImages.from_manifest(rows, study.datasets_dir(run))
+
+
+#: Threat name → builder of the threat and its test images for a profile and run folder.
+THREATS = {"rotation": _rotation}
+
+
+@dataclass
+class ThreatRun:
+    """What :func:`run_threat` produced: the CSV path, its rows and the mean Dice per model and α group."""
+
+    path: Path
+    results: pd.DataFrame
+    summary: pd.DataFrame
+
+
+def threat_summary(results: pd.DataFrame) -> pd.DataFrame:
+    """Mean Dice per model (rows, in order of appearance) and α group (columns, in the study's order)."""
+    means = results.groupby(["model", "alpha_group"], sort=False)["dice"].mean().unstack()
+    cols = [g for g in GROUP_ORDER if g in means.columns] + [g for g in means.columns if g not in GROUP_ORDER]
+    return means.reindex(index=list(dict.fromkeys(results["model"])), columns=cols)
+
+
+def run_threat(profile: Profile | str | Path, run: str | Path, threat: str = "rotation", models: Sequence[str] | None = None,
+               budgets: Sequence[float] | None = None, device=None, progress: bool = False) -> ThreatRun:
+    """Score the study models (all, or ``models``) under ``threat`` and write ``<run>/robustness/<threat>.csv``.
+
+    Raises :class:`InputError` naming an unknown threat, an unknown or untrained model, or a budget
+    outside the threat's grid.
+    """
+    if threat not in THREATS:
+        raise InputError(None, f"unknown threat {threat!r}; known threats: {', '.join(THREATS)}")
+    if not isinstance(profile, Profile):
+        profile = load_profile(profile)
+    run = Path(run)
+    trained = study.study_models(profile, run, models)
+    th, test = THREATS[threat](profile, run)
+    th.check_budgets(budgets)  # bad budgets fail before any model runs
+    victims = {name: load_best(res, device) for name, res in trained.items()}
+    results = score_threat(
+        th, victims, test, study.pixel_mm(profile), budgets=budgets, groups=alpha_group, device=device, progress=progress)
+    path = write_robustness(results, run, threat)
+    return ThreatRun(path, results, threat_summary(results))
+
+
+def add_robustness_parser(sub) -> None:
+    """The ``robustness`` subcommand (for ``xrlib.cli.build_parser``)."""
+    p = sub.add_parser("robustness", help="score the study models under a threat (runs/<profile>/robustness/<threat>.csv)",
+                       description="Run a threat against the trained study models and write its results table.")
+    p.add_argument("--profile", required=True, help="profile name (book/profiles/NAME.yml) or a YAML path")
+    p.add_argument("--threat", required=True, help=f"threat to run ({', '.join(THREATS)})")
+    p.add_argument("--models", nargs="+", metavar="NAME", help="study models to score (default: all three)")
+    p.add_argument("--budgets", nargs="+", type=float, metavar="B", help="budgets to run (default: the threat's grid)")
+    p.add_argument("--run-root", type=Path, help="artifacts root (default <repo>/runs)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_robustness)
+
+
+def cmd_robustness(args: argparse.Namespace) -> int:
+    from xrlib.core.runs import run_dir
+
+    profile = load_profile(args.profile)
+    out = run_threat(profile, run_dir(profile.name, args.run_root), args.threat, args.models, args.budgets,
+                     progress=not args.no_progress)
+    with pd.option_context("display.width", 120):
+        print(out.summary.round(4).to_string())
+    print(f"wrote {out.path} ({len(out.results)} rows)")
+    return 0
