@@ -174,45 +174,54 @@ def _captured_stderr() -> Iterator[list[str]]:
             lines.extend(ln.strip() for ln in text.splitlines() if ln.strip())
 
 
-def _nifti_problem(path: Path) -> str | None:
+def _gunzip_size(path: Path) -> tuple[int, bool]:
+    """Bytes of a gzip file after decompression, and whether its stream(s) end properly (CRC checked).
+
+    Raises :class:`zlib.error` for a corrupt stream. Reads in 4 MiB chunks and keeps nothing.
+    """
+    got = 0
+    d = zlib.decompressobj(31)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            while chunk:
+                got += len(d.decompress(chunk))
+                chunk = d.unused_data if d.eof else b""
+                if chunk:
+                    d = zlib.decompressobj(31)  # a further gzip member
+    return got, d.eof
+
+
+def _nifti_problem(path: Path) -> tuple[str, list[str]] | None:
     """Why a ``.nii``/``.nii.gz`` file holds fewer bytes than its header promises (``None``: complete).
 
     ITK's NIfTI reader fills missing voxels with 0 without complaint, so a truncated file would
     read as a half-missing CT. The header gives the expected byte count (voxel offset + voxels ×
     bytes per voxel); a ``.nii`` file is checked by its size, a ``.nii.gz`` by reading its gzip
     stream to the end (which also checks the stream's CRC; ≈ 0.4 s for the 35 MB example).
+    Returns ``(problem, details)``.
     """
     import nibabel as nib
 
-    try:
-        img = nib.load(str(path))
-        hdr = img.header
-        offset = max(int(hdr.get_data_offset()), int(getattr(hdr, "single_vox_offset", 0)))  # ITK writes 0 for .nii
-        expected = offset + int(np.prod(hdr.get_data_shape(), dtype=np.int64)) * hdr.get_data_dtype().itemsize
-    except Exception as exc:  # noqa: BLE001 — any header problem: say what nibabel said, in one line
-        return f"cannot be read as an image (not a valid NIfTI file: {' '.join(str(exc).split())[:160]})"
+    complete = True
     if path.name.lower().endswith(".gz"):
-        got = 0
         try:
-            with open(path, "rb") as fh:
-                d = zlib.decompressobj(31)
-                while True:
-                    chunk = fh.read(1 << 22)
-                    if not chunk:
-                        break
-                    while chunk:
-                        got += len(d.decompress(chunk))
-                        chunk = d.unused_data if d.eof else b""
-                        if d.eof and chunk:
-                            d = zlib.decompressobj(31)  # a further gzip member
-            if not d.eof:
-                return f"truncated: the gzip stream ends early ({got} of {expected} bytes after decompression)"
+            got, complete = _gunzip_size(path)
         except zlib.error as exc:
-            return f"corrupt gzip stream ({exc})"
+            return "cannot be read as an image (corrupt gzip stream)", [str(exc)]
     else:
         got = path.stat().st_size
+    try:
+        hdr = nib.load(str(path)).header
+        offset = max(int(hdr.get_data_offset()), int(getattr(hdr, "single_vox_offset", 0)))  # ITK writes 0 for .nii
+        expected = offset + int(np.prod(hdr.get_data_shape(), dtype=np.int64)) * hdr.get_data_dtype().itemsize
+    except Exception as exc:  # noqa: BLE001 — nibabel raises several types for a bad header
+        if not complete:
+            return f"truncated: the gzip stream ends early ({got} bytes after decompression)", [str(exc)]
+        return "cannot be read as an image (not a valid NIfTI header)", [str(exc)]
+    if not complete:
+        return f"truncated: the gzip stream ends early ({got} of {expected} bytes after decompression)", []
     if got < expected:
-        return f"truncated: {got} bytes, but the NIfTI header needs {expected}"
+        return f"truncated: {got} bytes, but the NIfTI header needs {expected}", []
     return None
 
 
@@ -227,9 +236,9 @@ def _read_image(path: str | Path) -> sitk.Image:
     if not path.exists():
         raise InputError(path, "no such file or directory")
     if path.is_file() and path.name.lower().endswith((".nii", ".nii.gz")):
-        problem = _nifti_problem(path)
-        if problem:
-            raise InputError(path, problem)
+        bad = _nifti_problem(path)
+        if bad:
+            raise InputError(path, bad[0], details=bad[1])
     img, problem, details = None, None, []
     with _captured_stderr() as printed:
         try:
