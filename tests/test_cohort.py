@@ -447,6 +447,28 @@ def test_process_pool_gives_the_same_cohort(tmp_path):
         assert sha256_file(tmp_path / "pool" / rel) == sha256_file(tmp_path / "local" / rel)
 
 
+def test_interrupted_build_keeps_collected_subjects(tmp_path, monkeypatch):
+    """The driver writes cohort.csv after each collected subject: a build stopped later resumes there."""
+    ct, lab = tiny_torso()
+    cfg = CohortConfig(n_subjects=2, seed=3)
+    real_run = cohort.SubjectTask.run
+
+    def run_or_stop(task):
+        if task.index == 1:
+            raise KeyboardInterrupt
+        return real_run(task)
+
+    monkeypatch.setattr(cohort.SubjectTask, "run", run_or_stop)
+    with pytest.raises(KeyboardInterrupt):
+        cohort.build_cohort([("torso", ct, lab)], cfg, tmp_path, progress=False)
+    monkeypatch.undo()
+    assert list(pd.read_csv(tmp_path / "cohort.csv")["subject"]) == ["torso-v000"]
+    first = (tmp_path / "torso-v000" / "ct.nii.gz").stat().st_mtime_ns
+    df = cohort.build_cohort([("torso", ct, lab)], cfg, tmp_path, progress=False)
+    assert list(df["subject"]) == ["torso-v000", "torso-v001"]
+    assert (tmp_path / "torso-v000" / "ct.nii.gz").stat().st_mtime_ns == first
+
+
 # ------------------------------------------------------------------ sources from a folder
 
 
