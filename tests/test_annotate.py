@@ -22,6 +22,8 @@ from xrlib.anatomy.annotate import (
     totalsegmentator_weights_dir,
     totalsegmentator_weights_status,
 )
+from xrlib.core.ct import CLAVICLE_LEFT_LABEL as LEFT
+from xrlib.core.ct import CLAVICLE_RIGHT_LABEL as RIGHT
 from xrlib.core.ct import Volume, load_example
 from xrlib.core.errors import InputError, MissingWeightsError
 
@@ -56,7 +58,7 @@ def synthetic_ct(direction=None) -> Volume:
     return Volume(arr, SPACING, (-8.0, -8.0, 100.0), np.eye(3) if direction is None else direction, "ct.nii.gz")
 
 
-def synthetic_labels(ct: Volume, left=73, right=74) -> Volume:
+def synthetic_labels(ct: Volume, left=LEFT, right=RIGHT) -> Volume:
     lab = np.zeros(ct.array.shape, np.uint8)
     lab[ct.array == 300] = left
     lab[ct.array == 500] = right
@@ -120,8 +122,8 @@ def test_clavicles_custom_label_numbers():
 
 
 @pytest.mark.parametrize("missing, message", [
-    (73, "labels.nii.gz: clavicle label 73 (clavicula_left) is absent or empty"),
-    (74, "labels.nii.gz: clavicle label 74 (clavicula_right) is absent or empty"),
+    (LEFT, f"labels.nii.gz: clavicle label {LEFT} (clavicula_left) is absent or empty"),
+    (RIGHT, f"labels.nii.gz: clavicle label {RIGHT} (clavicula_right) is absent or empty"),
 ])
 def test_absent_clavicle_label(missing, message):
     lab = synthetic_labels(synthetic_ct())
@@ -135,7 +137,7 @@ def test_shipped_example_labels(example):
     ct, labels = example
     masks = clavicles_from_labels(labels)
     assert masks.source == "shipped"
-    # In the shipped map, clavicula_left (73) really lies on the patient's left (+x).
+    # In the shipped map, clavicula_left (LEFT) really lies on the patient's left (+x).
     xs = {}
     for side, vol in (("left", masks.left), ("right", masks.right)):
         k, j, i = np.nonzero(vol.array)
@@ -289,8 +291,8 @@ def test_totalsegmentator_call_and_mapping(tmp_path, monkeypatch):
         img = nib.load(str(input))
         data = np.asarray(img.dataobj)
         seg = np.zeros(data.shape, np.uint8)
-        seg[data == 300] = 73
-        seg[data == 500] = 74
+        seg[data == 300] = LEFT
+        seg[data == 500] = RIGHT
         return nib.as_closest_canonical(nib.Nifti1Image(seg, img.affine))
 
     monkeypatch.setattr(ts_api, "totalsegmentator", fake_totalsegmentator)
@@ -333,7 +335,7 @@ def test_totalsegmentator_empty_result_warns(tmp_path, monkeypatch):
     def fake_totalsegmentator(input, output=None, **kwargs):
         img = nib.load(str(input))
         seg = np.zeros(img.shape, np.uint8)
-        seg[np.asarray(img.dataobj) == 300] = 73
+        seg[np.asarray(img.dataobj) == 300] = LEFT
         return nib.Nifti1Image(seg, img.affine)
 
     monkeypatch.setattr(ts_api, "totalsegmentator", fake_totalsegmentator)

@@ -1,4 +1,4 @@
-"""Tests of the virtual cohort (xrlib.anatomy.cohort) on a small synthetic torso and, once, on the example CT."""
+"""Tests of the virtual cohort (xrlib.anatomy.deformation, .cohort, .sources) on a small synthetic torso and, once, on the example CT."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from xrlib.anatomy import cohort
-from xrlib.anatomy.cohort import CohortConfig, DeformationParams, deform, deformation_transform, sample_params
+from xrlib.anatomy import cohort, deformation, sources
+from xrlib.anatomy.cohort import CohortConfig
+from xrlib.anatomy.deformation import DeformationParams, deform, deformation_transform, sample_params
+from xrlib.core.ct import CLAVICLE_LEFT_LABEL as LEFT
+from xrlib.core.ct import CLAVICLE_RIGHT_LABEL as RIGHT
+from xrlib.core.atomic import sha256_file
 from xrlib.core.ct import Volume
 from xrlib.core.errors import InputError
-
-LEFT, RIGHT = 73, 74
 BODY_HU, BONE_HU = 40.0, 700.0
 
 
@@ -23,7 +25,7 @@ def make_torso(direction=np.eye(3), shape_ijk=(48, 40, 32), spacing=(4.0, 4.0, 5
     """Ellipsoid body (40 HU) in air, with two bone bars near the top labelled as clavicles.
 
     The grid is centred on the world origin. Semi-axes 70 (LR) × 50 (AP) × 70 (SI) mm. The bars
-    lie at z 40..60 mm, y −16..4 mm, |x| 16..64 mm: +x (patient's left) is label 73.
+    lie at z 40..60 mm, y −16..4 mm, |x| 16..64 mm: +x (patient's left) is the left clavicle label.
     """
     direction = np.asarray(direction, float)
     n = np.asarray(shape_ijk)
@@ -97,10 +99,10 @@ def test_params_dict_round_trip_and_validation():
 
 
 def test_subject_seed_deterministic_and_distinct():
-    s = cohort.subject_seed(0, "example", 3)
-    assert s == cohort.subject_seed(0, "example", 3)
-    others = {cohort.subject_seed(0, "example", 4), cohort.subject_seed(1, "example", 3),
-              cohort.subject_seed(0, "other", 3), cohort.subject_seed(0, "example", 3, attempt=1)}
+    s = deformation.subject_seed(0, "example", 3)
+    assert s == deformation.subject_seed(0, "example", 3)
+    others = {deformation.subject_seed(0, "example", 4), deformation.subject_seed(1, "example", 3),
+              deformation.subject_seed(0, "other", 3), deformation.subject_seed(0, "example", 3, attempt=1)}
     assert s not in others and len(others) == 4
     assert 0 <= s < 2**63
 
@@ -138,7 +140,7 @@ def test_folding_guard_scales_down_and_raises(torso):
     ct, lab = torso
     cfg = CohortConfig()
     wild = DeformationParams(seed=5, bspline_std_mm=80.0, shoulder_left_mm=(0, 0, 40.0))
-    tx0 = cohort._bspline(wild, *cohort._field_grid(ct, 4.0), 4.0)
+    tx0 = deformation._bspline(wild, *deformation._field_grid(ct, 4.0), 4.0)
     assert numpy_min_jacobian(tx0, ct) < 0  # the raw B-spline folds
     new_ct, new_lab, stats = deform(ct, lab, wild, cfg, check=False)
     assert stats["nonrigid_factor"] < 1.0
@@ -146,7 +148,7 @@ def test_folding_guard_scales_down_and_raises(torso):
     tx, _ = deformation_transform(ct, lab, wild, cfg)
     assert numpy_min_jacobian(tx, ct) > 0
     # Scaling alone gives det = 1/(1.1³) ≈ 0.75, below an (absurd) floor of 0.9: cannot be fixed.
-    with pytest.raises(cohort.FoldingError, match="Jacobian"):
+    with pytest.raises(deformation.FoldingError, match="Jacobian"):
         deform(ct, lab, DeformationParams(seed=0, scale_lr=1.1, scale_ap=1.1, scale_si=1.1), CohortConfig(jacobian_floor=0.9))
 
 
@@ -170,7 +172,7 @@ def test_clavicle_volumes_within_band(torso):
             accepted += 1
             deform(ct, lab, p, cfg)  # no exception
         else:
-            with pytest.raises(cohort.ImplausibleDeformationError):
+            with pytest.raises(deformation.ImplausibleDeformationError):
                 deform(ct, lab, p, cfg)
     assert accepted >= 7  # the band is wide enough for most draws, even on this coarse phantom
 
@@ -178,7 +180,7 @@ def test_clavicle_volumes_within_band(torso):
 def test_volume_band_is_enforced(torso):
     ct, lab = torso
     big = DeformationParams(seed=0, scale_lr=1.2, scale_ap=1.2, scale_si=1.05)
-    with pytest.raises(cohort.ImplausibleDeformationError, match="outside the band"):
+    with pytest.raises(deformation.ImplausibleDeformationError, match="outside the band"):
         deform(ct, lab, big, CohortConfig())
     _, _, stats = deform(ct, lab, big, CohortConfig(), check=False)
     assert not stats["clavicle_volume_ok"] and stats["clavicle_left_volume_ratio"] > 1.3
@@ -312,10 +314,10 @@ def test_build_cohort_writes_manifest_and_is_idempotent(tmp_path, torso):
     assert param_cols | stat_cols | {"ct_path", "labels_path", "attempt"} <= set(manifest.columns)
     for _, row in manifest.iterrows():
         assert (out / row["ct_path"]).is_file() and (out / row["labels_path"]).is_file()
-        seed = cohort.subject_seed(cfg.seed, row["source"], row["index"], row["attempt"])
+        seed = deformation.subject_seed(cfg.seed, row["source"], row["index"], row["attempt"])
         assert row["seed"] == seed
         assert DeformationParams.from_dict(row) == sample_params(seed, cfg)
-    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name or ".part" in p.name]
 
     # reload equals a fresh deformation (CT stored as integer HU)
     row = manifest.iloc[1]
@@ -358,7 +360,7 @@ def test_build_cohort_redraws_implausible_subjects(tmp_path, torso):
     df = cohort.build_cohort([("torso", ct, lab)], cfg, tmp_path, progress=False)
     assert (df["clavicle_left_volume_ratio"].between(0.93, 1.07)).all()
     assert df["attempt"].max() > 0
-    with pytest.raises(cohort.DeformationError, match="no acceptable deformation"):
+    with pytest.raises(deformation.DeformationError, match="no acceptable deformation"):
         cohort.build_cohort([("torso", ct, lab)], CohortConfig(n_subjects=1, clavicle_volume_band=(0.9999, 1.0001),
                                                                max_attempts=2), tmp_path / "x", progress=False)
 
@@ -391,6 +393,82 @@ def test_build_cohort_rejects_bad_source_names(tmp_path, torso):
         cohort.build_cohort([("a", ct, lab), ("a", ct, lab)], CohortConfig(n_subjects=1), tmp_path, progress=False)
 
 
+# ------------------------------------------------------------------ cache keys and executors
+
+#: Manifest columns written by the code before the split into deformation/cohort/sources (dea4f93).
+MANIFEST_COLUMNS = [
+    "subject", "source", "index", "attempt", "seed", "scale_lr", "scale_ap", "scale_si", "bspline_nodes_lr",
+    "bspline_nodes_ap", "bspline_nodes_si", "bspline_std_mm", "shoulder_left_dx_mm", "shoulder_left_dy_mm",
+    "shoulder_left_dz_mm", "shoulder_right_dx_mm", "shoulder_right_dy_mm", "shoulder_right_dz_mm",
+    "shoulder_sigma_mm", "min_jacobian", "max_jacobian", "nonrigid_factor", "max_nonrigid_displacement_mm",
+    "scale_centre_x_mm", "scale_centre_y_mm", "scale_centre_z_mm", "shoulder_left_applied",
+    "shoulder_right_applied", "clavicle_left_ml_before", "clavicle_left_ml_after", "clavicle_left_volume_ratio",
+    "clavicle_right_ml_before", "clavicle_right_ml_after", "clavicle_right_volume_ratio", "clavicle_volume_ok",
+    "seconds", "ct_path", "labels_path", "ct_sha256", "labels_sha256", "config_hash", "source_hash",
+]
+
+
+def tiny_torso():
+    return make_torso(shape_ijk=(24, 20, 16), spacing=(8.0, 8.0, 10.0))
+
+
+def test_cache_keys_unchanged():
+    """Values computed with the code at dea4f93: a quick build made before the split keeps its cohort."""
+    from xrlib.core.profiles import load_profile
+
+    quick = CohortConfig.from_profile(load_profile("quick"))
+    assert (quick.n_subjects, quick.seed) == (16, 0)
+    assert quick.fingerprint() == "9f0915e784179eb5"
+    assert CohortConfig(n_subjects=2, seed=3).fingerprint() == "92cfb27084454925"
+    assert cohort._source_fingerprint(*tiny_torso()) == "f540d8684282f4e9"
+    assert cohort._source_fingerprint(*make_torso(direction=np.diag([1.0, -1.0, 1.0]))) == "b9b528a24324eebe"
+
+
+def test_subject_id():
+    assert cohort.subject_id("example", 3) == "example-v003"
+    assert cohort.subject_id("a.b", 120) == "a.b-v120"
+
+
+def test_process_pool_gives_the_same_cohort(tmp_path):
+    """The process-pool executor writes the same files (checksums) and manifest as the in-process one."""
+    from xrlib.exec import InProcessExecutor, ProcessPoolExecutor
+
+    ct, lab = tiny_torso()
+    cfg = CohortConfig(n_subjects=2, seed=3)
+    local = cohort.build_cohort([("torso", ct, lab)], cfg, tmp_path / "local", progress=False,
+                                executor=InProcessExecutor())
+    pool = cohort.build_cohort([("torso", ct, lab)], cfg, tmp_path / "pool", progress=False,
+                               executor=ProcessPoolExecutor(workers=2))
+    assert list(local.columns) == MANIFEST_COLUMNS
+    assert list(local["subject"]) == ["torso-v000", "torso-v001"]
+    cols = [c for c in MANIFEST_COLUMNS if c != "seconds"]
+    pd.testing.assert_frame_equal(local[cols], pool[cols])
+    for rel in [*local["ct_path"], *local["labels_path"]]:
+        assert sha256_file(tmp_path / "pool" / rel) == sha256_file(tmp_path / "local" / rel)
+
+
+def test_interrupted_build_keeps_collected_subjects(tmp_path, monkeypatch):
+    """The driver writes cohort.csv after each collected subject: a build stopped later resumes there."""
+    ct, lab = tiny_torso()
+    cfg = CohortConfig(n_subjects=2, seed=3)
+    real_run = cohort.SubjectTask.run
+
+    def run_or_stop(task):
+        if task.index == 1:
+            raise KeyboardInterrupt
+        return real_run(task)
+
+    monkeypatch.setattr(cohort.SubjectTask, "run", run_or_stop)
+    with pytest.raises(KeyboardInterrupt):
+        cohort.build_cohort([("torso", ct, lab)], cfg, tmp_path, progress=False)
+    monkeypatch.undo()
+    assert list(pd.read_csv(tmp_path / "cohort.csv")["subject"]) == ["torso-v000"]
+    first = (tmp_path / "torso-v000" / "ct.nii.gz").stat().st_mtime_ns
+    df = cohort.build_cohort([("torso", ct, lab)], cfg, tmp_path, progress=False)
+    assert list(df["subject"]) == ["torso-v000", "torso-v001"]
+    assert (tmp_path / "torso-v000" / "ct.nii.gz").stat().st_mtime_ns == first
+
+
 # ------------------------------------------------------------------ sources from a folder
 
 
@@ -402,7 +480,7 @@ def test_sources_from_folder(tmp_path, torso):
     sitk.WriteImage(ct.to_sitk(), str(tmp_path / "beta.mha"))
     sitk.WriteImage(lab.to_sitk(), str(tmp_path / "labels" / "beta.mha"))
     (tmp_path / "notes.txt").write_text("not a CT")
-    found = cohort.sources_from_folder(tmp_path)
+    found = sources.sources_from_folder(tmp_path)
     assert [name for name, _, _ in found] == ["alpha", "beta"]
     for _, c, l in found:
         assert c.same_grid(l) and np.array_equal(l.array, lab.array)
@@ -410,16 +488,16 @@ def test_sources_from_folder(tmp_path, torso):
 
     sitk.WriteImage(ct.to_sitk(), str(tmp_path / "gamma.nrrd"))
     with pytest.raises(InputError, match="gamma.nrrd: no label map found"):
-        cohort.sources_from_folder(tmp_path)
+        sources.sources_from_folder(tmp_path)
 
 
 def test_sources_from_empty_folder(tmp_path):
     (tmp_path / "readme.txt").write_text("nothing here")
     with pytest.raises(InputError) as exc:
-        cohort.sources_from_folder(tmp_path)
+        sources.sources_from_folder(tmp_path)
     assert str(exc.value) == f"{tmp_path}: no CT volumes (.nii, .nii.gz, .nrrd, .mha) found"
     with pytest.raises(InputError, match="no such directory"):
-        cohort.sources_from_folder(tmp_path / "missing")
+        sources.sources_from_folder(tmp_path / "missing")
 
 
 def test_sources_from_folder_validates_ct(tmp_path, torso):
@@ -428,7 +506,7 @@ def test_sources_from_folder_validates_ct(tmp_path, torso):
     sitk.WriteImage(raw.to_sitk(), str(tmp_path / "raw.nii"))
     sitk.WriteImage(lab.to_sitk(), str(tmp_path / "raw_labels.nii"))
     with pytest.raises(InputError, match="raw.nii: .*Hounsfield"):
-        cohort.sources_from_folder(tmp_path)
+        sources.sources_from_folder(tmp_path)
 
 
 # ------------------------------------------------------------------ the real example CT
@@ -441,7 +519,7 @@ def test_deform_example_ct_once():
     ct, lab = load_example()
     cfg = CohortConfig()
     t0 = time.perf_counter()
-    new_ct, new_lab, stats = deform(ct, lab, sample_params(cohort.subject_seed(0, "example", 0), cfg), cfg, check=False)
+    new_ct, new_lab, stats = deform(ct, lab, sample_params(deformation.subject_seed(0, "example", 0), cfg), cfg, check=False)
     seconds = time.perf_counter() - t0
     print(f"\nexample CT 512×512×133: deform took {seconds:.1f} s; stats {stats}")
     assert new_ct.array.shape == ct.array.shape and new_ct.same_grid(ct) and new_lab.same_grid(lab)

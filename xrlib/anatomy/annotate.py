@@ -3,8 +3,9 @@
 Three sources of masks:
 
 * ``"shipped"`` / ``"labels"`` — an existing TotalSegmentator-style label map on the CT grid
-  (the example CT ships one; users may bring their own). Class 73 is ``clavicula_left`` and
-  74 is ``clavicula_right``, as in TotalSegmentator's ``total`` task.
+  (the example CT ships one; users may bring their own). Classes
+  :data:`~xrlib.core.ct.CLAVICLE_LEFT_LABEL` (``clavicula_left``) and
+  :data:`~xrlib.core.ct.CLAVICLE_RIGHT_LABEL` (``clavicula_right``), as in TotalSegmentator's ``total`` task.
 * ``"totalsegmentator"`` — TotalSegmentator's ``total`` task run on the CT with
   ``roi_subset=["clavicula_left", "clavicula_right"]``. Its weights are **never downloaded**
   implicitly: :func:`totalsegmentator_weights_status` checks for them on disk first, and a
@@ -71,8 +72,8 @@ def clavicles_from_labels(
 ) -> ClavicleMasks:
     """Left/right clavicle masks (uint8 0/1, on the label map's grid) from an integer label map.
 
-    The defaults are TotalSegmentator's ``total`` classes (73 = ``clavicula_left``,
-    74 = ``clavicula_right``). ``source`` of the result is ``"shipped"`` for the example CT's
+    The defaults are TotalSegmentator's ``total`` classes ``clavicula_left`` and ``clavicula_right``
+    (:data:`~xrlib.core.ct.CLAVICLE_LEFT_LABEL`, :data:`~xrlib.core.ct.CLAVICLE_RIGHT_LABEL`). ``source`` of the result is ``"shipped"`` for the example CT's
     label map and ``"labels"`` otherwise.
 
     Raises :class:`InputError` naming ``labels.source`` if either clavicle label has no voxel.
@@ -297,7 +298,7 @@ def annotate(
 
     ``method``:
 
-    * ``"shipped"`` or ``"labels"`` — take classes 73/74 of ``labels`` (required, on the CT grid).
+    * ``"shipped"`` or ``"labels"`` — take the clavicle classes (``CLAVICLE_*_LABEL``) of ``labels`` (required, on the CT grid).
       The result's ``source`` is ``"shipped"`` if ``labels`` is the example CT's label map,
       else ``"labels"``.
     * ``"totalsegmentator"`` — run TotalSegmentator (task ``total``, ``roi_subset`` = the two

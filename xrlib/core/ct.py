@@ -16,6 +16,14 @@ CT intensities are Hounsfield units (HU). Label maps are integer arrays on the s
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import sys
+import tempfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from importlib.resources import files
 from pathlib import Path
@@ -24,6 +32,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from xrlib.core.errors import InputError
+
+log = logging.getLogger(__name__)
 
 #: TotalSegmentator class indices of the clavicles in the shipped label map (``structures.csv``).
 CLAVICLE_LEFT_LABEL = 73
@@ -138,26 +148,135 @@ class ClavicleMasks:
         return out
 
 
+@contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """Capture what C++ libraries (ITK, GDCM) write to file descriptor 2 while the block runs.
+
+    Yields a list that holds the captured lines (stripped, non-empty) once the block ends. The
+    redirection is process-wide: do not read images from several threads at once.
+    """
+    lines: list[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (e.g. an embedded interpreter): capture nothing
+        yield lines
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read().decode("utf-8", "replace")
+            lines.extend(ln.strip() for ln in text.splitlines() if ln.strip())
+
+
+def _gunzip_size(path: Path) -> tuple[int, bool]:
+    """Bytes of a gzip file after decompression, and whether its stream(s) end properly (CRC checked).
+
+    Raises :class:`zlib.error` for a corrupt stream. Reads in 4 MiB chunks and keeps nothing.
+    """
+    got = 0
+    d = zlib.decompressobj(31)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            while chunk:
+                got += len(d.decompress(chunk))
+                chunk = d.unused_data if d.eof else b""
+                if chunk:
+                    d = zlib.decompressobj(31)  # a further gzip member
+    return got, d.eof
+
+
+def _nifti_problem(path: Path) -> tuple[str, list[str]] | None:
+    """Why a ``.nii``/``.nii.gz`` file holds fewer bytes than its header promises (``None``: complete).
+
+    ITK's NIfTI reader fills missing voxels with 0 without complaint, so a truncated file would
+    read as a half-missing CT. The header gives the expected byte count (voxel offset + voxels ×
+    bytes per voxel); a ``.nii`` file is checked by its size, a ``.nii.gz`` by reading its gzip
+    stream to the end (which also checks the stream's CRC; ≈ 0.4 s for the 35 MB example).
+    Returns ``(problem, details)``.
+    """
+    import nibabel as nib
+
+    complete = True
+    if path.name.lower().endswith(".gz"):
+        try:
+            got, complete = _gunzip_size(path)
+        except zlib.error as exc:
+            return "cannot be read as an image (corrupt gzip stream)", [str(exc)]
+    else:
+        got = path.stat().st_size
+    try:
+        hdr = nib.load(str(path)).header
+        offset = max(int(hdr.get_data_offset()), int(getattr(hdr, "single_vox_offset", 0)))  # ITK writes 0 for .nii
+        expected = offset + int(np.prod(hdr.get_data_shape(), dtype=np.int64)) * hdr.get_data_dtype().itemsize
+    except Exception as exc:  # noqa: BLE001 — nibabel raises several types for a bad header
+        if not complete:
+            return f"truncated: the gzip stream ends early ({got} bytes after decompression)", [str(exc)]
+        return "cannot be read as an image (not a valid NIfTI header)", [str(exc)]
+    if not complete:
+        return f"truncated: the gzip stream ends early ({got} of {expected} bytes after decompression)", []
+    if got < expected:
+        return f"truncated: {got} bytes, but the NIfTI header needs {expected}", []
+    return None
+
+
 def _read_image(path: str | Path) -> sitk.Image:
-    """Read a NIfTI/NRRD/MHA file or a DICOM series folder with SimpleITK."""
+    """Read a NIfTI/NRRD/MHA file or a DICOM series folder with SimpleITK.
+
+    Every failure is an :class:`InputError` naming ``path`` in one line; what ITK or GDCM print
+    (several lines, with ITK's own source paths) is kept out of the terminal and put in the
+    error's ``details`` and the ``xrlib.core.ct`` debug log (``xrlib --verbose`` shows both).
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(path, "no such file or directory")
-    try:
-        if path.is_dir():
-            reader = sitk.ImageSeriesReader()
-            names = reader.GetGDCMSeriesFileNames(str(path))
-            if not names:
-                raise InputError(path, "directory contains no DICOM series")
-            reader.SetFileNames(names)
-            return reader.Execute()
-        return sitk.ReadImage(str(path))
-    except InputError:
-        raise
-    except RuntimeError as exc:  # SimpleITK reports every reader failure as RuntimeError
-        first = str(exc).strip().splitlines()
-        detail = next((ln for ln in first if "ERROR" in ln or "Unable" in ln), first[-1] if first else "")
-        raise InputError(path, f"cannot be read as an image ({detail.strip()[:160]})") from None
+    if path.is_file() and path.name.lower().endswith((".nii", ".nii.gz")):
+        bad = _nifti_problem(path)
+        if bad:
+            raise InputError(path, bad[0], details=bad[1])
+    img, problem, details = None, None, []
+    with _captured_stderr() as printed:
+        try:
+            if path.is_dir():
+                reader = sitk.ImageSeriesReader()
+                names = reader.GetGDCMSeriesFileNames(str(path))
+                if not names:
+                    problem = "directory contains no DICOM series"
+                else:
+                    reader.SetFileNames(names)
+                    img = reader.Execute()
+            else:
+                img = sitk.ReadImage(str(path))
+        except RuntimeError as exc:  # SimpleITK reports every reader failure as RuntimeError
+            details = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if img is not None:
+        for line in printed:  # warnings of a successful read
+            log.debug("%s: %s", path, line)
+        return img
+    if problem is None:
+        problem = _reader_problem([*printed, *details], path)
+    raise InputError(path, problem, details=[*printed, *details]) from None
+
+
+_ITK_PREFIX = re.compile(r"^(?:ITK |sitk::)ERROR:\s*(?:\w+\(0x[0-9a-fA-F]+\):\s*)?")
+_INCOMPLETE = re.compile(r"ideal\s*=\s*(\d+)\s*:\s*actual\s*=\s*(\d+)")
+
+
+def _reader_problem(lines: list[str], path: Path) -> str:
+    """One line from ITK's multi-line reader output: the reason, without ITK's source paths and object ids."""
+    text = "\n".join(lines)
+    if "not read completely" in text:
+        m = _INCOMPLETE.search(text)
+        sizes = f" ({m.group(2)} of {m.group(1)} bytes)" if m else ""
+        return f"truncated: the image data ends early{sizes}"
+    reason = next((_ITK_PREFIX.sub("", ln) for ln in lines if _ITK_PREFIX.match(ln)), "")
+    reason = reason.replace(f'"{path}"', "this file").replace(str(path), "this file")
+    return f"cannot be read as an image ({reason[:160]})" if reason else "cannot be read as an image"
 
 
 def _check_grid(img: sitk.Image, path: str | Path) -> None:

@@ -153,11 +153,11 @@ def cohort_subjects(cfg: dict, cohort_dir: str | Path, sources=None, progress: b
     ``sources`` as in :func:`xrlib.anatomy.cohort.build_cohort` (``None``: the example CT). The cohort
     has ``cfg["cohort"]["n_subjects"]`` subjects per source and the profile's seed.
     """
-    from xrlib.anatomy.cohort import CohortConfig, build_cohort, load_subject
+    from xrlib.anatomy.cohort import CohortConfig, build_cohort, load_subject, subject_id
 
-    ccfg = CohortConfig(n_subjects=int(cfg["cohort"]["n_subjects"]), seed=int(cfg["seed"]))
+    ccfg = CohortConfig.from_profile(cfg)
     names = ["example"] if sources is None else [s[0] for s in sources]
-    ids = [f"{n}-v{i:03d}" for n in names for i in range(ccfg.n_subjects)]
+    ids = [subject_id(n, i) for n in names for i in range(ccfg.n_subjects)]
     state: dict = {}
 
     def load(sid: str):
