@@ -22,7 +22,7 @@ from xrlib.core.profiles import Profile, load_profile
 from xrlib.eval.robustness import write_robustness
 from xrlib.studies.rotation import study
 from xrlib.studies.rotation.groups import GROUP_ORDER, alpha_group
-from xrlib.training.train import load_best
+from xrlib.training import load_best
 
 __all__ = ["THREATS", "ThreatRun", "add_robustness_parser", "cmd_robustness", "run_threat", "threat_summary"]
 

@@ -1,7 +1,7 @@
 """The rotation-robustness study of Fok et al. (2024) on this project's data.
 
 Trains the three study models — U-Net(Real), U-Net(Real+Syn_cen), U-Net(Real+Syn_all) — with the
-same hyperparameters and seed (:func:`xrlib.training.train.study_configs`), evaluates them on the synthetic
+same hyperparameters and seed (:func:`xrlib.studies.rotation.models.study_configs`), evaluates them on the synthetic
 test subjects at all 21 angles and on the Real (surrogate or real) test split, and adds the
 TorchXRayVision baseline when its weights are on disk. The notebooks ``05_training``,
 ``06_rotation_robustness`` and ``07_ablation`` call these functions.
@@ -27,7 +27,9 @@ from xrlib.eval.predict import evaluate_model, predict
 from xrlib.eval.tables import group_table
 from xrlib.studies.rotation.groups import GROUP_ORDER, alpha_group
 from xrlib.studies.rotation.paper import PAPER_TABLE2_DICE, PAPER_TABLE3_DICE, PAPER_TABLE4_DICE
-from xrlib.training.train import TrainConfig, TrainResult, load_best, study_configs, train_model
+from xrlib.studies.rotation.models import study_configs
+from xrlib.training import TrainConfig, TrainResult, load_best
+from xrlib.training import train_all as _train_all
 
 BASELINE_NAME = "TorchXRayVision"
 
@@ -47,9 +49,9 @@ def real_domain(manifest: pd.DataFrame) -> str:
     return "real radiographs" if (manifest["pool"] == "real").any() else "clinical surrogate (rendered, not real)"
 
 
-def train_all(configs: list[TrainConfig], run: Path, progress: bool = True) -> dict[str, TrainResult]:
-    """Train (or load from cache) each configuration; results by model name."""
-    return {c.name: train_model(c, datasets_dir(run), Path(run) / "models", progress=progress) for c in configs}
+def train_all(configs: list[TrainConfig], run: Path, progress: bool = True, executor=None) -> dict[str, TrainResult]:
+    """Train (or load from cache) each configuration in ``<run>/models``; results by model name."""
+    return _train_all(configs, datasets_dir(run), Path(run) / "models", executor=executor, progress=progress)
 
 
 def train_study(profile: Profile, run: Path, progress: bool = True) -> dict[str, TrainResult]:
@@ -161,7 +163,7 @@ def compare_table2(df: pd.DataFrame) -> pd.DataFrame:
 def table3(df: pd.DataFrame, results: dict[str, TrainResult] | None = None) -> pd.DataFrame:
     """Dice (%) on the Real test split per ablation model next to the paper's Table 3.
 
-    ``df``: per-image results whose ``model`` names start with ``ExpNN`` (:func:`xrlib.training.train.ablation_configs`);
+    ``df``: per-image results whose ``model`` names start with ``ExpNN`` (:func:`xrlib.studies.rotation.models.ablation_configs`);
     only rows with ``test_set == "Real_test"`` are used. ``results`` adds best epoch, best validation
     Dice and training time from :func:`training_table`.
     """
