@@ -14,6 +14,8 @@ def resize_bilinear(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     import torch.nn.functional as F
 
     arr = np.ascontiguousarray(x, dtype=np.float32)
+    if not arr.flags.writeable:  # e.g. a view of a PIL image; torch wants writable memory
+        arr = arr.copy()
     lead = arr.shape[:-2]
     t = torch.from_numpy(arr.reshape(1, -1, *arr.shape[-2:]))
     down = shape[0] < arr.shape[-2] or shape[1] < arr.shape[-1]
