@@ -10,11 +10,18 @@ import torch
 import yaml
 from PIL import Image
 
-from xrlib.data import datasets as ds
+from xrlib.core.atomic import sha256_file
+from xrlib.data.build import DATASETS_VERSION, build_datasets, dataset_hash
+from xrlib.data.pools import POOLS, assign_pools, select, table1
+from xrlib.data.preprocess import preprocess, resize_bilinear
+from xrlib.data.real import load_real_folder
+from xrlib.data.recipes import preprocessing_example
+from xrlib.data.shards import MANIFEST_COLUMNS, ShardDataset, pool_samples, read_manifest
+from xrlib.data.subjects import SubjectSource, subjects_from_volumes
 from xrlib.cli import main
 from xrlib.core.ct import Volume
 from xrlib.core.errors import InputError
-from xrlib.core.profiles import load_profile, profile_hash, validate_profile
+from xrlib.core.profiles import DATASET_KEYS, load_profile, profile_hash, validate_profile
 
 ALPHAS = [float(a) for a in range(-20, 21, 2)]
 
@@ -57,14 +64,14 @@ def tiny_profile(**over):
 
 @pytest.fixture(scope="module")
 def source():
-    return ds.subjects_from_volumes([(f"tiny-v{i:03d}", *tiny_subject(i)) for i in range(7)])
+    return subjects_from_volumes([(f"tiny-v{i:03d}", *tiny_subject(i)) for i in range(7)])
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, source):
     out = tmp_path_factory.mktemp("dsets")
     cfg = tiny_profile()
-    return cfg, out, ds.build_datasets(cfg, out, subjects=source, progress=False)
+    return cfg, out, build_datasets(cfg, out, subjects=source, progress=False)
 
 
 # ------------------------------------------------------------------------------ preprocess
@@ -74,7 +81,7 @@ def test_preprocess_keeps_aspect_ratio_pads_centred_and_binarizes():
     img = np.linspace(-3.0, 5.0, 40 * 80, dtype=np.float32).reshape(40, 80)  # H=40, W=80
     mask = np.zeros((40, 80), np.uint8)
     mask[10:30, 20:60] = 1
-    out, m = ds.preprocess(img, mask, 32)
+    out, m = preprocess(img, mask, 32)
     assert out.shape == m.shape == (32, 32) and out.dtype == np.float32 and m.dtype == np.uint8
     assert out.min() == 0.0 and out.max() == pytest.approx(1.0)
     rows = np.flatnonzero(out.max(1) > 0)
@@ -89,11 +96,11 @@ def test_preprocess_keeps_aspect_ratio_pads_centred_and_binarizes():
 
 
 def test_preprocess_tall_image_pads_columns_and_rejects_mismatched_mask():
-    out, m = ds.preprocess(np.random.default_rng(0).random((60, 20)), None, 30)
+    out, m = preprocess(np.random.default_rng(0).random((60, 20)), None, 30)
     assert m is None and out.shape == (30, 30)
     assert out[:, :10].max() == 0 and out[:, 20:].max() == 0 and out[:, 10:20].min() >= 0
     with pytest.raises(ValueError, match="mask shape"):
-        ds.preprocess(np.zeros((4, 5)), np.zeros((5, 4)), 8)
+        preprocess(np.zeros((4, 5)), np.zeros((5, 4)), 8)
 
 
 # ------------------------------------------------------------------------------ pools, manifest, Table 1
@@ -103,17 +110,17 @@ def test_pools_are_subject_disjoint_and_deterministic_and_splits_are_by_subject(
     cfg, _, man = built
     per_subject = man.groupby("subject")[["pool", "split"]].nunique()
     assert (per_subject == 1).all().all()  # no subject in two pools or two splits
-    a = ds.assign_pools([f"s{i}" for i in range(10)], tiny_profile())
-    assert a == ds.assign_pools([f"s{i}" for i in reversed(range(10))], tiny_profile())
-    assert a != ds.assign_pools([f"s{i}" for i in range(10)], tiny_profile(seed=4))
-    for pool, counts in cfg["pools"].items():
-        for split, n in counts.items():
+    a = assign_pools([f"s{i}" for i in range(10)], tiny_profile())
+    assert a == assign_pools([f"s{i}" for i in reversed(range(10))], tiny_profile())
+    assert a != assign_pools([f"s{i}" for i in range(10)], tiny_profile(seed=4))
+    for pool in POOLS:
+        for split, n in getattr(cfg.pools, pool).as_dict().items():
             assert man[(man.pool == pool) & (man.split == split)]["subject"].nunique() == n
 
 
 def test_manifest_columns_physics_and_poses(built):
     cfg, out, man = built
-    assert list(man.columns) == ds.MANIFEST_COLUMNS
+    assert list(man.columns) == MANIFEST_COLUMNS
     sur, syn = man[man.pool == "surrogate"], man[man.pool != "surrogate"]
     assert set(sur.physics) == {"realistic"} and set(syn.physics) == {"naive"}
     assert sur.alpha.abs().max() <= 2 and sur.tilt.abs().max() <= 2
@@ -123,21 +130,22 @@ def test_manifest_columns_physics_and_poses(built):
         assert sorted(g.alpha) == ALPHAS
     assert json.loads((out / "build.json").read_text())["complete"] is True
     for rel, g in man.groupby("shard"):
-        assert ds.sha256_file(out / rel) == g.checksum.iloc[0]
+        assert sha256_file(out / rel) == g.checksum.iloc[0]
 
 
 def test_selections_and_table1_match_the_profile(built):
     cfg, _, man = built
-    cen = ds.select(man, "Syn_cen", "train")
-    assert sorted(set(cen.alpha)) == [-2.0, 0.0, 2.0] and len(cen) == 3 * cfg["pools"]["syn_train"]["train"]
-    assert len(ds.select(man, "Syn_all", "train")) == 21 * cfg["pools"]["syn_train"]["train"]
-    t = ds.table1(man).set_index(["dataset", "split"])
-    P = cfg["surrogate"]["poses_per_subject"]
+    cen_alphas = cfg.synthetic.cen_alphas
+    cen = select(man, "Syn_cen", "train", cen_alphas=cen_alphas)
+    assert sorted(set(cen.alpha)) == [-2.0, 0.0, 2.0] and len(cen) == 3 * cfg.pools.syn_train.train
+    assert len(select(man, "Syn_all", "train", cen_alphas=cen_alphas)) == 21 * cfg.pools.syn_train.train
+    t = table1(man, cen_alphas).set_index(["dataset", "split"])
+    P = cfg.surrogate.poses_per_subject
     for split in ("train", "val", "test"):
-        n = cfg["pools"]["surrogate"][split]
+        n = getattr(cfg.pools.surrogate, split)
         assert t.loc[("Real", split), "subjects"] == n and t.loc[("Real", split), "images"] == n * P
     for split in ("train", "val"):
-        n = cfg["pools"]["syn_train"][split]
+        n = getattr(cfg.pools.syn_train, split)
         assert t.loc[("Syn_all", split), "images"] == 21 * n and t.loc[("Syn_cen", split), "images"] == 3 * n
         assert t.loc[("Syn_cen", split), "subjects"] == n
     assert t.loc[("Syn_test", "test"), "images"] == 21 and t.loc[("Syn_test", "test"), "subjects"] == 1
@@ -145,28 +153,28 @@ def test_selections_and_table1_match_the_profile(built):
 
 def test_shard_dataset_shapes_dtypes_and_filters(built):
     cfg, out, man = built
-    d = ds.ShardDataset(out, pool="syn_train", split="train", alphas={-2, 0, 2})
+    d = ShardDataset(out, pool="syn_train", split="train", alphas={-2, 0, 2})
     assert len(d) == 3
     img, mask = d[1]
-    S = cfg["image_size"]
+    S = cfg.image_size
     assert img.shape == mask.shape == (1, S, S) and img.dtype == mask.dtype == torch.float32
     assert 0 <= img.min() and img.max() <= 1 and set(torch.unique(mask).tolist()) <= {0.0, 1.0}
     assert mask.sum() > 0  # the clavicles are visible at α = 0
-    loader = torch.utils.data.DataLoader(ds.ShardDataset(man, pool="surrogate"), batch_size=4)
+    loader = torch.utils.data.DataLoader(ShardDataset(man, pool="surrogate"), batch_size=4)
     x, y = next(iter(loader))
     assert x.shape == (4, 1, S, S)
 
 
 def test_pool_samples_spread_over_each_pool_and_match_the_shards(built):
     _, out, man = built
-    images, masks, titles = ds.pool_samples(man, out, per_pool=3)
+    images, masks, titles = pool_samples(man, out, per_pool=3)
     counts = man["pool"].value_counts()
     expected = sum(min(3, counts.get(p, 0)) for p in ("real", "surrogate", "syn_train", "syn_test"))
     assert len(images) == len(masks) == len(titles) == expected
     syn_test = [t for t in titles if t.startswith("syn_test")]
     assert syn_test[0].endswith("α=-20.0°") and syn_test[-1].endswith("α=+20.0°")  # first and last of the pool
     first = man[man["pool"] == "surrogate"].iloc[[0]]
-    img, mask = ds.ShardDataset(first, root=out)[0]
+    img, mask = ShardDataset(first, root=out)[0]
     np.testing.assert_array_equal(images[0], img[0].numpy())
     np.testing.assert_array_equal(masks[0], mask[0].numpy())
 
@@ -175,10 +183,10 @@ def test_preprocessing_example_matches_the_synthetic_shard_at_the_same_angle(bui
     cfg, out, man = built
     row = man[(man["pool"] == "syn_test") & (man["alpha"] == 10.0)].iloc[[0]]
     ct, labels = source.load(row["subject"].iloc[0])
-    ex = ds.preprocessing_example(ct, labels, cfg, alpha=10.0)
-    S, n = cfg["image_size"], cfg["render"]["detector"]
+    ex = preprocessing_example(ct, labels, cfg, alpha=10.0)
+    S, n = cfg.image_size, cfg.render.detector
     assert ex["detector"].shape == ex["detector_mask"].shape == (n, n) and ex["image"].shape == (S, S)
-    img, mask = ds.ShardDataset(row, root=out)[0]
+    img, mask = ShardDataset(row, root=out)[0]
     # the shard stores the same image quantized to uint8
     np.testing.assert_allclose(ex["image"], img[0].numpy(), atol=0.5 / 255 + 1e-6)
     np.testing.assert_array_equal(ex["mask"], mask[0].numpy())
@@ -195,14 +203,14 @@ def test_cache_noop_resume_and_corruption(tmp_path, source):
     cfg = tiny_profile(pools={"surrogate": {"train": 1}, "syn_train": {"train": 1}, "syn_test": {"test": 1}},
                        cohort={"n_subjects": 3})
     loads = []
-    src = ds.SubjectSource(source.ids, lambda s: (loads.append(s), source.load(s))[1], source.fingerprint)
-    man = ds.build_datasets(cfg, tmp_path, subjects=src, progress=False)
+    src = SubjectSource(source.ids, lambda s: (loads.append(s), source.load(s))[1], source.fingerprint)
+    man = build_datasets(cfg, tmp_path, subjects=src, progress=False)
     assert len(loads) == 3
     before, manifest_text = _mtimes(tmp_path), (tmp_path / "manifest.csv").read_text()
 
     # 1. finished build: no-op (no subject loaded, no shard rewritten, same manifest)
     loads.clear()
-    assert ds.build_datasets(cfg, tmp_path, subjects=src, progress=False).equals(man)
+    assert build_datasets(cfg, tmp_path, subjects=src, progress=False).equals(man)
     assert loads == [] and _mtimes(tmp_path) == before
     assert (tmp_path / "manifest.csv").read_text() == manifest_text
 
@@ -218,7 +226,7 @@ def test_cache_noop_resume_and_corruption(tmp_path, source):
     data[len(data) // 2] ^= 0xFF
     shards[2].write_bytes(bytes(data))
     loads.clear()
-    again = ds.build_datasets(cfg, tmp_path, subjects=src, progress=False)
+    again = build_datasets(cfg, tmp_path, subjects=src, progress=False)
     assert len(loads) == 3
     assert again.drop(columns="checksum").equals(man.drop(columns="checksum"))
     for p in shards:
@@ -229,12 +237,12 @@ def test_cache_noop_resume_and_corruption(tmp_path, source):
     # only one damaged shard → only that subject is re-rendered
     shards[1].write_bytes(b"garbage")
     loads.clear()
-    ds.build_datasets(cfg, tmp_path, subjects=src, progress=False)
+    build_datasets(cfg, tmp_path, subjects=src, progress=False)
     assert len(loads) == 1
 
     # a changed profile invalidates the cache
     loads.clear()
-    ds.build_datasets(tiny_profile(**{**cfg.raw, "seed": 9}), tmp_path, subjects=src, progress=False)
+    build_datasets(tiny_profile(**{**cfg.raw, "seed": 9}), tmp_path, subjects=src, progress=False)
     assert len(loads) == 3
 
 
@@ -256,32 +264,32 @@ def _write_real(folder, names=("a", "b", "c", "d"), size=(30, 50), skip_mask=())
 
 def test_real_folder_loader_and_replacement_of_the_surrogate(tmp_path, source):
     _write_real(tmp_path / "real")
-    items = ds.load_real_folder(tmp_path / "real")
+    items = load_real_folder(tmp_path / "real")
     assert [it.name for it in items] == ["a", "b", "c", "d"]
     assert items[0].image.shape == (30, 50) and set(np.unique(items[0].mask)) == {0, 1}
     cfg = tiny_profile(pools={"surrogate": {"train": 2, "val": 1, "test": 1}, "syn_train": {"train": 1},
                               "syn_test": {"test": 1}})
-    man = ds.build_datasets(cfg, tmp_path / "out", subjects=source, real_folder=tmp_path / "real", progress=False)
+    man = build_datasets(cfg, tmp_path / "out", subjects=source, real_folder=tmp_path / "real", progress=False)
     assert "surrogate" not in set(man.pool) and (man.pool == "real").sum() == 4
     assert sorted(man[man.pool == "real"].split) == ["test", "train", "train", "val"]
-    img, mask = ds.ShardDataset(man, pool="real")[0]
+    img, mask = ShardDataset(man, pool="real")[0]
     assert img.shape == (1, 24, 24) and mask.sum() > 0
 
 
 def test_real_folder_errors(tmp_path):
     _write_real(tmp_path / "r1", skip_mask=("b",))
     with pytest.raises(InputError, match=r"b\.png.*no mask"):
-        ds.load_real_folder(tmp_path / "r1")
+        load_real_folder(tmp_path / "r1")
     _write_real(tmp_path / "r2", names=("a",))
     Image.fromarray(np.zeros((31, 50), np.uint8)).save(tmp_path / "r2" / "masks" / "a.png")
     with pytest.raises(InputError, match="differs from image size"):
-        ds.load_real_folder(tmp_path / "r2")
+        load_real_folder(tmp_path / "r2")
     _write_real(tmp_path / "r3", names=("a",))
     (tmp_path / "r3" / "images" / "a.png").write_bytes(b"not a png")
     with pytest.raises(InputError, match="cannot read image"):
-        ds.load_real_folder(tmp_path / "r3")
+        load_real_folder(tmp_path / "r3")
     with pytest.raises(InputError, match="no such directory"):
-        ds.load_real_folder(tmp_path / "nothing")
+        load_real_folder(tmp_path / "nothing")
 
 
 # ------------------------------------------------------------------------------ profiles
@@ -289,26 +297,26 @@ def test_real_folder_errors(tmp_path):
 
 def test_shipped_profiles_load_with_the_required_sizes():
     paper, quick, smoke = (load_profile(n) for n in ("paper", "quick", "smoke"))
-    assert paper["render"]["detector"] == 1800 and paper["image_size"] == 256
-    assert paper["render"]["field_mm"] / paper["render"]["detector"] == pytest.approx(0.24)
-    assert paper["pools"]["syn_train"]["train"] + paper["pools"]["syn_train"]["val"] == 96
-    assert paper["pools"]["syn_test"]["test"] == 20 and len(paper["synthetic"]["alphas"]) == 21
-    assert smoke["render"]["detector"] == 64 and smoke["image_size"] == 64
+    assert paper.render.detector == 1800 and paper.image_size == 256
+    assert paper.render.pitch_mm == pytest.approx(0.24)
+    assert paper.pools.syn_train.train + paper.pools.syn_train.val == 96
+    assert paper.pools.syn_test.test == 20 and len(paper.synthetic.alphas) == 21
+    assert smoke.render.detector == 64 and smoke.image_size == 64
     for cfg in (paper, quick, smoke):  # profiles differ only in sizes
-        assert set(cfg) == set(paper)
-        assert cfg["synthetic"]["alphas"] == ALPHAS
+        assert set(cfg.raw) == set(paper.raw)
+        assert list(cfg.synthetic.alphas) == ALPHAS
     assert profile_hash(quick) == profile_hash(copy.deepcopy(quick)) != profile_hash(smoke)
 
 
 def test_load_profile_errors(tmp_path):
     with pytest.raises(InputError, match=r"nope\.yml.*unknown profile 'nope'.*paper, quick, smoke"):
         load_profile("nope")
-    cfg = yaml.safe_load(open(load_profile("smoke")["path"]))
+    cfg = yaml.safe_load(open(load_profile("smoke").path))
     del cfg["render"]["detector"]
     (tmp_path / "bad.yml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(InputError, match=r"bad\.yml.*missing key 'render\.detector'"):
         load_profile(tmp_path / "bad.yml")
-    cfg = yaml.safe_load(open(load_profile("smoke")["path"]))
+    cfg = yaml.safe_load(open(load_profile("smoke").path))
     cfg["cohort"]["n_subjects"] = 2
     need = sum(int(n) for pool in cfg["pools"].values() for n in pool.values())
     assert need > 2
@@ -328,7 +336,7 @@ def test_cli_builds_a_tiny_profile_from_a_sources_folder(tmp_path, capsys):
     (tmp_path / "src").mkdir()
     sitk.WriteImage(ct.to_sitk(), str(tmp_path / "src" / "tiny.nii.gz"))
     sitk.WriteImage(lab.to_sitk(), str(tmp_path / "src" / "tiny_labels.nii.gz"))
-    cfg = yaml.safe_load(open(load_profile("smoke")["path"]))
+    cfg = yaml.safe_load(open(load_profile("smoke").path))
     cfg["render"].update(detector=32, backend="rtk")
     cfg["image_size"] = 16
     (tmp_path / "tiny.yml").write_text(yaml.safe_dump(cfg))
@@ -337,7 +345,7 @@ def test_cli_builds_a_tiny_profile_from_a_sources_folder(tmp_path, capsys):
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "Syn_all" in text and "wall time" in text
-    man = ds.read_manifest(tmp_path / "out" / "datasets")
+    man = read_manifest(tmp_path / "out" / "datasets")
     pools = cfg["pools"]
     expected = (sum(pools["surrogate"].values()) * cfg["surrogate"]["poses_per_subject"]
                 + (sum(pools["syn_train"].values()) + sum(pools["syn_test"].values())) * 21)
@@ -349,3 +357,72 @@ def test_cli_unknown_profile_exits_2_with_one_line(capsys):
     assert main(["dataset", "--profile", "nope"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown profile 'nope'" in err and "smoke" in err
+
+
+# ------------------------------------------------------------------------------ cache keys, tasks, executors
+
+
+def test_dataset_hash_payload_is_that_of_the_original_code():
+    """The build hash must not change: value computed with the code at commit dea4f93."""
+    import hashlib
+
+    cfg = tiny_profile()
+    expected = hashlib.sha256(f"{profile_hash(cfg.raw, DATASET_KEYS)}|fp0|v1".encode()).hexdigest()
+    assert DATASETS_VERSION == 1
+    assert dataset_hash(cfg, "fp0") == expected == "d73e4657e3c842b8b8922142ffe5fdff9d4f8ab75a5db0df3974b2f7337e69e6"
+
+
+def test_resize_bilinear_of_a_stack_equals_each_image_resized():
+    x = np.random.default_rng(1).random((3, 20, 30)).astype(np.float32)
+    for shape in ((10, 12), (40, 45)):
+        y = resize_bilinear(x, shape)
+        assert y.shape == (3, *shape) and y.dtype == np.float32
+        for i in range(3):
+            np.testing.assert_array_equal(y[i], resize_bilinear(x[i], shape))
+
+
+def _small_profile():
+    return tiny_profile(pools={"surrogate": {"train": 1}, "syn_train": {"train": 1}, "syn_test": {"test": 1}},
+                        cohort={"n_subjects": 3}, synthetic={"alphas": [-2, 0, 2], "cen_alphas": [-2, 0, 2]})
+
+
+def test_shard_tasks_are_picklable_and_the_cohort_loader_drops_its_sources_once_built(tmp_path, source):
+    import pickle
+
+    from xrlib.anatomy.cohort import CohortConfig
+    from xrlib.data.build import plan_shards
+    from xrlib.data.recipes import study_recipes
+    from xrlib.data.subjects import CohortLoader
+
+    cfg = _small_profile()
+    plan = plan_shards(cfg, tmp_path, source, study_recipes(cfg), threads=1)
+    assert [t.pool for t in plan] == ["surrogate", "syn_train", "syn_test"]
+    back = pickle.loads(pickle.dumps(plan))
+    assert [(t.key, t.recipe, t.profile) for t in back] == [(t.key, t.recipe, t.profile) for t in plan]
+    loader = CohortLoader(tmp_path / "cohort", CohortConfig(n_subjects=1), sources=[("big", 1, 2)], built=True)
+    assert pickle.loads(pickle.dumps(loader)).sources is None
+
+
+def test_process_pool_build_is_byte_identical_to_the_in_process_build(tmp_path, source):
+    from xrlib.exec import ProcessPoolExecutor
+
+    cfg = _small_profile()
+    local = build_datasets(cfg, tmp_path / "local", subjects=source, progress=False, threads=1)
+    pool = build_datasets(cfg, tmp_path / "pool", subjects=source, progress=False, threads=1,
+                          executor=ProcessPoolExecutor(workers=2))
+    assert local.equals(pool)  # same rows, same shard checksums
+    assert set(local.physics) == {"realistic", "naive"}
+    for rel in local.shard:
+        assert (tmp_path / "local" / rel).read_bytes() == (tmp_path / "pool" / rel).read_bytes()
+    assert (tmp_path / "local" / "manifest.csv").read_text() == (tmp_path / "pool" / "manifest.csv").read_text()
+
+
+def test_a_pool_recipe_is_a_parameter_of_the_build(tmp_path, source):
+    from xrlib.data.recipes import AnglesRecipe, study_recipes
+
+    cfg = _small_profile()
+    recipes = {**study_recipes(cfg), "syn_test": AnglesRecipe(physics="heuristic", alphas=(5.0,))}
+    man = build_datasets(cfg, tmp_path, subjects=source, progress=False, recipes=recipes)
+    test = man[man.pool == "syn_test"]
+    assert list(test.alpha) == [5.0] and list(test.physics) == ["heuristic"]
+    assert sorted(man[man.pool == "syn_train"].alpha) == [-2.0, 0.0, 2.0]

@@ -97,6 +97,15 @@ def test_resized_keeps_the_field_of_view():
     assert g.height * g.pitch == pytest.approx(1800 * 0.24)
 
 
+def test_from_render_is_the_profiles_square_detector_at_paper_distances():
+    from xrlib.core.profiles import load_profile
+
+    paper = load_profile("paper")
+    g = Geometry.from_render(paper.render)
+    assert (g.height, g.width, g.sid, g.sdd) == (1800, 1800, 1500.0, 1800.0)
+    assert g.pitch == paper.render.field_mm / 1800 == paper.render.pitch_mm
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -94,6 +94,17 @@ def slab_phantom(thickness_mm: float, hu: float = 0.0) -> Volume:
     return Volume(arr, (6.0, 2.0, 6.0), (-117.0, -63.0, -117.0), np.eye(3))
 
 
+def test_display_option_returns_the_postprocessed_image_and_keeps_the_raw_one():
+    slab = slab_phantom(60.0)
+    g = Geometry(height=9, width=9, pitch=4.0)
+    raw = render(slab, None, g, physics="naive", backend="rtk", fov="none")
+    shown = render(slab, None, g, physics="naive", backend="rtk", fov="none", display=True)
+    assert raw.display is None
+    np.testing.assert_array_equal(shown.image, raw.image)
+    np.testing.assert_array_equal(shown.display, phys.postprocess(raw.image, raw.field, pitch_mm=g.pitch))
+    assert shown.display.dtype == np.float32 and 0 <= shown.display.min() and shown.display.max() <= 1
+
+
 def test_naive_line_integral_of_a_water_slab_matches_beer_lambert_geometry():
     slab = slab_phantom(60.0)
     g = Geometry(height=9, width=9, pitch=4.0)

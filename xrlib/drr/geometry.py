@@ -88,6 +88,14 @@ class Geometry:
         """Size of one detector pixel projected back to the isocenter plane (mm)."""
         return self.pitch / self.magnification
 
+    @classmethod
+    def from_render(cls, render) -> "Geometry":
+        """The study's square detector of a profile's ``render`` section (a
+        :class:`xrlib.core.profiles.RenderSection`): ``render.detector`` px over ``render.field_mm`` mm,
+        at the default (paper PA) distances."""
+        n = int(render.detector)
+        return cls(height=n, width=n, pitch=float(render.field_mm) / n)
+
     def resized(self, height: int, width: int | None = None) -> "Geometry":
         """Same physical detector area sampled with ``height × width`` pixels."""
         width = height if width is None else width

@@ -58,12 +58,14 @@ class Radiograph:
 
     Attributes:
         image: float32 ``(H, W)``. ``naive``/``heuristic``: the line integral ∫μ dl (dimensionless);
-            ``realistic``: −log(I/I0) of the simulated detector signal; after ``postprocess``:
-            display values in [0, 1]. Row 0 is superior, column 0 the patient's right.
+            ``realistic``: −log(I/I0) of the simulated detector signal. Row 0 is superior, column 0
+            the patient's right.
         mask_left, mask_right: uint8 ``(H, W)`` projected clavicle masks (patient's left/right),
             or ``None`` without labels.
         field: bool ``(H, W)``, pixels whose rays cross the whole CT column (see module docstring).
         meta: geometry, pose, physics, backend, versions (JSON-serializable).
+        display: float32 ``(H, W)`` display image in [0, 1] (:func:`xrlib.drr.physics.postprocess` of
+            ``image`` inside ``field``) when rendered with ``display=True``, else ``None``.
     """
 
     image: np.ndarray
@@ -71,6 +73,7 @@ class Radiograph:
     mask_right: np.ndarray | None
     field: np.ndarray
     meta: dict = field(default_factory=dict)
+    display: np.ndarray | None = None
 
     @property
     def mask(self) -> np.ndarray | None:
@@ -140,6 +143,7 @@ def render_batch(
     mask_threshold_mm: float = MASK_THRESHOLD_MM,
     realistic: phys.RealisticParams | None = None,
     isocenter: np.ndarray | None = None,
+    display: bool = False,
 ) -> list[Radiograph]:
     """Render ``ct`` (and its clavicle masks) at every pose in ``poses``.
 
@@ -156,6 +160,8 @@ def render_batch(
         mask_threshold_mm: path length through a clavicle above which a pixel is in its mask.
         realistic: parameters of the realistic chain (default :class:`xrlib.drr.physics.RealisticParams`).
         isocenter: rotation centre (mm, LPS); default the CT grid centre.
+        display: also post-process each image for display (``Radiograph.display``: window + unsharp
+            masking of :func:`xrlib.drr.physics.postprocess` at the detector pitch, [0, 1]).
     """
     if physics not in PHYSICS:
         raise ValueError(f"unknown physics {physics!r}; expected one of {', '.join(PHYSICS)}")
@@ -210,7 +216,8 @@ def render_batch(
             "versions": versions(RENDER_PACKAGES),
             "conventions": "row 0 superior, column 0 = patient's right; see xrlib.drr.geometry",
         }
-        out.append(Radiograph(image, left, right, fld, meta))
+        shown = phys.postprocess(image, fld, pitch_mm=geometry.pitch) if display else None
+        out.append(Radiograph(image, left, right, fld, meta, shown))
     return out
 
 

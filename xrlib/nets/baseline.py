@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from xrlib.data.preprocess import resize_bilinear
+
 #: Output channels of TorchXRayVision's ChestX-Det PSPNet, in its order (``PSPNet.targets``).
 TXRV_TARGETS = (
     "Left Clavicle", "Right Clavicle", "Left Scapula", "Right Scapula", "Left Lung", "Right Lung",
@@ -67,26 +69,13 @@ def txrv_status(weights: str | Path | None = None) -> tuple[bool, str]:
     return True, f"torchxrayvision installed, weights at {path}"
 
 
-def _resize(x: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear resize of ``(..., H, W)`` to ``(..., size, size)`` (antialiased when shrinking)."""
-    import torch
-    import torch.nn.functional as F
-
-    arr = np.ascontiguousarray(x, dtype=np.float32)
-    lead = arr.shape[:-2]
-    t = torch.from_numpy(arr.reshape(1, -1, *arr.shape[-2:]))
-    down = size < arr.shape[-2] or size < arr.shape[-1]
-    out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=down)
-    return out[0].numpy().reshape(*lead, size, size)
-
-
 def txrv_preprocess(img01: np.ndarray) -> np.ndarray:
     """An ``S × S`` image in [0, 1] → the PSPNet input ``(1, 512, 512)`` float32 in [−1024, 1024]
     (bilinear resize, then ``2048 · x − 1024``; values outside [0, 1] are clipped first)."""
     img = np.asarray(img01, dtype=np.float32)
     if img.ndim != 2:
         raise ValueError(f"expected a 2-D image, got shape {img.shape}")
-    x = np.clip(_resize(np.clip(img, 0.0, 1.0), TXRV_SIZE), 0.0, 1.0)
+    x = np.clip(resize_bilinear(np.clip(img, 0.0, 1.0), (TXRV_SIZE, TXRV_SIZE)), 0.0, 1.0)
     lo, hi = TXRV_RANGE
     return (x * (hi - lo) + lo).astype(np.float32)[None]
 
@@ -104,7 +93,7 @@ def txrv_postprocess(logits: np.ndarray, target_size: int, clavicle_channels: Se
     if not clavicle_channels or any(not 0 <= int(c) < z.shape[0] for c in clavicle_channels):
         raise ValueError(f"clavicle channels {tuple(clavicle_channels)} out of range for {z.shape[0]} channels")
     prob = _sigmoid(z[list(clavicle_channels)]).max(axis=0)
-    return np.clip(_resize(prob, int(target_size)), 0.0, 1.0)
+    return np.clip(resize_bilinear(prob, (int(target_size), int(target_size))), 0.0, 1.0)
 
 
 try:

@@ -1,0 +1,229 @@
+"""Building the datasets of a profile: plan one shard task per subject, run them, collect the manifest.
+
+:func:`build_datasets` is *plan → run tasks → collect* (:mod:`xrlib.exec`). The plan assigns
+subjects to pools and splits (:func:`xrlib.data.pools.assign_pools`) and makes one picklable task
+per shard: :class:`SubjectShardTask` loads a virtual subject and renders it with its pool's
+:class:`xrlib.data.recipes.PoolRecipe`, :class:`RealShardTask` preprocesses one real radiograph.
+Each task writes its shard atomically and returns its manifest rows; only the driver writes
+``<out>/manifest.csv`` (after each collected shard, so an interrupted build resumes) and
+``<out>/build.json`` (the configuration hash and ``complete``).
+
+Every run checks each shard listed in the manifest against its SHA-256 and rebuilds missing,
+truncated or corrupted ones; a build whose shards are all intact is a no-op (nothing is rewritten
+and the cohort is not even loaded). The build hash (:func:`dataset_hash`) covers the profile's
+dataset sections, the subjects' fingerprint and :data:`DATASETS_VERSION`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from xrlib.core.atomic import sha256_file, write_text_atomic
+from xrlib.core.errors import InputError
+from xrlib.core.profiles import DATASET_KEYS, Profile, profile_hash
+from xrlib.data.pools import POOLS, assign_pools, real_splits
+from xrlib.data.preprocess import preprocess
+from xrlib.data.real import RealItem, load_real_folder, real_fingerprint
+from xrlib.data.recipes import PoolRecipe, render_subject, study_recipes
+from xrlib.data.shards import MANIFEST_COLUMNS, MANIFEST_FILE, read_manifest, save_shard, shard_arrays, shard_rows
+from xrlib.data.subjects import SubjectSource, cohort_subjects
+from xrlib.exec import Executor, ProcessPoolExecutor, get_executor
+
+#: Bumped whenever the datasets code changes what it writes, so cached datasets are rebuilt.
+DATASETS_VERSION = 1
+BUILD_FILE = "build.json"
+
+
+def dataset_hash(profile: Profile, subjects_fp: str) -> str:
+    """Hash of everything that determines the datasets: profile sizes, subjects, code version."""
+    return hashlib.sha256(f"{profile_hash(profile, DATASET_KEYS)}|{subjects_fp}|v{DATASETS_VERSION}".encode()).hexdigest()
+
+
+@dataclass
+class ShardResult:
+    """What a shard task returns: the shard's manifest rows and its SHA-256."""
+
+    rows: list[dict]
+    checksum: str
+
+
+@dataclass
+class ShardTask:
+    """Writes one shard ``out_dir/rel`` of ``subject`` and returns its :class:`ShardResult`."""
+
+    key: str
+    threads: int
+    out_dir: str
+    rel: str
+    subject: str
+    source: str
+    pool: str
+    split: str
+
+    def arrays(self) -> dict:
+        raise NotImplementedError
+
+    def run(self) -> ShardResult:
+        path = Path(self.out_dir) / self.rel
+        arrays = self.arrays()
+        save_shard(path, arrays)
+        checksum = sha256_file(path)
+        return ShardResult(shard_rows(self.subject, self.source, self.pool, self.split, self.rel, arrays, checksum), checksum)
+
+
+@dataclass
+class SubjectShardTask(ShardTask):
+    """A virtual subject (``load(subject)`` → ``(ct, labels)``) rendered with its pool's recipe."""
+
+    load: Callable[[str], tuple]
+    profile: Profile
+    recipe: PoolRecipe
+
+    def arrays(self) -> dict:
+        ct, labels = self.load(self.subject)
+        return render_subject(ct, labels, self.profile, self.recipe, self.subject)
+
+
+@dataclass
+class RealShardTask(ShardTask):
+    """One real radiograph, preprocessed to ``size × size`` (no clavicle sides, no pose)."""
+
+    item: RealItem
+    size: int
+
+    def arrays(self) -> dict:
+        img, mask = preprocess(self.item.image, self.item.mask, self.size)
+        nan3 = [float("nan")] * 3
+        return shard_arrays([img], [mask], [0 * mask], [0 * mask], [float("nan")], [float("nan")], [nan3],
+                            "real", float("nan"), "none")
+
+
+def plan_shards(profile: Profile, out_dir: str | Path, subjects: SubjectSource, recipes: Mapping[str, PoolRecipe],
+                real_items: list[RealItem] | None = None, threads: int = 1) -> list[ShardTask]:
+    """One task per shard, in manifest order: assigned subjects by pool then id, then real images."""
+    out = str(out_dir)
+    assignment = assign_pools(subjects.ids, profile)
+    order = {p: i for i, p in enumerate((*POOLS, *recipes))}
+    plan: list[ShardTask] = []
+    for sid in sorted(assignment, key=lambda s: (order[assignment[s][0]], s)):
+        pool, split = assignment[sid]
+        if pool not in recipes:
+            raise ValueError(f"no image recipe for pool {pool!r}")
+        rel = f"shards/{pool}/{sid}.npz"
+        plan.append(SubjectShardTask(rel, threads, out, rel, sid, subjects.source_of(sid), pool, split,
+                                     subjects.load, profile, recipes[pool]))
+    if real_items is not None:
+        splits = real_splits([it.name for it in real_items], profile)
+        for it in real_items:
+            rel = f"shards/real/{it.name}.npz"
+            plan.append(RealShardTask(rel, threads, out, rel, it.name, "real", "real", splits[it.name], it,
+                                      profile.image_size))
+    return plan
+
+
+def _default_threads(executor: Executor) -> int:
+    import torch
+
+    if isinstance(executor, ProcessPoolExecutor):
+        return max(1, (os.cpu_count() or 1) // executor.workers)
+    return torch.get_num_threads()
+
+
+def build_datasets(
+    profile: Profile,
+    out_dir: str | Path,
+    subjects: SubjectSource | None = None,
+    real_folder: str | Path | None = None,
+    progress: bool = True,
+    executor: Executor | str | None = None,
+    threads: int | None = None,
+    recipes: Mapping[str, PoolRecipe] | None = None,
+) -> pd.DataFrame:
+    """Build (or resume, or verify) the datasets of ``profile`` under ``out_dir``.
+
+    Args:
+        profile: a validated profile (:func:`xrlib.core.profiles.load_profile`).
+        out_dir: the datasets folder (``runs/<profile>/datasets``).
+        subjects: where subjects come from; default the virtual cohort of the example CT built in
+            ``cohort/`` next to ``out_dir`` (``runs/<profile>/cohort``, :func:`xrlib.data.subjects.cohort_subjects`).
+        real_folder: real radiographs replacing the surrogate pool (default ``profile.real_folder``).
+        progress: show tqdm progress bars.
+        executor: runs the shard tasks (:func:`xrlib.exec.get_executor`: ``None``/``"local"`` in
+            process, ``"process"`` a process pool, or an instance).
+        threads: torch threads per task (default: this process's count in process, cores / workers
+            in a pool).
+        recipes: pool → :class:`xrlib.data.recipes.PoolRecipe` (default :func:`xrlib.data.recipes.study_recipes`).
+
+    Returns the manifest (one row per image). See the module docstring for caching.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    real_folder = real_folder if real_folder is not None else profile.real_folder
+    if real_folder:
+        profile = profile.with_real_folder(real_folder)
+    if subjects is None:
+        subjects = cohort_subjects(profile, out_dir.parent / "cohort", progress=progress)
+    fp = subjects.fingerprint
+    real_items = None
+    if real_folder:
+        real_items = load_real_folder(real_folder)
+        fp += "|real:" + real_fingerprint(real_folder)
+    digest = dataset_hash(profile, fp)
+    build_path, manifest_path = out_dir / BUILD_FILE, out_dir / MANIFEST_FILE
+    executor = get_executor(executor)
+    threads = _default_threads(executor) if threads is None else int(threads)
+
+    # Rows recorded by a previous run of the same configuration, grouped by shard.
+    old: dict[str, list[dict]] = {}
+    try:
+        info = json.loads(build_path.read_text(encoding="utf-8"))
+        if info.get("hash") == digest and manifest_path.is_file():
+            for row in read_manifest(manifest_path).to_dict("records"):
+                old.setdefault(row["shard"], []).append(row)
+    except (OSError, ValueError, InputError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        old = {}
+    was_complete = bool(old) and json.loads(build_path.read_text(encoding="utf-8")).get("complete") is True
+
+    plan = plan_shards(profile, out_dir, subjects, study_recipes(profile) if recipes is None else recipes,
+                       real_items, threads)
+    order = [t.rel for t in plan]
+    rows: dict[str, list[dict]] = {}
+    todo = []
+    for task in plan:
+        prev = old.get(task.rel)
+        path = out_dir / task.rel
+        if prev and path.is_file() and sha256_file(path) == str(prev[0]["checksum"]):
+            rows[task.rel] = prev
+        else:
+            todo.append(task)
+
+    pending = {"hash": digest, "complete": False, "version": DATASETS_VERSION}
+    if todo or not was_complete or not build_path.is_file():
+        write_text_atomic(build_path, json.dumps(pending))
+    if todo and subjects.prepare is not None and any(isinstance(t, SubjectShardTask) for t in todo):
+        subjects.prepare()
+    for task, result in executor.map(todo, progress=progress, desc="datasets"):
+        rows[task.rel] = result.rows
+        _write_manifest(manifest_path, rows, order)
+    if todo or not manifest_path.is_file() or set(old) != set(rows):
+        _write_manifest(manifest_path, rows, order)
+    if todo or not was_complete:
+        write_text_atomic(build_path, json.dumps({
+            **pending, "complete": True, "profile": profile.name,
+            "images": sum(len(r) for r in rows.values()), "subjects": len(rows),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }, indent=1))
+    return read_manifest(manifest_path)
+
+
+def _write_manifest(path: Path, rows: dict[str, list[dict]], order: list[str]) -> None:
+    df = pd.DataFrame([r for rel in order if rel in rows for r in rows[rel]], columns=MANIFEST_COLUMNS)
+    write_text_atomic(path, df.to_csv(index=False))

@@ -1,0 +1,123 @@
+"""Image recipes: how the images of one pool are made from a subject's CT (poses, physics, renderer).
+
+A :class:`PoolRecipe` is a picklable description of one pool's images: its poses for a subject,
+its physics level and realistic-physics dose. :meth:`PoolRecipe.render` renders them with
+:func:`xrlib.drr.render.render_batch` (post-processed for display) at the profile's detector;
+a pool with another renderer is a subclass that overrides it. :func:`study_recipes` is the
+study's plan (``surrogate``: realistic physics at jittered poses; ``syn_train``/``syn_test``:
+naive DRRs at every synthetic α), and :func:`render_subject` turns one subject into the arrays of
+its shard (every radiograph post-processed, then :func:`xrlib.data.preprocess.preprocess`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from xrlib.core.profiles import Profile, SurrogateSection
+from xrlib.data.pools import jittered_poses
+from xrlib.data.preprocess import preprocess
+from xrlib.data.shards import shard_arrays
+from xrlib.drr.geometry import Geometry, Pose
+
+
+@dataclass(frozen=True)
+class PoolRecipe:
+    """Images of one pool: ``physics`` level and, for realistic physics, the dose (mAs).
+
+    Subclasses give :meth:`poses`; override :meth:`render` for another renderer.
+    """
+
+    physics: str = "naive"
+    dose_mas: float | None = None
+
+    def poses(self, subject: str) -> list[Pose]:
+        """The poses of ``subject``'s images."""
+        raise NotImplementedError
+
+    def realistic(self):
+        """Parameters of the realistic chain (``None`` for other physics levels)."""
+        from xrlib.drr.physics import RealisticParams
+
+        return RealisticParams(dose_mas=float(self.dose_mas)) if self.physics == "realistic" else None
+
+    def render(self, ct, labels, profile: Profile, subject: str, poses: list[Pose]) -> list:
+        """:class:`xrlib.drr.render.Radiograph` s of ``subject`` at ``poses``, with ``display`` images."""
+        from xrlib.anatomy.annotate import clavicles_from_labels
+        from xrlib.drr.render import render_batch
+
+        r = profile.render
+        return render_batch(ct, clavicles_from_labels(labels), Geometry.from_render(r), poses, physics=self.physics,
+                            backend=r.backend, seed=noise_seed(profile.seed, subject), fov=r.fov,
+                            realistic=self.realistic(), display=True)
+
+
+@dataclass(frozen=True)
+class AnglesRecipe(PoolRecipe):
+    """One image per rotation angle α (deg), no tilt or shift."""
+
+    alphas: tuple[float, ...] = ()
+
+    def poses(self, subject: str) -> list[Pose]:
+        return [Pose(alpha=a) for a in self.alphas]
+
+
+@dataclass(frozen=True)
+class JitteredRecipe(PoolRecipe):
+    """Well-positioned poses: α, tilt and shift jittered per subject (:func:`xrlib.data.pools.jittered_poses`)."""
+
+    seed: int = 0
+    jitter: SurrogateSection | None = None
+
+    def poses(self, subject: str) -> list[Pose]:
+        return jittered_poses(self.seed, self.jitter, subject)
+
+
+def study_recipes(profile: Profile) -> dict[str, PoolRecipe]:
+    """The study's pools: realistic surrogate at jittered poses, naive DRRs at the synthetic α."""
+    synthetic = AnglesRecipe(physics="naive", alphas=tuple(profile.synthetic.alphas))
+    return {
+        "surrogate": JitteredRecipe(physics="realistic", dose_mas=profile.surrogate.dose_mas, seed=profile.seed,
+                                    jitter=profile.surrogate),
+        "syn_train": synthetic,
+        "syn_test": synthetic,
+    }
+
+
+def noise_seed(seed: int, subject: str) -> int:
+    """Seed of a subject's noise streams, from the profile seed and the subject id."""
+    key = int.from_bytes(hashlib.sha256(subject.encode()).digest()[:4], "little")
+    return int(np.random.SeedSequence([int(seed), key, 2]).generate_state(1)[0])
+
+
+def render_subject(ct, labels, profile: Profile, recipe: PoolRecipe, subject: str) -> dict:
+    """Render and preprocess every image of one subject with ``recipe``; the arrays of its shard."""
+    poses = recipe.poses(subject)
+    rgs = recipe.render(ct, labels, profile, subject, poses)
+    size = profile.image_size
+    images, masks, lefts, rights = [], [], [], []
+    for rg in rgs:
+        img, mask = preprocess(rg.display, rg.mask, size)
+        images.append(img)
+        masks.append(mask)
+        lefts.append(preprocess(rg.display, rg.mask_left, size)[1])
+        rights.append(preprocess(rg.display, rg.mask_right, size)[1])
+    return shard_arrays(images, masks, lefts, rights, [p.alpha for p in poses], [p.tilt for p in poses],
+                        [p.shift for p in poses], recipe.physics,
+                        np.nan if recipe.dose_mas is None else recipe.dose_mas, rgs[0].meta["backend"])
+
+
+def preprocessing_example(ct, labels, profile: Profile, alpha: float = 10.0) -> dict:
+    """One synthetic (naive-physics) radiograph before and after :func:`xrlib.data.preprocess.preprocess`,
+    as the datasets make them.
+
+    Returns ``detector`` (post-processed display image at the profile's detector size, [0, 1]),
+    ``detector_mask``, ``geometry``, ``image`` and ``mask`` (``image_size`` square) and ``alpha`` (deg).
+    """
+    recipe = AnglesRecipe(physics="naive", alphas=(float(alpha),))
+    rg = recipe.render(ct, labels, profile, "example", recipe.poses("example"))[0]
+    img, mask = preprocess(rg.display, rg.mask, profile.image_size)
+    return {"detector": rg.display, "detector_mask": rg.mask, "geometry": Geometry.from_render(profile.render),
+            "image": img, "mask": mask, "alpha": float(alpha)}

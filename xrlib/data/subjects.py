@@ -1,0 +1,121 @@
+"""Where the virtual subjects of a dataset build come from: ids, a picklable loader, a fingerprint.
+
+Virtual subjects of one source CT are deformed copies of one person, not independent patients
+(see :mod:`xrlib.anatomy.cohort`); :func:`source_ct` names the source, the unit of independence.
+Loaders are picklable objects (no closures), so that the shard tasks of
+:func:`xrlib.data.build.build_datasets` can run in a process pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from xrlib.core.atomic import sha256_file
+from xrlib.core.profiles import Profile
+
+
+def source_ct(subject_id: str) -> str:
+    """The source CT of virtual subject ``<source>-v<iii>``."""
+    return subject_id.rsplit("-v", 1)[0]
+
+
+@dataclass
+class SubjectSource:
+    """Where virtual subjects come from: their ids, a loader and a fingerprint for caching.
+
+    ``load(subject_id)`` returns ``(ct, labels)`` :class:`xrlib.core.ct.Volume` s; it is only called
+    for subjects whose shards must be (re)built, and must be picklable for a process-pool executor.
+    ``source_of(subject_id)`` names the source CT (the unit of independence). ``prepare()``, when
+    set, is run once by the driver before any shard is rendered (e.g. to build the cohort).
+    """
+
+    ids: list[str]
+    load: Callable[[str], tuple]
+    fingerprint: str
+    source_of: Callable[[str], str] = source_ct
+    prepare: Callable[[], None] | None = None
+
+
+@dataclass
+class VolumeTable:
+    """Loader over in-memory ``subject id → (ct, labels)`` volumes."""
+
+    table: dict
+
+    def __call__(self, subject_id: str) -> tuple:
+        return self.table[subject_id]
+
+
+def subjects_from_volumes(items: Sequence[tuple]) -> SubjectSource:
+    """A :class:`SubjectSource` over in-memory ``(subject_id, ct, labels)`` triples."""
+    table = {str(sid): (ct, lab) for sid, ct, lab in items}
+    h = hashlib.sha256()
+    for sid, (ct, lab) in sorted(table.items()):
+        h.update(sid.encode())
+        for vol in (ct, lab):
+            h.update(np.ascontiguousarray(vol.array).tobytes())
+            h.update(repr((vol.spacing, vol.origin, np.asarray(vol.direction).tolist())).encode())
+    return SubjectSource(list(table), VolumeTable(table), h.hexdigest()[:16])
+
+
+@dataclass
+class CohortLoader:
+    """Loads virtual subjects from the cohort folder, building the cohort first (once) if needed.
+
+    Once built, pickling drops the source volumes, so tasks carry only the folder.
+    """
+
+    cohort_dir: Path
+    config: object  # xrlib.anatomy.cohort.CohortConfig
+    sources: list | None = None
+    progress: bool = True
+    built: bool = field(default=False, compare=False)
+
+    def prepare(self) -> None:
+        """Build (or verify) the cohort with :func:`xrlib.anatomy.cohort.build_cohort`."""
+        from xrlib.anatomy.cohort import build_cohort
+
+        if not self.built:
+            build_cohort(self.sources, self.config, self.cohort_dir, progress=self.progress)
+            self.built = True
+
+    def __call__(self, subject_id: str) -> tuple:
+        from xrlib.anatomy.cohort import load_subject
+
+        self.prepare()
+        return load_subject(self.cohort_dir, subject_id)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        if state["built"]:
+            state["sources"] = None
+        return state
+
+
+def cohort_subjects(profile: Profile, cohort_dir: str | Path, sources=None, progress: bool = True) -> SubjectSource:
+    """Virtual subjects of :mod:`xrlib.anatomy.cohort` (built lazily, before the first ``load``).
+
+    ``sources`` as in :func:`xrlib.anatomy.cohort.build_cohort` (``None``: the example CT). The cohort
+    has ``profile.n_subjects`` subjects per source and the profile's seed.
+    """
+    from xrlib.anatomy.cohort import CohortConfig, subject_id
+
+    ccfg = CohortConfig.from_profile(profile)
+    names = ["example"] if sources is None else [s[0] for s in sources]
+    ids = [subject_id(n, i) for n in names for i in range(ccfg.n_subjects)]
+    if sources is None:  # the example CT: fingerprint its files (cheap, no loading)
+        from xrlib.core.ct import example_paths
+
+        src_fp = [sha256_file(p) for p in example_paths()]
+    else:
+        from xrlib.anatomy.cohort import _source_fingerprint
+
+        src_fp = [_source_fingerprint(ct, lab) for _, ct, lab in sources]
+    fp = hashlib.sha256(f"{ccfg.fingerprint()}|{names}|{src_fp}|{ccfg.n_subjects}".encode()).hexdigest()[:16]
+    loader = CohortLoader(Path(cohort_dir), ccfg, sources, progress)
+    return SubjectSource(ids, loader, fp, prepare=loader.prepare)
