@@ -31,7 +31,7 @@ import torch
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # as train.py: deterministic cuBLAS on CUDA
 
 
-def train_images(cfg: dict) -> dict[str, int]:
+def train_images(cfg) -> dict[str, int]:
     """Training images of each study model (:func:`xrlib.studies.rotation.models.study_configs`) planned by a profile.
 
     Counted from the pool sizes (subjects × poses), since a benchmark has no built manifest; a
@@ -39,10 +39,10 @@ def train_images(cfg: dict) -> dict[str, int]:
     """
     from xrlib.studies.rotation.models import study_configs
 
-    pools, syn = cfg["pools"], cfg["synthetic"]
-    per_set = {"Real": int(pools["surrogate"]["train"]) * int(cfg["surrogate"]["poses_per_subject"]),
-               "Syn_cen": int(pools["syn_train"]["train"]) * len(syn["cen_alphas"]),
-               "Syn_all": int(pools["syn_train"]["train"]) * len(syn["alphas"])}
+    pools, syn = cfg.pools, cfg.synthetic
+    per_set = {"Real": pools.surrogate.train * cfg.surrogate.poses_per_subject,
+               "Syn_cen": pools.syn_train.train * len(syn.cen_alphas),
+               "Syn_all": pools.syn_train.train * len(syn.alphas)}
     return {c.name: sum(per_set[s] for s in c.train_sets) for c in study_configs(cfg)}
 
 
@@ -104,7 +104,7 @@ def main() -> int:
     for name in args.profile:
         cfg = load_profile(name)
         study = study_configs(cfg)[0]
-        size = int(cfg["image_size"])
+        size = cfg.image_size
         rates = {}
         for mode in modes:
             rates[mode] = images_per_s(study.depth, study.loss, size, study.batch_size, dev, mode,

@@ -16,7 +16,7 @@ from xrlib.attacks.rotation import RotationThreat
 from xrlib.core.atomic import save_npz_atomic, sha256_file, write_text_atomic
 from xrlib.core.errors import InputError
 from xrlib.core.profiles import PROFILES_DIR, validate_profile
-from xrlib.data.datasets import MANIFEST_COLUMNS
+from xrlib.data.shards import MANIFEST_COLUMNS
 from xrlib.eval.robustness import CONTRACT_COLUMNS, read_robustness
 from xrlib.studies import robustness
 from xrlib.studies.rotation import study

@@ -13,7 +13,7 @@ import torch
 
 from xrlib.core.atomic import save_npz_atomic, sha256_file, write_text_atomic
 from xrlib.nets.baseline import CLAVICLE_CHANNELS, TXRV_TARGETS, TxrvBaseline, txrv_postprocess, txrv_preprocess, txrv_status
-from xrlib.data.datasets import MANIFEST_COLUMNS
+from xrlib.data.shards import MANIFEST_COLUMNS
 from xrlib.core.profiles import Profile, load_profile, validate_profile
 from xrlib.nets.losses import dice_per_image, make_loss
 from xrlib.nets.unet import build_unet, count_parameters
@@ -40,7 +40,7 @@ def _disc_images(rng, n):
 
 
 def _toy_datasets(root: Path, seed: int = 0) -> Path:
-    """A datasets folder in the format of xrlib.data.datasets: shards, manifest.csv, build.json."""
+    """A datasets folder in the format of xrlib.data.build: shards, manifest.csv, build.json."""
     rng = np.random.default_rng(seed)
     plan = ([("surrogate", "train")] * 4 + [("surrogate", "val")] * 2 + [("syn_train", "train")] * 1
             + [("syn_train", "val")] * 1 + [("syn_test", "test")])

@@ -117,7 +117,9 @@ def _cmd_dataset(args) -> int:
     import pandas as pd
 
     from xrlib.anatomy.sources import sources_from_folder
-    from xrlib.data.datasets import build_datasets, cohort_subjects, table1
+    from xrlib.data.build import build_datasets
+    from xrlib.data.pools import table1
+    from xrlib.data.subjects import cohort_subjects
     from xrlib.core.runs import run_dir
     from xrlib.core.profiles import load_profile
 

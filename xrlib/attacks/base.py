@@ -43,7 +43,7 @@ class TestImages:
     @classmethod
     def from_manifest(cls, rows: pd.DataFrame, root: str | Path) -> "TestImages":
         """Read the images of manifest ``rows`` from the shards under the datasets folder ``root``."""
-        from xrlib.data.datasets import ShardDataset
+        from xrlib.data.shards import ShardDataset
 
         ds = ShardDataset(rows, root=root)
         items = [ds[i] for i in range(len(ds))]

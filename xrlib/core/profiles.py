@@ -353,10 +353,3 @@ class Profile:
     def hash(self, keys: tuple[str, ...] | None = None) -> str:
         """:func:`profile_hash` of this profile."""
         return profile_hash(self, keys)
-
-    # Transitional mapping access for callers not yet converted to the typed sections.
-    def __getitem__(self, key: str):
-        return self.raw[key]
-
-    def get(self, key: str, default=None):
-        return self.raw.get(key, default)

@@ -68,13 +68,14 @@ def show_radiograph(ax, image: np.ndarray, geometry: Geometry, masks: Mapping[st
 
 
 def radiograph_grid(radiographs, geometry: Geometry, ncols: int = 7, key=lambda rg: f"α = {rg.meta['pose']['alpha']:+g}°") -> plt.Figure:
-    """A grid of radiographs with their clavicle masks (left orange, right cyan)."""
+    """A grid of radiographs (their display image when rendered with ``display=True``) with their
+    clavicle masks (left orange, right cyan)."""
     n = len(radiographs)
     nrows = int(np.ceil(n / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.8 * nrows), squeeze=False, constrained_layout=True)
     for ax, rg in zip(axes.flat, radiographs):
         ext = detector_extent(geometry)
-        ax.imshow(rg.image, cmap="gray", extent=ext)
+        ax.imshow(rg.image if rg.display is None else rg.display, cmap="gray", extent=ext)
         for m, col in ((rg.mask_left, LEFT_COLOR), (rg.mask_right, RIGHT_COLOR)):
             if m is not None and m.any():
                 ax.contour(m, [0.5], colors=col, linewidths=0.7, extent=ext, origin="upper")
@@ -100,7 +101,7 @@ def spectrum_plot(spectrum, ax=None, label: str | None = None) -> plt.Figure:
 
 
 def preprocessing_pair(example: Mapping) -> plt.Figure:
-    """Detector image (mm) next to the network input (px), from :func:`xrlib.data.datasets.preprocessing_example`."""
+    """Detector image (mm) next to the network input (px), from :func:`xrlib.data.recipes.preprocessing_example`."""
     g = example["geometry"]
     size = example["image"].shape[0]
     fig, axes = plt.subplots(1, 2, figsize=(11, 5), constrained_layout=True)

@@ -298,7 +298,7 @@ def headline_markdown(df, run: Path, profile: str) -> list[str]:
     syn = df[df["test_set"] == "Syn_test"] if "test_set" in df.columns else df
     domain = "clinical surrogate (realistic-physics renders at well-positioned poses)"
     try:
-        from xrlib.data.datasets import read_manifest
+        from xrlib.data.shards import read_manifest
         from xrlib.studies.rotation.study import real_domain
 
         domain = str(real_domain(read_manifest(run / "datasets")))

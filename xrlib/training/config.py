@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from xrlib.core.errors import InputError
-from xrlib.data.datasets import BUILD_FILE, DATASET_NAMES
+from xrlib.data.build import BUILD_FILE
+from xrlib.data.pools import DATASET_NAMES
 
 #: Bumped whenever training changes how models are trained, so cached models are retrained.
 TRAIN_VERSION = 1

@@ -1,8 +1,8 @@
 """The images a model trains and validates on: the union of named sets, loaded into memory.
 
 :func:`select_images` selects the manifest rows of the union of named sets
-(:func:`xrlib.data.datasets.select`) in one split; :func:`load_tensors` reads them once, shard by
-shard, through :class:`xrlib.data.datasets.ShardDataset`. No augmentation is applied here.
+(:func:`xrlib.data.pools.select`) in one split; :func:`load_tensors` reads them once, shard by
+shard, through :class:`xrlib.data.shards.ShardDataset`. No augmentation is applied here.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ def select_images(datasets_dir: str | Path, sets: Sequence[str], split: str, cen
 
     ``cen_alphas`` (the profile's ``synthetic.cen_alphas``) is needed when ``Syn_cen`` is one of the sets.
     """
-    from xrlib.data.datasets import read_manifest, select
+    from xrlib.data.pools import select
+    from xrlib.data.shards import read_manifest
 
     if "Syn_cen" in sets and not cen_alphas:
         raise ValueError("selecting Syn_cen needs cen_alphas (the profile's synthetic.cen_alphas)")
@@ -35,7 +36,7 @@ def load_tensors(rows: pd.DataFrame, root: str | Path, desc: str = "images", pro
     """All images and masks of ``rows`` as ``(N, 1, S, S)`` float32 / uint8 CPU tensors."""
     from tqdm.auto import tqdm
 
-    from xrlib.data.datasets import ShardDataset
+    from xrlib.data.shards import ShardDataset
 
     ds = ShardDataset(rows, root=Path(root))
     imgs, masks = [], []

@@ -20,7 +20,8 @@ import pandas as pd
 from xrlib.attacks.base import TestImages
 from xrlib.core.errors import InputError
 from xrlib.core.profiles import Profile
-from xrlib.data.datasets import ShardDataset, read_manifest, select
+from xrlib.data.pools import select
+from xrlib.data.shards import ShardDataset, read_manifest
 from xrlib.drr.geometry import Geometry
 from xrlib.eval.metrics import dice, image_pixel_mm
 from xrlib.eval.predict import evaluate_model, predict
@@ -40,8 +41,7 @@ def datasets_dir(run: Path) -> Path:
 
 def pixel_mm(profile: Profile) -> float:
     """Size of one training-image pixel at the isocenter (mm) for a profile."""
-    n = profile.render.detector
-    return image_pixel_mm(Geometry(height=n, width=n, pitch=profile.render.field_mm / n), profile.image_size)
+    return image_pixel_mm(Geometry.from_render(profile.render), profile.image_size)
 
 
 def real_domain(manifest: pd.DataFrame) -> str:
