@@ -131,19 +131,22 @@ def test_rotation_threat_needs_the_clean_angle_and_images():
         th.apply(None, test, 4.0)
 
 
-def test_robustness_cli(toy_run, monkeypatch, capsys, tmp_path):
-    import argparse
+def test_robustness_cli(toy_run, capsys, tmp_path):
+    from xrlib.cli import main
 
     profile, run, _ = toy_run
-    parser = argparse.ArgumentParser()
-    robustness.add_robustness_parser(parser.add_subparsers(dest="command"))
     (tmp_path / "toyrot.yml").write_text(yaml.safe_dump(profile.raw))
-    args = parser.parse_args(["robustness", "--profile", str(tmp_path / "toyrot.yml"), "--threat", "rotation",
-                              "--models", "U-Net(Real+Syn_all)", "--budgets", "20", "--run-root", str(run.parent),
-                              "--no-progress"])
-    assert args.func(args) == 0
+    base = ["robustness", "--profile", str(tmp_path / "toyrot.yml"), "--run-root", str(run.parent), "--no-progress"]
+    assert main([*base, "--threat", "rotation", "--models", "U-Net(Real+Syn_all)", "--budgets", "20"]) == 0
     text = capsys.readouterr().out
     assert "U-Net(Real+Syn_all)" in text and "rotation.csv" in text
+    # an unknown threat or model: exit status 2 and one line naming it
+    assert main([*base, "--threat", "teleport"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: unknown threat 'teleport'; known threats: rotation"]
+    assert main([*base, "--threat", "rotation", "--models", "U-Net(Nope)"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "U-Net(Nope)" in err[0]
 
 
 def test_overlay_examples_agree_with_the_rotation_csv(toy_run):

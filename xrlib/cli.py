@@ -107,8 +107,17 @@ def _add_dataset(sub) -> None:
     p.add_argument("--sources", type=Path, help="folder of source CTs with label maps for the virtual cohort "
                                                 "(default: the example CT)")
     p.add_argument("--real", type=Path, help="folder of real radiographs (images/, masks/) replacing the surrogate pool")
+    _add_executor(p)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=_cmd_dataset)
+
+
+def _add_executor(p) -> None:
+    p.add_argument("--executor", choices=("local", "process"), default="local",
+                   help="run the independent tasks (subjects, shards) in this process (local, default) or in a "
+                        "process pool (process)")
+    p.add_argument("--workers", type=_finite(int, "--workers", positive=True), default=2,
+                   help="processes of the process pool (default 2)")
 
 
 def _cmd_dataset(args) -> int:
@@ -122,14 +131,17 @@ def _cmd_dataset(args) -> int:
     from xrlib.data.subjects import cohort_subjects
     from xrlib.core.runs import run_dir
     from xrlib.core.profiles import load_profile
+    from xrlib.exec import get_executor
 
     t0 = time.perf_counter()
     cfg = load_profile(args.profile)
+    executor = get_executor(args.executor, args.workers)
     run = args.out if args.out is not None else run_dir(cfg.name)
     out = run / "datasets"
     sources = sources_from_folder(args.sources) if args.sources is not None else None
-    subjects = cohort_subjects(cfg, run / "cohort", sources=sources, progress=not args.no_progress)
-    manifest = build_datasets(cfg, out, subjects=subjects, real_folder=args.real, progress=not args.no_progress)
+    subjects = cohort_subjects(cfg, run / "cohort", sources=sources, progress=not args.no_progress, executor=executor)
+    manifest = build_datasets(cfg, out, subjects=subjects, real_folder=args.real, progress=not args.no_progress,
+                              executor=executor)
     with pd.option_context("display.width", 120):
         print(table1(manifest, cfg.synthetic.cen_alphas).to_string(index=False))
     print(f"datasets of profile {cfg.name!r} in {out} ({len(manifest)} images); "
@@ -186,6 +198,38 @@ def _cmd_book(args) -> int:
     return 0
 
 
+def _add_robustness(sub) -> None:
+    from xrlib.studies.robustness import THREATS
+
+    p = sub.add_parser("robustness", help="score the study models under a threat (runs/<profile>/robustness/<threat>.csv)",
+                       description="Run a threat against the trained study models, write its results table "
+                                   "(one row per model × budget × test image) and print mean Dice per α group.")
+    p.add_argument("--profile", required=True, help="profile name (book/profiles/NAME.yml) or a YAML path")
+    p.add_argument("--threat", required=True, help=f"threat to run ({', '.join(THREATS)})")
+    p.add_argument("--models", nargs="+", metavar="NAME", help="study models to score (default: all three)")
+    p.add_argument("--budgets", nargs="+", type=_finite(float, "--budgets"), metavar="B",
+                   help="budgets to run, in the threat's unit (default: the threat's grid)")
+    p.add_argument("--run-root", type=Path, help="artifacts root (default <repo>/runs)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=_cmd_robustness)
+
+
+def _cmd_robustness(args) -> int:
+    import pandas as pd
+
+    from xrlib.core.profiles import load_profile
+    from xrlib.core.runs import run_dir
+    from xrlib.studies.robustness import run_threat
+
+    profile = load_profile(args.profile)
+    out = run_threat(profile, run_dir(profile.name, args.run_root), args.threat, args.models, args.budgets,
+                     progress=not args.no_progress)
+    with pd.option_context("display.width", 120):
+        print(out.summary.round(4).to_string())
+    print(f"wrote {out.path} ({len(out.results)} rows)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="xrlib", description="Synthetic radiographs from CT for robust clavicle segmentation.")
     parser.add_argument("-v", "--verbose", action="store_true",
@@ -194,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_render(sub)
     _add_dataset(sub)
     _add_book(sub)
+    _add_robustness(sub)
     return parser
 
 

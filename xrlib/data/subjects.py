@@ -74,6 +74,7 @@ class CohortLoader:
     config: object  # xrlib.anatomy.cohort.CohortConfig
     sources: list | None = None
     progress: bool = True
+    executor: object = None  # an xrlib.exec executor for the cohort build (None: in-process)
     built: bool = field(default=False, compare=False)
 
     def prepare(self) -> None:
@@ -81,7 +82,7 @@ class CohortLoader:
         from xrlib.anatomy.cohort import build_cohort
 
         if not self.built:
-            build_cohort(self.sources, self.config, self.cohort_dir, progress=self.progress)
+            build_cohort(self.sources, self.config, self.cohort_dir, progress=self.progress, executor=self.executor)
             self.built = True
 
     def __call__(self, subject_id: str) -> tuple:
@@ -92,16 +93,19 @@ class CohortLoader:
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
+        state["executor"] = None  # only the driver builds the cohort
         if state["built"]:
             state["sources"] = None
         return state
 
 
-def cohort_subjects(profile: Profile, cohort_dir: str | Path, sources=None, progress: bool = True) -> SubjectSource:
+def cohort_subjects(profile: Profile, cohort_dir: str | Path, sources=None, progress: bool = True,
+                    executor=None) -> SubjectSource:
     """Virtual subjects of :mod:`xrlib.anatomy.cohort` (built lazily, before the first ``load``).
 
     ``sources`` as in :func:`xrlib.anatomy.cohort.build_cohort` (``None``: the example CT). The cohort
-    has ``profile.n_subjects`` subjects per source and the profile's seed.
+    has ``profile.n_subjects`` subjects per source and the profile's seed; ``executor`` runs its
+    subject tasks (``None``: in this process).
     """
     from xrlib.anatomy.cohort import CohortConfig, subject_id
 
@@ -117,5 +121,5 @@ def cohort_subjects(profile: Profile, cohort_dir: str | Path, sources=None, prog
 
         src_fp = [_source_fingerprint(ct, lab) for _, ct, lab in sources]
     fp = hashlib.sha256(f"{ccfg.fingerprint()}|{names}|{src_fp}|{ccfg.n_subjects}".encode()).hexdigest()[:16]
-    loader = CohortLoader(Path(cohort_dir), ccfg, sources, progress)
+    loader = CohortLoader(Path(cohort_dir), ccfg, sources, progress, executor)
     return SubjectSource(ids, loader, fp, prepare=loader.prepare)

@@ -2,13 +2,12 @@
 
 :func:`run_threat` loads the study models from the training cache (never trains), builds the test
 images the threat needs, scores them (:func:`xrlib.attacks.base.score_threat`) and writes
-``<run>/robustness/<threat>.csv``. :func:`add_robustness_parser` / :func:`cmd_robustness` are the
-``xrlib robustness --profile P --threat T [--models …] [--budgets …]`` command.
+``<run>/robustness/<threat>.csv``; the ``xrlib robustness --profile P --threat T [--models …]
+[--budgets …]`` command (:mod:`xrlib.cli`) calls it.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from xrlib.studies.rotation import study
 from xrlib.studies.rotation.groups import GROUP_ORDER, alpha_group
 from xrlib.training import load_best
 
-__all__ = ["THREATS", "ThreatRun", "add_robustness_parser", "cmd_robustness", "run_threat", "threat_summary"]
+__all__ = ["THREATS", "ThreatRun", "run_threat", "threat_summary"]
 
 
 def _rotation(profile: Profile, run: Path) -> tuple[Threat, TestImages]:
@@ -72,28 +71,3 @@ def run_threat(profile: Profile | str | Path, run: str | Path, threat: str = "ro
         th, victims, test, study.pixel_mm(profile), budgets=budgets, groups=alpha_group, device=device, progress=progress)
     path = write_robustness(results, run, threat)
     return ThreatRun(path, results, threat_summary(results))
-
-
-def add_robustness_parser(sub) -> None:
-    """The ``robustness`` subcommand (for ``xrlib.cli.build_parser``)."""
-    p = sub.add_parser("robustness", help="score the study models under a threat (runs/<profile>/robustness/<threat>.csv)",
-                       description="Run a threat against the trained study models and write its results table.")
-    p.add_argument("--profile", required=True, help="profile name (book/profiles/NAME.yml) or a YAML path")
-    p.add_argument("--threat", required=True, help=f"threat to run ({', '.join(THREATS)})")
-    p.add_argument("--models", nargs="+", metavar="NAME", help="study models to score (default: all three)")
-    p.add_argument("--budgets", nargs="+", type=float, metavar="B", help="budgets to run (default: the threat's grid)")
-    p.add_argument("--run-root", type=Path, help="artifacts root (default <repo>/runs)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.set_defaults(func=cmd_robustness)
-
-
-def cmd_robustness(args: argparse.Namespace) -> int:
-    from xrlib.core.runs import run_dir
-
-    profile = load_profile(args.profile)
-    out = run_threat(profile, run_dir(profile.name, args.run_root), args.threat, args.models, args.budgets,
-                     progress=not args.no_progress)
-    with pd.option_context("display.width", 120):
-        print(out.summary.round(4).to_string())
-    print(f"wrote {out.path} ({len(out.results)} rows)")
-    return 0
