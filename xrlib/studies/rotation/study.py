@@ -30,6 +30,7 @@ from xrlib.studies.rotation.groups import GROUP_ORDER, alpha_group
 from xrlib.studies.rotation.paper import PAPER_TABLE2_DICE, PAPER_TABLE3_DICE, PAPER_TABLE4_DICE
 from xrlib.studies.rotation.models import study_configs
 from xrlib.training import TrainConfig, TrainResult, load_best
+from xrlib.training.checkpoint import cached_result
 from xrlib.training import train_all as _train_all
 
 BASELINE_NAME = "TorchXRayVision"
@@ -72,10 +73,11 @@ def study_models(profile: Profile, run: Path, names=None) -> dict[str, TrainResu
         raise InputError(None, f"unknown model {unknown[0]!r}; the study models are {', '.join(configs)}")
     out = {}
     for name in names:
-        folder = Path(run) / "models" / configs[name].folder_name(datasets_dir(run))
-        if not (folder / "result.json").is_file():
+        result = cached_result(configs[name], datasets_dir(run), Path(run) / "models")
+        if result is None:
+            folder = Path(run) / "models" / configs[name].folder_name(datasets_dir(run))
             raise InputError(folder, f"model {name!r} is not trained; run chapter 05 (xrlib book --only 05_training) first")
-        out[name] = train_model(configs[name], datasets_dir(run), Path(run) / "models", progress=False)  # the cached result
+        out[name] = result
     return out
 
 
