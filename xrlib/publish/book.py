@@ -32,34 +32,24 @@ from xrlib.publish.report import BookReport
 __all__ = ["BOOK_DIR", "NOTEBOOKS_DIR", "BookError", "BookReport", "BookUsageError", "build_book"]
 
 
-def build_book(
-    profile: str,
-    *,
-    notebooks_dir: str | Path = NOTEBOOKS_DIR,
-    book_dir: str | Path = BOOK_DIR,
-    only: list[str] | None = None,
-    overrides: dict | None = None,
-    run_root: str | Path | None = None,
-    html: bool = True,
-    force: bool = False,
-    progress: bool = True,
-    readme: str | Path | None = None,
-    log=print,
-) -> BookReport:
+def build_book(profile: str, *, html: bool = True, readme: str | Path | None = None, log=print,
+               **options) -> BookReport:
     """Execute the stages, then (if all are fresh and ``html``) publish the HTML book.
 
+    ``options``: those of :func:`~xrlib.publish.execute.execute_stages` (``notebooks_dir``,
+    ``book_dir``, ``only``, ``overrides``, ``run_root``, ``force``, ``progress``).
     ``readme``: after a successful publish, rewrite that file's generated section
     (:func:`~xrlib.publish.readme.readme_markdown`: result sections and stage times of this build).
     """
-    overrides = dict(overrides or {})
+    book_dir = Path(options.get("book_dir", BOOK_DIR))
+    overrides = dict(options.get("overrides") or {})
     if readme is not None:  # check before hours of work, not after
         try:
             readme_span(Path(readme))
         except BookError as exc:
             raise BookUsageError(str(exc)) from None
-    report = execute_stages(profile, notebooks_dir=notebooks_dir, book_dir=book_dir, only=only,
-                            overrides=overrides, run_root=run_root, force=force, progress=progress, log=log)
-    final = Path(book_dir) / "_build" / "html"
+    report = execute_stages(profile, log=log, **options)
+    final = book_dir / "_build" / "html"
     previous = " (the previous complete book in book/_build/html is left as it was)" if final.exists() else ""
     if report.error:
         report.html_note = "HTML not built: a stage failed" + previous
@@ -70,10 +60,10 @@ def build_book(
         report.html_note = f"HTML not built: stage(s) {', '.join(stale)} not current (build them first)" + previous
     else:
         cfg = load_profile(profile)
-        run = run_dir(cfg.name, run_root)
+        run = run_dir(cfg.name, options.get("run_root"))
         try:
             t0 = time.perf_counter()
-            report.html = build_html(report, cfg=cfg, run=run, overrides=overrides, book_dir=Path(book_dir), log=log)
+            report.html = build_html(report, cfg=cfg, run=run, overrides=overrides, book_dir=book_dir, log=log)
             report.html_s = time.perf_counter() - t0
             report.html_note = f"HTML: {report.html}"
         except BookError as exc:
