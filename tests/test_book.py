@@ -31,7 +31,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from xrlib.publish import book as xbook
+from xrlib.publish import pages as xpages
+from xrlib.publish import readme as xreadme
+from xrlib.publish.report import BookReport, StageResult
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts" / "book"
@@ -140,16 +142,50 @@ def test_readme_without_markers_is_refused_before_anything_runs(tiny, tmp_path):
 
 def test_update_readme_replaces_only_the_generated_section(tmp_path):
     readme = tmp_path / "README.md"
-    readme.write_text(f"head\n{xbook.README_BEGIN}\nold numbers\n{xbook.README_END}\ntail\n", encoding="utf-8")
-    xbook.update_readme(readme, "new numbers\n")
-    assert readme.read_text(encoding="utf-8") == f"head\n{xbook.README_BEGIN}\nnew numbers\n{xbook.README_END}\ntail\n"
+    readme.write_text(f"head\n{xreadme.README_BEGIN}\nold numbers\n{xreadme.README_END}\ntail\n", encoding="utf-8")
+    xreadme.update_readme(readme, "new numbers\n")
+    assert readme.read_text(encoding="utf-8") == f"head\n{xreadme.README_BEGIN}\nnew numbers\n{xreadme.README_END}\ntail\n"
 
 
 def test_repository_readme_has_a_generated_section():
     text = (REPO / "README.md").read_text(encoding="utf-8")
-    i, j = text.find(xbook.README_BEGIN), text.find(xbook.README_END)
+    i, j = text.find(xreadme.README_BEGIN), text.find(xreadme.README_END)
     assert 0 <= i < j, "README.md lacks the section that 'make book' regenerates"
     assert "Last `xrlib book --profile quick` build" in text[i:j]  # written by a quick build, not by hand
+
+
+def test_kernel_runs_without_the_tcp_encryption_warning(tiny):
+    res = xrlib_book(*tiny["args"])
+    assert res.returncode == 0, res.stderr
+    assert "without encryption" not in res.stdout + res.stderr, res.stderr
+    assert not list(tiny["nbs"].glob("kernel-ipc*"))  # the IPC sockets live in a private temporary folder
+
+
+def test_result_sections_are_read_from_the_run_folder(tmp_path):
+    run = tmp_path / "runs" / "smoke"
+    report = BookReport("smoke", [StageResult("01_a", "ran", 60.0, "cpu")])
+    empty = xpages.findings_markdown(report, run)
+    assert "No results in this run (no `headline.md` under `smoke/`)" in empty
+    (run / "evaluation").mkdir(parents=True)
+    (run / "evaluation" / "headline.md").write_text("**Study A.**\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
+    (run / "later").mkdir()
+    (run / "later" / "headline.md").write_text("**Study B.**\n")
+    findings = xpages.findings_markdown(report, run)
+    assert findings.index("**Study A.**") < findings.index("| 1 | 2 |") < findings.index("**Study B.**")
+    section = xreadme.readme_markdown(report, run)
+    assert section.index("**Study A.**") < section.index("**Study B.**") < section.index("Cost of this build")
+    assert "| 01_a | ran | cpu | 1.0 |" in section
+
+
+def test_publish_reads_artifacts_and_never_imports_studies():
+    import ast
+
+    for path in sorted((REPO / "xrlib" / "publish").glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        leaks = [m for m in names if m.startswith(("xrlib.studies", "xrlib.training", "xrlib.eval", "xrlib.data"))]
+        assert not leaks, f"{path.name} imports {leaks}"
 
 
 # ------------------------------------------------------------------------------------- failure
@@ -238,6 +274,8 @@ def _chromium() -> str:
 @pytest.mark.slow
 def test_smoke_book_builds_every_stage(smoke_book):
     assert smoke_book["returncode"] == 0, smoke_book["stderr"][-3000:]
+    # the kernels run on IPC sockets: no "Kernel is running over TCP without encryption" warning
+    assert "without encryption" not in smoke_book["stdout"] + smoke_book["stderr"]
     stages = statuses(smoke_book["stdout"])
     notebooks = sorted(p.stem for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     assert sorted(stages) == notebooks and set(stages.values()) == {"ran"}
@@ -255,7 +293,7 @@ def test_smoke_book_builds_every_stage(smoke_book):
     assert timings["device"] in appendix and "06_rotation_robustness" in appendix
     # the README's generated section: this build's headline numbers and stage times
     readme = smoke_book["readme"].read_text(encoding="utf-8")
-    section = readme[readme.index(xbook.README_BEGIN):readme.index(xbook.README_END)]
+    section = readme[readme.index(xreadme.README_BEGIN):readme.index(xreadme.README_END)]
     assert "Last `xrlib book --profile smoke` build" in section
     if results.is_file():
         import pandas as pd
@@ -270,8 +308,8 @@ def test_smoke_book_builds_every_stage(smoke_book):
         assert re.search(rf"\| {stem} \| ran \| [^|]+ \| \d+\.\d \|", section), stem
     assert "HTML (jupyter-book)" in section and "**total**" in section
     original = (REPO / "README.md").read_text(encoding="utf-8")
-    assert readme[:readme.index(xbook.README_BEGIN)] == original[:original.index(xbook.README_BEGIN)]
-    assert readme[readme.index(xbook.README_END):] == original[original.index(xbook.README_END):]
+    assert readme[:readme.index(xreadme.README_BEGIN)] == original[:original.index(xreadme.README_BEGIN)]
+    assert readme[readme.index(xreadme.README_END):] == original[original.index(xreadme.README_END):]
     # the injected parameters cell is hidden, the profile banner shown
     chapter = (html / "chapters" / "03_projection.html").read_text()
     assert "Built with profile" in chapter

@@ -1,1 +1,4 @@
-"""The HTML book: papermill execution with a stage cache, generated pages, the README's generated section."""
+"""Publishing: execute the chapters, write the generated pages and README section, build the HTML book.
+
+Reads artifacts of the run folder, never imports studies (see :mod:`xrlib.publish.book`).
+"""
