@@ -44,7 +44,7 @@ class TrainConfig:
     """Everything that determines a trained model (see the module docstring).
 
     Attributes:
-        name: model name, e.g. ``"U-Net(Real)"`` (the folder uses a filesystem-safe form).
+        name: model name, e.g. ``"U-Net(A+B)"`` (the folder uses a filesystem-safe form).
         train_sets: named sets (:data:`TRAIN_SETS`) whose ``train`` splits are the training images
             and whose ``val`` splits are the validation images.
         depth, base_channels: U-Net size (:func:`xrlib.nets.unet.build_unet`).
@@ -158,7 +158,7 @@ class TrainConfig:
 
 
 def safe_name(name: str) -> str:
-    """A filesystem-safe form of a model name: ``U-Net(Real+Syn_cen)`` → ``U-Net_Real_Syn_cen``."""
+    """A filesystem-safe form of a model name: ``U-Net(A+B_c)`` → ``U-Net_A_B_c``."""
     s = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("_")
     return s or "model"
 
