@@ -28,7 +28,6 @@ import contextlib
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 

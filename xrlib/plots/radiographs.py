@@ -13,7 +13,7 @@ import numpy as np
 
 from xrlib.core.ct import Volume
 from xrlib.drr.geometry import Geometry, Pose, rotation_matrix
-from xrlib.plots.volumes import LEFT_COLOR, RIGHT_COLOR, as_lps
+from xrlib.plots.volumes import LEFT_COLOR, RIGHT_COLOR
 
 def geometry_diagram(geometry: Geometry, ct: Volume, alphas: Sequence[float] = (-20.0, 0.0, 20.0)) -> plt.Figure:
     """Top view (looking from the feet) of source, isocenter, detector and the rotated CT box."""

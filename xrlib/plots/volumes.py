@@ -6,8 +6,9 @@ with axes in millimetres of the LPS frame.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import SimpleITK as sitk
