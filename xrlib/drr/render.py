@@ -39,12 +39,12 @@ import numpy as np
 
 from xrlib.drr import physics as phys
 from xrlib.core.ct import ClavicleMasks, Volume
+from xrlib.core.profiles import FOV_MODES, PHYSICS_CHAINS
 from xrlib.core.runs import versions
 from xrlib.drr.geometry import Geometry, Pose, complete_ray_field, rays_in_patient_frame
 from xrlib.drr.projector import Projector, get_projector
 
-PHYSICS = ("naive", "heuristic", "realistic")
-FOV_MODES = ("pad", "collimate", "none")
+PHYSICS = PHYSICS_CHAINS
 #: Default superior padding (mm) for ``fov="pad"`` and the HU it is filled with (soft tissue).
 PAD_MM = 80.0
 PAD_HU = 40.0

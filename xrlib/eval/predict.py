@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from xrlib.core.runs import resolve_device
 from xrlib.core.atomic import atomic_write
 from xrlib.eval.metrics import image_metrics
 
@@ -91,9 +92,7 @@ def predict(model, data, batch_size: int = 16, device=None, progress: str | None
     if isinstance(data, tuple):
         images, masks = (torch.as_tensor(np.asarray(a, np.float32))[:, None] for a in data)
         data = TensorDataset(images, masks)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = resolve_device(device)
     model = model.to(device)
     was_training = model.training
     model.eval()
