@@ -107,8 +107,8 @@ def test_run_threat_subsets_and_errors(toy_run, tmp_path):
     out = robustness.run_threat(profile, run, models=["U-Net(Real)"], budgets=[10, -10])
     assert out.results["model"].unique().tolist() == ["U-Net(Real)"]
     assert out.results["budget"].unique().tolist() == [0.0, 10.0, -10.0]  # the clean budget always comes first
-    with pytest.raises(InputError, match="unknown threat 'pgd'"):
-        robustness.run_threat(profile, run, threat="pgd")
+    with pytest.raises(InputError, match="unknown threat 'nope'"):
+        robustness.run_threat(profile, run, threat="nope")
     with pytest.raises(InputError, match="unknown model 'U-Net'"):
         robustness.run_threat(profile, run, models=["U-Net"])
     with pytest.raises(InputError, match="budget 5 deg"):

@@ -12,9 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from xrlib.attacks.base import TestImages, Threat, score_threat
+from xrlib.attacks.pgd import PGDThreat, SegPGDThreat
 from xrlib.attacks.rotation import RotationThreat
 from xrlib.core.errors import InputError
 from xrlib.core.profiles import Profile, load_profile
@@ -26,13 +28,36 @@ from xrlib.training import load_best
 __all__ = ["THREATS", "ThreatRun", "run_threat", "threat_summary"]
 
 
+def _syn_test(profile: Profile, run: Path, alphas: Sequence[float] | None = None) -> TestImages:
+    """The Syn_test images of the run (all angles, or only ``alphas``)."""
+    test = TestImages.from_manifest(study.test_sets(run, profile.synthetic.cen_alphas)["Syn_test"], study.datasets_dir(run))
+    if alphas is None:
+        return test
+    keep = np.isclose(test.rows["alpha"].to_numpy(float)[:, None], np.asarray(alphas, float)[None, :]).any(1)
+    if not keep.any():
+        raise InputError(None, f"no Syn_test image at the angles {list(alphas)}")
+    return test.subset(keep)
+
+
 def _rotation(profile: Profile, run: Path) -> tuple[Threat, TestImages]:
-    rows = study.test_sets(run, profile.synthetic.cen_alphas)["Syn_test"]
-    return RotationThreat(profile.synthetic.alphas), TestImages.from_manifest(rows, study.datasets_dir(run))
+    return RotationThreat(profile.synthetic.alphas), _syn_test(profile, run)
 
 
-#: Threat name → builder of the threat and its test images for a profile and run folder.
-THREATS = {"rotation": _rotation}
+def _input_attack(kind: type[PGDThreat]):
+    def build(profile: Profile, run: Path, alphas: Sequence[float] | None = None, **options) -> tuple[Threat, TestImages]:
+        try:
+            th = kind(image_size=profile.image_size, **options)
+        except TypeError as exc:
+            raise InputError(None, f"threat {kind.name!r}: bad options {sorted(options)} ({exc})") from None
+        return th, _syn_test(profile, run, alphas)
+
+    build.__doc__ = (f"The {kind.name} threat (options: ``alphas`` — restrict the Syn_test images to these angles — and "
+                     f"the parameters of :class:`{kind.__module__}.{kind.__name__}`) and its test images.")
+    return build
+
+
+#: Threat name → builder ``(profile, run, **options)`` of the threat and its test images.
+THREATS = {"rotation": _rotation, "pgd": _input_attack(PGDThreat), "segpgd": _input_attack(SegPGDThreat)}
 
 
 @dataclass
@@ -52,11 +77,13 @@ def threat_summary(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_threat(profile: Profile | str | Path, run: str | Path, threat: str = "rotation", models: Sequence[str] | None = None,
-               budgets: Sequence[float] | None = None, device=None, progress: bool = False) -> ThreatRun:
+               budgets: Sequence[float] | None = None, device=None, progress: bool = False, **threat_options) -> ThreatRun:
     """Score the study models (all, or ``models``) under ``threat`` and write ``<run>/robustness/<threat>.csv``.
 
-    Raises :class:`InputError` naming an unknown threat, an unknown or untrained model, or a budget
-    outside the threat's grid.
+    ``threat_options`` go to the threat's builder in :data:`THREATS` (``pgd``/``segpgd``: ``alphas``,
+    ``steps``, ``norm``, ``restarts``, ``step_fraction``, ``random_start``, ``seed``, ``batch_size``,
+    ``grid``, the budgets it may run; ``rotation`` takes none). Raises :class:`InputError` naming an unknown
+    threat or option, an unknown or untrained model, or a budget outside the threat's grid.
     """
     if threat not in THREATS:
         raise InputError(None, f"unknown threat {threat!r}; known threats: {', '.join(THREATS)}")
@@ -64,7 +91,9 @@ def run_threat(profile: Profile | str | Path, run: str | Path, threat: str = "ro
         profile = load_profile(profile)
     run = Path(run)
     trained = study.study_models(profile, run, models)
-    th, test = THREATS[threat](profile, run)
+    if threat == "rotation" and threat_options:
+        raise InputError(None, f"threat 'rotation' takes no options, got {sorted(threat_options)}")
+    th, test = THREATS[threat](profile, run, **threat_options)
     th.check_budgets(budgets)  # bad budgets fail before any model runs
     victims = {name: load_best(res, device) for name, res in trained.items()}
     results = score_threat(
