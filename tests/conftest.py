@@ -42,3 +42,11 @@ def smoke_book(tmp_path_factory):
         shutil.copy(log, ARTIFACTS / "book" / "jupyter-book.log")
     return {"book": book, "html": book / "_build" / "html", "stdout": res.stdout, "stderr": res.stderr,
             "returncode": res.returncode, "runs": tmp / "runs", "executed": executed, "readme": tmp / "README.md"}
+
+
+@pytest.fixture(scope="session")
+def toy_run(tmp_path_factory):
+    """``(profile, run, results)`` of a tiny study run with trained models (see ``tests/toy_study.py``)."""
+    from toy_study import build_toy_run
+
+    return build_toy_run(tmp_path_factory)

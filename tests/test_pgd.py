@@ -20,7 +20,6 @@ from xrlib.nets.losses import dice_per_image, make_loss
 from xrlib.nets.unet import build_unet
 from xrlib.training import StepContext, get_recipe, train_model
 
-from test_rotation_threat import toy_run  # noqa: F401  (a tiny run with trained study models)
 from test_train import _cfg, _toy_datasets  # noqa: F401  (the tiny training task)
 
 S = 32

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np
@@ -12,65 +11,13 @@ import yaml
 
 from xrlib.attacks.base import TestImages
 from xrlib.attacks.rotation import RotationThreat
-from xrlib.core.atomic import save_npz_atomic, sha256_file, write_text_atomic
 from xrlib.core.errors import InputError
-from xrlib.core.profiles import PROFILES_DIR, validate_profile
-from xrlib.data.shards import MANIFEST_COLUMNS
 from xrlib.eval.robustness import CONTRACT_COLUMNS, read_robustness
 from xrlib.studies import robustness
 from xrlib.studies.rotation import study
 from xrlib.studies.rotation.groups import GROUP_ORDER
 
-S = 32
-ALPHAS = np.arange(-20.0, 21.0, 10.0)  # one angle or two per α group: seconds, not minutes
-
-
-def _profile():
-    cfg = yaml.safe_load((PROFILES_DIR / "smoke.yml").read_text())
-    cfg.update(name="toyrot", image_size=S)
-    cfg["synthetic"] = {"alphas": [float(a) for a in ALPHAS], "cen_alphas": [0.0]}
-    cfg["render"]["detector"] = S
-    cfg["train"].update(epochs=1, batch_size=8, depth=3, base_channels=4)
-    return validate_profile(cfg, "toyrot.yml")
-
-
-def _images(rng, alphas):
-    """A disc whose centre moves with α (the clavicle moving under rotation)."""
-    yy, xx = np.mgrid[:S, :S]
-    imgs, masks = [], []
-    for a in alphas:
-        cy, cx, r = 16 + rng.uniform(-2, 2), 16 + 0.4 * a, 5 + rng.uniform(-1, 1)
-        m = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.uint8)
-        img = np.clip(rng.normal(0.3, 0.08, (S, S)) + 0.45 * m, 0, 1)
-        imgs.append(np.round(img * 255).astype(np.uint8))
-        masks.append(m)
-    return np.stack(imgs), np.stack(masks)
-
-
-@pytest.fixture(scope="module")
-def toy_run(tmp_path_factory):
-    """A run folder with a datasets build (2 Syn_test subjects at 5 α) and the three trained study models."""
-    run = tmp_path_factory.mktemp("runs") / "toyrot"
-    root = run / "datasets"
-    rng = np.random.default_rng(0)
-    plan = [("surrogate", "train"), ("surrogate", "val"), ("surrogate", "test"), ("syn_train", "train"),
-            ("syn_train", "val"), ("syn_test", "test"), ("syn_test", "test")]
-    rows = []
-    for k, (pool, split) in enumerate(plan):
-        sid = f"toy-v{k:03d}"
-        alphas = rng.uniform(-2, 2, 4) if pool == "surrogate" else ALPHAS
-        img, mask = _images(rng, alphas)
-        rel = f"shards/{pool}/{sid}.npz"
-        save_npz_atomic(root / rel, {"image": img, "mask": mask, "mask_left": mask, "mask_right": mask * 0})
-        for j, a in enumerate(alphas):
-            rows.append({"subject": sid, "source": "toy", "pool": pool, "split": split, "alpha": float(a), "tilt": 0.0,
-                         "shift_x": 0.0, "shift_y": 0.0, "shift_z": 0.0, "physics": "naive", "dose_mas": 2.0,
-                         "shard": rel, "index": j, "checksum": sha256_file(root / rel)})
-    write_text_atomic(root / "manifest.csv", pd.DataFrame(rows, columns=MANIFEST_COLUMNS).to_csv(index=False))
-    write_text_atomic(root / "build.json", json.dumps({"hash": "toyrot", "complete": True}))
-    profile = _profile()
-    results = study.train_study(profile, run, progress=False)
-    return profile, run, results
+from toy_study import ALPHAS, S  # the tiny study run behind the session fixture ``toy_run`` (conftest)
 
 
 def test_rotation_csv_matches_chapter_06_means(toy_run):

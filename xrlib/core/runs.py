@@ -53,6 +53,22 @@ def device_description(device=None) -> str:
     return str(dev)
 
 
+def default_threads() -> int:
+    """Threads a CPU computation uses unless told otherwise: ``XRLIB_THREADS`` if set, else the core count.
+
+    Fixed per machine (not the process's current torch setting, which tasks and libraries change), so
+    that configurations that record it — a training task's cache key — are the same in every process.
+    """
+    value = os.environ.get("XRLIB_THREADS", "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            from xrlib.core.errors import InputError
+
+            raise InputError("XRLIB_THREADS", f"must be a positive integer, got {value!r}")
+        return int(value)
+    return os.cpu_count() or 1
+
+
 def versions(packages: Sequence[str]) -> dict[str, str]:
     """Installed versions of ``packages`` (``"not installed"`` for a missing one)."""
     out = {}

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from xrlib.core.runs import default_threads
 from xrlib.core.atomic import sha256_file, write_text_atomic
 from xrlib.core.errors import InputError
 from xrlib.core.profiles import DATASET_KEYS, Profile, profile_hash
@@ -130,11 +131,9 @@ def plan_shards(profile: Profile, out_dir: str | Path, subjects: SubjectSource, 
 
 
 def _default_threads(executor: Executor) -> int:
-    import torch
-
     if isinstance(executor, ProcessPoolExecutor):
-        return max(1, (os.cpu_count() or 1) // executor.workers)
-    return torch.get_num_threads()
+        return max(1, default_threads() // executor.workers)
+    return default_threads()
 
 
 def build_datasets(

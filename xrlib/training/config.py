@@ -59,9 +59,10 @@ class TrainConfig:
         recipe: name of a registered :class:`xrlib.training.recipes.Recipe` (default ``standard``).
         recipe_params: keyword arguments of the recipe (JSON values; hashed as given, so write
             them the same way to hit the cache).
-        threads: torch intra-op threads the training runs with; ``None`` means the current
-            ``torch.get_num_threads()`` (torch's default is the core count), fixed when the
-            configuration is made.
+        threads: torch intra-op threads the training runs with; ``None`` means
+            :func:`xrlib.core.runs.default_threads` (``XRLIB_THREADS``, else the machine's core count),
+            fixed when the configuration is made — never the process's current torch setting, which
+            executors and libraries change.
     """
 
     name: str
@@ -83,9 +84,9 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.threads is None:
-            import torch
+            from xrlib.core.runs import default_threads
 
-            self.threads = torch.get_num_threads()
+            self.threads = default_threads()
 
     def validate(self) -> TrainConfig:
         """Check the values; raises ``ValueError`` naming the bad field."""
