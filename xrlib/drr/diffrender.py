@@ -44,7 +44,7 @@ from xrlib.core.ct import ClavicleMasks, Volume, crop_to_support
 from xrlib.core.profiles import FOV_MODES
 from xrlib.core.runs import resolve_device
 from xrlib.drr.geometry import Geometry, Pose, complete_ray_field, rays_in_patient_frame, rays_torch
-from xrlib.drr.render import PAD_MM, pad_superior, physics_channels
+from xrlib.drr.render import PAD_MM, render_channels
 
 #: Physics chains the differentiable renderer supports (line integrals of one μ channel).
 DIFF_PHYSICS = ("naive", "heuristic")
@@ -205,11 +205,9 @@ class DifferentiableRenderer:
         self.geometry, self.physics, self.fov = geometry, physics, fov
         self.max_samples = int(max_samples)
         self.isocenter = ct.center if isocenter is None else np.asarray(isocenter, float)
-        masks = [] if clavicles is None else [m.with_array(m.array.astype(np.float32)) for m in (clavicles.left, clavicles.right)]
-        if fov == "pad":
-            ct, masks = pad_superior(ct, masks, pad_mm)
+        ct, channels, _ = render_channels(ct, clavicles, physics, fov, pad_mm)
+        mu, masks = channels[0], channels[1:]
         self.grid = (ct.index_to_world, ct.shape_ijk)  # the (padded) CT grid that defines the field
-        mu = physics_channels(ct, physics)[0][0]
         self.mu_volume = crop_to_support(mu) or mu
         self._mu = _Group([self.mu_volume], step_mm, torch, self.device, self.dtype)
         self._masks = None
