@@ -151,7 +151,6 @@ class _Group:
     def integrals(self, src, pix, max_samples: int):
         """Line integrals ``(C, B, H, W)`` of the rays from ``src`` ``(B, 3)`` to ``pix`` ``(B, H, W, 3)``."""
         torch = self.torch
-        F = torch.nn.functional
         vol = self.layout() if any(x.requires_grad for x in self.leaves) else self._cached
         w3, wt = self.w2i[:3, :3], self.w2i[:3, 3]
         s = src @ w3.T + wt  # (B, 3) index coordinates
