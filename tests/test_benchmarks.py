@@ -32,6 +32,16 @@ def test_projector_bench_reports_time_and_agreement_against_itk_rtk(tmp_path):
         assert img.shape == (32, 32) and img.sum() > 0
 
 
+def test_diffrender_bench_reports_overhead_times_and_agreement_next_to_rtk():
+    res = _run("bench_diffrender.py", "--sizes", 16, "--repeats", 1, "--batch", 2, "--steps", "slice", "1.4")
+    assert res.returncode == 0, res.stderr[-2000:]
+    num = r"(-?[\d.]+)"
+    rows = re.findall(rf"^\| 16² \| (rtk \(projector\)|torch Joseph \(\w+\)) \| (slice|1\.4 mm) \| {num} \| {num} \| "
+                      rf"(?:–|{num}) \| (-?[\d.]+)× \| ([\d.]+)% \|$", res.stdout, re.M)
+    assert [(r[0].split()[0], r[1]) for r in rows] == [("rtk", "slice"), ("torch", "slice"), ("torch", "1.4 mm")], res.stdout
+    assert float(rows[1][-1]) < 3.0  # every slice: the Joseph projector that rtk runs
+
+
 def _bench_training():
     spec = importlib.util.spec_from_file_location("bench_training", BENCH / "bench_training.py")
     mod = importlib.util.module_from_spec(spec)

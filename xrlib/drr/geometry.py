@@ -185,6 +185,32 @@ def rays_in_patient_frame(geometry: Geometry, pose: Pose, isocenter: np.ndarray)
     return Rays(src, det, e_u, e_v, geometry)
 
 
+def rays_torch(geometry: Geometry, alpha, tilt, shift, isocenter):
+    """Batched, differentiable :func:`rays_in_patient_frame` in torch.
+
+    ``alpha``, ``tilt`` (deg) are tensors of shape ``(B,)`` and ``shift`` (mm, LPS) ``(B, 3)``; the
+    isocenter is an array or tensor ``(3,)``. Returns ``(source, detector, e_u, e_v)``, each a
+    ``(B, 3)`` tensor in the patient frame, in the dtype and on the device of ``alpha`` and with
+    gradients w.r.t. the pose. The inverse pose is ``x ↦ Rᵀ (x − c − t) + c`` with
+    ``R = R_z(α) · R_x(tilt)``, exactly as in the numpy version.
+    """
+    import torch
+
+    a, t = torch.deg2rad(alpha), torch.deg2rad(tilt)
+    ca, sa, ct, st = torch.cos(a), torch.sin(a), torch.cos(t), torch.sin(t)
+    zero, one = torch.zeros_like(a), torch.ones_like(a)
+    rz = torch.stack([ca, -sa, zero, sa, ca, zero, zero, zero, one], -1).reshape(-1, 3, 3)
+    rx = torch.stack([one, zero, zero, zero, ct, -st, zero, st, ct], -1).reshape(-1, 3, 3)
+    rt = (rz @ rx).transpose(1, 2)  # Rᵀ: room directions → patient frame
+    c = torch.as_tensor(isocenter, dtype=a.dtype, device=a.device)
+    room = torch.tensor([[0.0, geometry.sid, 0.0], [0.0, geometry.sid - geometry.sdd, 0.0],
+                         [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]], dtype=a.dtype, device=a.device)
+    points = room[:2][None] - shift.to(a.dtype)[:, None, :]  # source and detector relative to c + t
+    src, det = (c + torch.einsum("bij,bpj->bpi", rt, points)).unbind(1)
+    e_u, e_v = torch.einsum("bij,pj->bpi", rt, room[2:]).unbind(1)
+    return src, det, e_u, e_v
+
+
 def project_points(geometry: Geometry, pose: Pose, isocenter: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Pinhole projection of patient-frame points (mm, shape ``(N, 3)``) to ``(row, col)``.
 

@@ -370,3 +370,63 @@ def postprocess(image: np.ndarray, field: np.ndarray | None = None, window: tupl
         smooth = ndimage.gaussian_filter(x, s) / np.maximum(ndimage.gaussian_filter(mask.astype(float), s), 1e-12)
         x = x + unsharp_amount * (x - smooth)
     return np.where(mask, np.clip(x, 0.0, 1.0), 0.0).astype(np.float32)
+
+
+def gaussian_kernel(sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """The normalised 1-D Gaussian of :func:`scipy.ndimage.gaussian_filter` (radius ``int(truncate·σ + 0.5)``)."""
+    radius = int(truncate * float(sigma) + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=float)
+    phi = np.exp(-0.5 / float(sigma) ** 2 * x * x)
+    return phi / phi.sum()
+
+
+def gaussian_filter_torch(x, sigma: float):
+    """:func:`scipy.ndimage.gaussian_filter` of the last two axes of a torch tensor ``(..., H, W)``.
+
+    Same kernel and the same ``reflect`` border (edge sample repeated: ``d c b a | a b c d``), so
+    it agrees with scipy to rounding; differentiable.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    k = torch.as_tensor(gaussian_kernel(sigma), dtype=x.dtype, device=x.device)
+    r = (len(k) - 1) // 2
+    for dim in (-2, -1):
+        n = x.shape[dim]
+        idx = torch.arange(-r, n + r, device=x.device) % (2 * n)
+        idx = torch.where(idx >= n, 2 * n - 1 - idx, idx)  # symmetric reflection, any radius
+        padded = x.index_select(dim, idx).movedim(dim, -1)
+        lead = padded.shape[:-1]
+        out = F.conv1d(padded.reshape(-1, 1, padded.shape[-1]), k.view(1, 1, -1)).reshape(*lead, n)
+        x = out.movedim(-1, dim)
+    return x
+
+
+def postprocess_torch(image, field=None, window: tuple[float, float] = (0.5, 99.5), unsharp_sigma_mm: float = 3.0,
+                      unsharp_amount: float = 0.5, pitch_mm: float = 0.24):
+    """:func:`postprocess` in torch for a batch ``(B, H, W)`` (or one ``(H, W)`` image); differentiable.
+
+    The same three steps with the same parameters. The window's percentiles are
+    :func:`torch.nanquantile` over each image's ``field`` pixels (linear interpolation, as
+    :func:`numpy.percentile`); the blur is :func:`gaussian_filter_torch`. Computed in the dtype of
+    ``image`` (numpy works in float64), so float32 agrees with :func:`postprocess` to about 1e-5.
+    """
+    import torch
+
+    x = image
+    single = x.dim() == 2
+    if single:
+        x = x[None]
+    mask = torch.ones_like(x, dtype=torch.bool) if field is None else torch.as_tensor(field, device=x.device)
+    mask = mask.reshape(x.shape).bool()
+    if not bool(mask.flatten(1).any(1).all()):
+        raise ValueError("field contains no valid pixels")
+    q = torch.tensor([window[0] / 100.0, window[1] / 100.0], dtype=x.dtype, device=x.device)
+    lo, hi = torch.nanquantile(torch.where(mask, x, torch.nan).flatten(1), q, dim=1)[..., None, None]
+    x = torch.where(mask, (x - lo) / torch.where(hi > lo, hi - lo, torch.ones_like(hi)), 0.0)
+    if unsharp_amount != 0 and unsharp_sigma_mm > 0:
+        s = unsharp_sigma_mm / pitch_mm
+        smooth = gaussian_filter_torch(x, s) / gaussian_filter_torch(mask.to(x.dtype), s).clamp_min(1e-12)
+        x = x + unsharp_amount * (x - smooth)
+    out = torch.where(mask, x.clamp(0.0, 1.0), 0.0)
+    return out[0] if single else out

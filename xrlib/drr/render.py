@@ -125,6 +125,22 @@ def pad_superior(ct: Volume, labels: list[Volume], pad_mm: float = PAD_MM) -> tu
     return grow(ct, np.concatenate(parts, axis=np_axis)), padded_labels
 
 
+def render_channels(ct: Volume, clavicles: ClavicleMasks | None, physics: str, fov: str = "pad",
+                    pad_mm: float = PAD_MM) -> tuple[Volume, list[Volume], list[str]]:
+    """The volumes :func:`render_batch` projects: ``(ct, channels, names)``.
+
+    ``ct`` is the CT as rendered (padded superiorly for ``fov="pad"``; its grid defines the
+    complete-ray field); ``channels`` are the physics channels (named by ``names``) followed by the
+    left and right clavicle masks as float32 (when ``clavicles`` is given), all on that grid.
+    """
+    masks = [] if clavicles is None else [clavicles.left, clavicles.right]
+    masks = [m.with_array(m.array.astype(np.float32)) for m in masks]
+    if fov == "pad":
+        ct, masks = pad_superior(ct, masks, pad_mm)
+    channels, names = physics_channels(ct, physics)
+    return ct, channels + masks, names
+
+
 RENDER_PACKAGES = ("xrlib", "numpy", "itk-rtk", "nanodrr", "diffdrr", "torch", "spekpy", "xraydb", "SimpleITK")
 
 
@@ -173,12 +189,7 @@ def render_batch(
     iso = ct.center if isocenter is None else np.asarray(isocenter, float)
     params = realistic or phys.RealisticParams()
 
-    masks = [] if clavicles is None else [clavicles.left, clavicles.right]
-    masks = [m.with_array(m.array.astype(np.float32)) for m in masks]
-    if fov == "pad":
-        ct, masks = pad_superior(ct, masks, pad_mm)
-    channels, names = physics_channels(ct, physics)
-    channels += masks
+    ct, channels, names = render_channels(ct, clavicles, physics, fov, pad_mm)
     stack = proj.project(channels, geometry, poses, iso)
     streams = np.random.SeedSequence(seed).spawn(len(poses))
 
