@@ -17,6 +17,7 @@ dataset sections, the subjects' fingerprint and :data:`DATASETS_VERSION`.
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -56,7 +57,7 @@ class ShardResult:
 
 
 @dataclass
-class ShardTask:
+class ShardTask(ABC):
     """Writes one shard ``out_dir/rel`` of ``subject`` and returns its :class:`ShardResult`."""
 
     key: str
@@ -68,8 +69,9 @@ class ShardTask:
     pool: str
     split: str
 
+    @abstractmethod
     def arrays(self) -> dict:
-        raise NotImplementedError
+        """The shard's arrays (``image``, ``mask``, … as :func:`xrlib.data.shards.shard_arrays` makes them)."""
 
     def run(self) -> ShardResult:
         path = Path(self.out_dir) / self.rel

@@ -12,6 +12,7 @@ its shard (every radiograph post-processed, then :func:`xrlib.data.preprocess.pr
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +25,7 @@ from xrlib.drr.geometry import Geometry, Pose
 
 
 @dataclass(frozen=True)
-class PoolRecipe:
+class PoolRecipe(ABC):
     """Images of one pool: ``physics`` level and, for realistic physics, the dose (mAs).
 
     Subclasses give :meth:`poses`; override :meth:`render` for another renderer.
@@ -33,9 +34,9 @@ class PoolRecipe:
     physics: str = "naive"
     dose_mas: float | None = None
 
+    @abstractmethod
     def poses(self, subject: str) -> list[Pose]:
         """The poses of ``subject``'s images."""
-        raise NotImplementedError
 
     def realistic(self):
         """Parameters of the realistic chain (``None`` for other physics levels)."""
