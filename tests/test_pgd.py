@@ -317,3 +317,28 @@ def test_run_threat_pgd_and_segpgd_on_the_study_models(toy_run):
         robustness.run_threat(profile, run, threat="rotation", steps=2)
     with pytest.raises(InputError, match="no Syn_test image at the angles"):
         robustness.run_threat(profile, run, threat="pgd", alphas=[7.0])
+
+
+def test_robustness_cli_attack_options_and_saved_examples(toy_run, tmp_path, capsys):
+    import yaml
+
+    from xrlib.cli import main
+
+    profile, run, _ = toy_run
+    (tmp_path / "toyrot.yml").write_text(yaml.safe_dump(profile.raw))
+    base = ["robustness", "--profile", str(tmp_path / "toyrot.yml"), "--run-root", str(run.parent), "--no-progress",
+            "--models", "U-Net(Real)"]
+    out = tmp_path / "examples"
+    assert main([*base, "--threat", "pgd", "--steps", "2", "--alphas", "0", "--budgets", "0.1",
+                 "--save-examples", str(out)]) == 0
+    assert "pgd.csv" in capsys.readouterr().out
+    with np.load(out / "pgd" / "U-Net_Real" / "budget_0.1.npz") as z:
+        assert set(z.files) == {"clean_image", "clean_mask", "clean_prob", "image", "mask", "prob", "subject", "alpha"}
+        assert z["image"].shape == z["clean_image"].shape and (z["alpha"] == 0).all()
+        assert np.abs(z["image"] - z["clean_image"]).max() <= 0.1 + 1e-6  # inside the L∞ ball
+    with np.load(out / "pgd" / "U-Net_Real" / "budget_0.npz") as z:
+        assert np.array_equal(z["image"], z["clean_image"]) and np.array_equal(z["prob"], z["clean_prob"])
+    # attack options on a threat that takes none: exit status 2 and one line
+    assert main([*base, "--threat", "rotation", "--steps", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: threat 'rotation' takes no options, got ['steps']"]

@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from xrlib.core.atomic import save_npz_atomic
 from xrlib.core.errors import InputError
 from xrlib.eval.metrics import dice
 from xrlib.eval.predict import evaluate_predictions, predict
 from xrlib.eval.robustness import CONTRACT_COLUMNS, changed_flags, success_flags
+from xrlib.training.config import safe_name
 
 __all__ = ["TestImages", "Threat", "Threatened", "score_threat"]
 
@@ -114,6 +116,15 @@ def _clean_index(clean_rows: pd.DataFrame, rows: pd.DataFrame, keys: Sequence[st
     return np.asarray(idx, int)
 
 
+def _save_examples(path: Path, clean: Threatened, th: Threatened, idx: np.ndarray, p_clean: np.ndarray,
+                   p: np.ndarray) -> None:
+    save_npz_atomic(path, {
+        "clean_image": clean.images[idx], "clean_mask": clean.masks[idx], "clean_prob": p_clean[idx],
+        "image": th.images, "mask": th.masks, "prob": p,
+        "subject": th.rows["subject"].astype(str).to_numpy(), "alpha": th.rows["alpha"].to_numpy(float),
+    })
+
+
 def score_threat(
     threat: Threat,
     victims: Mapping[str, object],
@@ -124,11 +135,15 @@ def score_threat(
     batch_size: int = 16,
     device=None,
     progress: bool = False,
+    examples_dir: str | Path | None = None,
 ) -> pd.DataFrame:
     """Contract rows of every victim under ``threat`` at ``budgets`` (default all; the clean one always).
 
     ``groups`` labels each α (column ``alpha_group``; empty without it). Rows: per model, the
     budgets in order (clean first), the images of each budget in the threat's order.
+    ``examples_dir``: also write, per model and budget, ``<dir>/<threat>/<model>/budget_<b>.npz`` with
+    the clean and threatened images, their ground truths, both predicted probabilities and the
+    manifest identifiers (``subject``, ``alpha``), for inspection.
     """
     budgets = threat.check_budgets(budgets)
     frames = []
@@ -154,6 +169,9 @@ def score_threat(
             df["changed"] = changed_flags(vs_clean).to_numpy()
             if len(th.extra.columns):
                 df = pd.concat([df, th.extra.reset_index(drop=True)], axis=1)
+            if examples_dir is not None:
+                _save_examples(Path(examples_dir) / threat.name / safe_name(name) / f"budget_{b:g}.npz",
+                               clean, th, idx, p_clean, p)
             frames.append(df)
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(CONTRACT_COLUMNS))
     cols = list(CONTRACT_COLUMNS) + [c for c in out.columns if c not in CONTRACT_COLUMNS]

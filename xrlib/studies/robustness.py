@@ -77,12 +77,15 @@ def threat_summary(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_threat(profile: Profile | str | Path, run: str | Path, threat: str = "rotation", models: Sequence[str] | None = None,
-               budgets: Sequence[float] | None = None, device=None, progress: bool = False, **threat_options) -> ThreatRun:
+               budgets: Sequence[float] | None = None, device=None, progress: bool = False,
+               examples_dir: str | Path | None = None, **threat_options) -> ThreatRun:
     """Score the study models (all, or ``models``) under ``threat`` and write ``<run>/robustness/<threat>.csv``.
 
     ``threat_options`` go to the threat's builder in :data:`THREATS` (``pgd``/``segpgd``: ``alphas``,
     ``steps``, ``norm``, ``restarts``, ``step_fraction``, ``random_start``, ``seed``, ``batch_size``,
-    ``grid``, the budgets it may run; ``rotation`` takes none). Raises :class:`InputError` naming an unknown
+    ``grid``, the budgets it may run; ``rotation`` takes none). ``examples_dir``: also save clean and
+    threatened images, masks and predictions per model and budget there (see
+    :func:`xrlib.attacks.base.score_threat`). Raises :class:`InputError` naming an unknown
     threat or option, an unknown or untrained model, or a budget outside the threat's grid.
     """
     if threat not in THREATS:
@@ -97,6 +100,7 @@ def run_threat(profile: Profile | str | Path, run: str | Path, threat: str = "ro
     th.check_budgets(budgets)  # bad budgets fail before any model runs
     victims = {name: load_best(res, device) for name, res in trained.items()}
     results = score_threat(
-        th, victims, test, study.pixel_mm(profile), budgets=budgets, groups=alpha_group, device=device, progress=progress)
+        th, victims, test, study.pixel_mm(profile), budgets=budgets, groups=alpha_group, device=device, progress=progress,
+        examples_dir=examples_dir)
     path = write_robustness(results, run, threat)
     return ThreatRun(path, results, threat_summary(results))
