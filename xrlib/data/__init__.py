@@ -9,6 +9,6 @@ Modules (import names from them, e.g. ``from xrlib.data.build import build_datas
 * :mod:`xrlib.data.real` — ``RealItem``, ``load_real_folder``, ``real_fingerprint``.
 * :mod:`xrlib.data.recipes` — ``PoolRecipe``, ``AnglesRecipe``, ``JitteredRecipe``, ``study_recipes``,
   ``render_subject``, ``preprocessing_example``.
-* :mod:`xrlib.data.shards` — ``MANIFEST_COLUMNS``, ``save_shard``, ``read_manifest``, ``ShardDataset``, ``pool_samples``.
+* :mod:`xrlib.data.shards` — ``MANIFEST_COLUMNS``, ``read_manifest``, ``ShardDataset``, ``pool_samples``.
 * :mod:`xrlib.data.build` — ``build_datasets``, ``dataset_hash``, ``DATASETS_VERSION``, the shard tasks.
 """

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from xrlib.core.atomic import save_npz_atomic
 from xrlib.core.runs import default_threads
 from xrlib.core.atomic import sha256_file, write_text_atomic
 from xrlib.core.errors import InputError
@@ -34,7 +35,7 @@ from xrlib.data.pools import POOLS, assign_pools, real_splits
 from xrlib.data.preprocess import preprocess
 from xrlib.data.real import RealItem, load_real_folder, real_fingerprint
 from xrlib.data.recipes import PoolRecipe, render_subject, study_recipes
-from xrlib.data.shards import MANIFEST_COLUMNS, MANIFEST_FILE, read_manifest, save_shard, shard_arrays, shard_rows
+from xrlib.data.shards import MANIFEST_COLUMNS, MANIFEST_FILE, read_manifest, shard_arrays, shard_rows
 from xrlib.data.subjects import SubjectSource, cohort_subjects
 from xrlib.exec import Executor, ProcessPoolExecutor, get_executor
 
@@ -76,7 +77,7 @@ class ShardTask(ABC):
     def run(self) -> ShardResult:
         path = Path(self.out_dir) / self.rel
         arrays = self.arrays()
-        save_shard(path, arrays)
+        save_npz_atomic(path, arrays)
         checksum = sha256_file(path)
         return ShardResult(shard_rows(self.subject, self.source, self.pool, self.split, self.rel, arrays, checksum), checksum)
 

@@ -9,14 +9,12 @@ per image (:data:`MANIFEST_COLUMNS`). :class:`ShardDataset` reads images lazily 
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from xrlib.core.atomic import atomic_write
 from xrlib.core.errors import InputError
 
 MANIFEST_FILE = "manifest.csv"
@@ -24,7 +22,6 @@ MANIFEST_COLUMNS = [
     "subject", "source", "pool", "split", "alpha", "tilt", "shift_x", "shift_y", "shift_z",
     "physics", "dose_mas", "shard", "index", "checksum",
 ]
-_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
 def shard_arrays(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], masks_left: Sequence[np.ndarray],
@@ -42,14 +39,6 @@ def shard_arrays(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], mask
     }
 
 
-def save_shard(path: str | Path, arrays: dict) -> None:
-    """Write ``arrays`` as a compressed ``.npz`` atomically, with fixed zip timestamps (same arrays → same bytes)."""
-    with atomic_write(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
-        for key, value in arrays.items():
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_TIME)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            with zf.open(info, "w", force_zip64=True) as fh:
-                np.lib.format.write_array(fh, np.asanyarray(value), allow_pickle=False)
 
 
 def shard_rows(subject: str, source: str, pool: str, split: str, shard_rel: str, arrays: dict, checksum: str) -> list[dict]:
