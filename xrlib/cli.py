@@ -99,10 +99,16 @@ def _cmd_render(args) -> int:
     return 0
 
 
-def _add_dataset(sub) -> None:
-    p = sub.add_parser("dataset", help="build the study's datasets (pools, splits, shards, manifest)",
-                       description="Build the surrogate/synthetic datasets of a profile and print Table 1.")
+def _profile_command(sub, name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand that works on one profile (``--profile NAME``, required)."""
+    p = sub.add_parser(name, help=summary, description=description)
     p.add_argument("--profile", required=True, help="profile name (book/profiles/NAME.yml) or a YAML path")
+    return p
+
+
+def _add_dataset(sub) -> None:
+    p = _profile_command(sub, "dataset", "build the study's datasets (pools, splits, shards, manifest)",
+                         "Build the surrogate/synthetic datasets of a profile and print Table 1.")
     p.add_argument("--out", type=Path, help="run folder (default runs/<profile>): the virtual cohort goes to "
                                             "OUT/cohort, the datasets to OUT/datasets")
     p.add_argument("--sources", type=Path, help="folder of source CTs with label maps for the virtual cohort "
@@ -151,10 +157,9 @@ def _cmd_dataset(args) -> int:
 
 
 def _add_book(sub) -> None:
-    p = sub.add_parser("book", help="execute the chapters with papermill and build the HTML book",
-                       description="Execute the notebooks of a profile (cached by stamps) and publish them "
-                                   "with jupyter-book into book/_build/html.")
-    p.add_argument("--profile", required=True, help="profile name (book/profiles/NAME.yml)")
+    p = _profile_command(sub, "book", "execute the chapters with papermill and build the HTML book",
+                         "Execute the notebooks of a profile (cached by stamps) and publish them with jupyter-book "
+                         "into book/_build/html.")
     p.add_argument("--only", nargs="+", metavar="STAGE", help="run just these stages (e.g. 05_training); "
                    "earlier stages must already be built and current")
     p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
@@ -202,10 +207,9 @@ def _cmd_book(args) -> int:
 def _add_robustness(sub) -> None:
     from xrlib.studies.robustness import THREATS
 
-    p = sub.add_parser("robustness", help="score the study models under a threat (runs/<profile>/robustness/<threat>.csv)",
-                       description="Run a threat against the trained study models, write its results table "
-                                   "(one row per model × budget × test image) and print mean Dice per α group.")
-    p.add_argument("--profile", required=True, help="profile name (book/profiles/NAME.yml) or a YAML path")
+    p = _profile_command(sub, "robustness", "score the study models under a threat (runs/<profile>/robustness/<threat>.csv)",
+                         "Run a threat against the trained study models, write its results table (one row per "
+                         "model × budget × test image) and print mean Dice per α group.")
     p.add_argument("--threat", required=True, help=f"threat to run ({', '.join(THREATS)})")
     p.add_argument("--models", nargs="+", metavar="NAME", help="study models to score (default: all three)")
     p.add_argument("--budgets", nargs="+", type=_finite(float, "--budgets"), metavar="B",
