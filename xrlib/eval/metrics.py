@@ -23,6 +23,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 
 __all__ = ["binarize", "dice", "hausdorff", "image_metrics", "image_pixel_mm", "stack_metrics"]
 
@@ -151,8 +152,6 @@ def stack_metrics(pred_probs, targets, pixel_mm_iso: float, threshold: float = 0
     ``pred_probs`` and ``targets`` are ``(N, H, W)``; the values equal those of :func:`image_metrics`
     image by image, computed with the thresholding, areas, Dice and edges vectorised over the stack.
     """
-    import pandas as pd
-
     return pd.DataFrame(_metric_columns(pred_probs, targets, pixel_mm_iso, threshold))
 
 
@@ -198,6 +197,8 @@ def image_metrics(pred_prob, target, pixel_mm_iso: float, threshold: float = 0.5
     """
     p, t = binarize(pred_prob, threshold), binarize(target, 0.5)
     _check_shapes(p, t)
+    if p.ndim != 2:
+        raise ValueError(f"image_metrics expects 2-D masks, got shape {p.shape}")
     cols = _metric_columns(p[None], t[None], pixel_mm_iso, 0.5)
     return {key: bool(v[0]) if key.startswith("empty") else int(v[0]) if key.endswith("area_px") else float(v[0])
             for key, v in cols.items()}

@@ -77,7 +77,7 @@ def predict(model, data, batch_size: int = 16, device=None, progress: str | None
 
     Args:
         model: a ``torch.nn.Module`` mapping ``(B, 1, S, S)`` images to ``(B, 1, S, S)`` logits. It is
-            put in eval mode and run under ``torch.inference_mode`` (its training flag is restored afterwards).
+            put in eval mode and run without gradients (its training flag is restored afterwards).
         data: a torch Dataset whose items start with ``(image 1×S×S, mask 1×S×S)``, or a pair of
             arrays ``(images, masks)`` of shape ``(N, S, S)``.
         device: torch device; default CUDA when available, else CPU.
@@ -103,7 +103,7 @@ def predict(model, data, batch_size: int = 16, device=None, progress: str | None
         loader = tqdm(loader, desc=progress, unit="batch")
     probs, masks = [], []
     try:
-        with torch.inference_mode():
+        with torch.no_grad():
             for batch in loader:
                 img, mask = batch[0], batch[1]
                 logits = model(img.to(device))
