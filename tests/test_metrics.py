@@ -120,3 +120,78 @@ def test_hausdorff_equals_monai_on_full_image():
             ref = float(compute_hausdorff_distance(a[None, None].astype(np.float32), b[None, None].astype(np.float32),
                                                    include_background=True, percentile=pc))
         assert hausdorff(a, b, 1.0, pc) == pytest.approx(ref, rel=1e-6)
+
+
+def _random_masks(rng, shape):
+    """A mix of hard cases: speckle, smooth blobs, boxes (often on the border), a few single pixels."""
+    from scipy.ndimage import gaussian_filter
+
+    kind = rng.integers(0, 4)
+    if kind == 0:
+        return rng.random(shape) < rng.uniform(0.001, 0.6)
+    if kind == 1:
+        return gaussian_filter(rng.random(shape), rng.uniform(1, 5)) > 0.5
+    m = np.zeros(shape, bool)
+    if kind == 2:
+        r, c = rng.integers(0, shape[0]), rng.integers(0, shape[1])
+        m[r:r + rng.integers(1, 40), c:c + rng.integers(1, 40)] = True
+    else:
+        m[rng.integers(0, shape[0], 3), rng.integers(0, shape[1], 3)] = True
+    return m
+
+
+def _monai_hd(a, b, spacing, percentile):
+    """MONAI on the full, uncropped images: the reference that hausdorff() reproduces."""
+    import warnings
+
+    from monai.metrics import compute_hausdorff_distance
+
+    if not a.any() or not b.any():
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(compute_hausdorff_distance(a[None, None].astype(np.float32), b[None, None].astype(np.float32),
+                                                include_background=True, percentile=percentile, spacing=spacing))
+
+
+def test_hausdorff_equals_monai_on_random_masks():
+    rng = np.random.default_rng(7)
+    for _ in range(60):
+        shape = (int(rng.integers(5, 60)), int(rng.integers(5, 60)))
+        a, b = _random_masks(rng, shape), _random_masks(rng, shape)
+        for spacing in (1.0, 0.37, [0.5, 2.0]):
+            for pc in (None, 95, 50, 0):
+                ours, ref = hausdorff(a, b, spacing, pc), _monai_hd(a, b, spacing, pc)
+                assert (math.isnan(ours) and math.isnan(ref)) or abs(ours - ref) <= 1e-9, (shape, spacing, pc, ours, ref)
+
+
+def test_stack_metrics_equals_image_metrics_and_monai():
+    from xrlib.eval.metrics import stack_metrics
+
+    rng = np.random.default_rng(3)
+    targets = np.stack([_random_masks(rng, (40, 40)) for _ in range(30)]).astype(np.uint8)
+    probs = np.stack([_random_masks(rng, (40, 40)) * rng.uniform(0.4, 1.0) for _ in range(30)]).astype(np.float32)
+    probs[3] = 0.0       # empty prediction
+    targets[4] = 0       # empty target
+    probs[5], targets[5] = 0.0, 0  # both empty
+    df = stack_metrics(probs, targets, pixel_mm_iso=0.7)
+    assert list(df.columns) == ["dice", "hd_mm", "hd95_mm", "hd_px", "hd95_px", "empty_pred", "empty_target",
+                                "pred_area_px", "target_area_px"]
+    for i, row in df.iterrows():
+        one = image_metrics(probs[i], targets[i], 0.7)
+        assert list(one) == list(df.columns)
+        for key, value in one.items():
+            assert type(value) is {"empty_pred": bool, "empty_target": bool, "pred_area_px": int,
+                                   "target_area_px": int}.get(key, float)
+            assert (math.isnan(value) and math.isnan(row[key])) or value == row[key], (i, key)
+        p, t = probs[i] > 0.5, targets[i] > 0.5
+        for key, pc in (("hd_px", None), ("hd95_px", 95)):
+            ref = _monai_hd(p, t, 1.0, pc)
+            assert (math.isnan(ref) and math.isnan(row[key])) or abs(row[key] - ref) <= 1e-9
+        assert row["dice"] == dice(p, t)
+    assert (df.loc[3, "empty_pred"], df.loc[4, "empty_target"], df.loc[5, "dice"]) == (True, True, 1.0)
+    assert math.isnan(df.loc[3, "hd_px"]) and math.isnan(df.loc[4, "hd95_mm"]) and math.isnan(df.loc[5, "hd_px"])
+    with pytest.raises(ValueError, match="shapes differ"):
+        stack_metrics(probs, targets[:, :, :39], 0.7)
+    with pytest.raises(ValueError, match="pixel_mm_iso"):
+        stack_metrics(probs, targets, 0.0)

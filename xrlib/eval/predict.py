@@ -3,7 +3,8 @@
 :func:`predict` runs a model (sigmoid of its one-channel logits) over a dataset or an image stack;
 :func:`evaluate_predictions` turns probabilities into a tidy table with one row per image (model,
 manifest identifiers, an optional group label and the metrics of
-:func:`xrlib.eval.metrics.image_metrics`); :func:`evaluate_model` does both; :func:`save_results`
+:func:`xrlib.eval.metrics.image_metrics`, computed by
+:func:`xrlib.eval.metrics.stack_metrics`); :func:`evaluate_model` does both; :func:`save_results`
 stores the table as CSV and Parquet.
 
 Empty predictions
@@ -22,7 +23,7 @@ import pandas as pd
 
 from xrlib.core.runs import resolve_device
 from xrlib.core.atomic import atomic_write
-from xrlib.eval.metrics import image_metrics
+from xrlib.eval.metrics import stack_metrics
 
 __all__ = ["HD_METRICS", "ID_COLUMNS", "evaluate_model", "evaluate_predictions", "predict", "save_results"]
 
@@ -64,8 +65,7 @@ def evaluate_predictions(
         if col not in rows.columns:
             raise ValueError(f"manifest rows lack the column {col!r}")
     ids = rows[[c for c in ID_COLUMNS if c in rows.columns]].reset_index(drop=True)
-    records = [image_metrics(p, t, pixel_mm_iso, threshold) for p, t in zip(probs, targets)]
-    out = pd.concat([ids, pd.DataFrame.from_records(records)], axis=1)
+    out = pd.concat([ids, stack_metrics(probs, targets, pixel_mm_iso, threshold)], axis=1)
     out.insert(0, "model", model_name)
     if groups is not None:
         out.insert(out.columns.get_loc("alpha") + 1, group_column, [groups(a) for a in out["alpha"]])

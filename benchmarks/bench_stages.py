@@ -1,0 +1,269 @@
+"""Stage benchmark: whole-stage wall time of the book's CPU-bound stages, before and after a change.
+
+"Before" is the code of a git revision (``--before``, default :data:`BEFORE`, main before the speed-ups), checked out as a
+temporary git worktree (or an existing checkout, ``--before-tree``); "after" is this checkout.
+Each timed run is a fresh Python subprocess that imports ``xrlib`` from one of the two trees
+(``PYTHONPATH=<tree>``) and runs one stage on the same inputs, which the parent builds once.
+Runs of the two sides are interleaved (before, after, after, before, …) so that a shared machine's
+load falls on both; the table gives the median over ``--repeats`` of each and the ratio
+before/after::
+
+    | stage | before (median s) | after (median s) | ratio |
+
+Both sides also write the stage's result, and the benchmark says whether they are identical.
+
+Stages (:data:`STAGES`, name → :class:`Stage`: a function that builds the inputs once and a
+function that times one run in the worker):
+
+- ``evaluation``: prediction and Dice/HD/HD95 of every test image for every model
+  (:func:`xrlib.eval.predict.evaluate_model` on each test set), the models loaded from disk.
+  By default on synthetic inputs of the quick profile's sizes: ``--subjects`` test subjects × 21 α
+  plus ``--real`` Real test images, ``--size``² images with clavicle-like masks, ``--models``
+  random-initialised depth-5 U-Nets (their predictions are noisy masks, many edge pixels: a hard
+  case for the distances). With ``--run RUN`` it times
+  :func:`xrlib.studies.rotation.study.evaluate_all` on a built run's test sets and trained models
+  (``--model-glob``) instead.
+
+Usage::
+
+    python benchmarks/bench_stages.py [--before REV] [--repeats 3] [--stages evaluation]
+        [--size 128] [--subjects 4] [--real 12] [--models 3] [--run RUN --profile quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+#: main when the speed-ups of issue 11 began: the default "before".
+BEFORE = "cf47bbba86bb0fc369be048847a39c35f1869940"
+ALPHAS = [float(a) for a in range(-20, 21, 2)]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One benchmarked stage: ``build(args, folder)`` writes the inputs (once, in the parent);
+    ``run(folder, out)`` runs the stage once in a worker, writes its result to ``out`` and returns
+    the seconds it took (only the stage itself is timed)."""
+
+    build: Callable[[argparse.Namespace, Path], None]
+    run: Callable[[Path, Path], float]
+
+
+# --------------------------------------------------------------------------------- evaluation
+
+
+def _clavicle_masks(rng, n: int, size: int):
+    """``n`` masks with two curved, tilted bands where the clavicles lie (uint8 0/1)."""
+    import numpy as np
+
+    yy, xx = np.mgrid[:size, :size] / size
+    out = np.zeros((n, size, size), np.uint8)
+    for k in range(n):
+        for side in (-1, 1):
+            cx, cy = 0.5 + side * rng.uniform(0.15, 0.23), rng.uniform(0.22, 0.35)
+            th = side * rng.uniform(0.1, 0.4)
+            a, b = rng.uniform(0.14, 0.2), rng.uniform(0.025, 0.045)
+            u = (xx - cx) * np.cos(th) + (yy - cy) * np.sin(th)
+            v = -(xx - cx) * np.sin(th) + (yy - cy) * np.cos(th)
+            out[k] |= ((u / a) ** 2 + ((v - 0.5 * u ** 2) / b) ** 2 <= 1).astype(np.uint8)
+    return out
+
+
+def build_evaluation(args: argparse.Namespace, folder: Path) -> None:
+    """Shards, manifest rows and model weights of the evaluation stage (or a pointer to ``--run``)."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    if args.run:
+        (folder / "run.json").write_text(json.dumps({"run": str(Path(args.run).resolve()), "profile": args.profile,
+                                                     "model_glob": args.model_glob}))
+        return
+    from scipy.ndimage import gaussian_filter
+
+    from xrlib.nets.unet import build_unet
+
+    rng = np.random.default_rng(0)
+    (folder / "shards").mkdir()
+    rows = []
+    subjects = [(f"syn-{i:03d}", "Syn_test", ALPHAS) for i in range(args.subjects)]
+    subjects += [("real-000", "Real_test", [0.0] * args.real)] if args.real else []
+    for subject, test_set, alphas in subjects:
+        masks = _clavicle_masks(rng, len(alphas), args.size)
+        smooth = gaussian_filter(rng.random((len(alphas), args.size, args.size)), (0, 4, 4))
+        images = np.clip(0.3 + 0.4 * masks + 0.5 * (smooth - 0.5) + 0.05 * rng.standard_normal(masks.shape), 0, 1)
+        shard = f"shards/{subject}.npz"
+        np.savez(folder / shard, image=(images * 255).astype(np.uint8), mask=masks)
+        rows += [{"subject": subject, "pool": test_set, "split": "test", "alpha": a, "shard": shard, "index": j,
+                  "test_set": test_set} for j, a in enumerate(alphas)]
+    pd.DataFrame(rows).to_csv(folder / "rows.csv", index=False)
+    (folder / "models").mkdir()
+    for m in range(args.models):
+        torch.manual_seed(m)
+        torch.save(build_unet(5, 16).state_dict(), folder / "models" / f"model{m}.pt")
+
+
+def _warm_up_torch() -> None:
+    """One untimed forward of a small U-Net: the process's one-off oneDNN/thread start-up cost."""
+    import torch
+
+    from xrlib.nets.unet import build_unet
+
+    with torch.no_grad():
+        build_unet(5, 16).eval()(torch.zeros(2, 1, 64, 64))
+
+
+def run_evaluation(folder: Path, out: Path) -> float:
+    import pandas as pd
+
+    _warm_up_torch()
+    if (folder / "run.json").exists():
+        from xrlib.core.profiles import load_profile
+        from xrlib.studies.rotation.study import evaluate_all
+
+        spec = json.loads((folder / "run.json").read_text())
+        run = Path(spec["run"])
+        results = {p.name: p for p in sorted((run / "models").glob(spec["model_glob"]))}
+        t0 = time.perf_counter()
+        df, _ = evaluate_all(load_profile(spec["profile"]), run, results, include_baseline=False)
+        seconds = time.perf_counter() - t0
+    else:
+        import torch
+
+        from xrlib.data.shards import ShardDataset
+        from xrlib.eval.predict import evaluate_model
+        from xrlib.nets.unet import build_unet
+
+        rows = pd.read_csv(folder / "rows.csv")
+        t0 = time.perf_counter()
+        frames = []
+        for path in sorted((folder / "models").glob("*.pt")):
+            model = build_unet(5, 16)
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            for test_set, sub in rows.groupby("test_set", sort=True):
+                sub = sub.reset_index(drop=True)
+                ds = ShardDataset(sub, root=folder)
+                frames.append(evaluate_model(model, ds, sub, path.stem, 0.7).assign(test_set=test_set))
+        df = pd.concat(frames, ignore_index=True)
+        seconds = time.perf_counter() - t0
+    df.to_pickle(out)
+    return seconds
+
+
+STAGES: dict[str, Stage] = {
+    "evaluation": Stage(build_evaluation, run_evaluation),
+}
+
+# --------------------------------------------------------------------------------- harness
+
+
+def _worker(stage: str, folder: Path, out: Path) -> None:
+    print(json.dumps({"seconds": STAGES[stage].run(folder, out)}))
+
+
+def _time_once(tree: Path, stage: str, folder: Path, out: Path) -> float:
+    """Seconds of one run of ``stage`` in a subprocess importing ``xrlib`` from ``tree``."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", stage, "--inputs", str(folder), "--out", str(out)]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tree)
+    if res.returncode != 0:
+        raise RuntimeError(f"{stage} on {tree} failed:\n{res.stderr[-3000:]}")
+    return float(json.loads(res.stdout.strip().splitlines()[-1])["seconds"])
+
+
+def _same_result(a: Path, b: Path) -> bool:
+    import pandas as pd
+
+    try:
+        pd.testing.assert_frame_equal(pd.read_pickle(a), pd.read_pickle(b), check_exact=True)
+    except AssertionError:
+        return False
+    return True
+
+
+def measure(stages: list[str], before: Path, repeats: int, args: argparse.Namespace, work: Path) -> list[dict]:
+    """Interleaved before/after timings of each stage; one row per stage with the medians."""
+    rows = []
+    for stage in stages:
+        folder = work / stage
+        folder.mkdir()
+        STAGES[stage].build(args, folder)
+        times = {"before": [], "after": []}
+        trees = {"before": before, "after": REPO}
+        for r in range(repeats):
+            for side in (("before", "after") if r % 2 == 0 else ("after", "before")):
+                times[side].append(_time_once(trees[side], stage, folder, work / f"{stage}-{side}.pkl"))
+                print(f"{stage} {side} run {r + 1}: {times[side][-1]:.2f} s", file=sys.stderr, flush=True)
+        b, a = statistics.median(times["before"]), statistics.median(times["after"])
+        rows.append({"stage": stage, "before": b, "after": a, "ratio": b / a if a > 0 else float("nan"),
+                     "same": _same_result(work / f"{stage}-before.pkl", work / f"{stage}-after.pkl"),
+                     "times": times})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| stage | before (median s) | after (median s) | ratio |", "|---|---:|---:|---:|"]
+    lines += [f"| {r['stage']} | {r['before']:.2f} | {r['after']:.2f} | {r['ratio']:.2f}× |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--before", default=BEFORE, help=f"git revision of the 'before' code (default: {BEFORE[:8]}, main before the speed-ups)")
+    ap.add_argument("--before-tree", type=Path, help="an existing checkout to use as 'before' instead of --before")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
+    ap.add_argument("--size", type=int, default=128, help="image side (synthetic evaluation inputs)")
+    ap.add_argument("--subjects", type=int, default=4, help="synthetic test subjects (21 α each)")
+    ap.add_argument("--real", type=int, default=12, help="Real test images")
+    ap.add_argument("--models", type=int, default=3, help="random-initialised depth-5 U-Nets")
+    ap.add_argument("--run", help="a built run folder: time evaluate_all on its test sets and models instead")
+    ap.add_argument("--profile", default="quick", help="the profile of --run")
+    ap.add_argument("--model-glob", default="U-Net*", help="model folders of --run to evaluate")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--inputs", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        return _worker(args.worker, args.inputs, args.out)
+
+    work = Path(tempfile.mkdtemp(prefix="bench_stages_"))
+    tree, added = args.before_tree, False
+    try:
+        if tree is None:
+            rev = subprocess.run(["git", "rev-parse", "--verify", f"{args.before}^{{commit}}"], cwd=REPO,
+                                 check=True, capture_output=True, text=True).stdout.strip()
+            tree = work / "before"
+            subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=REPO, check=True,
+                           capture_output=True, text=True)
+            added = True
+            label = rev[:8] if rev.startswith(args.before) else f"{args.before} ({rev[:8]})"
+        else:
+            label = str(tree)
+        rows = measure(args.stages, Path(tree).resolve(), args.repeats, args, work)
+    finally:
+        if added:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"Stage wall time, before = {label}, after = this checkout; medians over {args.repeats} "
+          f"interleaved runs{'' if not args.run else f' on {args.run}'}.\n")
+    print(table(rows))
+    for r in rows:
+        print(f"\n{r['stage']}: results {'identical' if r['same'] else 'DIFFER'}; "
+              + "; ".join(f"{k} " + ", ".join(f"{t:.2f}" for t in v) for k, v in r["times"].items()))
+
+
+if __name__ == "__main__":
+    main()
