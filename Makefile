@@ -25,6 +25,7 @@ bench: setup
 	$(PY) benchmarks/bench_projectors.py
 	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/bench_diffrender.py
+	$(PY) benchmarks/bench_stages.py
 
 # Execute the notebooks with papermill (cached) and build the HTML book: book/_build/html/index.html.
 # A quick build also rewrites the README's generated section (headline result and stage times).
