@@ -121,7 +121,8 @@ def _save_examples(path: Path, clean: Threatened, th: Threatened, idx: np.ndarra
     save_npz_atomic(path, {
         "clean_image": clean.images[idx], "clean_mask": clean.masks[idx], "clean_prob": p_clean[idx],
         "image": th.images, "mask": th.masks, "prob": p,
-        "subject": th.rows["subject"].astype(str).to_numpy(), "alpha": th.rows["alpha"].to_numpy(float),
+        "subject": np.asarray(th.rows["subject"].astype(str).tolist(), dtype=str),  # unicode, not object: no pickle
+        "alpha": th.rows["alpha"].to_numpy(float),
     })
 
 
