@@ -426,3 +426,19 @@ def test_a_pool_recipe_is_a_parameter_of_the_build(tmp_path, source):
     test = man[man.pool == "syn_test"]
     assert list(test.alpha) == [5.0] and list(test.physics) == ["heuristic"]
     assert sorted(man[man.pool == "syn_train"].alpha) == [-2.0, 0.0, 2.0]
+
+
+def test_profile_section_is_a_copy_and_names_the_file_when_missing(tmp_path):
+    cfg = yaml.safe_load(open(load_profile("smoke").path))
+    cfg["mychapter"] = {"steps": 3}
+    cfg["broken"] = [1, 2]
+    (tmp_path / "p.yml").write_text(yaml.safe_dump(cfg))
+    profile = load_profile(tmp_path / "p.yml")
+    block = profile.section("mychapter")
+    assert block == {"steps": 3}
+    block["steps"] = 99
+    assert profile.section("mychapter") == {"steps": 3}
+    with pytest.raises(InputError, match=r"p\.yml.*has no nothere: block"):
+        profile.section("nothere")
+    with pytest.raises(InputError, match=r"p\.yml.*malformed broken: block"):
+        profile.section("broken")

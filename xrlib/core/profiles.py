@@ -349,6 +349,20 @@ class Profile:
             raise InputError(self.path or self.name, "the profile has no train: block (epochs, batch_size, patience, lr)")
         return self.train
 
+    def section(self, name: str) -> dict:
+        """A copy of a chapter's own top-level block (e.g. ``pgd:``), which that chapter types and checks.
+
+        Chapters after the rotation study keep their settings in a block named after them, so adding
+        one never touches the sections above (nor the dataset hash, which reads only
+        :data:`DATASET_KEYS`). Raises :class:`InputError` naming the profile file when it is absent
+        or not a mapping.
+        """
+        block = self.raw.get(name)
+        if not isinstance(block, dict):
+            what = "has no" if block is None else "has a malformed"
+            raise InputError(self.path or self.name, f"the profile {what} {name}: block (a mapping of that chapter's settings)")
+        return copy.deepcopy(block)
+
     def with_real_folder(self, folder: str | Path | None) -> "Profile":
         """The same profile with ``real.folder`` replaced (``None``: the clinical surrogate)."""
         raw = copy.deepcopy(self.raw)
