@@ -18,8 +18,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e .
 	touch $@
 
+# Tests run on every core (pytest-xdist); the tests sharing an expensive session fixture (the smoke
+# book, the toy study run) stay on one worker (tests/conftest.py).
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --dist loadgroup --durations=15
 
 bench: setup
 	$(PY) benchmarks/bench_projectors.py

@@ -20,6 +20,27 @@ ARTIFACTS = REPO / "test-artifacts"
 BOOK_SOURCES = ("_config.yml", "_toc.yml", "intro.md", "how_to_run.md", "data.md", "methods.md", "appendix.md")
 
 
+#: Session fixtures that are expensive to build. Under pytest-xdist (``make test`` runs ``-n auto
+#: --dist loadgroup``) every test using one of them goes to the same worker, so each is built once;
+#: every other test goes with its module, so module-scoped fixtures are built once too.
+SHARED_FIXTURES = ("smoke_book", "toy_run")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        used = [name for name in SHARED_FIXTURES if name in getattr(item, "fixturenames", ())]
+        item.add_marker(pytest.mark.xdist_group(used[0] if used else item.nodeid.split("::")[0]))
+
+
+def pytest_configure(config):
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # workers share the cores: one torch thread each
+        import torch
+
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def smoke_book(tmp_path_factory):
     """Build the smoke book once; returns its folders and the command's output."""
