@@ -97,7 +97,7 @@ def test_search_never_ends_worse_than_its_grid_start_and_stays_in_bounds(chain32
 
 
 def _threat(chain):
-    return PoseThreat(lambda sid: chain, grid=[10.0], search=PoseSearch(grid_alpha=2, grid_tilt=2, steps=2))
+    return PoseThreat(lambda sid: chain, grid=[10.0], search=PoseSearch(grid_alpha=2, grid_tilt=1, steps=1))
 
 
 def _test_images():

@@ -185,7 +185,7 @@ def search_pose(model: torch.nn.Module, chain: PoseChain, budget: float, search:
                     path.append(pose.detach().cpu().numpy().copy())
                     path_obj.append(float(loss.detach()))
                     if float(loss.detach()) > best[1]:
-                        best = [path[-1], float(loss), x[0, 0].detach().cpu().numpy(), truth[0, 0].cpu().numpy()]
+                        best = [path[-1], float(loss.detach()), x[0, 0].detach().cpu().numpy(), truth[0, 0].cpu().numpy()]
                 step = search.step_fraction * lim_t * (search.steps - t) / search.steps
                 pose = torch.clamp(pose.detach() + step * torch.sign(g), -lim_t, lim_t)
             if search.steps:
