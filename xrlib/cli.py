@@ -215,8 +215,9 @@ def _add_robustness(sub) -> None:
     p.add_argument("--budgets", nargs="+", type=_finite(float, "--budgets"), metavar="B",
                    help="budgets to run, in the threat's unit (default: the threat's grid)")
     p.add_argument("--run-root", type=Path, help="artifacts root (default <repo>/runs)")
-    attack = p.add_argument_group("input attacks (pgd, segpgd)")
-    attack.add_argument("--steps", type=_finite(int, "--steps", positive=True), help="attack steps N (default 10)")
+    attack = p.add_argument_group("input attacks (pgd, segpgd) and the pose search (pose: --steps only)")
+    attack.add_argument("--steps", type=_finite(int, "--steps", positive=True),
+                        help="attack steps N (default 10; pose: the profile's pose.steps)")
     attack.add_argument("--norm", choices=("linf", "l2"), help="perturbation norm (default linf)")
     attack.add_argument("--restarts", type=_finite(int, "--restarts", positive=True),
                         help="random restarts; the worst per image is kept (default 1)")

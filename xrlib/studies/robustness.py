@@ -56,8 +56,17 @@ def _input_attack(kind: type[PGDThreat]):
     return build
 
 
+def _pose(profile: Profile, run: Path, steps: int | None = None, subjects: int | None = None, **options) -> tuple[Threat, TestImages]:
+    """The worst-case pose threat of the profile's ``pose:`` block (options: ``steps``, ``subjects``) and its subjects."""
+    from xrlib.studies.pose.study import pose_threat
+
+    if options:
+        raise InputError(None, f"threat 'pose': bad options {sorted(options)} (it takes steps and subjects)")
+    return pose_threat(profile, run, steps=steps, subjects=subjects)
+
+
 #: Threat name → builder ``(profile, run, **options)`` of the threat and its test images.
-THREATS = {"rotation": _rotation, "pgd": _input_attack(PGDThreat), "segpgd": _input_attack(SegPGDThreat)}
+THREATS = {"rotation": _rotation, "pgd": _input_attack(PGDThreat), "segpgd": _input_attack(SegPGDThreat), "pose": _pose}
 
 
 @dataclass
@@ -83,7 +92,7 @@ def run_threat(profile: Profile | str | Path, run: str | Path, threat: str = "ro
 
     ``threat_options`` go to the threat's builder in :data:`THREATS` (``pgd``/``segpgd``: ``alphas``,
     ``steps``, ``norm``, ``restarts``, ``step_fraction``, ``random_start``, ``seed``, ``batch_size``,
-    ``grid``, the budgets it may run; ``rotation`` takes none). ``examples_dir``: also save clean and
+    ``grid``, the budgets it may run; ``pose``: ``steps``, ``subjects``; ``rotation`` takes none). ``examples_dir``: also save clean and
     threatened images, masks and predictions per model and budget there (see
     :func:`xrlib.attacks.base.score_threat`). Raises :class:`InputError` naming an unknown
     threat or option, an unknown or untrained model, or a budget outside the threat's grid.

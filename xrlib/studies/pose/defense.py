@@ -1,0 +1,144 @@
+"""Worst-case-pose training vs the uniform α grid of Syn_all, at the same number of images (chapter 12).
+
+Both defended models start from the study model ``defense.start`` (a warm start, e.g. U-Net(Real):
+its training set has no synthetic image, so what each defense adds is the only synthetic data it
+sees) and are fine-tuned in ``defense.rounds`` rounds of ``defense.epochs`` epochs on the Real
+training images plus a pool of synthetic images that grows by one image per training subject per
+round (the first ``defense.subjects`` Syn_train training subjects):
+
+* ``worst-pose``: each round, :func:`xrlib.attacks.pose.search_pose` against the *current* model
+  finds each subject's worst pose within ``defense.budget``; the image rendered there (and its
+  re-rendered truth) joins the pool;
+* ``uniform-alpha``: each round, each subject's Syn_all image at the next angle of an evenly spread
+  subset of the synthetic α grid (``rounds`` angles from −20° to 20°) joins the pool.
+
+So both see the same number of images and optimiser steps. The fine-tuning is a small loop of its
+own (Adam, the Dice loss of training, seeded shuffling) rather than :func:`xrlib.training.train_model`,
+because the worst-pose pool is made between epochs by the model being trained; a defended model is
+cached like a trained one, by a hash of everything it depends on (``<run>/pose/defense/<name>-<hash>/``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xrlib.attacks.pose import search_pose
+from xrlib.core.atomic import save_torch_atomic, write_json_atomic
+from xrlib.core.profiles import Profile
+from xrlib.nets.losses import make_loss
+from xrlib.studies.pose.config import PoseConfig
+from xrlib.studies.pose.study import chains
+from xrlib.studies.rotation import study
+from xrlib.training import load_best
+from xrlib.training.data import load_tensors, select_images
+
+__all__ = ["DEFENSES", "defense_models", "train_subjects"]
+
+#: The two defenses compared, by name.
+DEFENSES = ("worst-pose", "uniform-alpha")
+
+
+def train_subjects(run: Path, n: int) -> list[str]:
+    """The first ``n`` Syn_train training subjects of the run's manifest."""
+    rows = select_images(study.datasets_dir(run), ["Syn_all"], "train")
+    return list(dict.fromkeys(rows["subject"]))[:n]
+
+
+def _fit(model, images: torch.Tensor, masks: torch.Tensor, epochs: int, lr: float, batch: int, seed: int) -> None:
+    loss_fn = make_loss("dice")
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    dev = next(model.parameters()).device
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(images), generator=g)
+        for i in range(0, len(order), batch):
+            idx = order[i:i + batch]
+            x, y = images[idx].to(dev), masks[idx].float().to(dev)
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+    model.eval()
+
+
+def _uniform_rows(run: Path, subjects: list[str], rounds: int):
+    """Per round, one Syn_all training image per subject at an evenly spread angle."""
+    rows = select_images(study.datasets_dir(run), ["Syn_all"], "train")
+    alphas = np.unique(rows["alpha"].to_numpy(float))
+    picks = alphas[np.unique(np.linspace(0, len(alphas) - 1, rounds).round().astype(int))]
+    picks = np.resize(picks, rounds)
+    out = []
+    for a in picks:
+        r = rows[rows["subject"].isin(subjects) & np.isclose(rows["alpha"].to_numpy(float), a)]
+        out.append(r.reset_index(drop=True))
+    return out, picks
+
+
+def defense_models(profile: Profile, run: Path, cfg: PoseConfig | None = None, device=None,
+                   progress: bool = False) -> dict[str, tuple[torch.nn.Module, dict]]:
+    """``{"<start>+worst-pose": (model, info), "<start>+uniform-alpha": (model, info)}``, trained or read from cache.
+
+    ``info``: the poses of the synthetic images added per round, the numbers of images and the folder.
+    """
+    cfg = cfg or PoseConfig.from_profile(profile)
+    d = cfg.defense
+    run = Path(run)
+    start = study.study_models(profile, run, [d.start])[d.start]
+    subjects = train_subjects(run, d.subjects)
+    real_rows = select_images(study.datasets_dir(run), ["Real"], "train")
+    key = {"start": start.folder.name, "defense": asdict(d), "search": asdict(cfg.search), "render_size": cfg.render_size,
+           "step_mm": cfg.step_mm, "subjects": subjects, "seed": int(profile.seed),
+           "real": int(len(real_rows)), "version": 1}
+    out = {}
+    real = None
+    make_chain = None
+    for kind in DEFENSES:
+        name = f"{d.start}+{kind}"
+        digest = hashlib.sha256(json.dumps({**key, "kind": kind}, sort_keys=True).encode()).hexdigest()[:12]
+        folder = run / "pose" / "defense" / f"{kind}-{digest}"
+        model = load_best(start, device)
+        if (folder / "model.pt").exists() and (folder / "info.json").exists():
+            model.load_state_dict(torch.load(folder / "model.pt", map_location=next(model.parameters()).device))
+            out[name] = (model.eval(), json.loads((folder / "info.json").read_text()))
+            continue
+        if real is None:
+            real = load_tensors(real_rows, study.datasets_dir(run))
+        torch.manual_seed(int(profile.seed))
+        pool_x, pool_y, added = [], [], []
+        if kind == "uniform-alpha":
+            per_round, picks = _uniform_rows(run, subjects, d.rounds)
+        else:
+            make_chain = make_chain or chains(profile, run, cfg, device)
+            subj_chains = {s: make_chain(s) for s in subjects}
+        for r in range(d.rounds):
+            if kind == "uniform-alpha":
+                x, y = load_tensors(per_round[r], study.datasets_dir(run))
+                pool_x.append(x)
+                pool_y.append(y)
+                added.append([{"subject": s, "alpha": float(picks[r]), "tilt": 0.0, "shift": [0.0, 0.0, 0.0]}
+                              for s in per_round[r]["subject"]])
+            else:
+                found = []
+                for s in subjects:
+                    res = search_pose(model, subj_chains[s], d.budget, cfg.search)
+                    pool_x.append(torch.as_tensor(res.image, dtype=torch.float32)[None, None])
+                    pool_y.append(torch.as_tensor(res.truth, dtype=torch.uint8)[None, None])
+                    found.append({"subject": s, "alpha": float(res.pose[0]), "tilt": float(res.pose[1]),
+                                  "shift": [float(v) for v in res.pose[2:]]})
+                added.append(found)
+            xs = torch.cat([real[0], *pool_x])
+            ys = torch.cat([real[1], *pool_y])
+            _fit(model, xs, ys, d.epochs, d.lr, d.batch_size, int(profile.seed) * 1000 + r)
+        info = {"name": name, "kind": kind, "start": d.start, "rounds": d.rounds, "epochs_per_round": d.epochs,
+                "real_images": int(len(real[0])), "synthetic_images": int(sum(len(a) for a in added)),
+                "added": added, "folder": str(folder)}
+        save_torch_atomic(folder / "model.pt", model.state_dict())
+        write_json_atomic(folder / "info.json", info)
+        out[name] = (model.eval(), info)
+    return out
