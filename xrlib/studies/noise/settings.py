@@ -25,8 +25,7 @@ class NoiseSettings:
         figure_doses_mas: the two doses of the std maps and the CMR figure.
         validation_realisations: realisations per image for the moment/NPS validation of the insertion.
         seeds: number of repeated trainings of U-Net(Real+Syn_all) (different seeds).
-        seed_epochs: epochs of each repeated training (and of each adaptive iteration).
-        adaptive_iterations: iterations of adaptive training.
+        seed_epochs: epochs of each repeated training.
     """
 
     alphas: tuple[float, ...]
@@ -39,7 +38,6 @@ class NoiseSettings:
     validation_realisations: int
     seeds: int
     seed_epochs: int
-    adaptive_iterations: int
 
 
 def noise_settings(profile: Profile) -> NoiseSettings:
@@ -62,7 +60,6 @@ def noise_settings(profile: Profile) -> NoiseSettings:
             validation_realisations=int(block["validation_realisations"]),
             seeds=int(block["seeds"]),
             seed_epochs=int(block["seed_epochs"]),
-            adaptive_iterations=int(block["adaptive_iterations"]),
         )
     except KeyError as exc:
         raise bad(f"missing key {exc.args[0]!r}") from None
@@ -78,6 +75,6 @@ def noise_settings(profile: Profile) -> NoiseSettings:
         raise bad("reference_dose_mas must be positive")
     if s.realisations < 1 or s.nps_realisations < 2 or s.validation_realisations < 2:
         raise bad("need realisations ≥ 1, nps_realisations ≥ 2 and validation_realisations ≥ 2")
-    if s.patch_px < 4 or s.seeds < 1 or s.seed_epochs < 1 or s.adaptive_iterations < 0:
-        raise bad("need patch_px ≥ 4, seeds ≥ 1, seed_epochs ≥ 1 and adaptive_iterations ≥ 0")
+    if s.patch_px < 4 or s.seeds < 1 or s.seed_epochs < 1:
+        raise bad("need patch_px ≥ 4, seeds ≥ 1 and seed_epochs ≥ 1")
     return s
