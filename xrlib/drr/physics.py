@@ -249,32 +249,16 @@ def _broad_blur(img: np.ndarray, sigma_px: float) -> np.ndarray:
     return fine[:h, :w]
 
 
-def realistic_intensity(line_integrals: dict[str, np.ndarray], pixel_area_mm2: float, sdd_mm: float,
-                        params: RealisticParams, rng: np.random.Generator | None, pitch_mm: float) -> tuple[np.ndarray, np.ndarray]:
-    """Detector signal (keV absorbed per pixel) for per-material density line integrals.
+def expected_detector_signal(line_integrals: dict[str, np.ndarray], pixel_area_mm2: float, sdd_mm: float,
+                             params: RealisticParams, pitch_mm: float) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Noise-free detector signal *before* the detector blur, and what its noise needs.
 
-    ``line_integrals`` maps material names (a subset of :data:`MATERIALS`) to ∫ρ dl maps
-    (g/cm³·mm, shape (H, W)). Steps:
-
-    1. Photons per pixel and bin: N0(E) = fluence(E)·mAs·(1000 mm/SDD)²·area(cm²) (inverse-square
-       from spekpy's 1 m reference; the cos³ fall-off off-axis is ignored, it cancels in I/I0).
-    2. Primary: N(E) = N0(E)·exp(−Σ_m (μ/ρ)_m(E)·L_m/10); mean signal m = Σ E·η(E)·N(E) and the
-       compound-Poisson variance v = Σ E²·η(E)·N(E), accumulated bin by bin.
-    3. Scatter (a convolution approximation): scatter is emitted where the beam is attenuated,
-       in proportion to the *scatter potential* P·ln(P0/P) (zero in open field, largest at
-       moderate thickness), spread by a broad sum-preserving Gaussian G_σs, and scaled so that the
-       scatter-to-primary ratio summed over the attenuating pixels (P < 0.99·P0) equals
-       ``scatter_to_primary``: S = k·G_σs ∗ (P·ln(P0/P)), I = P + S. Scatter photons are given
-       the local primary's energy mix. The flat field has no patient and hence no scatter.
-    4. Detector blur: Gaussian with sigma blur_sigma_mm/pitch_mm pixels.
-    5. Quantum noise: with q = v/m (keV per "equivalent quantum"), I ← q·Poisson(I/q), which
-       matches mean and variance of the energy-integrated signal. Applied after blur, so the
-       noise is white (a simplification: real scintillator blur also correlates it).
-    6. Electronic noise: Gaussian, std = electronic_noise·q0, q0 the mean detected photon energy
-       of the flat field.
-
-    Returns ``(intensity, flat_field)``: float64 (H, W) arrays in keV; the flat field is the
-    noise-free unattenuated signal (as from averaging many flat exposures).
+    Steps 1–3 of :func:`realistic_intensity` (primary, compound-Poisson moments, scatter) at
+    ``params.dose_mas``. Returns ``(signal, q, m0, q0)``: ``signal`` (float64 (H, W), keV per pixel,
+    primary + scatter), ``q`` = v/m of the primary (keV per equivalent quantum; the flat field's
+    v0/m0 where the primary is 0), ``m0`` the flat-field signal (keV per pixel) and ``q0`` the mean
+    detected photon energy of the flat field (keV). ``signal`` and ``m0`` are proportional to the
+    dose; ``q`` and ``q0`` do not depend on it.
     """
     if not line_integrals:
         raise ValueError("line_integrals is empty; need at least one material")
@@ -315,6 +299,43 @@ def realistic_intensity(line_integrals: dict[str, np.ndarray], pixel_area_mm2: f
             spread = _broad_blur(potential, p.scatter_sigma_mm / pitch_mm)
             k = p.scatter_to_primary * mean[attenuating].sum() / max(spread[attenuating].sum(), 1e-300)
             img = img + k * spread
+    q0 = m0 / float(np.sum(eta * n0))
+    return img, q, m0, q0
+
+
+def realistic_intensity(line_integrals: dict[str, np.ndarray], pixel_area_mm2: float, sdd_mm: float,
+                        params: RealisticParams, rng: np.random.Generator | None, pitch_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Detector signal (keV absorbed per pixel) for per-material density line integrals.
+
+    ``line_integrals`` maps material names (a subset of :data:`MATERIALS`) to ∫ρ dl maps
+    (g/cm³·mm, shape (H, W)). Steps:
+
+    1. Photons per pixel and bin: N0(E) = fluence(E)·mAs·(1000 mm/SDD)²·area(cm²) (inverse-square
+       from spekpy's 1 m reference; the cos³ fall-off off-axis is ignored, it cancels in I/I0).
+    2. Primary: N(E) = N0(E)·exp(−Σ_m (μ/ρ)_m(E)·L_m/10); mean signal m = Σ E·η(E)·N(E) and the
+       compound-Poisson variance v = Σ E²·η(E)·N(E), accumulated bin by bin.
+    3. Scatter (a convolution approximation): scatter is emitted where the beam is attenuated,
+       in proportion to the *scatter potential* P·ln(P0/P) (zero in open field, largest at
+       moderate thickness), spread by a broad sum-preserving Gaussian G_σs, and scaled so that the
+       scatter-to-primary ratio summed over the attenuating pixels (P < 0.99·P0) equals
+       ``scatter_to_primary``: S = k·G_σs ∗ (P·ln(P0/P)), I = P + S. Scatter photons are given
+       the local primary's energy mix. The flat field has no patient and hence no scatter.
+       (Steps 1–3: :func:`expected_detector_signal`.)
+    4. Detector blur: Gaussian with sigma blur_sigma_mm/pitch_mm pixels.
+    5. Quantum noise: with q = v/m (keV per "equivalent quantum"), I ← q·Poisson(I/q), which
+       matches mean and variance of the energy-integrated signal. Applied after blur, so the
+       noise is white (a simplification: real scintillator blur also correlates it; the
+       physics-order model, noise drawn before the blur, is :mod:`xrlib.drr.noise`, which the
+       datasets' chain will adopt with a dataset rebuild).
+    6. Electronic noise: Gaussian, std = electronic_noise·q0, q0 the mean detected photon energy
+       of the flat field.
+
+    Returns ``(intensity, flat_field)``: float64 (H, W) arrays in keV; the flat field is the
+    noise-free unattenuated signal (as from averaging many flat exposures).
+    """
+    p = params
+    img, q, m0, q0 = expected_detector_signal(line_integrals, pixel_area_mm2, sdd_mm, params, pitch_mm)
+    shape = img.shape
     if p.blur_sigma_mm > 0:
         img = ndimage.gaussian_filter(img, p.blur_sigma_mm / pitch_mm, mode="reflect")
     if p.quantum_noise or p.electronic_noise > 0:
@@ -322,7 +343,6 @@ def realistic_intensity(line_integrals: dict[str, np.ndarray], pixel_area_mm2: f
     if p.quantum_noise:
         img = rng.poisson(img / q) * q
     if p.electronic_noise > 0:
-        q0 = m0 / float(np.sum(eta * n0))
         img = img + rng.normal(0.0, p.electronic_noise * q0, shape)
     return img, np.full(shape, m0)
 

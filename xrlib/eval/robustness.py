@@ -30,7 +30,7 @@ from xrlib.eval.stats import bootstrap_by_group
 __all__ = [
     "CHANGED_BELOW", "CONTRACT_COLUMNS", "DEFAULT_BAND_EDGES", "SUCCESS_DROP", "band_labels", "changed_flags",
     "ci_note", "cmr", "halving_budget", "quality_band", "read_robustness", "robustness_curve", "robustness_path",
-    "sar", "success_flags", "write_robustness",
+    "cmr_ztest", "sar", "success_flags", "write_robustness",
 ]
 
 CONTRACT_COLUMNS = ("model", "threat", "budget", "budget_unit", "subject", "alpha", "alpha_group", "dice", "hd95_mm",
@@ -209,3 +209,36 @@ def sar(df: pd.DataFrame, by: Sequence[str] = ("model",), edges: Sequence[float]
     diag = c[c["clean_band"] == c["threatened_band"]].rename(columns={"clean_band": "band"})
     out = diag.assign(sar=1.0 - diag["cmr"])
     return out[[*([by] if isinstance(by, str) else list(by)), "band", "n_clean", "sar"]].reset_index(drop=True)
+
+
+def cmr_ztest(a: pd.DataFrame, b: pd.DataFrame, by: Sequence[str] = ("model",)) -> pd.DataFrame:
+    """Two-proportion Z-test of every CMR entry between two :func:`cmr` tables of the same ``by`` levels.
+
+    Per ``by`` level, clean band j and threatened band i: ``z`` and ``p`` of
+    :func:`statsmodels.stats.proportion.proportions_ztest` on ``(n_a, n_b)`` out of
+    ``(n_clean_a, n_clean_b)`` (pooled variance, two-sided). ``z`` is 0 (``p`` 1) where both proportions
+    are equal with zero pooled variance (both 0 or both 1), ``nan`` where a clean band is empty.
+    Columns: ``by…``, ``clean_band``, ``threatened_band``, ``cmr_a``, ``cmr_b``, ``n_clean_a``,
+    ``n_clean_b``, ``z``, ``p``.
+    """
+    from statsmodels.stats.proportion import proportions_ztest
+
+    by = [by] if isinstance(by, str) else list(by)
+    keys = by + ["clean_band", "threatened_band"]
+    m = a.merge(b, on=keys, suffixes=("_a", "_b"), how="inner")
+    zs, ps = [], []
+    for r in m.itertuples(index=False):
+        na, nb, ca, cb = int(r.n_a), int(r.n_b), int(r.n_clean_a), int(r.n_clean_b)
+        if ca == 0 or cb == 0:
+            zs.append(math.nan)
+            ps.append(math.nan)
+        elif (na == 0 and nb == 0) or (na == ca and nb == cb):
+            zs.append(0.0)
+            ps.append(1.0)
+        else:
+            z, pv = proportions_ztest(np.array([na, nb]), np.array([ca, cb]))
+            zs.append(float(z))
+            ps.append(float(pv))
+    out = m[keys + ["cmr_a", "cmr_b", "n_clean_a", "n_clean_b"]].copy()
+    out["z"], out["p"] = zs, ps
+    return out

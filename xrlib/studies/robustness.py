@@ -65,8 +65,21 @@ def _pose(profile: Profile, run: Path, steps: int | None = None, subjects: int |
     return pose_threat(profile, run, steps=steps, subjects=subjects)
 
 
+def _noise(profile: Profile, run: Path, **options) -> tuple[Threat, TestImages]:
+    """The noise threat (options: ``arms``, ``doses``, ``realisations``, ``subjects``; sizes from the profile's
+    ``noise:`` block) and its test images: the Syn_test subjects re-projected with the realistic chain."""
+    from xrlib.studies.noise.sources import noise_threat
+
+    try:
+        th = noise_threat(profile, run, **options)
+    except TypeError as exc:
+        raise InputError(None, f"threat 'noise': bad options {sorted(options)} ({exc})") from None
+    return th, th.test
+
+
 #: Threat name → builder ``(profile, run, **options)`` of the threat and its test images.
-THREATS = {"rotation": _rotation, "pgd": _input_attack(PGDThreat), "segpgd": _input_attack(SegPGDThreat), "pose": _pose}
+THREATS = {"rotation": _rotation, "pgd": _input_attack(PGDThreat), "segpgd": _input_attack(SegPGDThreat),
+           "noise": _noise, "pose": _pose}
 
 
 @dataclass

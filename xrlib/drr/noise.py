@@ -1,0 +1,162 @@
+"""Detector noise the physics way: quantum noise drawn where X-rays are absorbed, *then* the blur.
+
+In an energy-integrating indirect detector the quanta are absorbed in the scintillator, whose light
+spread then blurs their signal, and the read-out adds electronic noise to each pixel. So quantum
+noise is correlated by the detector blur and electronic noise is white. This module draws noise in
+that order from a cached noise-free *expected signal* (:class:`ExpectedSignal`): one realisation
+costs a noise draw, not a re-projection.
+
+Chain of :func:`noisy_log` at a dose ``D`` (mAs), per pixel:
+
+1. quantum noise (compound Poisson, matched in mean and variance): ``S = q·Poisson(D·s/q)``, with ``s``
+   the expected signal per mAs (keV, primary + scatter, before the blur) and ``q = v/m`` the keV
+   per equivalent quantum (:func:`xrlib.drr.physics.expected_detector_signal`);
+2. detector blur: Gaussian, σ = ``blur_sigma_mm / pitch`` pixels (scintillator light spread);
+3. electronic noise: white Gaussian, std = ``electronic_noise``·q0 keV (read-out, after the light
+   spread, so not blurred);
+4. zero-count clipping: the signal is clipped below at **0.5·q0** (half the signal of one detected
+   flat-field photon) — at very low dose a pixel can receive no quanta and the electronic noise
+   can make it negative; below one quantum the log carries no information — so −log saturates at
+   ``log(2·N_flat)``, N_flat the detected flat-field quanta per pixel at that dose;
+5. flat-field correction and −log: ``−log(S / (D·flat))``, ``flat`` the noise-free flat field per mAs.
+
+The *clean* image (:func:`clean_log`) is the noise-free expected image (infinite dose): −log of the
+blurred expected signal over the flat field.
+
+The datasets' realistic chain (:func:`xrlib.drr.physics.realistic_intensity`) still adds its noise
+*after* the blur (white noise); it will adopt this model in one place with a dataset rebuild.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+from scipy import ndimage
+
+from xrlib.drr import physics as phys
+
+__all__ = ["ExpectedSignal", "clean_log", "expected_signal", "noisy_log", "render_expected"]
+
+
+@dataclass(frozen=True)
+class ExpectedSignal:
+    """The noise-free detector signal of one radiograph, per mAs, before the detector blur.
+
+    Attributes:
+        signal: float64 (H, W), expected absorbed energy per pixel per mAs (keV/mAs), primary + scatter.
+        quantum_kev: float64 (H, W), keV per equivalent quantum (q = v/m of the local spectrum).
+        flat: noise-free flat-field signal per pixel per mAs (keV/mAs).
+        quantum0_kev: mean detected photon energy of the flat field, q0 (keV).
+        blur_sigma_px: detector blur σ in detector pixels (0: none).
+        electronic_quanta: electronic read-noise std in units of q0 (0: none).
+    """
+
+    signal: np.ndarray
+    quantum_kev: np.ndarray
+    flat: float
+    quantum0_kev: float
+    blur_sigma_px: float
+    electronic_quanta: float
+
+    def __post_init__(self):
+        if self.signal.shape != self.quantum_kev.shape or self.signal.ndim != 2:
+            raise ValueError(f"signal {self.signal.shape} and quantum map {self.quantum_kev.shape} must be one 2-D shape")
+        if not (self.flat > 0 and self.quantum0_kev > 0 and self.blur_sigma_px >= 0 and self.electronic_quanta >= 0):
+            raise ValueError("flat and q0 must be positive, blur and electronic noise non-negative")
+
+    @property
+    def electronic_kev(self) -> float:
+        """Electronic read-noise std (keV)."""
+        return float(self.electronic_quanta * self.quantum0_kev)
+
+    def flat_quanta(self, dose_mas: float) -> float:
+        """Detected flat-field quanta per pixel at ``dose_mas``."""
+        return float(dose_mas * self.flat / self.quantum0_kev)
+
+    def blurred(self, x: np.ndarray) -> np.ndarray:
+        """The detector blur of the last two axes of ``x`` (reflecting borders, as the datasets' chain)."""
+        if self.blur_sigma_px <= 0:
+            return x
+        sigma = (0,) * (x.ndim - 2) + (self.blur_sigma_px, self.blur_sigma_px)
+        return ndimage.gaussian_filter(x, sigma, mode="reflect")
+
+    def to_arrays(self) -> dict:
+        return {"signal": self.signal, "quantum_kev": self.quantum_kev,
+                "scalars": np.array([self.flat, self.quantum0_kev, self.blur_sigma_px, self.electronic_quanta])}
+
+    @classmethod
+    def from_arrays(cls, a) -> "ExpectedSignal":
+        f, q0, b, e = (float(x) for x in a["scalars"])
+        return cls(np.asarray(a["signal"], float), np.asarray(a["quantum_kev"], float), f, q0, b, e)
+
+
+def expected_signal(line_integrals: dict[str, np.ndarray], pitch_mm: float, sdd_mm: float,
+                    params: phys.RealisticParams | None = None) -> ExpectedSignal:
+    """:class:`ExpectedSignal` of per-material line integrals (g/cm³·mm) with the realistic chain's
+    spectrum, detector and scatter (:func:`xrlib.drr.physics.expected_detector_signal` at 1 mAs)."""
+    params = params or phys.RealisticParams()
+    pitch = float(pitch_mm)
+    signal, q, m0, q0 = phys.expected_detector_signal(line_integrals, pitch * pitch, sdd_mm,
+                                                      replace(params, dose_mas=1.0), pitch)
+    return ExpectedSignal(signal, q, float(m0), float(q0), float(params.blur_sigma_mm) / pitch,
+                          float(params.electronic_noise))
+
+
+def clean_log(es: ExpectedSignal) -> np.ndarray:
+    """The noise-free image −log(blur(s)/flat) (float32; the infinite-dose limit of :func:`noisy_log`)."""
+    return (-np.log(np.maximum(es.blurred(es.signal), 1e-300) / es.flat)).astype(np.float32)
+
+
+def noisy_log(es: ExpectedSignal, dose_mas: float, rng: np.random.Generator, n: int | None = None,
+              quantum: bool = True, electronic: bool = True) -> np.ndarray:
+    """Noisy −log images at ``dose_mas`` (float32 (H, W), or (n, H, W) for ``n`` realisations).
+
+    The chain of the module docstring: compound-Poisson quantum noise, blur, electronic noise,
+    clipping at 0.5·q0, flat-field correction and −log. ``quantum``/``electronic`` switch the two
+    noise sources (both off gives :func:`clean_log` up to the clipping).
+    """
+    if not dose_mas > 0:
+        raise ValueError(f"dose must be positive, got {dose_mas} mAs")
+    shape = es.signal.shape if n is None else (int(n), *es.signal.shape)
+    mean = dose_mas * es.signal
+    if quantum:
+        sig = rng.poisson(np.broadcast_to(mean / es.quantum_kev, shape)) * es.quantum_kev
+    else:
+        sig = np.broadcast_to(mean, shape).astype(float)
+    sig = es.blurred(sig)
+    if electronic and es.electronic_quanta > 0:
+        sig = sig + rng.normal(0.0, es.electronic_kev, shape)
+    sig = np.maximum(sig, 0.5 * es.quantum0_kev)
+    return (-np.log(sig / (dose_mas * es.flat))).astype(np.float32)
+
+
+def render_expected(ct, clavicles, geometry, poses: Sequence, params: phys.RealisticParams | None = None,
+                    backend="auto", fov: str = "pad", mask_threshold_mm: float = 0.5, isocenter=None) -> list[dict]:
+    """Expected signals of ``ct`` at ``poses`` with the realistic chain (no noise drawn).
+
+    The projection of :func:`xrlib.drr.render.render_batch` (same channels, field and masks); per pose
+    a dict with ``expected`` (:class:`ExpectedSignal`), ``field`` (bool (H, W)) and ``mask`` (uint8,
+    both clavicles; ``None`` without ``clavicles``).
+    """
+    from xrlib.drr.geometry import complete_ray_field, rays_in_patient_frame
+    from xrlib.drr.projector import Projector, get_projector
+    from xrlib.drr.render import render_channels
+
+    proj = backend if isinstance(backend, Projector) else get_projector(backend)
+    iso = ct.center if isocenter is None else np.asarray(isocenter, float)
+    ct, channels, names = render_channels(ct, clavicles, "realistic", fov)
+    stack = proj.project(channels, geometry, list(poses), iso)
+    out = []
+    for b, pose in enumerate(poses):
+        if fov in ("pad", "collimate"):
+            fld = complete_ray_field(rays_in_patient_frame(geometry, pose, iso), ct.index_to_world, ct.shape_ijk)
+        else:
+            fld = np.ones((geometry.height, geometry.width), bool)
+        es = expected_signal({m: stack[b, i] for i, m in enumerate(names)}, geometry.pitch, geometry.sdd, params)
+        mask = None
+        if clavicles is not None:
+            mask = (((stack[b, -2] >= mask_threshold_mm) | (stack[b, -1] >= mask_threshold_mm)) & fld).astype(np.uint8)
+        out.append({"expected": es, "field": fld, "mask": mask})
+    return out

@@ -1,0 +1,89 @@
+"""Chapter 10's test images: the Syn_test subjects re-projected with the realistic chain, held as expected signals.
+
+The Syn_test images of the datasets are naive DRRs; the noise threat needs the realistic chain's
+noise-free detector signal of the same subjects and angles (:func:`xrlib.drr.noise.render_expected`).
+It is computed once per subject and cached as ``<run>/noise/expected/<subject>-a<α>-<key>.npz``, ``key`` a
+hash of the render section and the realistic-chain parameters; later realisations cost
+a noise draw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from xrlib.attacks.noise import NoiseSource, NoiseThreat
+from xrlib.core.atomic import save_npz_atomic
+from xrlib.core.errors import InputError
+from xrlib.core.profiles import Profile
+from xrlib.drr.geometry import Geometry, Pose
+from xrlib.drr.noise import ExpectedSignal, render_expected
+from xrlib.drr.physics import RealisticParams
+from xrlib.studies.noise.settings import NoiseSettings, noise_settings
+from xrlib.studies.rotation import study
+
+__all__ = ["noise_sources", "noise_threat", "syn_test_subjects"]
+
+
+def syn_test_subjects(run: Path, profile: Profile) -> list[str]:
+    """Subject ids of the Syn_test pool of the run's datasets (sorted)."""
+    rows = study.test_sets(run, profile.synthetic.cen_alphas)["Syn_test"]
+    return sorted(rows["subject"].astype(str).unique())
+
+
+def _key(profile: Profile, params: RealisticParams) -> str:
+    text = json.dumps({"render": profile.raw.get("render"), "params": params.to_dict(), "v": 1}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _path(run: Path, sid: str, alpha: float, key: str) -> Path:
+    return run / "noise" / "expected" / f"{sid}-a{alpha:+g}-{key}.npz"
+
+
+def noise_sources(profile: Profile, run: Path, alphas, params: RealisticParams | None = None,
+                  subjects: list[str] | None = None) -> tuple[list[NoiseSource], pd.DataFrame]:
+    """Expected signals of the Syn_test subjects at ``alphas`` (cached per subject and angle), and their rows
+    (``subject``, ``alpha``, ``source``)."""
+    from xrlib.anatomy.annotate import clavicles_from_labels
+    from xrlib.anatomy.cohort import load_subject
+    from xrlib.data.subjects import source_ct
+
+    run = Path(run)
+    params = params or RealisticParams()
+    geom = Geometry.from_render(profile.render)
+    subjects = syn_test_subjects(run, profile) if subjects is None else list(subjects)
+    if not subjects:
+        raise InputError(study.datasets_dir(run), "the datasets have no Syn_test subject")
+    key = _key(profile, params)
+    alphas = [float(a) for a in alphas]
+    sources, rows = [], []
+    for sid in subjects:
+        missing = [a for a in alphas if not _path(run, sid, a, key).is_file()]
+        if missing:
+            ct, labels = load_subject(run / "cohort", sid)
+            items = render_expected(ct, clavicles_from_labels(labels), geom, [Pose(alpha=a) for a in missing],
+                                    params, backend=profile.render.backend, fov=profile.render.fov)
+            for a, it in zip(missing, items):
+                save_npz_atomic(_path(run, sid, a, key), {**it["expected"].to_arrays(), "field": it["field"], "mask": it["mask"]})
+        for a in alphas:
+            with np.load(_path(run, sid, a, key)) as z:
+                es = ExpectedSignal.from_arrays(z)
+                sources.append(NoiseSource(es, np.asarray(z["field"], bool), np.asarray(z["mask"], np.uint8), geom.pitch))
+            rows.append({"subject": sid, "alpha": a, "source": source_ct(sid)})
+    return sources, pd.DataFrame(rows)
+
+
+def noise_threat(profile: Profile, run: Path, settings: NoiseSettings | None = None, arms=None,
+                 doses=None, realisations: int | None = None, subjects=None) -> NoiseThreat:
+    """The chapter's :class:`xrlib.attacks.noise.NoiseThreat` (profile's ``noise:`` block unless overridden)."""
+    s = settings or noise_settings(profile)
+    sources, rows = noise_sources(profile, run, s.alphas, subjects=subjects)
+    kw = {} if arms is None else {"arms": tuple(arms)}
+    return NoiseThreat(sources, rows, profile.image_size, s.doses_mas if doses is None else doses,
+                       realisations=s.realisations if realisations is None else int(realisations),
+                       reference_dose=s.reference_dose_mas, nps_realisations=s.nps_realisations, patch=s.patch_px,
+                       seed=int(profile.seed), **kw)
