@@ -40,10 +40,10 @@ def headline_markdown(cfg: Profile, s: PGDSettings, worst: pd.DataFrame, checks:
         f"both ran) on {n_subjects} synthetic test subject(s) × {n_alphas} angle(s); {s.steps}-step attacks{weak}, "
         f"step ε·{s.step_fraction:g}; test subjects are virtual subjects of one CT.** ε in [0, 1] image units; "
         f"ε = 0 is the clean image. Defenses: fine-tuned from U-Net(Real+Syn_all) for {s.defense.epochs} epoch(s) "
-        f"with {s.defense.steps}-step PGD (ε = {s.defense.eps:g})" if s.defense.warm_start else
+        f"with {s.defense.steps}-step PGD (ε = {s.defense.eps:g})." if s.defense.warm_start else
         f"**PGD/SegPGD on the network input — profile {cfg.name}: mean Dice (minimum over the attacks run) on "
         f"{n_subjects} test subject(s) × {n_alphas} angle(s), {s.steps}-step attacks{weak}.** Defenses trained "
-        f"{s.defense.epochs} epochs with {s.defense.steps}-step PGD (ε = {s.defense.eps:g})",
+        f"{s.defense.epochs} epochs with {s.defense.steps}-step PGD (ε = {s.defense.eps:g}).",
         "",
         _table(["model"] + [f"ε = {e:g}" for e in eps], rows),
         "",
