@@ -32,7 +32,7 @@ from xrlib.attacks.base import TestImages
 from xrlib.attacks.pgd import pgd_attack
 from xrlib.core.errors import InputError
 from xrlib.core.profiles import Profile
-from xrlib.data.preprocess import preprocess
+from xrlib.data.preprocess import preprocess, resize_bilinear
 from xrlib.eval.metrics import dice
 from xrlib.nets.recon import SegRecon
 from xrlib.studies.pgd.settings import PGDSettings
@@ -99,6 +99,8 @@ def _ct_images(size: int) -> list[OODImage]:
     k = arr.shape[0] // 2
     out = [OODImage(f"CT axial slice {k}", "CT slice", preprocess(np.clip(arr[k], -1000.0, 1000.0), None, size)[0])]
     lateral = np.flipud(np.clip(arr + 1000.0, 0.0, None).sum(axis=2) / 1000.0 * float(ct.spacing[0]))
+    rows = max(1, int(round(lateral.shape[0] * float(ct.spacing[2]) / float(ct.spacing[1]))))
+    lateral = resize_bilinear(lateral, (rows, lateral.shape[1]))  # square pixels: z spacing → y spacing
     out.append(OODImage("CT lateral view (parallel-beam line integral)", "rendered lateral view",
                         preprocess(lateral, None, size)[0]))
     return out
