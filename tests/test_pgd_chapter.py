@@ -1,0 +1,193 @@
+"""Chapter 09 (xrlib.studies.pgd, xrlib.nets.recon, the recon-head recipe): settings, AUROC, the
+reconstruction head and its training, warm starts, the worst case over attacks, the OOD attack."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from xrlib.core.errors import InputError
+from xrlib.core.profiles import load_profile, validate_profile
+from xrlib.nets.recon import ReconstructionHead, SegRecon, feature_channels, recon_error
+from xrlib.nets.unet import build_unet
+from xrlib.studies.pgd import ood
+from xrlib.studies.pgd import study as ps
+from xrlib.studies.pgd.paper import PAPER_EPS, PAPER_TABLE3
+from xrlib.studies.pgd.settings import pgd_settings
+from xrlib.training import load_best, load_seg_recon, train_model
+from xrlib.training.checkpoint import load_weights
+
+from test_train import _cfg, _toy_datasets  # noqa: F401  (the tiny training task)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return _toy_datasets(tmp_path_factory.mktemp("toy_pgd") / "datasets")
+
+
+# ------------------------------------------------------------------------------------------------- AUROC
+
+
+def test_auroc_on_a_constructed_case_with_a_known_answer():
+    # OOD 0.25 beats two of three in-distribution scores, 0.4 beats all three: 5 of 6 pairs
+    assert ood.auroc([0.1, 0.2, 0.3], [0.25, 0.4]) == pytest.approx(5 / 6)
+    assert ood.auroc([0.1, 0.2], [0.3, 0.4]) == 1.0
+    assert ood.auroc([0.3, 0.4], [0.1, 0.2]) == 0.0  # attacked OOD images that look *more* in-distribution
+    assert ood.auroc([0.1, 0.2], [0.1, 0.2]) == 0.5  # ties count one half
+    with pytest.raises(ValueError, match="both classes"):
+        ood.auroc([], [0.1])
+
+
+def test_auroc_table_per_condition():
+    rows = [{"set": "in-distribution", "score": v, "dice_vs_target": np.nan} for v in (0.1, 0.2, 0.3)]
+    for cond, vals in zip(ood.CONDITIONS, ((0.5, 0.6), (0.25, 0.4), (0.0, 0.05))):
+        rows += [{"set": cond, "score": v, "dice_vs_target": 0.5} for v in vals]
+    t = ood.auroc_table(pd.DataFrame(rows)).set_index("condition")
+    assert t["AUROC"].tolist() == pytest.approx([1.0, round(5 / 6, 4), 0.0])
+    assert (t["OOD images"] == 2).all() and (t["in-distribution images"] == 3).all()
+
+
+# ---------------------------------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize("name", ["smoke", "quick", "paper"])
+def test_every_profile_has_a_valid_pgd_block(name):
+    s = pgd_settings(load_profile(name))
+    assert s.grid[0] == 0.0 and set(s.segpgd_budgets) <= set(s.budgets) and s.check.budget in s.budgets
+
+
+def _with(block_update: dict):
+    cfg = copy.deepcopy(load_profile("smoke").raw)
+    cfg["path"] = "bad.yml"
+    cfg["pgd"] = {**cfg["pgd"], **block_update}
+    return validate_profile(cfg, "bad.yml")
+
+
+@pytest.mark.parametrize("update,message", [
+    ({"segpgd_budgets": [0.5]}, "bad.yml: pgd.segpgd_budgets must be a subset of pgd.budgets"),
+    ({"budgets": [0.0, 0.1]}, "bad.yml: pgd.budgets must be a non-empty list of distinct numbers in (0, 1]"),
+    ({"steps": 0}, "bad.yml: pgd.steps must be an integer ≥ 1, got 0"),
+    ({"l2": "yes"}, "bad.yml: pgd.l2 must be true or false, got 'yes'"),
+    ({"check": {"budget": 0.05, "steps": 2, "restarts": 2, "models": None, "tolerance": 0.02}},
+     "bad.yml: pgd.check.budget must be one of pgd.budgets"),
+])
+def test_bad_settings_name_the_profile_and_the_key(update, message):
+    with pytest.raises(InputError) as err:
+        pgd_settings(_with(update))
+    assert str(err.value).startswith(message)
+
+
+def test_a_missing_block_names_the_profile():
+    cfg = copy.deepcopy(load_profile("smoke").raw)
+    cfg["path"] = "bad.yml"
+    del cfg["pgd"]
+    with pytest.raises(InputError, match="bad.yml: the profile has no pgd: block"):
+        pgd_settings(validate_profile(cfg, "bad.yml"))
+
+
+def test_paper_table3_rows_are_complete():
+    assert all(len(v) == len(PAPER_EPS) for v in PAPER_TABLE3.values())
+    assert PAPER_TABLE3["P10_std"][2] == 0.2907  # the paper's Dice at ε = 0.03 for its standard model
+
+
+# ---------------------------------------------------------------------------------------- worst case
+
+
+def _rows(model, attack, dice_by_budget):
+    return pd.DataFrame([{"model": model, "threat": attack, "budget": b, "dice": d} for b, ds in dice_by_budget.items()
+                         for d in ds])
+
+
+def test_worst_case_takes_the_minimum_over_the_attacks_run():
+    pgd = pd.concat([_rows("A", "pgd", {0.0: [0.9, 0.8], 0.03: [0.5, 0.3], 0.07: [0.2, 0.2]}),
+                     _rows("B", "pgd", {0.0: [1.0, 1.0], 0.03: [0.9, 0.9], 0.07: [0.8, 0.8]})])
+    seg = pd.concat([_rows("A", "segpgd", {0.0: [0.9, 0.8], 0.03: [0.6, 0.4]}),
+                     _rows("B", "segpgd", {0.0: [1.0, 1.0], 0.03: [0.7, 0.7]})])
+    w = ps.worst_case({"pgd": pgd, "segpgd": seg}).set_index(["model", "budget"])
+    assert w.loc[("A", 0.03), "min Dice"] == pytest.approx(0.4) and w.loc[("A", 0.03), "strongest"] == "pgd"
+    assert w.loc[("B", 0.03), "min Dice"] == pytest.approx(0.7) and w.loc[("B", 0.03), "strongest"] == "segpgd"
+    assert w.loc[("A", 0.07), "min Dice"] == pytest.approx(0.2) and np.isnan(w.loc[("A", 0.07), "segpgd"])
+    assert w.loc[("A", 0.0), "strongest"] == "clean"
+    assert list(w.index.get_level_values(0)) == ["A"] * 3 + ["B"] * 3
+
+
+# ------------------------------------------------------------------------------------- reconstruction head
+
+
+@pytest.mark.parametrize("depth", [3, 5])
+def test_head_reads_the_top_decoder_features(depth):
+    torch.manual_seed(0)
+    unet = build_unet(depth, base_channels=4)
+    net = SegRecon(unet, ReconstructionHead(feature_channels(unet), hidden=4)).eval()
+    x = torch.rand(2, 1, 32, 32)
+    logits, recon = net(x)
+    assert logits.shape == recon.shape == (2, 1, 32, 32)
+    assert torch.equal(logits, unet(x))  # the head does not change the segmentation
+    assert 0 <= float(recon.min()) and float(recon.max()) <= 1
+    assert torch.allclose(net.score(x), (x - recon).abs().mean(dim=(1, 2, 3)))
+
+
+def test_recon_error_known_value():
+    x = torch.zeros(2, 1, 4, 4)
+    r = torch.zeros(2, 1, 4, 4)
+    r[1, 0, :2] = 0.5  # half of the pixels off by 0.5
+    assert recon_error(x, r).tolist() == pytest.approx([0.0, 0.25])
+
+
+def test_warm_start_enters_the_hash_and_loads_the_weights(toy, tmp_path):
+    src = train_model(_cfg(epochs=1, name="src"), toy, tmp_path, progress=False)
+    warm = {"warm_start": src.folder.name}
+    a = _cfg(epochs=1, name="warm", lr=0.0, recipe="standard", recipe_params=warm)
+    assert a.config_hash(toy) != _cfg(epochs=1, name="warm", lr=0.0).config_hash(toy)
+    assert a.config_hash(toy) != _cfg(epochs=1, name="warm", lr=0.0, recipe_params={"warm_start": "other-123"}).config_hash(toy)
+    res = train_model(a, toy, tmp_path, progress=False)  # lr 0: the weights stay the source's
+    for k, v in load_weights(src.folder)["model"].items():
+        assert torch.equal(v, load_weights(res.folder)["model"][k]), k
+
+
+def test_frozen_recon_head_training_keeps_the_unet_and_learns_to_reconstruct(toy, tmp_path):
+    src = train_model(_cfg(epochs=1, name="src"), toy, tmp_path, progress=False)
+    cfg = _cfg(epochs=6, patience=6, name="head", recipe="recon-head",
+               recipe_params={"frozen": True, "hidden": 4, "warm_start": src.folder.name})
+    res = train_model(cfg, toy, tmp_path, progress=False)
+    assert res.epochs_run == 6
+    net = load_seg_recon(res)
+    source = load_best(src)
+    for (k, v), w in zip(source.state_dict().items(), net.unet.state_dict().values()):
+        assert torch.equal(v, w), k  # frozen: the segmentation network is the warm-start model
+    torch.manual_seed(0)
+    untrained = SegRecon(source, ReconstructionHead(feature_channels(source), hidden=4)).eval()
+    from xrlib.training.data import load_tensors, select_images
+
+    x, _ = load_tensors(select_images(toy, ["Real"], "train"), toy)
+    with torch.no_grad():
+        assert float(net.score(x).mean()) < float(untrained.score(x).mean())
+    with pytest.raises(InputError, match="not a 'recon-head' model"):
+        load_seg_recon(src)
+
+
+def test_ood_attack_pulls_the_mask_towards_the_target_inside_the_ball(toy, tmp_path):
+    src = train_model(_cfg(epochs=2, name="src"), toy, tmp_path, progress=False)
+    unet = load_best(src)
+    torch.manual_seed(0)
+    net = SegRecon(unet, ReconstructionHead(feature_channels(unet), hidden=4)).eval()
+    s = pgd_settings(load_profile("smoke"))
+    s = dataclasses.replace(s, ood=dataclasses.replace(s.ood, eps=0.3, steps=10, step_fraction=0.1))
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 1, (3, 32, 32)).astype(np.float32)  # noise: out of distribution
+    yy, xx = np.mgrid[:32, :32]
+    target = ((yy - 16) ** 2 + (xx - 16) ** 2 <= 36).astype(np.float32)
+    targets = np.stack([target] * 3)
+    adv = ood.ood_attack(net, images, targets, s)
+    assert np.abs(adv - images).max() <= 0.3 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    from xrlib.nets.losses import dice_per_image
+
+    with torch.no_grad():
+        before = dice_per_image(unet(torch.from_numpy(images)[:, None]), torch.from_numpy(targets)[:, None]).mean()
+        after = dice_per_image(unet(torch.from_numpy(adv)[:, None]), torch.from_numpy(targets)[:, None]).mean()
+    assert float(after) > float(before) + 0.1

@@ -1,0 +1,60 @@
+"""Chapter 09's headline (``<run>/pgd/headline.md``): worst-case Dice under attack, masking checks, OOD AUROC."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from xrlib.core.atomic import write_text_atomic
+from xrlib.core.profiles import Profile
+from xrlib.studies.pgd.settings import PGDSettings
+
+__all__ = ["HEADLINE", "headline_markdown", "write_headline"]
+
+#: Where the chapter writes its section, relative to the run folder.
+HEADLINE = Path("pgd") / "headline.md"
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(v).replace("|", "\\|") for v in r) + " |" for r in rows])
+
+
+def headline_markdown(cfg: Profile, s: PGDSettings, worst: pd.DataFrame, checks: pd.DataFrame, aurocs: pd.DataFrame,
+                      n_subjects: int, n_alphas: int) -> str:
+    """Min Dice per model and ε, the gradient-masking checks passed, and the OOD AUROC per condition."""
+    eps = sorted(worst["budget"].unique())
+    rows = []
+    for model in dict.fromkeys(worst["model"]):
+        m = worst[worst["model"] == model].set_index("budget")["min Dice"]
+        rows.append([model] + [f"{m.get(e, np.nan):.3f}" for e in eps])
+    weak = " — a weak attack" if s.steps < 100 else ""
+    failed = checks[~checks["pass"].astype(bool)]
+    check_text = (f"Gradient-masking checks at ε = {s.check.budget:g}: {int(checks['pass'].sum())} of {len(checks)} passed"
+                  + ("." if failed.empty else "; failed: " + "; ".join(f"{r.model} ({r.check})" for r in failed.itertuples()) + "."))
+    auc = "; ".join(f"{r.condition}: {r.AUROC:.2f}" for r in aurocs.itertuples())
+    lines = [
+        f"**PGD/SegPGD on the network input — profile {cfg.name}: mean Dice (minimum over L∞ PGD and SegPGD where "
+        f"both ran) on {n_subjects} synthetic test subject(s) × {n_alphas} angle(s); {s.steps}-step attacks{weak}, "
+        f"step ε·{s.step_fraction:g}; test subjects are virtual subjects of one CT.** ε in [0, 1] image units; "
+        f"ε = 0 is the clean image. Defenses: fine-tuned from U-Net(Real+Syn_all) for {s.defense.epochs} epoch(s) "
+        f"with {s.defense.steps}-step PGD (ε = {s.defense.eps:g})." if s.defense.warm_start else
+        f"**PGD/SegPGD on the network input — profile {cfg.name}: mean Dice (minimum over the attacks run) on "
+        f"{n_subjects} test subject(s) × {n_alphas} angle(s), {s.steps}-step attacks{weak}.** Defenses trained "
+        f"{s.defense.epochs} epochs with {s.defense.steps}-step PGD (ε = {s.defense.eps:g}).",
+        "",
+        _table(["model"] + [f"ε = {e:g}" for e in eps], rows),
+        "",
+        check_text + f" Reconstruction-error OOD detector (AUROC, 0.5 = chance): {auc}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_headline(cfg: Profile, s: PGDSettings, run: Path, **tables) -> Path:
+    """Write :func:`headline_markdown` to ``<run>/pgd/headline.md``."""
+    path = Path(run) / HEADLINE
+    write_text_atomic(path, headline_markdown(cfg, s, **tables))
+    return path

@@ -1,0 +1,295 @@
+"""Chapter 09: PGD and SegPGD against the study models and their input-attack defenses.
+
+The victims are the three study U-Nets of chapter 05 and three defenses trained on the data of
+U-Net(Real+Syn_all) (:func:`defense_configs`): PGD adversarial training (``+PGD-AT``), SegPGD
+adversarial training (``+SegPGD-AT``) and uniform-noise training (``+noise``), warm-started from
+that study model when the profile says so. Every victim is attacked on the synthetic test
+subjects at the profile's angles (:func:`attack_grid`): L∞ PGD at every budget, SegPGD at the
+profile's SegPGD budgets, L2 PGD when the profile asks. Per model and ε the robustness number is
+the *minimum* mean Dice over the attacks run (:func:`worst_case`), and :func:`masking_checks`
+tests the attack for gradient masking (more steps, restarts with another seed, transfer from the
+other victims).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from xrlib.attacks import defenses  # noqa: F401  (registers the defense recipes)
+from xrlib.attacks.base import TestImages, score_threat
+from xrlib.attacks.pgd import PGDThreat, SegPGDThreat, l2_budgets
+from xrlib.core.profiles import Profile
+from xrlib.eval.metrics import dice
+from xrlib.eval.predict import predict
+from xrlib.eval.robustness import robustness_curve, write_robustness
+from xrlib.eval.stats import bootstrap_by_group
+from xrlib.studies.pgd.settings import PGDSettings
+from xrlib.studies.robustness import _syn_test
+from xrlib.studies.rotation import study
+from xrlib.studies.rotation.groups import GROUP_ORDER, alpha_group
+from xrlib.studies.rotation.models import study_configs
+from xrlib.training import TrainConfig, TrainResult, load_best, train_all
+from xrlib.training.config import safe_name
+
+__all__ = ["BASE_MODEL", "DEFENSES", "attack_grid", "by_alpha_group", "curves", "defense_configs", "defense_cost",
+           "load_examples", "masking_checks", "masking_summary", "paper_comparison", "test_images", "train_defenses", "triplets",
+           "victims", "worst_case", "defense_tradeoff", "describe"]
+
+#: The study model whose data the defenses train on.
+BASE_MODEL = "U-Net(Real+Syn_all)"
+#: Name suffix → training recipe of the defenses.
+DEFENSES = {"+PGD-AT": "pgd-adversarial", "+SegPGD-AT": "segpgd-adversarial", "+noise": "uniform-noise"}
+#: The folder (under the run) of this chapter's artifacts.
+FOLDER = "pgd"
+
+
+def test_images(profile: Profile, run: Path, s: PGDSettings) -> TestImages:
+    """The Syn_test images at the profile's angles (all angles when ``alphas`` is null)."""
+    return _syn_test(profile, Path(run), s.alphas)
+
+
+def base_folder(profile: Profile, run: Path) -> str:
+    """The model folder name of U-Net(Real+Syn_all) (its configuration hash is in the name)."""
+    return study.study_models(profile, Path(run), [BASE_MODEL])[BASE_MODEL].folder.name
+
+
+def defense_configs(profile: Profile, run: Path, s: PGDSettings) -> list[TrainConfig]:
+    """The three defenses: U-Net(Real+Syn_all)'s configuration with a defense recipe.
+
+    Epochs and patience = ``defense.epochs``, Adam lr = ``defense.lr``; adversarial training with
+    L∞ PGD (``eps``, ``steps``, ``step_size``), noise training with ``max_noise``. With
+    ``defense.warm_start`` the recipe starts from the study model's folder, whose name (with its
+    configuration hash) enters the defense's cache hash through the recipe parameters.
+    """
+    base = {c.name: c for c in study_configs(profile)}[BASE_MODEL]
+    d = s.defense
+    warm = {"warm_start": base_folder(profile, run)} if d.warm_start else {}
+    out = []
+    for suffix, recipe in DEFENSES.items():
+        params = ({"max_noise": d.max_noise} if recipe == "uniform-noise" else
+                  {"eps": d.eps, "steps": d.steps, "step_size": d.step_size, "norm": "linf"})
+        out.append(dataclasses.replace(base, name=BASE_MODEL + suffix, lr=d.lr, epochs=d.epochs, patience=d.epochs,
+                                       recipe=recipe, recipe_params={**params, **warm}))
+    return out
+
+
+def train_defenses(profile: Profile, run: Path, s: PGDSettings, progress: bool = True) -> dict[str, TrainResult]:
+    """Train (or load from the cache) the defenses in ``<run>/models``."""
+    return train_all(defense_configs(profile, run, s), study.datasets_dir(Path(run)), Path(run) / "models",
+                     progress=progress, imports=("xrlib.attacks.defenses",))
+
+
+def victims(profile: Profile, run: Path, defended: Mapping[str, TrainResult]) -> dict[str, torch.nn.Module]:
+    """The study models and the defenses, loaded in eval mode (study models first)."""
+    trained = {**study.study_models(profile, Path(run)), **defended}
+    return {name: load_best(res) for name, res in trained.items()}
+
+
+def defense_cost(results: Mapping[str, TrainResult]) -> pd.DataFrame:
+    """Per defense: epochs run, best epoch, best validation Dice and training time (s)."""
+    return pd.DataFrame([{"model": n, "recipe": r.config.get("recipe"), "epochs run": r.epochs_run,
+                          "best epoch": r.best_epoch, "best val Dice": r.best_val_dice, "time (s)": r.seconds}
+                         for n, r in results.items()]).round(3)
+
+
+def _threats(profile: Profile, s: PGDSettings) -> dict[str, PGDThreat]:
+    common = dict(steps=s.steps, step_fraction=s.step_fraction, seed=s.seed)
+    out = {"pgd": PGDThreat(grid=s.grid, **common), "segpgd": SegPGDThreat(grid=(0.0, *s.segpgd_budgets), **common)}
+    if s.l2:
+        out["pgd-l2"] = PGDThreat(grid=(0.0, *l2_budgets(profile.image_size, s.budgets)), norm="l2", **common)
+    return out
+
+
+def attack_grid(profile: Profile, run: Path, s: PGDSettings, models: Mapping[str, torch.nn.Module], test: TestImages,
+                progress: bool = False) -> dict[str, pd.DataFrame]:
+    """Contract rows per attack (``pgd``, ``segpgd``, and ``pgd-l2`` when asked) for every victim.
+
+    ``pgd`` and ``segpgd`` are written to ``<run>/robustness/<threat>.csv`` (the book's results
+    contract, L∞); the L2 rows go to ``<run>/pgd/pgd_l2.csv``. The L∞ PGD images are saved per model
+    and budget under ``<run>/pgd/examples/`` (for the transfer check and the figures).
+    """
+    run = Path(run)
+    out = {}
+    for key, threat in _threats(profile, s).items():
+        ex = run / FOLDER / "examples" if key == "pgd" else None
+        df = score_threat(threat, models, test, study.pixel_mm(profile), groups=alpha_group, progress=progress,
+                          examples_dir=ex)
+        out[key] = df
+        if key == "pgd-l2":
+            from xrlib.core.atomic import write_csv_atomic
+
+            write_csv_atomic(run / FOLDER / "pgd_l2.csv", df)
+        else:
+            write_robustness(df, run, key)
+    return out
+
+
+def load_examples(run: Path, model: str, budget: float, threat: str = "pgd") -> dict[str, np.ndarray]:
+    """The saved clean/adversarial images, masks and probabilities of ``model`` at ``budget``."""
+    path = Path(run) / FOLDER / "examples" / threat / safe_name(model) / f"budget_{budget:g}.npz"
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def worst_case(results: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per model and L∞ ε: mean Dice of each attack run and the minimum over them (the robustness number).
+
+    Columns: ``model``, ``budget``, one column per attack (``pgd``, ``segpgd``; empty where it did not
+    run), ``min Dice``, ``strongest`` (the attack reaching it).
+    """
+    frames = [df.groupby(["model", "budget"], sort=False)["dice"].mean().rename(k) for k, df in results.items()
+              if k in ("pgd", "segpgd")]
+    out = pd.concat(frames, axis=1).reset_index()
+    attacks = [c for c in ("pgd", "segpgd") if c in out.columns]
+    out["min Dice"] = out[attacks].min(axis=1)
+    out["strongest"] = out[attacks].idxmin(axis=1)
+    out.loc[out["budget"] == 0, "strongest"] = "clean"
+    order = list(dict.fromkeys(results["pgd"]["model"]))
+    out["_m"] = out["model"].map({m: i for i, m in enumerate(order)})
+    return out.sort_values(["_m", "budget"]).drop(columns="_m").reset_index(drop=True).round(4)
+
+
+def curves(results: Mapping[str, pd.DataFrame], metric: str = "dice", seed: int = 0) -> pd.DataFrame:
+    """Mean ``metric`` vs ε per model and attack with subject-clustered bootstrap CIs (``attrs['note']``)."""
+    parts, note = [], ""
+    for key, df in results.items():
+        c = robustness_curve(df, metric, seed=seed)
+        note = note or c.attrs.get("note", "")
+        parts.append(c.assign(attack=key))
+    out = pd.concat(parts, ignore_index=True)
+    out.attrs["note"] = note
+    return out
+
+
+def by_alpha_group(df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Mean Dice per model, ε and α group with subject-clustered CIs (does a rotated patient fall faster?)."""
+    return bootstrap_by_group(df, "dice", by=("model", "budget", "alpha_group"), seed=seed,
+                              orders={"alpha_group": GROUP_ORDER})
+
+
+# ----------------------------------------------------------------------------------------- masking checks
+
+
+def _mean_dice(model: torch.nn.Module, images: np.ndarray, masks: np.ndarray) -> float:
+    p, _ = predict(model, (images, masks))
+    return float(np.mean([dice(a, b) for a, b in zip(p, masks)]))
+
+
+def masking_checks(profile: Profile, s: PGDSettings, models: Mapping[str, torch.nn.Module], test: TestImages,
+                   results: Mapping[str, pd.DataFrame], run: Path) -> pd.DataFrame:
+    """Gradient-masking checks at ``check.budget`` (L∞), one row per model × check.
+
+    * ``more steps`` — PGD with ``check.steps`` steps must not give a mean Dice above the N-step
+      attack's by more than ``check.tolerance``;
+    * ``restarts`` — ``check.restarts`` restarts of N steps from another seed (so neither run contains
+      the other), same rule;
+    * ``transfer from M`` — the N-step PGD images made on victim M, fed to this model, must not
+      reach a mean Dice below the white-box attack's by more than the tolerance.
+
+    Columns: ``model``, ``check``, ``white-box Dice`` (N-step PGD), ``check Dice``, ``difference``
+    (check − white-box), ``pass``. The checks run on ``check.models`` (all victims when null); the
+    transfer checks use every other victim as the source.
+    """
+    c = s.check
+    wb = results["pgd"][np.isclose(results["pgd"]["budget"], c.budget)].groupby("model", sort=False)["dice"].mean()
+    names = list(models) if c.models is None else [m for m in c.models if m in models]
+    rows = []
+
+    def add(model, check, value, stronger_is_bad):
+        diff = value - float(wb[model])
+        ok = diff <= c.tolerance if stronger_is_bad else diff >= -c.tolerance
+        rows.append({"model": model, "check": check, "white-box Dice": float(wb[model]), "check Dice": value,
+                     "difference": diff, "pass": bool(ok)})
+
+    common = dict(grid=s.grid, step_fraction=s.step_fraction)
+    more = PGDThreat(steps=c.steps, seed=s.seed, **common)
+    restart = PGDThreat(steps=s.steps, restarts=c.restarts, seed=s.seed + 1, **common)
+    images, masks = np.asarray(test.images, np.float32), test.masks
+    for name in names:
+        m = models[name]
+        add(name, f"more steps ({c.steps})", _mean_dice(m, more.attack(m, images, masks, c.budget), masks), True)
+        add(name, f"restarts ({c.restarts} × {s.steps}, seed {s.seed + 1})",
+            _mean_dice(m, restart.attack(m, images, masks, c.budget), masks), True)
+        for source in models:
+            if source != name:
+                adv = load_examples(run, source, c.budget)["image"]
+                add(name, f"transfer from {source}", _mean_dice(m, adv, masks), False)
+    return pd.DataFrame(rows).round(4)
+
+
+def masking_summary(checks: pd.DataFrame) -> pd.DataFrame:
+    """Per model and kind of check (more steps / restarts / transfer): checks run and passed."""
+    kind = checks["check"].str.split(" ").str[0]
+    return (checks.assign(kind=kind).groupby(["model", "kind"], sort=False)["pass"]
+            .agg(run="size", passed="sum").reset_index())
+
+
+def triplets(run: Path, models: Sequence[str], budget: float, index: int = 0) -> list[dict]:
+    """Per model: the clean image, the perturbation, the adversarial image and both predictions at ``budget``."""
+    out = []
+    for m in models:
+        ex = load_examples(run, m, budget)
+        out.append({"model": m, "clean": ex["clean_image"][index], "adv": ex["image"][index],
+                    "truth": ex["mask"][index], "p_clean": ex["clean_prob"][index], "p_adv": ex["prob"][index],
+                    "title": f"{ex['subject'][index]} · α = {float(ex['alpha'][index]):+g}°"})
+    return out
+
+
+def paper_comparison(worst: pd.DataFrame) -> pd.DataFrame:
+    """Our minimum Dice per ε (base model and its defenses) beside paper 002's Table 3 rows.
+
+    Rows: ours (``this build: <model>``) and the paper's analogues (``paper 002: <row>``); columns:
+    the ε of this build that the paper also reports; ``source`` says where each row comes from.
+    """
+    from xrlib.studies.pgd.paper import ANALOGUES, PAPER_EPS, PAPER_TABLE3, SOURCE
+
+    eps = [e for e in sorted(worst["budget"].unique()) if np.isclose(PAPER_EPS, e).any()]
+    rows = []
+    for suffix, paper_row in ANALOGUES.items():
+        m = worst[worst["model"] == BASE_MODEL + suffix]
+        if m.empty:
+            continue
+        ours = {f"ε = {e:g}": float(m.loc[np.isclose(m["budget"], e), "min Dice"].iloc[0]) for e in eps}
+        rows.append({"row": f"this build: {BASE_MODEL + suffix}", **ours, "source": "min Dice over the attacks run"})
+        theirs = {f"ε = {e:g}": PAPER_TABLE3[paper_row][int(np.argmin(np.abs(np.asarray(PAPER_EPS) - e)))] for e in eps}
+        rows.append({"row": f"paper 002: {paper_row}", **theirs, "source": SOURCE})
+    return pd.DataFrame(rows).set_index("row")
+
+
+def defense_tradeoff(worst: pd.DataFrame) -> pd.DataFrame:
+    """The base model and its defenses: clean Dice, its change against the base model (the
+    clean-accuracy cost of a defense), and the minimum Dice under attack at every ε."""
+    names = [m for m in dict.fromkeys(worst["model"]) if m.startswith(BASE_MODEL)]
+    wide = worst[worst["model"].isin(names)].pivot(index="model", columns="budget", values="min Dice").reindex(names)
+    clean = wide[0.0]
+    out = pd.DataFrame({"clean Dice": clean, "clean Δ vs base": clean - clean.get(BASE_MODEL, np.nan)})
+    for e in [b for b in wide.columns if b != 0]:
+        out[f"min Dice @ ε = {e:g}"] = wide[e]
+    return out.round(4)
+
+
+def describe(profile: Profile, s: PGDSettings, test: TestImages) -> str:
+    """What this profile runs, in words (sizes, steps, models, surrogates)."""
+    d, o, c = s.defense, s.ood, s.check
+    weak = " — a weak attack (paper 002: N = 100)" if s.steps < 100 else " (paper 002's N)"
+    return "\n".join([
+        f"profile {profile.name}: {test.rows['subject'].nunique()} Syn_test subject(s) × {test.rows['alpha'].nunique()} "
+        f"angle(s) = {len(test.rows)} images of {profile.image_size}² px",
+        f"L∞ PGD at ε ∈ {{{', '.join(f'{e:g}' for e in s.budgets)}}}, N = {s.steps} steps of ε·{s.step_fraction:g}{weak}, "
+        f"random start, 1 restart; SegPGD at ε ∈ {{{', '.join(f'{e:g}' for e in s.segpgd_budgets)}}}; "
+        + (f"L2 PGD at radii ε·{profile.image_size}" if s.l2 else "no L2 attack (paper profile only)"),
+        f"gradient-masking checks at ε = {c.budget:g}: {c.steps} steps; {c.restarts} restarts of {s.steps} steps "
+        f"(seed {s.seed + 1}); transfer from every other victim; tolerance {c.tolerance:g} in mean Dice; "
+        f"models: {'all' if c.models is None else ', '.join(c.models)}",
+        f"defenses on {BASE_MODEL}'s data: {'warm-started from it, ' if d.warm_start else 'from scratch, '}"
+        f"{d.epochs} epoch(s), Adam lr {d.lr:g}; adversarial training with {d.steps}-step L∞ PGD/SegPGD at ε = {d.eps:g}, "
+        f"step {d.step_size:g}; noise training with U[−{d.max_noise:g}, {d.max_noise:g}]",
+        f"OOD: reconstruction head on the frozen {BASE_MODEL}, {o.head_epochs} epoch(s); attack L∞ ε = {o.eps:g}, "
+        f"{o.steps} steps of ε·{o.step_fraction:g}, reconstruction weight {o.recon_weight:g} in (c)",
+    ])
