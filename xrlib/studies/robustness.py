@@ -25,7 +25,7 @@ from xrlib.studies.rotation import study
 from xrlib.studies.rotation.groups import GROUP_ORDER, alpha_group
 from xrlib.training import load_best
 
-__all__ = ["THREATS", "ThreatRun", "run_threat", "threat_summary"]
+__all__ = ["THREATS", "ThreatRun", "run_threat", "syn_test_images", "threat_summary"]
 
 
 def _syn_test(profile: Profile, run: Path, alphas: Sequence[float] | None = None) -> TestImages:
@@ -37,6 +37,10 @@ def _syn_test(profile: Profile, run: Path, alphas: Sequence[float] | None = None
     if not keep.any():
         raise InputError(None, f"no Syn_test image at the angles {list(alphas)}")
     return test.subset(keep)
+
+
+#: Public name of :func:`_syn_test` for the chapters.
+syn_test_images = _syn_test
 
 
 def _rotation(profile: Profile, run: Path) -> tuple[Threat, TestImages]:
@@ -56,8 +60,28 @@ def _input_attack(kind: type[PGDThreat]):
     return build
 
 
+def _deformation(profile: Profile, run: Path, alphas: Sequence[float] | None = None, method: str = "per-image",
+                 variant: str = "DV", **options) -> tuple[Threat, TestImages]:
+    """The deformation + bias-field threat (:class:`xrlib.attacks.deformation.DeformationThreat`) with the
+    profile's ``learned:`` settings (fields, per-image search, generator); options: ``alphas`` (default
+    ``learned.alphas``), ``method`` (``per-image`` or ``generator``), ``variant`` (``DV``, ``D``, ``V``),
+    ``seed``, ``batch_size``, ``grid`` (ξ budgets) and any field of
+    :class:`~xrlib.attacks.deformation.FieldSettings` (e.g. ``steps``)."""
+    from xrlib.attacks.deformation import DeformationThreat
+    from xrlib.studies.learned.config import learned_settings
+    from xrlib.studies.learned.study import train_images
+
+    s = learned_settings(profile)
+    train = train_images(profile, run) if method == "generator" else None
+    kw = {k: options.pop(k) for k in ("seed", "batch_size", "grid") if k in options}
+    th = DeformationThreat(method=method, fields=s.variant(variant), generator=s.generator, train_images=train,
+                           pixel_mm=s.pixel_mm, **kw, **options)
+    return th, _syn_test(profile, run, s.alphas if alphas is None else alphas)
+
+
 #: Threat name → builder ``(profile, run, **options)`` of the threat and its test images.
-THREATS = {"rotation": _rotation, "pgd": _input_attack(PGDThreat), "segpgd": _input_attack(SegPGDThreat)}
+THREATS = {"rotation": _rotation, "pgd": _input_attack(PGDThreat), "segpgd": _input_attack(SegPGDThreat),
+           "deformation": _deformation}
 
 
 @dataclass
