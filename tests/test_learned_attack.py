@@ -157,6 +157,10 @@ def test_bad_threat_options_and_profile_block(tmp_path):
         DeformationThreat(method="generator")
     with pytest.raises(InputError, match="bad field options"):
         DeformationThreat(wobble=1)
+    for name in ("smoke", "quick", "paper"):  # the shipped blocks parse, and their bounds cannot fold
+        prof = load_profile(name)
+        s = learned_settings(prof)
+        assert s.fields.max_disp_px < (prof.image_size - 1) / (s.fields.grid - 1) / 4
     cfg = yaml.safe_load((PROFILES_DIR / "smoke.yml").read_text())
     cfg["learned"]["defense"]["generator"] = "sometimes"
     path = tmp_path / "bad.yml"

@@ -34,7 +34,7 @@ from xrlib.training import TrainConfig, TrainResult, load_best, select_images
 from xrlib.training import train_all as _train_all
 from xrlib.training.checkpoint import cached_result
 
-__all__ = ["DEFENDED_SUFFIX", "defense_config", "defense_table", "example_rows", "method_comparison", "run_attacks",
+__all__ = ["DEFENDED_SUFFIX", "compare_paper", "defense_config", "defense_table", "example_rows", "method_comparison", "run_attacks",
            "table1", "test_images", "train_defense", "train_images", "victim_model"]
 
 DEFENDED_SUFFIX = "+DV-adv"
@@ -194,3 +194,27 @@ def example_rows(threat: DeformationThreat, model, test: TestImages, index: int 
                      "prob_adv": predict(model, (adv, mw[None]))[0][0], "mask": test.masks[index], "mask_warped": mw,
                      "subject": str(test.rows["subject"].iloc[index]), "alpha": float(test.rows["alpha"].iloc[index])})
     return rows
+
+
+def compare_paper(ours: pd.DataFrame) -> pd.DataFrame:
+    """Our :func:`table1` (per-image rows) beside paper 004's Table 1 for the trend: our mean Dice (%, unwarped
+    truth, as the paper scores), success rate and p/std against the paper's mean Dice over its four organs,
+    the number of organs it attacked successfully (Dice below its 30 % decrease row) and its p (unit-std images)."""
+    from xrlib.studies.learned.paper import ORGANS, paper_table1
+
+    paper = paper_table1()
+    threshold = paper.loc["30% decrease", list(ORGANS)]
+    rows = {}
+    for label in paper.index:
+        key = label.replace("ξ=1.0", "ξ=1").replace("ξ=2.0", "ξ=2").replace("ξ=3.0", "ξ=3")
+        if key not in ours.index:
+            continue
+        o, p = ours.loc[key], paper.loc[label]
+        attacked = label not in ("clean", "30% decrease")
+        rows[label] = {"ours: Dice unwarped %": o["Dice unwarped"],
+                       "ours: success unwarped %": o.get("success unwarped %") if attacked else float("nan"),
+                       "ours: p/std": o.get("p/std") if attacked else float("nan"),
+                       "paper: mean Dice %": p[list(ORGANS)].mean(),
+                       "paper: organs attacked": int((p[list(ORGANS)] <= threshold).sum()) if attacked else pd.NA,
+                       "paper: p": p["p"]}
+    return pd.DataFrame.from_dict(rows, orient="index").round(3)
