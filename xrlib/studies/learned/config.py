@@ -8,8 +8,8 @@ Example (``book/profiles/quick.yml``)::
       xi: [0.5, 1.0, 1.5, 2.0, 2.5, 3.0]   # per-image search: the ξ grid (variant D+V)
       ablation_xi: 2.0                     # D-only and V-only at this ξ
       fields: {grid: 8, max_displacement_mm: 8.0, max_bias: 0.1, lambda_d: 0.1, lambda_v: 0.01}
-      per_image: {steps: 8, lr: 0.1, init_std: 0.1}
-      generator: {xi: [2.0], variants: [DV], steps: 100, batch_size: 2, lr: 0.001, critic_steps: 1,
+      per_image: {steps: 10, lr: 0.1, init_std: 0.1}
+      generator: {xi: [2.0], variants: [DV], steps: 200, batch_size: 4, lr: 0.001, critic_steps: 1,
                   gp_weight: 10.0, z_channels: 4, width: 8}
       defense: {epochs: 1, lr: 0.001, attack_steps: 2, xi: 2.0, eval_xi: [2.0], generator: transfer}
 
