@@ -215,7 +215,7 @@ def _add_robustness(sub) -> None:
     p.add_argument("--budgets", nargs="+", type=_finite(float, "--budgets"), metavar="B",
                    help="budgets to run, in the threat's unit (default: the threat's grid)")
     p.add_argument("--run-root", type=Path, help="artifacts root (default <repo>/runs)")
-    attack = p.add_argument_group("input attacks (pgd, segpgd) and the pose search (pose: --steps only)")
+    attack = p.add_argument_group("attacks (pgd, segpgd, deformation) and the pose search (pose: --steps only)")
     attack.add_argument("--steps", type=_finite(int, "--steps", positive=True),
                         help="attack steps N (default 10; pose: the profile's pose.steps)")
     attack.add_argument("--norm", choices=("linf", "l2"), help="perturbation norm (default linf)")
@@ -223,6 +223,9 @@ def _add_robustness(sub) -> None:
                         help="random restarts; the worst per image is kept (default 1)")
     attack.add_argument("--alphas", nargs="+", type=_finite(float, "--alphas"), metavar="DEG",
                         help="attack only the synthetic test images at these angles (default all)")
+    attack.add_argument("--method", choices=("per-image", "generator"),
+                        help="deformation: per-image search or a trained generator (default per-image)")
+    attack.add_argument("--variant", choices=("DV", "D", "V"), help="deformation: fields D+V, D only or V only (default DV)")
     p.add_argument("--save-examples", type=Path, metavar="DIR",
                    help="also save clean and threatened images, masks and predictions per model and budget (.npz)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -237,7 +240,8 @@ def _cmd_robustness(args) -> int:
     from xrlib.studies.robustness import run_threat
 
     profile = load_profile(args.profile)
-    options = {k: getattr(args, k) for k in ("steps", "norm", "restarts", "alphas") if getattr(args, k) is not None}
+    options = {k: getattr(args, k) for k in ("steps", "norm", "restarts", "alphas", "method", "variant")
+               if getattr(args, k) is not None}
     out = run_threat(profile, run_dir(profile.name, args.run_root), args.threat, args.models, args.budgets,
                      progress=not args.no_progress, examples_dir=args.save_examples, **options)
     with pd.option_context("display.width", 120):

@@ -25,10 +25,10 @@ from xrlib.studies.rotation import study
 from xrlib.studies.rotation.groups import GROUP_ORDER, alpha_group
 from xrlib.training import load_best
 
-__all__ = ["THREATS", "ThreatRun", "run_threat", "threat_summary"]
+__all__ = ["THREATS", "ThreatRun", "run_threat", "syn_test_images", "threat_summary"]
 
 
-def _syn_test(profile: Profile, run: Path, alphas: Sequence[float] | None = None) -> TestImages:
+def syn_test_images(profile: Profile, run: Path, alphas: Sequence[float] | None = None) -> TestImages:
     """The Syn_test images of the run (all angles, or only ``alphas``)."""
     test = TestImages.from_manifest(study.test_sets(run, profile.synthetic.cen_alphas)["Syn_test"], study.datasets_dir(run))
     if alphas is None:
@@ -40,7 +40,7 @@ def _syn_test(profile: Profile, run: Path, alphas: Sequence[float] | None = None
 
 
 def _rotation(profile: Profile, run: Path) -> tuple[Threat, TestImages]:
-    return RotationThreat(profile.synthetic.alphas), _syn_test(profile, run)
+    return RotationThreat(profile.synthetic.alphas), syn_test_images(profile, run)
 
 
 def _input_attack(kind: type[PGDThreat]):
@@ -49,7 +49,7 @@ def _input_attack(kind: type[PGDThreat]):
             th = kind(image_size=profile.image_size, **options)
         except TypeError as exc:
             raise InputError(None, f"threat {kind.name!r}: bad options {sorted(options)} ({exc})") from None
-        return th, _syn_test(profile, run, alphas)
+        return th, syn_test_images(profile, run, alphas)
 
     build.__doc__ = (f"The {kind.name} threat (options: ``alphas`` — restrict the Syn_test images to these angles — and "
                      f"the parameters of :class:`{kind.__module__}.{kind.__name__}`) and its test images.")
@@ -77,9 +77,28 @@ def _noise(profile: Profile, run: Path, **options) -> tuple[Threat, TestImages]:
     return th, th.test
 
 
+def _deformation(profile: Profile, run: Path, alphas: Sequence[float] | None = None, method: str = "per-image",
+                 variant: str = "DV", **options) -> tuple[Threat, TestImages]:
+    """The deformation + bias-field threat (:class:`xrlib.attacks.deformation.DeformationThreat`) with the
+    profile's ``learned:`` settings (fields, per-image search, generator); options: ``alphas`` (default
+    ``learned.alphas``), ``method`` (``per-image`` or ``generator``), ``variant`` (``DV``, ``D``, ``V``),
+    ``seed``, ``batch_size``, ``grid`` (ξ budgets) and any field of
+    :class:`~xrlib.attacks.deformation.FieldSettings` (e.g. ``steps``)."""
+    from xrlib.attacks.deformation import DeformationThreat
+    from xrlib.studies.learned.config import learned_settings
+    from xrlib.studies.learned.study import train_images
+
+    s = learned_settings(profile)
+    train = train_images(profile, run) if method == "generator" else None
+    kw = {k: options.pop(k) for k in ("seed", "batch_size", "grid") if k in options}
+    th = DeformationThreat(method=method, fields=s.variant(variant), generator=s.generator, train_images=train,
+                           pixel_mm=s.pixel_mm, **kw, **options)
+    return th, syn_test_images(profile, run, s.alphas if alphas is None else alphas)
+
+
 #: Threat name → builder ``(profile, run, **options)`` of the threat and its test images.
 THREATS = {"rotation": _rotation, "pgd": _input_attack(PGDThreat), "segpgd": _input_attack(SegPGDThreat),
-           "noise": _noise, "pose": _pose}
+           "noise": _noise, "pose": _pose, "deformation": _deformation}
 
 
 @dataclass

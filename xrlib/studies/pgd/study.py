@@ -30,7 +30,7 @@ from xrlib.eval.predict import predict
 from xrlib.eval.robustness import robustness_curve, write_robustness
 from xrlib.eval.stats import bootstrap_by_group
 from xrlib.studies.pgd.settings import PGDSettings
-from xrlib.studies.robustness import _syn_test
+from xrlib.studies.robustness import syn_test_images
 from xrlib.studies.rotation import study
 from xrlib.studies.rotation.groups import GROUP_ORDER, alpha_group
 from xrlib.studies.rotation.models import study_configs
@@ -51,7 +51,7 @@ FOLDER = "pgd"
 
 def test_images(profile: Profile, run: Path, s: PGDSettings) -> TestImages:
     """The Syn_test images at the profile's angles (all angles when ``alphas`` is null)."""
-    return _syn_test(profile, Path(run), s.alphas)
+    return syn_test_images(profile, Path(run), s.alphas)
 
 
 def base_folder(profile: Profile, run: Path) -> str:
