@@ -207,3 +207,14 @@ def test_book_passes_the_executor_only_to_notebooks_that_take_it(tmp_path):
     assert "executor" in RESERVED
     with pytest.raises(BookUsageError, match="set 'executor' with --executor, not -p"):
         execute_stages("smoke", overrides={"executor": "ray"}, book_dir=tmp_path)
+
+
+def test_ray_attack_rows_equal_the_local_ones(ex, toy_run):
+    from xrlib.studies import robustness
+
+    profile, run, _ = toy_run
+    kw = dict(threat="pgd", alphas=[0.0], steps=2, grid=(0.0, 0.05), budgets=[0.05])
+    local = robustness.run_threat(profile, run, **kw).results
+    on_ray = robustness.run_threat(profile, run, executor=ex, **kw).results  # one task per study model
+    assert local["model"].nunique() == 3
+    pd.testing.assert_frame_equal(local, on_ray)
