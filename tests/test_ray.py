@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 ray = pytest.importorskip("ray", reason="the optional Ray extra (pip install 'xrlib[ray]'; make setup installs it)")
 
@@ -214,7 +215,12 @@ def test_ray_attack_rows_equal_the_local_ones(ex, toy_run):
 
     profile, run, _ = toy_run
     kw = dict(threat="pgd", alphas=[0.0], steps=2, grid=(0.0, 0.05), budgets=[0.05])
-    local = robustness.run_threat(profile, run, **kw).results
+    previous = torch.get_num_threads()
+    torch.set_num_threads(ex.default_task_threads())  # the tasks' thread count, here too
+    try:
+        local = robustness.run_threat(profile, run, **kw).results
+    finally:
+        torch.set_num_threads(previous)
     on_ray = robustness.run_threat(profile, run, executor=ex, **kw).results  # one task per study model
     assert local["model"].nunique() == 3
     pd.testing.assert_frame_equal(local, on_ray)

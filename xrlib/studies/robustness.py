@@ -67,8 +67,8 @@ class ScoreTask:
     runs and return its contract rows (:func:`xrlib.attacks.base.score_threat` with this one victim).
 
     ``test`` is the same object for every model of a run: :attr:`shared` names it, so the Ray
-    executor ships the test images once. ``threads``: torch threads where it runs (the driver's
-    default, as in process)."""
+    executor ships the test images once. ``threads``: torch threads where it runs (the executor's
+    ``default_task_threads()``: the machine's count, as in process, unless the executor says otherwise)."""
 
     key: str
     threads: int
@@ -137,7 +137,9 @@ def run_threat(profile: Profile | str | Path, run: str | Path, threat: str = "ro
         from xrlib.core.runs import default_threads
 
         executor = get_executor(executor)
-        tasks = [ScoreTask(name, default_threads(), th, res, test, study.pixel_mm(profile),
+        chooser = getattr(executor, "default_task_threads", None)
+        threads = int(chooser()) if chooser is not None else default_threads()
+        tasks = [ScoreTask(name, threads, th, res, test, study.pixel_mm(profile),
                            None if budgets is None else tuple(budgets), None if device is None else str(device),
                            None if examples_dir is None else str(examples_dir)) for name, res in trained.items()]
         frames = [df for _, df in executor.map(tasks, progress=progress, desc=f"{threat} threat")]
