@@ -10,12 +10,13 @@ PROFILE ?= quick
 setup: $(VENV)/.installed
 
 # torch/torchvision first: pip takes the pinned CUDA build (which also runs on a CPU) from this
-# machine's disk; then the project and every pinned dependency from pyproject.toml.
+# machine's disk; then the project and every pinned dependency from pyproject.toml, with the optional
+# Ray executor (the `ray` extra) that the tests exercise.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e '.[ray]'
 	touch $@
 
 # Tests run on every core (pytest-xdist); the tests sharing an expensive session fixture (the smoke
@@ -28,6 +29,7 @@ bench: setup
 	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/bench_diffrender.py
 	$(PY) benchmarks/bench_stages.py
+	$(PY) benchmarks/bench_ray.py
 
 # Execute the notebooks with papermill (cached) and build the HTML book: book/_build/html/index.html.
 # A quick build also rewrites the README's generated section (headline result and stage times).

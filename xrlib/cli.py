@@ -119,12 +119,53 @@ def _add_dataset(sub) -> None:
     p.set_defaults(func=_cmd_dataset)
 
 
-def _add_executor(p) -> None:
-    p.add_argument("--executor", choices=("local", "process"), default="local",
-                   help="run the independent tasks (subjects, shards) in this process (local, default) or in a "
-                        "process pool (process)")
-    p.add_argument("--workers", type=_finite(int, "--workers", positive=True), default=2,
-                   help="processes of the process pool (default 2)")
+#: Environment variable with the default of ``--executor`` (never a profile: profiles change sizes only).
+EXECUTOR_ENV = "XRLIB_EXECUTOR"
+
+
+def _add_executor(p, workers: bool = True) -> None:
+    p.add_argument("--executor", choices=("local", "process", "ray"), default=None,
+                   help=f"run the independent tasks (subjects, shards, trainings, models) in this process (local, "
+                        f"default), in a process pool (process) or on a Ray cluster (ray; pip install 'xrlib[ray]'); "
+                        f"default: ${EXECUTOR_ENV} or local")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="Ray cluster address for --executor ray (HOST:PORT, ray://HOST:PORT or auto; default: "
+                        "$XRLIB_RAY_ADDRESS, else $RAY_ADDRESS, else a new local Ray)")
+    if workers:
+        p.add_argument("--workers", type=_finite(int, "--workers", positive=True), default=2,
+                       help="processes of the process pool (default 2)")
+
+
+def _executor_choice(args, command: str) -> tuple[str, str | None]:
+    """``(executor name, address)`` from ``--executor``/``--address`` or ``$XRLIB_EXECUTOR``; bad
+    combinations and unreachable addresses raise :class:`UsageError` (exit 2, one line)."""
+    import os
+
+    from xrlib.exec import EXECUTORS
+
+    name = args.executor
+    if name is None:
+        name = os.environ.get(EXECUTOR_ENV, "").strip() or "local"
+        if name not in EXECUTORS:
+            raise UsageError(command, f"${EXECUTOR_ENV}={name!r} is not an executor ({', '.join(EXECUTORS)})")
+    if args.address is not None and name != "ray":
+        raise UsageError(command, f"--address goes with --executor ray, not with --executor {name}")
+    if name == "ray":
+        from xrlib.exec.ray import check_address
+
+        check_address(args.address)
+    return name, args.address
+
+
+def _make_executor(args, command: str):
+    from xrlib.exec import get_executor
+
+    name, address = _executor_choice(args, command)
+    if name == "local":
+        return None  # the commands' in-process default
+    if name == "ray":
+        return get_executor("ray", address=address)
+    return get_executor(name, getattr(args, "workers", 2))
 
 
 def _cmd_dataset(args) -> int:
@@ -138,11 +179,10 @@ def _cmd_dataset(args) -> int:
     from xrlib.data.subjects import cohort_subjects
     from xrlib.core.runs import run_dir
     from xrlib.core.profiles import load_profile
-    from xrlib.exec import get_executor
 
     t0 = time.perf_counter()
     cfg = load_profile(args.profile)
-    executor = get_executor(args.executor, args.workers)
+    executor = _make_executor(args, "xrlib dataset")
     run = args.out if args.out is not None else run_dir(cfg.name)
     out = run / "datasets"
     sources = sources_from_folder(args.sources) if args.sources is not None else None
@@ -173,6 +213,7 @@ def _add_book(sub) -> None:
     p.add_argument("--notebooks", type=Path, help=argparse.SUPPRESS)  # for tests: another notebooks folder
     p.add_argument("--book-dir", type=Path, help=argparse.SUPPRESS)   # for tests: another book folder
     p.add_argument("--no-progress", action="store_true", help="hide the per-notebook progress bars")
+    _add_executor(p, workers=False)
     p.set_defaults(func=_cmd_book)
 
 
@@ -189,11 +230,12 @@ def _cmd_book(args) -> int:
             overrides[key] = yaml.safe_load(text)
         except yaml.YAMLError:
             raise UsageError("xrlib book", f"-p {key}: cannot parse {text!r} as YAML") from None
+    executor, address = _executor_choice(args, "xrlib book")
     kwargs = {"notebooks_dir": args.notebooks or book.NOTEBOOKS_DIR, "book_dir": args.book_dir or book.BOOK_DIR}
     try:
         report = book.build_book(args.profile, only=args.only, overrides=overrides, run_root=args.run_root,
                                  html=args.html, force=args.force, progress=not args.no_progress, readme=args.readme,
-                                 **kwargs)
+                                 executor=executor, address=address, **kwargs)
     except book.BookUsageError as exc:
         raise UsageError(None, str(exc)) from None
     print(report.table())
@@ -229,6 +271,7 @@ def _add_robustness(sub) -> None:
     p.add_argument("--save-examples", type=Path, metavar="DIR",
                    help="also save clean and threatened images, masks and predictions per model and budget (.npz)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_executor(p)
     p.set_defaults(func=_cmd_robustness)
 
 
@@ -242,8 +285,9 @@ def _cmd_robustness(args) -> int:
     profile = load_profile(args.profile)
     options = {k: getattr(args, k) for k in ("steps", "norm", "restarts", "alphas", "method", "variant")
                if getattr(args, k) is not None}
+    executor = _make_executor(args, "xrlib robustness")
     out = run_threat(profile, run_dir(profile.name, args.run_root), args.threat, args.models, args.budgets,
-                     progress=not args.no_progress, examples_dir=args.save_examples, **options)
+                     progress=not args.no_progress, examples_dir=args.save_examples, executor=executor, **options)
     with pd.option_context("display.width", 120):
         print(out.summary.round(4).to_string())
     print(f"wrote {out.path} ({len(out.results)} rows)")

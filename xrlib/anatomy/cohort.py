@@ -24,6 +24,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -128,8 +129,12 @@ class SubjectTask:
     """Build one virtual subject: draw parameters (redrawing implausible ones), deform, write its two
     files atomically, and return its manifest row. Picklable, so any :mod:`xrlib.exec` executor runs it.
 
-    ``threads`` caps ITK's threads while it runs (results do not depend on it).
+    ``threads`` caps ITK's threads while it runs (results do not depend on it). ``ct`` and ``labels``
+    are the same objects in every task of a source: :attr:`shared` names them, so the Ray executor
+    ships them to its object store once, not once per subject.
     """
+
+    shared: ClassVar[tuple[str, ...]] = ("ct", "labels")
 
     source: str
     index: int
@@ -256,7 +261,8 @@ def build_cohort(
     # the manifest file until the first subject is collected, and are dropped from it then.
     state: dict[str, dict] = {}
     tasks: list[SubjectTask] = []
-    threads = max(1, (os.cpu_count() or 1) // max(1, int(getattr(executor, "workers", 1))))
+    chooser = getattr(executor, "default_task_threads", None)
+    threads = int(chooser()) if chooser is not None else max(1, (os.cpu_count() or 1) // max(1, int(getattr(executor, "workers", 1))))
     for name, ct, labels in sources:
         src_hash = _source_fingerprint(ct, labels)
         for index in range(config.n_subjects):

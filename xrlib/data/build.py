@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pandas as pd
 
@@ -84,8 +85,12 @@ class ShardTask(ABC):
 
 @dataclass
 class SubjectShardTask(ShardTask):
-    """A virtual subject (``load(subject)`` → ``(ct, labels)``) rendered with its pool's recipe."""
+    """A virtual subject (``load(subject)`` → ``(ct, labels)``) rendered with its pool's recipe.
 
+    ``load`` is the same object in every task (it may hold every subject's volumes): :attr:`shared`
+    names it, so the Ray executor ships it once."""
+
+    shared: ClassVar[tuple[str, ...]] = ("load",)
     load: Callable[[str], tuple]
     profile: Profile
     recipe: PoolRecipe
@@ -133,6 +138,9 @@ def plan_shards(profile: Profile, out_dir: str | Path, subjects: SubjectSource, 
 
 
 def _default_threads(executor: Executor) -> int:
+    chooser = getattr(executor, "default_task_threads", None)  # any Executor; duck-typed ones may lack it
+    if chooser is not None:
+        return int(chooser())
     if isinstance(executor, ProcessPoolExecutor):
         return max(1, default_threads() // executor.workers)
     return default_threads()

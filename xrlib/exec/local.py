@@ -5,6 +5,12 @@ A :class:`Task` is a picklable object (a dataclass with plain fields; no lambdas
 thread count changes floating-point results (e.g. weights after a few Adam steps differ between 1
 and 2 threads), so :func:`run_task` sets it where the task runs, and tasks whose results depend on it
 put it in their cache key. Results come back to the driver in plan order.
+
+Optional task attributes (read with defaults, so existing tasks need none): ``num_gpus`` (GPUs the
+task needs, default 0; a training task on CUDA asks for 1) and ``shared`` (names of attributes that
+hold large read-only inputs shared by many tasks, e.g. the source CT; the Ray executor puts each
+such object into its object store once). :func:`task_resources` reads them. The Ray executor lives
+in :mod:`xrlib.exec.ray` and is imported only by ``get_executor("ray")``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,11 @@ class Task(Protocol):
     threads: int
 
     def run(self) -> Any: ...
+
+
+def task_resources(task: Task) -> dict[str, int]:
+    """What ``task`` asks a scheduler for: ``num_cpus`` (its thread count) and ``num_gpus`` (default 0)."""
+    return {"num_cpus": int(task.threads), "num_gpus": int(getattr(task, "num_gpus", 0) or 0)}
 
 
 def run_task(task: Task) -> Any:
@@ -61,6 +72,12 @@ class Executor(ABC):
 
         return tqdm(total=len(tasks), desc=desc, unit="task", disable=not progress)
 
+    def default_task_threads(self) -> int:
+        """Threads for tasks whose count the driver chooses (subjects, shards): the machine's default."""
+        from xrlib.core.runs import default_threads
+
+        return default_threads()
+
 
 class InProcessExecutor(Executor):
     """Runs the tasks one after another in this process (the default)."""
@@ -86,6 +103,9 @@ class ProcessPoolExecutor(Executor):
             raise ValueError(f"workers must be ≥ 1, got {workers}")
         self.workers = workers
 
+    def default_task_threads(self) -> int:
+        return max(1, super().default_task_threads() // self.workers)
+
     def map(self, tasks, progress=True, desc="tasks"):
         import multiprocessing as mp
 
@@ -99,15 +119,25 @@ class ProcessPoolExecutor(Executor):
                 yield task, result
 
 
-def get_executor(name: str | Executor | None = None, workers: int = 2) -> Executor:
-    """An executor by name: ``"local"`` (default, in-process) or ``"process"`` (process pool)."""
+#: The executor names :func:`get_executor` knows.
+EXECUTORS = ("local", "process", "ray")
+
+
+def get_executor(name: str | Executor | None = None, workers: int = 2, address: str | None = None, **options) -> Executor:
+    """An executor by name: ``"local"`` (default, in-process), ``"process"`` (a pool of ``workers``
+    processes) or ``"ray"`` (:class:`xrlib.exec.ray.RayExecutor` on the cluster at ``address``;
+    ``options`` go to it; Ray is imported only here)."""
     if isinstance(name, Executor):
         return name
     if name in (None, "local"):
         return InProcessExecutor()
     if name == "process":
         return ProcessPoolExecutor(workers)
-    raise ValueError(f"unknown executor {name!r}; expected 'local' or 'process'")
+    if name == "ray":
+        from xrlib.exec.ray import RayExecutor
+
+        return RayExecutor(address, **options)
+    raise ValueError(f"unknown executor {name!r}; expected one of {', '.join(EXECUTORS)}")
 
 
 def run_all(tasks: Iterable[Task], executor: Executor | str | None = None, **kwargs) -> list[tuple[Task, Any]]:

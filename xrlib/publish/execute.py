@@ -11,6 +11,12 @@ Cache
     of all earlier stages. Each stamp also records *when* the stage ran, so re-running an upstream
     stage changes its stamp and invalidates every later stage.
 
+Executor
+    ``--executor local|process|ray`` reaches the notebooks whose parameters cell declares
+    ``executor`` (01, 04, 05: cohort, datasets, trainings) as that papermill parameter; ``--address``
+    reaches them as the environment variable ``XRLIB_RAY_ADDRESS`` of the kernel. Neither is part of
+    the stage key: every executor writes the same artifacts, so switching it reuses cached stages.
+
 ``--only STAGE …``
     Runs (or reuses, if fresh) just the named stages; ``--force`` re-runs them regardless. Every
     stage *before* a selected one must already have a fresh stamp — otherwise nothing runs and the
@@ -31,9 +37,11 @@ Kernel transport
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -51,8 +59,10 @@ from xrlib.publish.report import BookReport, StageResult
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 BOOK_DIR = REPO_ROOT / "book"
 KERNEL = "python3"
-#: Parameters set by ``--profile`` / ``--run-root``; ``-p`` may not override them.
-RESERVED = ("profile", "run_root")
+#: Parameters set by ``--profile`` / ``--run-root`` / ``--executor``; ``-p`` may not override them.
+RESERVED = ("profile", "run_root", "executor")
+#: The notebook parameter that receives ``--executor`` (only notebooks whose parameters cell has it).
+EXECUTOR_PARAM = "executor"
 
 
 def notebooks_in(folder: str | Path) -> list[Path]:
@@ -145,6 +155,16 @@ def failure_line(nb_name: str, exc: Exception) -> str:
     return f"book: {nb_name}{where}: {ename}: {msg}"
 
 
+def declares_parameter(path: Path, name: str) -> bool:
+    """Whether the notebook's ``parameters`` cell assigns ``name`` (``name = ...`` at the start of a line)."""
+    import re
+
+    nb = nbformat.read(path, as_version=4)
+    pattern = re.compile(rf"^{re.escape(name)}\s*(:[^=]*)?=", re.M)
+    return any(pattern.search(c.source) for c in nb.cells
+               if c.cell_type == "code" and "parameters" in c.metadata.get("tags", []))
+
+
 def run_notebook(src: Path, dst: Path, params: dict, cwd: Path, progress: bool) -> None:
     """Execute ``src`` into ``dst`` with papermill, the kernel on IPC sockets (see the module docstring)."""
     import papermill  # here: importing it takes seconds, and a fully cached run needs none
@@ -159,6 +179,23 @@ def run_notebook(src: Path, dst: Path, params: dict, cwd: Path, progress: bool) 
         shutil.rmtree(sockets, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _address_env(address: str | None):
+    """``XRLIB_RAY_ADDRESS`` set to ``address`` for the kernels started inside (restored after)."""
+    if address is None:
+        yield
+        return
+    old = os.environ.get("XRLIB_RAY_ADDRESS")
+    os.environ["XRLIB_RAY_ADDRESS"] = str(address)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("XRLIB_RAY_ADDRESS", None)
+        else:
+            os.environ["XRLIB_RAY_ADDRESS"] = old
+
+
 def execute_stages(
     profile: str,
     *,
@@ -170,9 +207,13 @@ def execute_stages(
     force: bool = False,
     progress: bool = True,
     log=print,
+    executor: str = "local",
+    address: str | None = None,
 ) -> BookReport:
     """Execute (or reuse) the stages of a profile; see the module docstring for the rules.
 
+    ``executor``/``address``: where notebooks that take an ``executor`` parameter run their tasks
+    (see the module docstring; not part of the stage keys).
     Returns a :class:`BookReport`; ``report.error`` holds the one-line failure message, if any.
     Raises :class:`BookUsageError` for a bad ``only`` / ``overrides`` and
     :class:`~xrlib.core.errors.InputError` for an unknown profile.
@@ -221,8 +262,10 @@ def execute_stages(
         for old in p.values():
             old.unlink(missing_ok=True)
         t0 = time.perf_counter()
+        nb_params = {**params, EXECUTOR_PARAM: executor} if declares_parameter(nb, EXECUTOR_PARAM) else params
         try:  # papermill writes the "running" copy as it goes; it is renamed only once complete
-            run_notebook(nb, p["running"], params, Path(notebooks_dir), progress)
+            with _address_env(address):
+                run_notebook(nb, p["running"], nb_params, Path(notebooks_dir), progress)
         except Exception as exc:  # papermill.PapermillExecutionError, a dead kernel, ...
             res.status, res.wall_s = "failed", time.perf_counter() - t0
             if p["running"].exists():
@@ -235,7 +278,7 @@ def execute_stages(
         p["running"].replace(p["done"])
         stamp = {"stage": nb.stem, "key": key, "ran_at": _dt.datetime.now(_dt.UTC).isoformat(),
                  "wall_s": res.wall_s, "profile": name, "overrides": overrides, "run": str(run),
-                 "xrlib": __version__}
+                 "xrlib": __version__, "executor": nb_params.get(EXECUTOR_PARAM, "local")}
         write_json_atomic(p["stamp"], stamp, indent=2)
         upstream.append(stamp_digest(stamp))
     return report

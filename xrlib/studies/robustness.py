@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -23,9 +24,9 @@ from xrlib.core.profiles import Profile, load_profile
 from xrlib.eval.robustness import write_robustness
 from xrlib.studies.rotation import study
 from xrlib.studies.rotation.groups import GROUP_ORDER, alpha_group
-from xrlib.training import load_best
+from xrlib.training import TrainResult, load_best
 
-__all__ = ["THREATS", "ThreatRun", "run_threat", "syn_test_images", "threat_summary"]
+__all__ = ["THREATS", "ScoreTask", "ThreatRun", "run_threat", "syn_test_images", "threat_summary"]
 
 
 def syn_test_images(profile: Profile, run: Path, alphas: Sequence[float] | None = None) -> TestImages:
@@ -102,6 +103,37 @@ THREATS = {"rotation": _rotation, "pgd": _input_attack(PGDThreat), "segpgd": _in
 
 
 @dataclass
+class ScoreTask:
+    """One model under one threat as an :mod:`xrlib.exec` task: load its best checkpoint where the task
+    runs and return its contract rows (:func:`xrlib.attacks.base.score_threat` with this one victim).
+
+    ``test`` is the same object for every model of a run: :attr:`shared` names it, so the Ray
+    executor ships the test images once. ``threads``: torch threads where it runs (the executor's
+    ``default_task_threads()``: the machine's count, as in process, unless the executor says otherwise)."""
+
+    key: str
+    threads: int
+    threat: Threat
+    result: TrainResult
+    test: TestImages
+    pixel_mm: float
+    budgets: tuple[float, ...] | None
+    device: str | None = None
+    examples_dir: str | None = None
+
+    shared: ClassVar[tuple[str, ...]] = ("test",)
+
+    @property
+    def num_gpus(self) -> int:
+        return 1 if str(self.device or "").startswith("cuda") else 0
+
+    def run(self) -> pd.DataFrame:
+        model = load_best(self.result, self.device)
+        return score_threat(self.threat, {self.key: model}, self.test, self.pixel_mm, budgets=self.budgets,
+                            groups=alpha_group, device=self.device, examples_dir=self.examples_dir)
+
+
+@dataclass
 class ThreatRun:
     """What :func:`run_threat` produced: the CSV path, its rows and the mean Dice per model and α group."""
 
@@ -119,14 +151,16 @@ def threat_summary(results: pd.DataFrame) -> pd.DataFrame:
 
 def run_threat(profile: Profile | str | Path, run: str | Path, threat: str = "rotation", models: Sequence[str] | None = None,
                budgets: Sequence[float] | None = None, device=None, progress: bool = False,
-               examples_dir: str | Path | None = None, **threat_options) -> ThreatRun:
+               examples_dir: str | Path | None = None, executor=None, **threat_options) -> ThreatRun:
     """Score the study models (all, or ``models``) under ``threat`` and write ``<run>/robustness/<threat>.csv``.
 
     ``threat_options`` go to the threat's builder in :data:`THREATS` (``pgd``/``segpgd``: ``alphas``,
     ``steps``, ``norm``, ``restarts``, ``step_fraction``, ``random_start``, ``seed``, ``batch_size``,
     ``grid``, the budgets it may run; ``pose``: ``steps``, ``subjects``; ``rotation`` takes none). ``examples_dir``: also save clean and
     threatened images, masks and predictions per model and budget there (see
-    :func:`xrlib.attacks.base.score_threat`). Raises :class:`InputError` naming an unknown
+    :func:`xrlib.attacks.base.score_threat`). ``executor``: ``None``/``"local"`` scores the models here,
+    one after another; ``"process"``, ``"ray"`` or an :class:`xrlib.exec.Executor` runs one
+    :class:`ScoreTask` per model (same rows; only this driver writes the CSV). Raises :class:`InputError` naming an unknown
     threat or option, an unknown or untrained model, or a budget outside the threat's grid.
     """
     if threat not in THREATS:
@@ -139,9 +173,22 @@ def run_threat(profile: Profile | str | Path, run: str | Path, threat: str = "ro
         raise InputError(None, f"threat 'rotation' takes no options, got {sorted(threat_options)}")
     th, test = THREATS[threat](profile, run, **threat_options)
     th.check_budgets(budgets)  # bad budgets fail before any model runs
-    victims = {name: load_best(res, device) for name, res in trained.items()}
-    results = score_threat(
-        th, victims, test, study.pixel_mm(profile), budgets=budgets, groups=alpha_group, device=device, progress=progress,
-        examples_dir=examples_dir)
+    if executor is not None and executor != "local":
+        from xrlib.exec import get_executor
+        from xrlib.core.runs import default_threads
+
+        executor = get_executor(executor)
+        chooser = getattr(executor, "default_task_threads", None)
+        threads = int(chooser()) if chooser is not None else default_threads()
+        tasks = [ScoreTask(name, threads, th, res, test, study.pixel_mm(profile),
+                           None if budgets is None else tuple(budgets), None if device is None else str(device),
+                           None if examples_dir is None else str(examples_dir)) for name, res in trained.items()]
+        frames = [df for _, df in executor.map(tasks, progress=progress, desc=f"{threat} threat")]
+        results = pd.concat(frames, ignore_index=True)
+    else:
+        victims = {name: load_best(res, device) for name, res in trained.items()}
+        results = score_threat(
+            th, victims, test, study.pixel_mm(profile), budgets=budgets, groups=alpha_group, device=device,
+            progress=progress, examples_dir=examples_dir)
     path = write_robustness(results, run, threat)
     return ThreatRun(path, results, threat_summary(results))

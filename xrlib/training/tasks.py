@@ -37,6 +37,15 @@ class TrainTask:
     def threads(self) -> int:
         return int(self.config.threads)
 
+    @property
+    def num_gpus(self) -> int:
+        """GPUs a scheduler must give this task: 1 when it trains on CUDA (``device`` ``None``: the
+        default device of the machine that plans it, :func:`xrlib.core.runs.default_device`), else 0."""
+        from xrlib.core.runs import default_device
+
+        device = self.device if self.device is not None else default_device()
+        return 1 if str(device).startswith("cuda") else 0
+
     def run(self) -> TrainResult:
         from xrlib.training.loop import train_model
 
@@ -51,7 +60,8 @@ def train_all(configs: Sequence[TrainConfig], datasets_dir: str | Path, out_root
 
     ``executor``: ``None`` runs the tasks one after another in this process; otherwise an
     :class:`xrlib.exec.Executor` (anything with ``map(tasks, progress=, desc=)`` yielding
-    ``(task, result)``), e.g. ``xrlib.exec.get_executor("process", workers=2)``. Training does not
+    ``(task, result)``), e.g. ``xrlib.exec.get_executor("process", workers=2)`` or
+    ``get_executor("ray", address=...)`` (a task asks for a GPU when it trains on CUDA). Training does not
     import :mod:`xrlib.exec` (it sits below it in the layers).
     """
     names = [c.name for c in configs]

@@ -51,13 +51,22 @@ def real_domain(manifest: pd.DataFrame) -> str:
 
 
 def train_all(configs: list[TrainConfig], run: Path, progress: bool = True, executor=None) -> dict[str, TrainResult]:
-    """Train (or load from cache) each configuration in ``<run>/models``; results by model name."""
+    """Train (or load from cache) each configuration in ``<run>/models``; results by model name.
+
+    ``executor``: ``None``/``"local"`` trains here, one after another (with per-epoch progress);
+    ``"process"``, ``"ray"`` or an :class:`xrlib.exec.Executor` runs one task per model
+    (:func:`xrlib.exec.get_executor`; the same models, byte for byte, since each task sets the
+    configuration's thread count)."""
+    if isinstance(executor, str):
+        from xrlib.exec import get_executor
+
+        executor = None if executor == "local" else get_executor(executor)
     return _train_all(configs, datasets_dir(run), Path(run) / "models", executor=executor, progress=progress)
 
 
-def train_study(profile: Profile, run: Path, progress: bool = True) -> dict[str, TrainResult]:
-    """The three study models of the paper for ``profile``."""
-    return train_all(study_configs(profile), run, progress)
+def train_study(profile: Profile, run: Path, progress: bool = True, executor=None) -> dict[str, TrainResult]:
+    """The three study models of the paper for ``profile`` (``executor``: see :func:`train_all`)."""
+    return train_all(study_configs(profile), run, progress, executor)
 
 
 def study_models(profile: Profile, run: Path, names=None) -> dict[str, TrainResult]:
