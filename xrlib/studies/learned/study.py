@@ -32,7 +32,6 @@ from xrlib.studies.rotation.groups import alpha_group
 from xrlib.studies.rotation.models import study_configs
 from xrlib.training import TrainConfig, TrainResult, load_best, select_images
 from xrlib.training import train_all as _train_all
-from xrlib.training.checkpoint import cached_result
 
 __all__ = ["DEFENDED_SUFFIX", "compare_paper", "defense_config", "defense_table", "example_rows", "method_comparison", "run_attacks",
            "table1", "test_images", "train_defense", "train_images", "victim_model"]
