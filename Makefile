@@ -19,10 +19,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[ray]'
 	touch $@
 
-# Tests run on every core (pytest-xdist); the tests sharing an expensive session fixture (the smoke
-# book, the toy study run) stay on one worker (tests/conftest.py).
+# Tests run on every core (pytest-xdist), a test file per worker; the expensive session fixtures
+# (the smoke book, the toy study run) are built once per session and shared (tests/conftest.py).
 test: setup
-	$(PY) -m pytest -n auto --dist loadgroup --durations=15
+	$(PY) -m pytest -n auto --dist loadfile --durations=15
 
 bench: setup
 	$(PY) benchmarks/bench_projectors.py

@@ -8,6 +8,7 @@ then the HTML — so that the notebook smoke tests (``test_notebooks.py``) and t
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -20,16 +21,15 @@ ARTIFACTS = REPO / "test-artifacts"
 BOOK_SOURCES = ("_config.yml", "_toc.yml", "intro.md", "how_to_run.md", "data.md", "methods.md", "appendix.md")
 
 
-#: Session fixtures that are expensive to build. Under pytest-xdist (``make test`` runs ``-n auto
-#: --dist loadgroup``) every test using one of them goes to the same worker, so each is built once;
-#: every other test goes with its module, so module-scoped fixtures are built once too.
-SHARED_FIXTURES = ("smoke_book", "toy_run")
+def _shared_folder(tmp_path_factory, name: str) -> Path:
+    """A folder for an expensive session fixture, shared by all pytest-xdist workers of this session
+    (``make test`` runs ``-n auto --dist loadfile``), so it is built once; without xdist, this session's."""
+    import os
 
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        used = [name for name in SHARED_FIXTURES if name in getattr(item, "fixturenames", ())]
-        item.add_marker(pytest.mark.xdist_group(used[0] if used else item.nodeid.split("::")[0]))
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's folder, above the workers' own
+    return base / name
 
 
 def pytest_configure(config):
@@ -44,8 +44,20 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def smoke_book(tmp_path_factory):
     """Build the smoke book once; returns its folders and the command's output."""
-    tmp = tmp_path_factory.mktemp("smoke_book")
+    from filelock import FileLock
+
+    tmp = _shared_folder(tmp_path_factory, "smoke_book")
+    tmp.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(tmp) + ".lock"):
+        return _build_smoke_book(tmp)
+
+
+def _build_smoke_book(tmp: Path) -> dict:
     book = tmp / "book"
+    done = tmp / "result.json"
+    if done.is_file():  # another worker built it
+        res = json.loads(done.read_text(encoding="utf-8"))
+        return _smoke_book_result(tmp, book, res["stdout"], res["stderr"], res["returncode"])
     book.mkdir()
     for name in BOOK_SOURCES:
         shutil.copy(REPO / "book" / name, book / name)
@@ -61,8 +73,14 @@ def smoke_book(tmp_path_factory):
     log = book / "_build" / "jupyter-book.log"
     if log.is_file():
         shutil.copy(log, ARTIFACTS / "book" / "jupyter-book.log")
-    return {"book": book, "html": book / "_build" / "html", "stdout": res.stdout, "stderr": res.stderr,
-            "returncode": res.returncode, "runs": tmp / "runs", "executed": executed, "readme": tmp / "README.md"}
+    done.write_text(json.dumps({"stdout": res.stdout, "stderr": res.stderr, "returncode": res.returncode}), encoding="utf-8")
+    return _smoke_book_result(tmp, book, res.stdout, res.stderr, res.returncode)
+
+
+def _smoke_book_result(tmp: Path, book: Path, stdout: str, stderr: str, returncode: int) -> dict:
+    return {"book": book, "html": book / "_build" / "html", "stdout": stdout, "stderr": stderr,
+            "returncode": returncode, "runs": tmp / "runs", "executed": book / "executed" / "smoke",
+            "readme": tmp / "README.md"}
 
 
 @pytest.fixture(scope="session")
@@ -70,4 +88,4 @@ def toy_run(tmp_path_factory):
     """``(profile, run, results)`` of a tiny study run with trained models (see ``tests/toy_study.py``)."""
     from toy_study import build_toy_run
 
-    return build_toy_run(tmp_path_factory)
+    return build_toy_run(tmp_path_factory.mktemp("runs"))  # one per worker: tests write into its run folder

@@ -417,3 +417,46 @@ def test_smoke_book_in_headless_chromium(smoke_book, served, tmp_path):
         res = _run_chromium(exe, tmp_path / "chrome", f"--screenshot={shot}", "--window-size=1280,1600",
                             served + page)
         assert shot.is_file() and shot.stat().st_size > 10_000, f"no screenshot of {page}: {res.stderr[-500:]}"
+
+
+# --------------------------------------------------------------------------------------------
+# Every notebook ran under papermill in the smoke build (moved here from test_notebooks.py so that
+# all readers of the smoke book are in one file), and the training benchmark plans its training sets.
+# --------------------------------------------------------------------------------------------
+
+NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_smoke_run(path, smoke_book):
+    """Each notebook ran under papermill with the smoke profile (in the session's smoke book build)."""
+    out = smoke_book["executed"] / path.name
+    assert out.is_file(), f"{path.name} was not executed: {smoke_book['stderr'][-2000:]}"
+    executed = nbformat.read(out, as_version=4)
+    errors = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors
+    code = [c for c in executed.cells if c.cell_type == "code"]
+    assert all(c.execution_count is not None for c in code), "not every cell ran"
+    images = sum("image/png" in o.get("data", {}) for c in code for o in c.outputs)
+    assert images >= 1, "a chapter without a single figure"
+    assert (smoke_book["runs"] / "smoke" / f"{path.stem}.timings.json").is_file()
+
+
+def _bench_training():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_training", REPO / "benchmarks" / "bench_training.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_training_bench_plans_the_training_sets_that_the_smoke_build_made(smoke_book):
+    from xrlib.core.profiles import load_profile
+    from xrlib.studies.rotation.models import study_configs
+    from xrlib.training.data import select_images
+
+    cfg = load_profile("smoke")
+    built = {c.name: len(select_images(smoke_book["runs"] / "smoke" / "datasets", c.train_sets, "train", c.cen_alphas))
+             for c in study_configs(cfg)}
+    assert _bench_training().train_images(cfg) == built

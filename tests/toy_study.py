@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import yaml
@@ -42,9 +44,10 @@ def _images(rng, alphas):
     return np.stack(imgs), np.stack(masks)
 
 
-def build_toy_run(tmp_path_factory):
-    """A run folder with a datasets build (2 Syn_test subjects at 5 α) and the three trained study models."""
-    run = tmp_path_factory.mktemp("runs") / "toyrot"
+def build_toy_run(base: Path):
+    """A run folder under ``base`` with a datasets build (2 Syn_test subjects at 5 α) and the three trained
+    study models. Building it again in the same folder rewrites identical shards and reuses the models."""
+    run = Path(base) / "toyrot"
     root = run / "datasets"
     rng = np.random.default_rng(0)
     plan = [("surrogate", "train"), ("surrogate", "val"), ("surrogate", "test"), ("syn_train", "train"),
