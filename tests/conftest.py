@@ -64,7 +64,8 @@ def _build_smoke_book(tmp: Path) -> dict:
     shutil.copy(REPO / "README.md", tmp / "README.md")  # its generated section is rewritten by --readme
     cmd = [sys.executable, "-m", "xrlib", "book", "--profile", "smoke", "--run-root", str(tmp / "runs"),
            "--book-dir", str(book), "--readme", str(tmp / "README.md")]
-    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=2400)
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, encoding="utf-8", errors="replace",
+                         timeout=2400)
     (ARTIFACTS / "book").mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "book" / "xrlib-book.log").write_text(res.stdout + "\n" + res.stderr, encoding="utf-8")
     executed = book / "executed" / "smoke"

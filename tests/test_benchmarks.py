@@ -14,7 +14,7 @@ BENCH = REPO / "benchmarks"
 
 def _run(script: str, *args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(BENCH / script), *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=900)
 
 
 def test_projector_bench_reports_time_and_agreement_against_itk_rtk(tmp_path):

@@ -223,6 +223,6 @@ def test_cli_bad_arguments_exit_2_with_one_line(argv, message, capsys, tmp_path,
 
 
 def test_python_dash_m_entry_point_reports_usage_errors():
-    res = subprocess.run([sys.executable, "-m", "xrlib", "render", "--example"], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-m", "xrlib", "render", "--example"], capture_output=True, text=True, encoding="utf-8", errors="replace")
     assert res.returncode == 2
     assert "the following arguments are required" in res.stderr

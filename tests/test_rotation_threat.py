@@ -89,7 +89,10 @@ def test_robustness_cli(toy_run, capsys, tmp_path):
     # an unknown threat or model: exit status 2 and one line naming it
     assert main([*base, "--threat", "teleport"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: unknown threat 'teleport'; known threats: rotation, pgd, segpgd"]
+    from xrlib.studies.robustness import THREATS
+
+    assert err == [f"error: unknown threat 'teleport'; known threats: {', '.join(THREATS)}"]
+    assert {"rotation", "pgd", "segpgd", "noise", "pose", "deformation"} <= set(THREATS)
     assert main([*base, "--threat", "rotation", "--models", "U-Net(Nope)"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "U-Net(Nope)" in err[0]

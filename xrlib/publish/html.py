@@ -99,7 +99,7 @@ def build_html(report: BookReport, *, cfg: Profile, run: Path, overrides: dict, 
     cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(book_dir), "--path-output", str(tmp),
            "--builder", "html", "-W", "--keep-going"]
     log(f"book: jupyter-book build ({report.profile}) ...")
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, encoding="utf-8", errors="replace")
     text = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + "\n" + proc.stderr)  # no terminal colours
     logfile = build / "jupyter-book.log"
     write_text_atomic(logfile, text)

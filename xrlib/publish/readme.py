@@ -23,9 +23,9 @@ def git_commit(path: Path, ignore: Path | None = None) -> str:
     exclude = [f":(exclude){Path(ignore).resolve()}"] if ignore is not None else []
     try:
         out = subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, check=False, timeout=10)
+                             text=True, encoding="utf-8", errors="replace", check=False, timeout=10)
         dirty = subprocess.run(["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no", "--",
-                                ".", *exclude], capture_output=True, text=True, check=False, timeout=10)
+                                ".", *exclude], capture_output=True, text=True, encoding="utf-8", errors="replace", check=False, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     if out.returncode != 0:
