@@ -21,8 +21,10 @@ $(VENV)/.installed: pyproject.toml
 
 # Tests run on every core (pytest-xdist), a test file per worker; the expensive session fixtures
 # (the smoke book, the toy study run) are built once per session and shared (tests/conftest.py).
+# PYTHONUTF8=1: in CI a test worker's default text encoding turned ASCII after native libraries ran
+# (a locale reset); the book's text is UTF-8, so files and pipes are read as UTF-8 whatever the locale.
 test: setup
-	$(PY) -m pytest -n auto --dist loadfile --durations=15
+	PYTHONUTF8=1 $(PY) -m pytest -n auto --dist loadfile --durations=15
 
 bench: setup
 	$(PY) benchmarks/bench_projectors.py

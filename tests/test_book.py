@@ -193,7 +193,7 @@ def test_broken_notebook_fails_fast_keeps_it_and_publishes_nothing(tiny):
     assert any(o.get("ename") == "ValueError" for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert not (executed / "02_second.ipynb").exists() and not (executed / "02_second.stamp.json").exists()
     assert not (executed / "03_third.ipynb").exists()
-    assert previous.read_text() == "<html>previous complete build</html>"  # not replaced by a partial book
+    assert previous.read_text(encoding="utf-8") == "<html>previous complete build</html>"  # not replaced by a partial book
     assert not (tiny["book"] / "chapters").exists()
     assert "HTML not built" in res.stdout
 
@@ -225,7 +225,7 @@ def test_html_is_built_strictly_and_swapped_in_only_on_success(tiny):
     assert ok.returncode == 0, ok.stderr
     index = tiny["book"] / "_build" / "html" / "index.html"
     assert index.is_file()
-    appendix = (tiny["book"] / "_build" / "html" / "appendix.html").read_text()
+    appendix = (tiny["book"] / "_build" / "html" / "appendix.html").read_text(encoding="utf-8")
     assert "01_first" in appendix and "smoke" in appendix  # generated at build time
     good = {p.relative_to(index.parent) for p in index.parent.rglob("*.html")}
 

@@ -128,7 +128,7 @@ def test_manifest_columns_physics_and_poses(built):
     assert (sur.dose_mas == 2.0).all() and syn.dose_mas.isna().all()
     for _, g in syn.groupby("subject"):
         assert sorted(g.alpha) == ALPHAS
-    assert json.loads((out / "build.json").read_text())["complete"] is True
+    assert json.loads((out / "build.json").read_text(encoding="utf-8"))["complete"] is True
     for rel, g in man.groupby("shard"):
         assert sha256_file(out / rel) == g.checksum.iloc[0]
 
@@ -206,18 +206,18 @@ def test_cache_noop_resume_and_corruption(tmp_path, source):
     src = SubjectSource(source.ids, lambda s: (loads.append(s), source.load(s))[1], source.fingerprint)
     man = build_datasets(cfg, tmp_path, subjects=src, progress=False)
     assert len(loads) == 3
-    before, manifest_text = _mtimes(tmp_path), (tmp_path / "manifest.csv").read_text()
+    before, manifest_text = _mtimes(tmp_path), (tmp_path / "manifest.csv").read_text(encoding="utf-8")
 
     # 1. finished build: no-op (no subject loaded, no shard rewritten, same manifest)
     loads.clear()
     assert build_datasets(cfg, tmp_path, subjects=src, progress=False).equals(man)
     assert loads == [] and _mtimes(tmp_path) == before
-    assert (tmp_path / "manifest.csv").read_text() == manifest_text
+    assert (tmp_path / "manifest.csv").read_text(encoding="utf-8") == manifest_text
 
     shards = sorted(before)
     # 2. resume after a deleted shard (and an interrupted build marker)
     shards[0].unlink()
-    b = json.loads((tmp_path / "build.json").read_text())
+    b = json.loads((tmp_path / "build.json").read_text(encoding="utf-8"))
     (tmp_path / "build.json").write_text(json.dumps({**b, "complete": False}))
     # 3. a truncated shard and one with flipped bytes
     data = shards[1].read_bytes()
@@ -232,7 +232,7 @@ def test_cache_noop_resume_and_corruption(tmp_path, source):
     for p in shards:
         with np.load(p) as z:
             assert z["image"].dtype == np.uint8
-    assert json.loads((tmp_path / "build.json").read_text())["complete"] is True
+    assert json.loads((tmp_path / "build.json").read_text(encoding="utf-8"))["complete"] is True
 
     # only one damaged shard → only that subject is re-rendered
     shards[1].write_bytes(b"garbage")
@@ -414,7 +414,7 @@ def test_process_pool_build_is_byte_identical_to_the_in_process_build(tmp_path, 
     assert set(local.physics) == {"realistic", "naive"}
     for rel in local.shard:
         assert (tmp_path / "local" / rel).read_bytes() == (tmp_path / "pool" / rel).read_bytes()
-    assert (tmp_path / "local" / "manifest.csv").read_text() == (tmp_path / "pool" / "manifest.csv").read_text()
+    assert (tmp_path / "local" / "manifest.csv").read_text(encoding="utf-8") == (tmp_path / "pool" / "manifest.csv").read_text(encoding="utf-8")
 
 
 def test_a_pool_recipe_is_a_parameter_of_the_build(tmp_path, source):

@@ -161,7 +161,7 @@ def test_bad_threat_options_and_profile_block(tmp_path):
         prof = load_profile(name)
         s = learned_settings(prof)
         assert s.fields.max_disp_px < (prof.image_size - 1) / (s.fields.grid - 1) / 4
-    cfg = yaml.safe_load((PROFILES_DIR / "smoke.yml").read_text())
+    cfg = yaml.safe_load((PROFILES_DIR / "smoke.yml").read_text(encoding="utf-8"))
     cfg["learned"]["defense"]["generator"] = "sometimes"
     path = tmp_path / "bad.yml"
     path.write_text(yaml.safe_dump(cfg))

@@ -82,7 +82,7 @@ class KillOnce:
 def _same_build(a: Path, b: Path, manifest: pd.DataFrame) -> None:
     for rel in manifest.shard:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
-    assert (a / "manifest.csv").read_text() == (b / "manifest.csv").read_text()
+    assert (a / "manifest.csv").read_text(encoding="utf-8") == (b / "manifest.csv").read_text(encoding="utf-8")
 
 
 @pytest.fixture(scope="module")

@@ -59,13 +59,13 @@ def test_smoke_book_builds_every_stage(smoke_book):
     for stem in notebooks:
         assert (html / "chapters" / f"{stem}.html").is_file()
     # generated pages: numbers come from the run, not from the sources
-    intro = (html / "intro.html").read_text()
+    intro = (html / "intro.html").read_text(encoding="utf-8")
     assert "Findings of this build" in intro and "smoke" in intro
     results = smoke_book["runs"] / "smoke" / "evaluation" / "results.csv"
     if results.is_file():
         assert "Center" in intro and "virtual cohort" in intro
-    appendix = (html / "appendix.html").read_text()
-    timings = json.loads((smoke_book["runs"] / "smoke" / "06_rotation_robustness.timings.json").read_text())
+    appendix = (html / "appendix.html").read_text(encoding="utf-8")
+    timings = json.loads((smoke_book["runs"] / "smoke" / "06_rotation_robustness.timings.json").read_text(encoding="utf-8"))
     assert timings["device"] in appendix and "06_rotation_robustness" in appendix
     # the README's generated section: this build's headline numbers and stage times
     readme = smoke_book["readme"].read_text(encoding="utf-8")
@@ -87,7 +87,7 @@ def test_smoke_book_builds_every_stage(smoke_book):
     assert readme[:readme.index(xreadme.README_BEGIN)] == original[:original.index(xreadme.README_BEGIN)]
     assert readme[readme.index(xreadme.README_END):] == original[original.index(xreadme.README_END):]
     # the injected parameters cell is hidden, the profile banner shown
-    chapter = (html / "chapters" / "03_projection.html").read_text()
+    chapter = (html / "chapters" / "03_projection.html").read_text(encoding="utf-8")
     assert "Built with profile" in chapter
     assert "# Parameters" not in chapter  # papermill's injected cell starts with this comment
     assert not re.search(r'<span class="n">run_root</span>\s+<span class="o">=</span>\s+<span class="s2">', chapter)
@@ -146,7 +146,7 @@ def test_smoke_book_in_headless_chromium(smoke_book, served, tmp_path):
     problems = []
     for page in pages:
         url = served + page
-        source = (html / page).read_text()
+        source = (html / page).read_text(encoding="utf-8")
         if 'http-equiv="Refresh"' in source or 'http-equiv="refresh"' in source:
             continue  # index.html: jupyter-book's redirect to the root page (checked as intro.html)
         title = re.search(r"<h1[^>]*>(.*?)</h1>", source, re.DOTALL)
@@ -184,7 +184,7 @@ def test_smoke_book_in_headless_chromium(smoke_book, served, tmp_path):
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     index = "index.html"
-    redirect = re.search(r'url=([^"\']+)', (html / index).read_text())
+    redirect = re.search(r'url=([^"\']+)', (html / index).read_text(encoding="utf-8"))
     if redirect:  # screenshot the page index.html redirects to
         index = redirect.group(1)
     for page, name in ((index, "index.png"), ("chapters/06_rotation_robustness.html", "robustness.png")):

@@ -142,7 +142,7 @@ def test_training_learns_and_caches(toy, tmp_path):
     folder = Path(res.folder)
     assert folder.name.startswith("toy_U-Net_Real-") and {p.name for p in folder.iterdir()} >= {
         "best.pt", "last.pt", "history.csv", "result.json"}
-    assert json.loads((folder / "result.json").read_text())["complete"] is True
+    assert json.loads((folder / "result.json").read_text(encoding="utf-8"))["complete"] is True
 
     # cache: a second call trains nothing and rewrites nothing
     mtimes = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}

@@ -158,7 +158,7 @@ def test_legacy_models_are_adopted_when_their_thread_count_matches(toy, tmp_path
     # a folder as the old code left it: named by the old payload's hash, recording the device it ran on
     legacy = tmp_path / "models" / hashed_folder_name(cfg.name, _old_hash(cfg, "toy0"))
     shutil.copytree(made.folder, legacy)
-    info = json.loads((legacy / "result.json").read_text())
+    info = json.loads((legacy / "result.json").read_text(encoding="utf-8"))
     info["device"] = device
     (legacy / "result.json").write_text(json.dumps(info))
     before = {p.name: p.stat().st_mtime_ns for p in legacy.iterdir()}

@@ -23,7 +23,7 @@ ALPHAS = np.arange(-20.0, 21.0, 10.0)  # one angle or two per α group: seconds,
 
 
 def _profile():
-    cfg = yaml.safe_load((PROFILES_DIR / "smoke.yml").read_text())
+    cfg = yaml.safe_load((PROFILES_DIR / "smoke.yml").read_text(encoding="utf-8"))
     cfg.update(name="toyrot", image_size=S)
     cfg["synthetic"] = {"alphas": [float(a) for a in ALPHAS], "cen_alphas": [0.0]}
     cfg["render"]["detector"] = S

@@ -105,7 +105,7 @@ def defense_models(profile: Profile, run: Path, cfg: PoseConfig | None = None, d
         model = load_best(start, device)
         if (folder / "model.pt").exists() and (folder / "info.json").exists():
             model.load_state_dict(torch.load(folder / "model.pt", map_location=next(model.parameters()).device))
-            out[name] = (model.eval(), json.loads((folder / "info.json").read_text()))
+            out[name] = (model.eval(), json.loads((folder / "info.json").read_text(encoding="utf-8")))
             continue
         if real is None:
             real = load_tensors(real_rows, study.datasets_dir(run))
