@@ -20,7 +20,8 @@ Caching and resuming
     device and thread count; training runs with ``threads`` torch threads).
 
 Data
-    The selected images are read once (:mod:`xrlib.training.data`) and kept in memory; batches
+    The selected images are read once (:mod:`xrlib.training.data`), extended by the recipe's
+    :meth:`~xrlib.training.recipes.Recipe.train_data` hook, and kept in memory; batches
     come from a ``DataLoader`` whose shuffling generator is seeded with ``(seed, epoch)``.
 """
 
@@ -152,6 +153,7 @@ def train_model(
         raise ValueError(f"{cfg.name}: no validation images in the val split of {cfg.train_sets} ({datasets_dir}); "
                          "early stopping needs a validation split (set pools.*.val ≥ 1 in the profile)")
     x_tr, y_tr = load_tensors(train_rows, datasets_dir, "train", progress)
+    x_tr, y_tr = recipe.train_data(x_tr, y_tr, out_root)
     x_va, y_va = load_tensors(val_rows, datasets_dir, "val", progress)
 
     bar = None

@@ -5,6 +5,8 @@ its fields are its parameters (``TrainConfig.recipe_params``, all with defaults)
 parameters enter the model's cache hash. The loop (:func:`xrlib.training.loop.train_model`) calls
 its hooks in this order:
 
+* :meth:`Recipe.train_data` — once, after the training images are loaded: may extend them
+  (e.g. the ``added-samples`` recipe appends a fixed list of extra samples);
 * :attr:`Recipe.warm_start` — a cached model folder (absolute, or a folder name under the
   models root) whose ``best.pt`` weights replace the fresh initialisation;
 * :meth:`Recipe.extra_modules` — extra heads or networks (e.g. an auxiliary reconstruction head,
@@ -59,6 +61,11 @@ class Recipe:
     name: ClassVar[str] = "standard"
     #: Folder of a cached model to start from (absolute, or a folder name under the models root).
     warm_start: str | None = None
+
+    def train_data(self, x: torch.Tensor, y: torch.Tensor, out_root) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training images ``(N, 1, S, S)`` and masks the loop trains on (default: those of the
+        datasets, unchanged); ``out_root`` is the models root. Called once, before training."""
+        return x, y
 
     def extra_modules(self, model: torch.nn.Module) -> dict[str, torch.nn.Module]:
         """Extra modules trained in the same loop (moved to the device, checkpointed)."""
