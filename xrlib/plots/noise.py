@@ -1,4 +1,4 @@
-"""Figures of the noise chapter: std maps, SAR vs dose, CMR matrices, Z-test matrix, NPS, seed spread."""
+"""Figures of the noise chapter: std maps, SAR vs dose, CMR matrices, Z-test matrix, NPS, seed spread, adaptive rounds."""
 
 from __future__ import annotations
 
@@ -109,4 +109,42 @@ def seed_spread(per_seed: pd.DataFrame) -> plt.Figure:
     axes[1].bar(range(len(clean)), clean["clean_dice"])
     axes[1].set_xticks(range(len(clean)), clean["model"], rotation=20, ha="right", fontsize=7)
     axes[1].set(ylabel="mean clean Dice (realistic test images)", xlabel="training", title="clean Dice per seed")
+    return fig
+
+
+def adaptive_rounds(per_model: pd.DataFrame) -> plt.Figure:
+    """SAR per round of adaptive training, per clean band (lines) and dose (panels), against the control
+    (random noisy samples, same count: dashed), and the clean Dice per round — paper 003's Fig. 7."""
+    doses = sorted(per_model["budget"].unique(), reverse=True)
+    fig, axes = plt.subplots(1, len(doses) + 1, figsize=(4.4 * (len(doses) + 1), 3.8), constrained_layout=True)
+    styles = {"adaptive": "-", "augment": "--"}
+    names = {"adaptive": "adaptive", "augment": "noise augmentation (control)"}
+
+    def chain(d: pd.DataFrame, c: str) -> pd.DataFrame:  # round 0 (the base model) starts both chains
+        return d[(d["chain"] == c) | (d["chain"] == "base")].sort_values("iteration")
+
+    for ax, dose in zip(axes, doses):
+        d = per_model[np.isclose(per_model["budget"], dose)]
+        for i, band in enumerate(dict.fromkeys(d["band"])):
+            for c, ls in styles.items():
+                g = chain(d[d["band"] == band], c)
+                if (g["chain"] == c).any():
+                    n = int(g["n_clean"].iloc[0])
+                    ax.plot(g["iteration"], g["sar"], ls, marker="o", color=f"C{i}",
+                            label=f"{band} (n={n}), {names[c]}" if c == "adaptive" else f"{band}, {names[c]}")
+        ax.set(xlabel="round of training (0 = U-Net(Real+Syn_all))", ylabel="SAR on the test images",
+               ylim=(-0.03, 1.03), title=f"SAR per round, re-rendered noise at {dose:g} mAs")
+        ax.set_xticks(sorted(per_model["iteration"].unique()))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=6)
+    clean = per_model.drop_duplicates("model")
+    for c, ls in styles.items():
+        g = chain(clean, c)
+        if (g["chain"] == c).any():
+            axes[-1].plot(g["iteration"], g["clean_dice"], ls, marker="o", color="k", label=names[c])
+    axes[-1].set(xlabel="round of training", ylabel="mean Dice, clean (noise-free) test images",
+                 title="the price: clean Dice per round")
+    axes[-1].set_xticks(sorted(per_model["iteration"].unique()))
+    axes[-1].legend(fontsize=7)
+    axes[-1].grid(alpha=0.3)
     return fig

@@ -1,4 +1,4 @@
-"""The ``noise:`` block of a profile (chapter 10), typed and checked."""
+"""The ``noise:`` block of a profile (chapter 10) and its ``adaptive:`` sub-block, typed and checked."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from xrlib.core.errors import InputError
 from xrlib.core.profiles import Profile
 
-__all__ = ["NoiseSettings", "noise_settings"]
+__all__ = ["AdaptiveSettings", "NoiseSettings", "adaptive_settings", "noise_settings"]
 
 
 @dataclass(frozen=True)
@@ -78,3 +78,56 @@ def noise_settings(profile: Profile) -> NoiseSettings:
     if s.patch_px < 4 or s.seeds < 1 or s.seed_epochs < 1:
         raise bad("need patch_px ≥ 4, seeds ≥ 1 and seed_epochs ≥ 1")
     return s
+
+
+@dataclass(frozen=True)
+class AdaptiveSettings:
+    """The ``noise: adaptive:`` block — adaptive training against quantum noise (paper 003's Fig. 7).
+
+    Attributes:
+        iterations: attack → add → continue-training rounds (paper: 2–3).
+        epochs: epochs of continued training per round (also the patience), warm-started from the
+            previous round's model (round 1: U-Net(Real+Syn_all)).
+        lr: Adam learning rate of the continued training.
+        doses_mas: the doses the training set is attacked at and the test SAR is reported at (each one
+            of ``noise.doses_mas``).
+        realisations: re-rendered realisations per training image and dose in each round's attack.
+        subjects: how many training subjects are attacked (``None``: all cohort subjects of the
+            training split; taken alternately from the Real-surrogate and synthetic pools).
+    """
+
+    iterations: int
+    epochs: int
+    lr: float
+    doses_mas: tuple[float, ...]
+    realisations: int
+    subjects: int | None
+
+
+def adaptive_settings(profile: Profile) -> AdaptiveSettings:
+    """The profile's ``noise: adaptive:`` block; bad values raise :class:`InputError` naming the file."""
+    s = noise_settings(profile)
+    block = profile.section("noise").get("adaptive")
+    where = profile.path or profile.name
+
+    def bad(msg: str) -> InputError:
+        return InputError(where, f"noise.adaptive: {msg}")
+
+    if not isinstance(block, dict):
+        raise bad("missing block (iterations, epochs, lr, doses_mas, realisations, subjects)")
+    try:
+        subjects = block["subjects"]
+        a = AdaptiveSettings(iterations=int(block["iterations"]), epochs=int(block["epochs"]), lr=float(block["lr"]),
+                             doses_mas=tuple(float(d) for d in block["doses_mas"]),
+                             realisations=int(block["realisations"]), subjects=None if subjects is None else int(subjects))
+    except KeyError as exc:
+        raise bad(f"missing key {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:
+        raise bad(f"malformed value ({exc})") from None
+    if a.iterations < 1 or a.epochs < 1 or a.realisations < 1 or (a.subjects is not None and a.subjects < 1):
+        raise bad("need iterations, epochs, realisations and subjects ≥ 1")
+    if not a.lr > 0:
+        raise bad(f"lr must be positive, got {a.lr}")
+    if not a.doses_mas or any(not any(math.isclose(d, e) for e in s.doses_mas) for d in a.doses_mas):
+        raise bad(f"doses_mas must be some of noise.doses_mas {list(s.doses_mas)}, got {list(a.doses_mas)}")
+    return a
