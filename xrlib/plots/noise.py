@@ -128,10 +128,9 @@ def adaptive_rounds(per_model: pd.DataFrame) -> plt.Figure:
         for i, band in enumerate(dict.fromkeys(d["band"])):
             for c, ls in styles.items():
                 g = chain(d[d["band"] == band], c)
-                if (g["chain"] == c).any():
-                    n = int(g["n_clean"].iloc[0])
+                if (g["chain"] == c).any() and g["sar"].notna().any():  # a band no clean prediction is in has no SAR
                     ax.plot(g["iteration"], g["sar"], ls, marker="o", color=f"C{i}",
-                            label=f"{band} (n={n}), {names[c]}" if c == "adaptive" else f"{band}, {names[c]}")
+                            label=f"clean {band} (n = {'/'.join(str(int(n)) for n in g['n_clean'])}), {names[c]}")
         ax.set(xlabel="round of training (0 = U-Net(Real+Syn_all))", ylabel="SAR on the test images",
                ylim=(-0.03, 1.03), title=f"SAR per round, re-rendered noise at {dose:g} mAs")
         ax.set_xticks(sorted(per_model["iteration"].unique()))
