@@ -193,3 +193,17 @@ def test_cli_card_flags_exit_2_with_one_line(capsys):
     assert capsys.readouterr().err.strip().splitlines() == ["xrlib robustness: give --threat T (one threat) or --card (every threat)"]
     assert main(["robustness", "--profile", "no-such-profile", "--card"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_findings_show_a_result_figure_below_its_section(tmp_path):
+    from xrlib.publish.pages import result_figures, result_sections
+
+    (tmp_path / "card").mkdir()
+    (tmp_path / "pose").mkdir()
+    (tmp_path / "card" / "headline.md").write_text("**card**\n", encoding="utf-8")
+    (tmp_path / "card" / "headline.png").write_bytes(b"\x89PNG")
+    (tmp_path / "pose" / "headline.md").write_text("**pose**\n", encoding="utf-8")
+    assert result_figures(tmp_path) == {tmp_path / "card" / "headline.png": "card.png"}
+    assert result_sections(tmp_path, figures=True) == [
+        "**card**", "", "![result figure of card](generated/figures/card.png)", "", "**pose**", ""]
+    assert result_sections(tmp_path) == ["**card**", "", "**pose**", ""]  # the README: text only
