@@ -126,8 +126,8 @@ def card_markdown(card: Card) -> str:
     if len(card.floor):
         fl = card.floor.set_index("column")
         n = int(fl["n_seeds"].max()) if len(fl) else 0
-        lines.append("| " + " | ".join([f"*noise floor (spread over {n} seeds)*"] + [
-            "–" if np.isnan(fl.loc[c.key, "floor"]) else f"±{fl.loc[c.key, 'floor'] / 2:.3f}" for c in cols]) + " |")
+        lines.append("| " + " | ".join([f"*noise floor (max − min over {n} seeds)*"] + [
+            "–" if np.isnan(fl.loc[c.key, "floor"]) else f"{fl.loc[c.key, 'floor']:.3f}" for c in cols]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -153,9 +153,17 @@ def headline_markdown(card: Card) -> str:
     if note:
         lines += ["", note]
     if card.floor_victims:
-        lines += ["", f"Noise floor: half the spread of each statistic over {len(card.floor_victims)} retrainings of "
+        lines += ["", f"Noise floor: the spread (max − min) of each statistic over {len(card.floor_victims)} retrainings of "
                       f"U-Net(Real+Syn_all) with other seeds (chapter 10's repeats, shorter trainings than the study "
                       f"models); differences below it are not read as effects."]
+    top = []
+    for c in card.columns:
+        r = card.ranking[(card.ranking["column"] == c.key) & (card.ranking["rank"] == 1)]
+        if len(r) and not c.is_clean:
+            top.append(f"{c.title}: {' = '.join(r['model'])} ({r['value'].iloc[0]:.3f})")
+    if top:
+        lines += ["", "Most robust per threat (rank 1 of the ranking; overlapping CIs and differences below the floor "
+                      "do not make an order): " + "; ".join(top) + "."]
     nb = _not_built(card)
     if nb:
         lines += ["", "Not in this build (listed, not left blank or faked):", *nb]
