@@ -148,7 +148,10 @@ def test_card_on_the_toy_run_joins_every_row_with_every_column(toy_run, tmp_path
     from xrlib.studies.card import study as card_study
     from xrlib.studies.robustness import run_threat
 
+    from xrlib.core.profiles import validate_profile
+
     profile, run0, _ = toy_run
+    profile = validate_profile({**profile.raw, "card": {**profile.raw["card"], "seed_floor": True}}, "toyrot.yml")
     run = tmp_path / "toyrot"
     shutil.copytree(run0 / "datasets", run / "datasets")
     shutil.copytree(run0 / "models", run / "models")
@@ -156,8 +159,16 @@ def test_card_on_the_toy_run_joins_every_row_with_every_column(toy_run, tmp_path
     ref.results[ref.results["model"] == "U-Net(Real)"].pipe(lambda d: d.to_csv(ref.path, index=False))
     rows = (ROWS[0], RowSpec("later", "08", "a later defense", None, "not in this build (chapter 08 not yet built: x)"))
     cols = (*(BY_KEY[k] for k in ("clean-syn", "clean-real", "rotation", "pgd")), BY_KEY["acquisition"])
-    card = card_study.build_card(profile, run, rows=rows, columns=cols, floor=None)
+    def seeds(profile, run):  # two of the study models stand in for repeated-seed trainings (their cells are shared)
+        return [v for v in ROWS[0].victims(profile, run) if v.name != "U-Net(Real)"]
+
+    floor = RowSpec("floor", "10", "stand-in seeds", seeds)
+    card = card_study.build_card(profile, run, rows=rows, columns=cols, floor=floor)
     assert card.models == ["U-Net(Real)", "U-Net(Real+Syn_cen)", "U-Net(Real+Syn_all)"]
+    fl = card.floor.set_index("column")
+    spread = card.matrix.loc[["U-Net(Real+Syn_cen)", "U-Net(Real+Syn_all)"]]
+    np.testing.assert_allclose(fl.loc[spread.columns, "floor"], (spread.max() - spread.min()).to_numpy())
+    assert (fl["n_seeds"] == 2).all() and "noise floor (max − min over 2 seeds)" in card_study.card_markdown(card)
     assert card.matrix.shape == (3, 4) and card.matrix.notna().all().all()
     c = card.cells.set_index(["model", "column"])
     assert c.loc[("U-Net(Real)", "rotation"), "source"] == "chapter 06 table (rotation.csv)"
@@ -167,14 +178,14 @@ def test_card_on_the_toy_run_joins_every_row_with_every_column(toy_run, tmp_path
     np.testing.assert_allclose(card.matrix["rotation"], full.reindex(card.models), rtol=0, atol=1e-9)
     assert (c.loc[(slice(None), "clean-real"), "n_images"] == 4).all()  # the toy Real test split
     assert (c.loc[(slice(None), "pgd"), "strongest"].isin(["pgd", "segpgd"])).all()
-    again = card_study.build_card(profile, run, rows=rows, columns=cols, floor=None)
+    again = card_study.build_card(profile, run, rows=rows, columns=cols, floor=floor)
     assert set(again.cells.loc[again.cells["source"].str.startswith("computed"), "source"]) == {"computed by the card (cached)"}
     pd.testing.assert_frame_equal(again.matrix, card.matrix)
     paths = card_study.write_card(card, run)
     csv = pd.read_csv(paths["csv"])
-    assert len(csv) == (3 + 1) * 5  # every model and the not-built row × every column, the not-built one too
+    assert len(csv) == (3 + 2 + 1) * 5  # models, floor models and the not-built row × every column, the not-built one too
     ok = csv[csv["status"] == "ok"]
-    assert len(ok) == 12 and ok["value"].notna().all() and (ok["n_images"] > 0).all()
+    assert len(ok) == 20 and ok["value"].notna().all() and (ok["n_images"] > 0).all()
     assert set(csv.loc[csv["status"] != "ok", "status"]) == {rows[1].missing, BY_KEY["acquisition"].missing}
     head = paths["headline"].read_text(encoding="utf-8")
     assert "not in this build (chapter 08 not yet built: x)" in head and "| U-Net(Real+Syn_all) |" in head

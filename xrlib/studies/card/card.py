@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -79,9 +80,11 @@ def part_rows(profile: Profile, run: Path, s: CardSettings, column: Column, part
         else:
             todo.append((v, path))
     if todo:
-        if progress:
-            print(f"card: {column.key}/{part.threat} for {', '.join(v.name for v, _ in todo)}", flush=True)
+        t0 = time.perf_counter()
         new = part.compute(profile, run, s, {v.name: v.load() for v, _ in todo})
+        if progress:
+            print(f"card: computed {column.key}/{part.threat} for {len(todo)} model(s) in {time.perf_counter() - t0:.1f} s: "
+                  f"{', '.join(v.name for v, _ in todo)}", flush=True)
         for v, path in todo:
             rows = part.select(new[new["model"] == v.name], profile, s).reset_index(drop=True)
             write_csv_atomic(path, rows)

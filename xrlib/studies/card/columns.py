@@ -187,7 +187,7 @@ COLUMNS: tuple[Column, ...] = (
            (Part("rotation", lambda d, p, s: _at(d, 0.0), _clean_syn),), is_clean=True),
     Column("clean-real", "clean (Real surrogate)", "05", lambda s: "Real test split", "mean Dice", _dice, True,
            (Part("clean-real", lambda d, p, s: d, _clean_real, chapter_csv=False),), is_clean=True),
-    Column("rotation", "rotation (Moderate α)", "06", lambda s: "|α| 12–20°", "mean Dice", _dice, True,
+    Column("rotation", "rotation (Moderate α)", "06", lambda s: "α ∈ ±[12°, 20°]", "mean Dice", _dice, True,
            (Part("rotation", _moderate, _rotation),)),
     Column("pose", "worst-case pose", "12", lambda s: f"b = {s.pose_budget:g}", "mean Dice", _dice, True,
            (Part("pose", lambda d, p, s: _at(d, s.pose_budget), _pose),)),

@@ -74,7 +74,7 @@ def build_card(profile: Profile | str | Path, run: str | Path, rows: tuple[RowSp
     t2 = time.perf_counter()
     table = cells(got, columns, n_boot=s.n_boot, seed=int(profile.seed))
     names = [v.name for v in victims]
-    mat = matrix(table, names + [v.name for v in seeds], columns).loc[names]
+    mat = matrix(table, list(dict.fromkeys(names + [v.name for v in seeds])), columns).loc[names]
     fl = analysis.noise_floor(table, [v.name for v in seeds], columns)
     return Card(profile.name, s, victims, seeds, missing, tuple(columns), table, mat,
                 analysis.ranking(table, names, columns), fl, analysis.costs(table, victims),
