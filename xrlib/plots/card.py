@@ -11,14 +11,15 @@ import pandas as pd
 __all__ = ["card_heatmap", "card_ranking"]
 
 
-def _labels(columns) -> list[str]:
-    return [f"{c.title}\n{c.statistic} {'↑' if c.higher_better else '↓'}" for c in columns]
+def _labels(columns, settings=None) -> list[str]:
+    at = (lambda c: f", {c.budget(settings)}") if settings is not None else (lambda c: "")
+    return [f"{c.title}{at(c)}\n{c.statistic} {'↑' if c.higher_better else '↓'}" for c in columns]
 
 
-def card_heatmap(matrix: pd.DataFrame, columns: Sequence, title: str = "") -> plt.Figure:
+def card_heatmap(matrix: pd.DataFrame, columns: Sequence, title: str = "", settings=None) -> plt.Figure:
     """Models (rows) × threats (columns) of the card; the colour is the robustness score — the Dice, or
     1 − the rate for rate columns (SAR, success rate) — so brighter is more robust in every column; the
-    cells are annotated with the statistic itself."""
+    cells are annotated with the statistic itself; ``settings`` (the card's) adds each column's budget."""
     cols = [c for c in columns if c.key in matrix.columns]
     v = matrix[[c.key for c in cols]].to_numpy(float)
     score = np.column_stack([v[:, j] if c.higher_better else 1.0 - v[:, j] for j, c in enumerate(cols)]) if cols else v
@@ -28,7 +29,7 @@ def card_heatmap(matrix: pd.DataFrame, columns: Sequence, title: str = "") -> pl
         for j in range(v.shape[1]):
             ax.text(j, i, "–" if np.isnan(v[i, j]) else f"{v[i, j]:.2f}", ha="center", va="center", fontsize=8,
                     color="black" if score[i, j] > 0.6 else "white")
-    ax.set_xticks(range(len(cols)), _labels(cols), fontsize=7, rotation=30, ha="right")
+    ax.set_xticks(range(len(cols)), _labels(cols, settings), fontsize=7, rotation=30, ha="right")
     ax.set_yticks(range(len(matrix)), list(matrix.index), fontsize=8)
     ax.set(xlabel="threat at the card's budget (statistic; ↑ higher / ↓ lower is more robust)", ylabel="model",
            title=title)
