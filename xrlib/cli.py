@@ -314,7 +314,9 @@ def _cmd_card(args, options: dict) -> int:
     card = build_card(profile, run_dir(profile.name, args.run_root), progress=not args.no_progress)
     paths = write_card(card, run_dir(profile.name, args.run_root))
     print(paths["md"].read_text(encoding="utf-8"), end="")
-    print(f"wrote {paths['csv']} ({len(card.victims)} models × {len(card.columns)} threats) and {paths['md']}")
+    built = sum(not c.missing for c in card.columns)
+    print(f"wrote {paths['csv']} ({len(card.victims)} models × {built} columns in this build; "
+          f"{len(card.missing_rows)} row(s) and {len(card.columns) - built} column(s) not built) and {paths['md']}")
     return 0
 
 

@@ -72,7 +72,7 @@ def part_rows(profile: Profile, run: Path, s: CardSettings, column: Column, part
     for v in victims:
         rows = part.select(chapter[chapter["model"] == v.name], profile, s) if len(chapter) else chapter
         if len(rows):
-            out[v.name] = (rows.reset_index(drop=True), f"chapter {column.chapter} table ({csv.name})")
+            out[v.name] = (rows.reset_index(drop=True), f"chapter {part.chapter or column.chapter} table ({csv.name})")
             continue
         path = _cache_path(run, column, part, v, _key(profile, s, column, part, v))
         if path.is_file():

@@ -38,6 +38,7 @@ class Part:
     select: Callable[[pd.DataFrame, Profile, CardSettings], pd.DataFrame]
     compute: Compute
     chapter_csv: bool = True  # the chapter writes <run>/robustness/<threat>.csv (else: the card computes all)
+    chapter: str = ""  # the chapter that writes that table (default: the column's)
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,7 @@ def _success(df: pd.DataFrame) -> pd.Series:
 #: The card's columns, in the order they are shown.
 COLUMNS: tuple[Column, ...] = (
     Column("clean-syn", "clean (synthetic, α 0)", "05", lambda s: "α = 0°", "mean Dice", _dice, True,
-           (Part("rotation", lambda d, p, s: _at(d, 0.0), _clean_syn),), is_clean=True),
+           (Part("rotation", lambda d, p, s: _at(d, 0.0), _clean_syn, chapter="06"),), is_clean=True),
     Column("clean-real", "clean (Real surrogate)", "05", lambda s: "Real test split", "mean Dice", _dice, True,
            (Part("clean-real", lambda d, p, s: d, _clean_real, chapter_csv=False),), is_clean=True),
     Column("rotation", "rotation (Moderate α)", "06", lambda s: "α ∈ ±[12°, 20°]", "mean Dice", _dice, True,

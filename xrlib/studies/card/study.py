@@ -107,7 +107,8 @@ def card_table(card: Card) -> pd.DataFrame:
                         "higher_is_better": c.higher_better, "status": spec.missing})
     cols = ["row", "model", "defense", "model_chapter", "column", "threat", "threat_chapter", "budget", "statistic",
             "higher_is_better", "value", "lo", "hi", "n_images", "n_subjects", "strongest", "source", "status"]
-    return pd.DataFrame(out).reindex(columns=cols)
+    df = pd.DataFrame(out).reindex(columns=cols)
+    return df.astype({"n_images": "Int64", "n_subjects": "Int64"})
 
 
 def _cell(r) -> str:
@@ -123,7 +124,7 @@ def card_markdown(card: Card) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v in card.victims:
         lines.append("| " + " | ".join([v.name] + [_cell(val.loc[(v.name, c.key)]) for c in cols]) + " |")
-    if len(card.floor):
+    if card.floor_victims and len(card.floor):
         fl = card.floor.set_index("column")
         n = int(fl["n_seeds"].max()) if len(fl) else 0
         lines.append("| " + " | ".join([f"*noise floor (max − min over {n} seeds)*"] + [
