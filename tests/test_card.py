@@ -91,7 +91,7 @@ def test_transfer_verdicts_against_the_noise_floor():
     assert set(tr["verdict"]) == {"within the seed spread"}
     [sentence] = analysis.transfer_sentences(tr, cols)
     assert sentence.startswith("**B** (a defense, vs A): more robust against no threat beyond the floor")
-    assert "PGD/SegPGD L∞ (+0.300 Dice)" in sentence and "(-25 pp)" in sentence
+    assert "PGD/SegPGD L∞ (+0.300 Dice)" in sentence and "(-25.0 pp)" in sentence
 
 
 def test_part_rows_reads_the_chapter_table_computes_the_rest_and_caches(tmp_path):

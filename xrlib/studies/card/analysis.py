@@ -91,7 +91,8 @@ def transfer(cell_table: pd.DataFrame, victims: Sequence[Victim], floor: pd.Data
 def _fmt_gain(col: Column, gain: float) -> str:
     unit = "Dice" if col.higher_better else "pp"
     g = gain if col.higher_better else gain * 100
-    return f"{g:+.3f} {unit}" if col.higher_better else f"{g:+.0f} {unit}"
+    g = float(g) + 0.0  # no "-0"
+    return f"{g:+.3f} {unit}" if col.higher_better else f"{g:+.1f} {unit}"
 
 
 def transfer_sentences(tr: pd.DataFrame, columns: Sequence[Column] = COLUMNS) -> list[str]:

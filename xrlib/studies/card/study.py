@@ -170,7 +170,9 @@ def headline_markdown(card: Card) -> str:
         lines += ["", "Not in this build (listed, not left blank or faked):", *nb]
     sentences = analysis.transfer_sentences(card.transfer, card.columns)
     if sentences:
-        lines += ["", "Which defense transfers to which threat (gain over its base model beyond the seed spread):", ""]
+        why = ("gain over its base model beyond the seed spread" if card.floor_victims else
+               "gain over its base model; no seed floor in this build, so every difference counts — small ones are noise")
+        lines += ["", f"Which defense transfers to which threat ({why}):", ""]
         lines += [f"- {x}" for x in sentences]
     return "\n".join(lines) + "\n"
 
