@@ -236,3 +236,29 @@ def test_training_bench_plans_the_training_sets_that_the_smoke_build_made(smoke_
     built = {c.name: len(select_images(smoke_book["runs"] / "smoke" / "datasets", c.train_sets, "train", c.cen_alphas))
              for c in study_configs(cfg)}
     assert _bench_training().train_images(cfg) == built
+
+
+def test_smoke_book_card_joins_every_row_with_every_column(smoke_book):
+    """Chapter 13 on the smoke run: no row × column cell of the card is silently missing, the not-built rows
+    and columns are listed as such, and the card (with its heatmap) heads the introduction and the README."""
+    import pandas as pd
+
+    from xrlib.studies.card.columns import COLUMNS
+    from xrlib.studies.card.rows import ROWS
+
+    assert smoke_book["returncode"] == 0, smoke_book["stderr"][-3000:]
+    run = smoke_book["runs"] / "smoke"
+    card = pd.read_csv(run / "robustness" / "card.csv")
+    ok = card[card["status"] == "ok"]
+    models = ok["model"].unique()
+    built = [c.key for c in COLUMNS if not c.missing]
+    assert len(ok) == len(models) * len(built) and set(ok["column"]) == set(built)
+    assert ok["value"].notna().all() and (ok["n_images"] > 0).all()
+    expected = {r.missing for r in ROWS if r.victims is None} | {c.missing for c in COLUMNS if c.missing}
+    assert set(card.loc[card["status"] != "ok", "status"]) == expected
+    assert {"U-Net(Real)", "U-Net(Real+Syn_all)+PGD-AT", "U-Net(Real)+worst-pose"} <= set(models)
+    intro = (smoke_book["html"] / "intro.html").read_text(encoding="utf-8")
+    assert "robustness card (chapter 13)" in intro and re.search(r'<img [^>]*src="_images/card\.png"', intro)
+    assert (smoke_book["html"] / "_images" / "card.png").is_file()
+    section = smoke_book["readme"].read_text(encoding="utf-8")
+    assert "robustness card (chapter 13) — profile smoke" in section and "card.png" not in section

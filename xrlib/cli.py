@@ -252,7 +252,9 @@ def _add_robustness(sub) -> None:
     p = _profile_command(sub, "robustness", "score the study models under a threat (runs/<profile>/robustness/<threat>.csv)",
                          "Run a threat against the trained study models, write its results table (one row per "
                          "model × budget × test image) and print mean Dice per α group.")
-    p.add_argument("--threat", required=True, help=f"threat to run ({', '.join(THREATS)})")
+    p.add_argument("--threat", help=f"threat to run ({', '.join(THREATS)}); required unless --card")
+    p.add_argument("--card", action="store_true", help="instead of one threat, join every model with every threat at "
+                   "the card's budgets (chapter 13): writes runs/<profile>/robustness/card.csv and card.md")
     p.add_argument("--models", nargs="+", metavar="NAME", help="study models to score (default: all three)")
     p.add_argument("--budgets", nargs="+", type=_finite(float, "--budgets"), metavar="B",
                    help="budgets to run, in the threat's unit (default: the threat's grid)")
@@ -282,15 +284,39 @@ def _cmd_robustness(args) -> int:
     from xrlib.core.runs import run_dir
     from xrlib.studies.robustness import run_threat
 
-    profile = load_profile(args.profile)
     options = {k: getattr(args, k) for k in ("steps", "norm", "restarts", "alphas", "method", "variant")
                if getattr(args, k) is not None}
+    if args.card:
+        return _cmd_card(args, options)
+    if args.threat is None:
+        raise UsageError("xrlib robustness", "give --threat T (one threat) or --card (every threat)")
+    profile = load_profile(args.profile)
     executor = _make_executor(args, "xrlib robustness")
     out = run_threat(profile, run_dir(profile.name, args.run_root), args.threat, args.models, args.budgets,
                      progress=not args.no_progress, examples_dir=args.save_examples, executor=executor, **options)
     with pd.option_context("display.width", 120):
         print(out.summary.round(4).to_string())
     print(f"wrote {out.path} ({len(out.results)} rows)")
+    return 0
+
+
+def _cmd_card(args, options: dict) -> int:
+    from xrlib.core.profiles import load_profile
+    from xrlib.core.runs import run_dir
+    from xrlib.studies.card.study import build_card, write_card
+
+    given = [f"--{k.replace('_', '-')}" for k in ("threat", "models", "budgets", "save_examples", "executor", "address")
+             if getattr(args, k) is not None] + [f"--{k}" for k in options]
+    if given:
+        raise UsageError("xrlib robustness", f"--card takes no {given[0]} (its rows, threats and budgets are the "
+                                             "card's; set them in the profile's card: block)")
+    profile = load_profile(args.profile)
+    card = build_card(profile, run_dir(profile.name, args.run_root), progress=not args.no_progress)
+    paths = write_card(card, run_dir(profile.name, args.run_root))
+    print(paths["md"].read_text(encoding="utf-8"), end="")
+    built = sum(not c.missing for c in card.columns)
+    print(f"wrote {paths['csv']} ({len(card.victims)} models × {built} columns in this build; "
+          f"{len(card.missing_rows)} row(s) and {len(card.columns) - built} column(s) not built) and {paths['md']}")
     return 0
 
 

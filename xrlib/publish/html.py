@@ -24,7 +24,7 @@ from xrlib.core.atomic import atomic_write, write_text_atomic
 from xrlib.core.profiles import Profile
 from xrlib.publish.errors import BookError
 from xrlib.publish.execute import BOOK_DIR, executed_dir
-from xrlib.publish.pages import findings_markdown, metadata_markdown
+from xrlib.publish.pages import findings_markdown, metadata_markdown, result_figures
 from xrlib.publish.report import BookReport, StageResult
 
 
@@ -88,6 +88,10 @@ def build_html(report: BookReport, *, cfg: Profile, run: Path, overrides: dict, 
     for s in report.stages:
         prepare_chapter(executed / f"{s.name}.ipynb", chapters / f"{s.name}.ipynb", banner(report, s, overrides))
     gen = book_dir / "generated"
+    shutil.rmtree(gen / "figures", ignore_errors=True)
+    for fig, name in result_figures(run).items():
+        (gen / "figures").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(fig, gen / "figures" / name)
     write_text_atomic(gen / "findings.md", findings_markdown(report, run))
     write_text_atomic(gen / "run_metadata.md", metadata_markdown(report, run, cfg, overrides, book_dir))
 

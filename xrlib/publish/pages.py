@@ -20,6 +20,9 @@ from xrlib.publish.report import BookReport
 
 #: The file name of a result section in the run folder (any depth).
 RESULT_SECTION = "headline.md"
+#: A result section's figure: a PNG of this name beside a ``headline.md`` is shown below it in the book's
+#: introduction (copied to ``book/generated/figures/``; the README shows the section's text only).
+RESULT_FIGURE = "headline.png"
 #: Packages listed in the appendix (those installed).
 VERSION_PACKAGES = ("xrlib", "numpy", "pandas", "torch", "monai", "itk-rtk", "diffdrr", "spekpy", "xraydb",
                     "matplotlib", "papermill", "jupyter-book", "sphinx", "myst-nb")
@@ -33,21 +36,35 @@ def md_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def result_sections(run: Path) -> list[str]:
-    """The lines of every result section (``headline.md``) under ``run``, each followed by a blank line."""
+def result_sections(run: Path, figures: bool = False) -> list[str]:
+    """The lines of every result section (``headline.md``) under ``run``, each followed by a blank line;
+    ``figures``: also its :data:`RESULT_FIGURE` (as ``generated/figures/<name>``, see :func:`result_figures`)."""
     lines: list[str] = []
+    names = {fig.parent: name for fig, name in result_figures(run).items()} if figures else {}
     for path in sorted(Path(run).rglob(RESULT_SECTION)):
         text = path.read_text(encoding="utf-8").strip("\n")
         if text.strip():
             lines += [*text.split("\n"), ""]
+        if path.parent in names:  # the include in intro.md resolves image paths from book/
+            lines += [f"![result figure of {names[path.parent][:-4]}](generated/figures/{names[path.parent]})", ""]
     return lines
+
+
+def result_figures(run: Path) -> dict[Path, str]:
+    """``{figure path: name under book/generated/figures/}`` of every :data:`RESULT_FIGURE` beside a result section."""
+    out = {}
+    for path in sorted(Path(run).rglob(RESULT_SECTION)):
+        fig = path.with_name(RESULT_FIGURE)
+        if fig.is_file():
+            out[fig] = "-".join(path.parent.relative_to(run).parts or ("run",)) + ".png"
+    return out
 
 
 def findings_markdown(report: BookReport, run: Path) -> str:
     """The "findings of this build" section of the introduction, from the run's result sections."""
     lines = [f"*Generated from the run of this build — profile **{report.profile}**, run folder "
              f"`{run.name}/`. Numbers below are computed, not typed.*", ""]
-    sections = result_sections(run)
+    sections = result_sections(run, figures=True)
     if not sections:
         ran = ", ".join(f"{s.name} ({s.status})" for s in report.stages)
         lines.append(f"No results in this run (no `{RESULT_SECTION}` under `{run.name}/`). Stages: {ran}.")

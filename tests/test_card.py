@@ -1,0 +1,220 @@
+"""Chapter 13, the robustness card: the joins, the statistics per cell, the ranking, the cache and the CLI."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from xrlib.core.errors import InputError
+from xrlib.studies.card import analysis
+from xrlib.studies.card.card import CardError, cells, matrix, part_rows
+from xrlib.studies.card.columns import COLUMNS, Column, Part
+from xrlib.studies.card.rows import ROWS, RowSpec, Victim
+from xrlib.studies.card.settings import CardSettings
+
+BY_KEY = {c.key: c for c in COLUMNS}
+S = CardSettings(pose_budget=10.0, pgd_eps=0.03, noise_dose_mas=4e-5, xi=2.0, n_boot=200, seed_floor=False)
+
+
+def _rows(model: str, threat: str, dice, subjects, budget=0.03, clean=None) -> pd.DataFrame:
+    dice = np.asarray(dice, float)
+    clean = np.full(len(dice), 0.9) if clean is None else np.asarray(clean, float)
+    return pd.DataFrame({"model": model, "threat": threat, "budget": budget, "budget_unit": "u", "subject": subjects,
+                         "alpha": 0.0, "alpha_group": "Center", "dice": dice, "hd95_mm": 1.0, "dice_clean": clean,
+                         "dice_vs_clean_pred": np.nan, "success": clean - dice >= 0.3 * clean, "changed": pd.NA})
+
+
+def _constructed():
+    """Two models; PGD and SegPGD tables at ε 0.03 with known means: A 0.6 / 0.4, B 0.7 / 0.8."""
+    subj = ["s1", "s1", "s2", "s2"]
+    return {("A", "pgd", "pgd"): (_rows("A", "pgd", [0.5, 0.7, 0.5, 0.7], subj), "t"),
+            ("A", "pgd", "segpgd"): (_rows("A", "segpgd", [0.4, 0.4, 0.3, 0.5], subj), "t"),
+            ("B", "pgd", "pgd"): (_rows("B", "pgd", [0.7, 0.7, 0.7, 0.7], subj), "t"),
+            ("B", "pgd", "segpgd"): (_rows("B", "segpgd", [0.8, 0.8, 0.8, 0.8], subj), "t"),
+            ("A", "learned", "deformation"): (_rows("A", "deformation", [0.9, 0.2, 0.9, 0.2], subj), "t"),
+            ("B", "learned", "deformation"): (_rows("B", "deformation", [0.1, 0.1, 0.2, 0.9], subj), "t")}
+
+
+def test_constructed_tables_give_the_known_matrix():
+    cols = (BY_KEY["pgd"], BY_KEY["learned"])
+    t = cells(_constructed(), cols, n_boot=200)
+    m = matrix(t, ["A", "B"], cols)
+    # PGD/SegPGD: the minimum mean Dice over the two attacks; learned: the success rate (Dice fell ≥ 30 %)
+    np.testing.assert_allclose(m.to_numpy(), [[0.4, 0.5], [0.7, 0.75]])
+    pgd = t[t["column"] == "pgd"].set_index("model")
+    assert pgd.loc["A", "strongest"] == "segpgd" and pgd.loc["B", "strongest"] == "pgd"
+    assert (t["n_images"] == 4).all() and (t["n_subjects"] == 2).all()
+    # B's PGD Dice is constant: its subject-bootstrap interval is the point; A's SegPGD subjects differ (0.4, 0.4)
+    assert pgd.loc["B", "lo"] == pytest.approx(0.7) and pgd.loc["B", "hi"] == pytest.approx(0.7)
+    assert pgd.loc["A", "lo"] <= 0.4 <= pgd.loc["A", "hi"]
+
+
+def test_a_missing_or_empty_cell_is_an_error_never_a_blank():
+    cols = (BY_KEY["pgd"], BY_KEY["learned"])
+    rows = _constructed()
+    del rows[("B", "learned", "deformation")]
+    with pytest.raises(CardError, match="model 'B' × column 'learned'"):
+        matrix(cells(rows, cols, n_boot=200), ["A", "B"], cols)
+    rows = _constructed()
+    rows[("B", "pgd", "segpgd")] = (rows[("B", "pgd", "segpgd")][0].iloc[:0], "t")  # one attack without images
+    t = cells(rows, cols, n_boot=200)
+    assert t.set_index(["model", "column"]).loc[("B", "pgd"), "n_images"] == 0
+    with pytest.raises(CardError, match="model 'B' × column 'pgd'"):
+        matrix(t, ["A", "B"], cols)
+
+
+def test_ranking_orients_each_statistic():
+    cols = (BY_KEY["pgd"], BY_KEY["learned"])
+    t = cells(_constructed(), cols, n_boot=200)
+    r = analysis.ranking(t, ["A", "B"], cols)
+    # Dice: higher is more robust (B first); success rate: lower is more robust (A 0.5 < B 0.75)
+    assert r[r["column"] == "pgd"]["model"].tolist() == ["B", "A"]
+    assert r[r["column"] == "learned"]["model"].tolist() == ["A", "B"]
+    tie = t.copy()
+    tie.loc[tie["column"] == "pgd", "value"] = 0.5
+    assert analysis.ranking(tie, ["A", "B"], cols).query("column == 'pgd'")["rank"].tolist() == [1, 1]
+
+
+def test_transfer_verdicts_against_the_noise_floor():
+    cols = (BY_KEY["pgd"], BY_KEY["learned"])
+    t = cells(_constructed(), cols, n_boot=200)
+    victims = [Victim("A", "r", "none", "05", "a", lambda: None), Victim("B", "r", "a defense", "09", "b", lambda: None, base="A")]
+    floor = pd.DataFrame({"column": ["pgd", "learned"], "floor": [0.1, 0.1], "n_seeds": [2, 2]})
+    tr = analysis.transfer(t, victims, floor, cols).set_index("column")
+    assert tr.loc["pgd", "gain"] == pytest.approx(0.3) and tr.loc["pgd", "verdict"] == "helps"
+    assert tr.loc["learned", "gain"] == pytest.approx(-0.25) and tr.loc["learned", "verdict"] == "hurts"
+    floor["floor"] = 0.5
+    tr = analysis.transfer(t, victims, floor, cols)
+    assert set(tr["verdict"]) == {"within the seed spread"}
+    [sentence] = analysis.transfer_sentences(tr, cols)
+    assert sentence.startswith("**B** (a defense, vs A): more robust against no threat beyond the floor")
+    assert "PGD/SegPGD L∞ (+0.300 Dice)" in sentence and "(-25.0 pp)" in sentence
+
+
+def test_part_rows_reads_the_chapter_table_computes_the_rest_and_caches(tmp_path):
+    """A model in the chapter's table is read from it; another is computed once, then read from the cache."""
+    from xrlib.core.profiles import load_profile
+    from xrlib.eval.robustness import write_robustness
+
+    calls = []
+
+    def compute(profile, run, s, victims):
+        calls.append(sorted(victims))
+        return pd.concat([_rows(n, "pgd", [0.25, 0.75], ["s1", "s2"]) for n in victims], ignore_index=True)
+
+    write_robustness(pd.concat([_rows("A", "pgd", [0.5, 0.5], ["s1", "s2"]),
+                                _rows("A", "pgd", [0.9, 0.9], ["s1", "s2"], budget=0.07)]), tmp_path, "pgd")
+    part = Part("pgd", lambda d, p, s: d[np.isclose(d["budget"], s.pgd_eps)], compute)
+    col = Column("pgd", "t", "09", lambda s: "", "mean Dice", lambda d: d["dice"], True, (part,))
+    victims = [Victim(n, "r", "d", "09", f"{n}-weights", lambda: object()) for n in ("A", "B")]
+    profile = load_profile("smoke")
+    got = part_rows(profile, tmp_path, S, col, part, victims)
+    assert calls == [["B"]]
+    assert got["A"][1] == "chapter 09 table (pgd.csv)" and got["A"][0]["dice"].tolist() == [0.5, 0.5]
+    assert got["B"][1] == "computed by the card" and got["B"][0]["dice"].tolist() == [0.25, 0.75]
+    again = part_rows(profile, tmp_path, S, col, part, victims)
+    assert calls == [["B"]] and again["B"][1] == "computed by the card (cached)"
+    pd.testing.assert_frame_equal(again["B"][0], got["B"][0], check_dtype=False)
+    victims[1].identity = "B-retrained"  # other weights: a new key, computed again
+    part_rows(profile, tmp_path, S, col, part, victims)
+    assert calls == [["B"], ["B"]]
+
+
+def test_card_settings_bad_input_names_the_key():
+    from xrlib.core.profiles import load_profile, validate_profile
+    from xrlib.studies.card.settings import card_settings
+
+    raw = dict(load_profile("smoke").raw)
+    raw["card"] = {**raw["card"], "pgd_eps": 2.0}
+    with pytest.raises(InputError, match=r"card.pgd_eps: expected a number in \(0, 1\], got 2.0"):
+        card_settings(validate_profile(raw, "bad.yml"))
+    raw["card"] = {**raw["card"], "pgd_eps": 0.03, "eps": 0.03}
+    with pytest.raises(InputError, match=r"card: unknown key\(s\) \['eps'\]"):
+        card_settings(validate_profile(raw, "bad.yml"))
+
+
+def test_registries_list_every_not_built_chapter_explicitly():
+    assert all(r.missing.startswith("not in this build (chapter") for r in ROWS if r.victims is None)
+    assert all(c.missing.startswith("not in this build (chapter") for c in COLUMNS if not c.parts)
+    assert all(c.parts or c.missing for c in COLUMNS)
+
+
+def test_card_on_the_toy_run_joins_every_row_with_every_column(toy_run, tmp_path):
+    """End to end on the toy study: the rotation table holds one model, the card computes the rest (rotation,
+    clean and PGD/SegPGD with the chapters' code), caches them, and lists the not-built row and column."""
+    from xrlib.studies.card import study as card_study
+    from xrlib.studies.robustness import run_threat
+
+    from xrlib.core.profiles import validate_profile
+
+    profile, run0, _ = toy_run
+    profile = validate_profile({**profile.raw, "card": {**profile.raw["card"], "seed_floor": True}}, "toyrot.yml")
+    run = tmp_path / "toyrot"
+    shutil.copytree(run0 / "datasets", run / "datasets")
+    shutil.copytree(run0 / "models", run / "models")
+    ref = run_threat(profile, run, "rotation")  # every model; the card's table only keeps U-Net(Real)
+    ref.results[ref.results["model"] == "U-Net(Real)"].pipe(lambda d: d.to_csv(ref.path, index=False))
+    rows = (ROWS[0], RowSpec("later", "08", "a later defense", None, "not in this build (chapter 08 not yet built: x)"))
+    cols = (*(BY_KEY[k] for k in ("clean-syn", "clean-real", "rotation", "pgd")), BY_KEY["acquisition"])
+    def seeds(profile, run):  # two of the study models stand in for repeated-seed trainings (their cells are shared)
+        return [v for v in ROWS[0].victims(profile, run) if v.name != "U-Net(Real)"]
+
+    floor = RowSpec("floor", "10", "stand-in seeds", seeds)
+    card = card_study.build_card(profile, run, rows=rows, columns=cols, floor=floor)
+    assert card.models == ["U-Net(Real)", "U-Net(Real+Syn_cen)", "U-Net(Real+Syn_all)"]
+    fl = card.floor.set_index("column")
+    spread = card.matrix.loc[["U-Net(Real+Syn_cen)", "U-Net(Real+Syn_all)"]]
+    np.testing.assert_allclose(fl.loc[spread.columns, "floor"], (spread.max() - spread.min()).to_numpy())
+    assert (fl["n_seeds"] == 2).all() and "noise floor (max − min over 2 seeds)" in card_study.card_markdown(card)
+    assert card.matrix.shape == (3, 4) and card.matrix.notna().all().all()
+    c = card.cells.set_index(["model", "column"])
+    assert c.loc[("U-Net(Real)", "rotation"), "source"] == "chapter 06 table (rotation.csv)"
+    assert c.loc[("U-Net(Real+Syn_all)", "rotation"), "source"] == "computed by the card"
+    # computed cells agree with the chapter's own threat: Moderate groups of the full rotation run
+    full = ref.results[ref.results["alpha_group"].str.startswith("Moderate")].groupby("model")["dice"].mean()
+    np.testing.assert_allclose(card.matrix["rotation"], full.reindex(card.models), rtol=0, atol=1e-9)
+    assert (c.loc[(slice(None), "clean-real"), "n_images"] == 4).all()  # the toy Real test split
+    assert (c.loc[(slice(None), "pgd"), "strongest"].isin(["pgd", "segpgd"])).all()
+    again = card_study.build_card(profile, run, rows=rows, columns=cols, floor=floor)
+    assert set(again.cells.loc[again.cells["source"].str.startswith("computed"), "source"]) == {"computed by the card (cached)"}
+    pd.testing.assert_frame_equal(again.matrix, card.matrix)
+    paths = card_study.write_card(card, run)
+    csv = pd.read_csv(paths["csv"])
+    assert len(csv) == (3 + 2 + 1) * 5  # models, floor models and the not-built row × every column, the not-built one too
+    ok = csv[csv["status"] == "ok"]
+    assert len(ok) == 20 and ok["value"].notna().all() and (ok["n_images"] > 0).all()
+    assert set(csv.loc[csv["status"] != "ok", "status"]) == {rows[1].missing, BY_KEY["acquisition"].missing}
+    head = paths["headline"].read_text(encoding="utf-8")
+    assert "not in this build (chapter 08 not yet built: x)" in head and "| U-Net(Real+Syn_all) |" in head
+
+
+def test_cli_card_flags_exit_2_with_one_line(capsys):
+    from xrlib.cli import main
+
+    assert main(["robustness", "--profile", "smoke", "--card", "--threat", "pgd"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "xrlib robustness: --card takes no --threat (its rows, threats and budgets are the card's; set them in the "
+        "profile's card: block)"]
+    assert main(["robustness", "--profile", "smoke", "--card", "--steps", "3"]) == 2
+    assert "--card takes no --steps" in capsys.readouterr().err
+    assert main(["robustness", "--profile", "smoke"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["xrlib robustness: give --threat T (one threat) or --card (every threat)"]
+    assert main(["robustness", "--profile", "no-such-profile", "--card"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_findings_show_a_result_figure_below_its_section(tmp_path):
+    from xrlib.publish.pages import result_figures, result_sections
+
+    (tmp_path / "card").mkdir()
+    (tmp_path / "pose").mkdir()
+    (tmp_path / "card" / "headline.md").write_text("**card**\n", encoding="utf-8")
+    (tmp_path / "card" / "headline.png").write_bytes(b"\x89PNG")
+    (tmp_path / "pose" / "headline.md").write_text("**pose**\n", encoding="utf-8")
+    assert result_figures(tmp_path) == {tmp_path / "card" / "headline.png": "card.png"}
+    assert result_sections(tmp_path, figures=True) == [
+        "**card**", "", "![result figure of card](generated/figures/card.png)", "", "**pose**", ""]
+    assert result_sections(tmp_path) == ["**card**", "", "**pose**", ""]  # the README: text only

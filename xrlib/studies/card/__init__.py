@@ -1,0 +1,1 @@
+"""Chapter 13: the robustness card — every defended model under every threat, in one table."""

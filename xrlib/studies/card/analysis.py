@@ -1,0 +1,115 @@
+"""What the card says: ranking per threat, the noise floor, the cost of each defense and which defenses transfer.
+
+All functions read the cell table of :func:`xrlib.studies.card.card.cells` (one row per model ×
+column) and the victims' registry data; nothing here runs a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from xrlib.studies.card.columns import COLUMNS, Column
+from xrlib.studies.card.rows import Victim
+
+__all__ = ["costs", "noise_floor", "ranking", "transfer", "transfer_sentences"]
+
+
+def _oriented(value, col: Column):
+    """Higher = more robust: the value itself for Dice columns, minus it for rate columns."""
+    return value if col.higher_better else -value
+
+
+def ranking(cell_table: pd.DataFrame, models: Sequence[str], columns: Sequence[Column] = COLUMNS) -> pd.DataFrame:
+    """Per available column, the ``models`` from most to least robust: ``column``, ``rank`` (1 = most
+    robust; ties share the better rank), ``model``, ``value``, ``lo``, ``hi``."""
+    out = []
+    for col in columns:
+        if col.missing:
+            continue
+        d = cell_table[(cell_table["column"] == col.key) & cell_table["model"].isin(models)].copy()
+        d["rank"] = _oriented(d["value"], col).rank(ascending=False, method="min").astype(int)
+        d = d.sort_values(["rank", "model"], kind="stable")
+        out.append(d[["column", "rank", "model", "value", "lo", "hi"]])
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=["column", "rank", "model", "value", "lo", "hi"])
+
+
+def noise_floor(cell_table: pd.DataFrame, floor_models: Sequence[str], columns: Sequence[Column] = COLUMNS) -> pd.DataFrame:
+    """Per available column, the spread (max − min) of the statistic over models that differ only by their
+    training seed: ``column``, ``floor``, ``n_seeds`` (``floor`` is ``nan`` with fewer than two)."""
+    rows = []
+    for col in columns:
+        if col.missing:
+            continue
+        v = cell_table.loc[(cell_table["column"] == col.key) & cell_table["model"].isin(floor_models), "value"].dropna()
+        rows.append({"column": col.key, "floor": float(v.max() - v.min()) if len(v) >= 2 else np.nan, "n_seeds": len(v)})
+    return pd.DataFrame(rows, columns=["column", "floor", "n_seeds"])
+
+
+def costs(cell_table: pd.DataFrame, victims: Sequence[Victim]) -> pd.DataFrame:
+    """Per model with a base: extra training time (s; ``nan`` where its chapter did not record it) and the
+    change of both clean Dice values against the base (``model − base``)."""
+    val = cell_table.set_index(["model", "column"])["value"]
+    rows = []
+    for v in victims:
+        if v.base is None:
+            continue
+        rec = {"model": v.name, "defense": v.defense, "chapter": v.chapter, "base": v.base,
+               "extra training (s)": np.nan if v.extra_s is None else float(v.extra_s)}
+        for col in (c for c in COLUMNS if c.is_clean):
+            rec[f"Δ {col.title}"] = val.get((v.name, col.key), np.nan) - val.get((v.base, col.key), np.nan)
+        rows.append(rec)
+    return pd.DataFrame(rows)
+
+
+def transfer(cell_table: pd.DataFrame, victims: Sequence[Victim], floor: pd.DataFrame,
+             columns: Sequence[Column] = COLUMNS) -> pd.DataFrame:
+    """Per defended model (a victim with a base) and threat column: the gain over its base, oriented so that
+    positive = more robust, and the verdict against that column's noise floor: ``helps`` (gain > floor),
+    ``hurts`` (gain < −floor) or ``within the seed spread``. Without a floor the threshold is 0."""
+    val = cell_table.set_index(["model", "column"])["value"]
+    fl = floor.set_index("column")["floor"] if len(floor) else pd.Series(dtype=float)
+    rows = []
+    for v in victims:
+        if v.base is None:
+            continue
+        for col in columns:
+            if col.missing or col.is_clean:
+                continue
+            gain = _oriented(val.get((v.name, col.key), np.nan) - val.get((v.base, col.key), np.nan), col)
+            f = fl.get(col.key, np.nan)
+            thr = 0.0 if np.isnan(f) else float(f)
+            verdict = ("n/a" if np.isnan(gain) else "helps" if gain > thr else "hurts" if gain < -thr
+                       else "within the seed spread")
+            rows.append({"model": v.name, "defense": v.defense, "base": v.base, "column": col.key, "gain": gain,
+                         "floor": f, "verdict": verdict})
+    return pd.DataFrame(rows, columns=["model", "defense", "base", "column", "gain", "floor", "verdict"])
+
+
+def _fmt_gain(col: Column, gain: float) -> str:
+    unit = "Dice" if col.higher_better else "pp"
+    g = gain if col.higher_better else gain * 100
+    g = float(g) + 0.0  # no "-0"
+    return f"{g:+.3f} {unit}" if col.higher_better else f"{g:+.1f} {unit}"
+
+
+def transfer_sentences(tr: pd.DataFrame, columns: Sequence[Column] = COLUMNS) -> list[str]:
+    """One sentence per defended model: the threats it helps against, those it does not, with the gains."""
+    by_col = {c.key: c for c in columns}
+    out = []
+    for model, g in tr.groupby("model", sort=False):
+        parts = {}
+        for verdict in ("helps", "within the seed spread", "hurts"):
+            d = g[g["verdict"] == verdict]
+            parts[verdict] = ", ".join(f"{by_col[c].title} ({_fmt_gain(by_col[c], x)})"
+                                       for c, x in zip(d["column"], d["gain"]))
+        words = [f"**{model}** ({g['defense'].iloc[0]}, vs {g['base'].iloc[0]}):"]
+        words.append(f"more robust against {parts['helps']}" if parts["helps"] else "more robust against no threat beyond the floor")
+        if parts["hurts"]:
+            words.append(f"; less robust against {parts['hurts']}")
+        if parts["within the seed spread"]:
+            words.append(f"; no change beyond the seed spread for {parts['within the seed spread']}")
+        out.append(" ".join(words[:2]) + "".join(words[2:]) + ".")
+    return out

@@ -1,0 +1,156 @@
+"""The card's rows: one registry entry per defended model (and the study models), plus the noise floor.
+
+Each :class:`RowSpec` says which chapter owns the model and how to get it from that chapter's code
+and cache (:attr:`RowSpec.victims` loads — or, when the chapter's cache lacks it, trains — the
+model); an entry whose chapter is not in this build has ``victims=None`` and a ``missing`` reason,
+and the card lists it as such instead of leaving a blank row. Adding a defense to the card is one
+entry in :data:`ROWS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from xrlib.core.profiles import Profile
+from xrlib.studies.rotation import study
+from xrlib.training import TrainResult, load_best
+
+__all__ = ["FLOOR", "ROWS", "RowSpec", "Victim", "available_rows", "floor_victims"]
+
+
+@dataclass
+class Victim:
+    """One model of the card: ``identity`` names its weights (a folder with its configuration hash: the
+    key of its cached cells); ``load()`` returns it in eval mode (loaded once); ``train_s`` is the
+    training time its chapter recorded (``None``: not recorded), ``extra_s`` the training time it adds
+    to its ``base`` model (the model it is compared with for the cost and the transfer statement)."""
+
+    name: str
+    row: str
+    defense: str
+    chapter: str
+    identity: str
+    loader: Callable[[], object]
+    train_s: float | None = None
+    extra_s: float | None = None
+    base: str | None = None
+    _model: object = field(default=None, repr=False)
+
+    def load(self):
+        if self._model is None:
+            self._model = self.loader()
+        return self._model
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """A registry entry: ``key``, owning ``chapter``, the ``defense`` in words, and ``victims(profile, run)``
+    (``None`` with ``missing`` — why — for a chapter not in this build)."""
+
+    key: str
+    chapter: str
+    defense: str
+    victims: Callable[[Profile, Path], list[Victim]] | None
+    missing: str = ""
+
+
+def _trained(res: TrainResult, row: str, defense: str, chapter: str, base: str | None, extra_s: float | None) -> Victim:
+    return Victim(res.name, row, defense, chapter, Path(res.folder).name, lambda: load_best(res),
+                  train_s=float(res.seconds), extra_s=extra_s, base=base)
+
+
+def _study(profile: Profile, run: Path) -> list[Victim]:
+    """The three study models of chapter 05 (cached; never trained here). Syn_cen/Syn_all are the
+    rotated-synthetic-data defenses of U-Net(Real); they train from scratch, so their extra time is
+    the difference to U-Net(Real)'s."""
+    res = study.study_models(profile, run)
+    ref = res.get("U-Net(Real)")
+    out = []
+    for name, r in res.items():
+        base = None if r is ref or ref is None else ref.name
+        extra = None if base is None else float(r.seconds - ref.seconds)
+        defense = "none (study model)" if base is None else "rotated synthetic data (" + name.split("+")[-1].rstrip(")") + ")"
+        out.append(_trained(r, "study", defense, "05", base, extra))
+    return out
+
+
+def _pgd_defense(suffix: str, defense: str):
+    def victims(profile: Profile, run: Path) -> list[Victim]:
+        from xrlib.studies.pgd.settings import pgd_settings
+        from xrlib.studies.pgd.study import BASE_MODEL, train_defenses
+
+        res = train_defenses(profile, run, pgd_settings(profile), progress=False)[BASE_MODEL + suffix]
+        return [_trained(res, suffix, defense, "09", BASE_MODEL, float(res.seconds))]
+
+    victims.__doc__ = f"Chapter 09's {defense} model (warm-started: all its training time is extra)."
+    return victims
+
+
+def _deformation_defense(profile: Profile, run: Path) -> list[Victim]:
+    """Chapter 11's adversarial deformation + bias-field training of its victim (warm-started)."""
+    from xrlib.studies.learned.config import learned_settings
+    from xrlib.studies.learned.study import train_defense
+
+    s = learned_settings(profile)
+    res = train_defense(profile, run, s)
+    return [_trained(res, "deformation-adversarial", "adversarial D + V training", "11", s.victim, float(res.seconds))]
+
+
+def _worst_pose(profile: Profile, run: Path) -> list[Victim]:
+    """Chapter 12's worst-case-pose fine-tuning (its chapter does not record the training time)."""
+    from xrlib.studies.pose.config import PoseConfig
+    from xrlib.studies.pose.defense import defense_models
+
+    cfg = PoseConfig.from_profile(profile)
+    name = f"{cfg.defense.start}+worst-pose"
+    model, info = defense_models(profile, run, cfg)[name]
+    return [Victim(name, "worst-pose", "worst-case-pose training", "12", Path(info["folder"]).name, lambda: model,
+                   base=cfg.defense.start)]
+
+
+def _not_built(chapter: str, what: str) -> str:
+    return f"not in this build (chapter {chapter} not yet built: {what})"
+
+
+#: The card's rows, in the order they are shown.
+ROWS: tuple[RowSpec, ...] = (
+    RowSpec("study", "05", "study models (none; rotated synthetic data)", _study),
+    RowSpec("strong-dr", "08", "strong domain randomization", None, _not_built("08", "strong-DR model")),
+    RowSpec("domain-adaptation", "08", "domain adaptation (best of CycleGAN/ADDA)", None,
+            _not_built("08", "domain-adaptation models")),
+    RowSpec("+PGD-AT", "09", "PGD adversarial training", _pgd_defense("+PGD-AT", "PGD adversarial training")),
+    RowSpec("+noise", "09", "uniform-noise training", _pgd_defense("+noise", "uniform-noise training")),
+    RowSpec("noise-adaptive", "10", "noise-adaptive training", None, _not_built("10", "noise-adaptive training")),
+    RowSpec("deformation-adversarial", "11", "adversarial D + V training", _deformation_defense),
+    RowSpec("worst-pose", "12", "worst-case-pose training", _worst_pose),
+)
+
+
+def _seeds(profile: Profile, run: Path) -> list[Victim]:
+    """Chapter 10's repeated trainings of U-Net(Real+Syn_all) with other seeds (trained there; cached)."""
+    from xrlib.studies.noise.settings import noise_settings
+    from xrlib.studies.noise.study import repeated_configs
+
+    res = study.train_all(repeated_configs(profile, noise_settings(profile)), run, progress=False)
+    return [_trained(r, "floor", "repeated seed (noise floor)", "10", None, None) for r in res.values()]
+
+
+#: The noise floor: models that differ only by their training seed.
+FLOOR = RowSpec("floor", "10", "repeated trainings with other seeds (noise floor, not ranked)", _seeds)
+
+
+def available_rows(profile: Profile, run: Path, rows: tuple[RowSpec, ...] = ROWS) -> tuple[list[Victim], list[RowSpec]]:
+    """The victims of every row whose chapter is in this build, and the entries that are not."""
+    victims, missing = [], []
+    for spec in rows:
+        if spec.victims is None:
+            missing.append(spec)
+        else:
+            victims += spec.victims(profile, Path(run))
+    return victims, missing
+
+
+def floor_victims(profile: Profile, run: Path, spec: RowSpec | None = FLOOR) -> list[Victim]:
+    return [] if spec is None or spec.victims is None else spec.victims(profile, Path(run))
