@@ -13,7 +13,8 @@ from xrlib.training.loop import train_model
 from xrlib.training.recipes import Recipe, StepContext, get_recipe, register_recipe
 from xrlib.training.tasks import TrainTask, train_all
 from xrlib.training.recon import ReconHeadTraining, load_seg_recon  # registers the recon-head recipe
+from xrlib.training.randomization import DomainRandomization  # registers the domain_randomization recipe
 
 __all__ = ["HISTORY_COLUMNS", "TRAIN_SETS", "TRAIN_VERSION", "Recipe", "StepContext", "TrainConfig", "TrainResult",
-           "TrainTask", "ReconHeadTraining", "get_recipe", "load_best", "load_seg_recon", "register_recipe", "safe_name", "select_images", "train_all",
+           "TrainTask", "ReconHeadTraining", "DomainRandomization", "get_recipe", "load_best", "load_seg_recon", "register_recipe", "safe_name", "select_images", "train_all",
            "train_model"]

@@ -1,0 +1,95 @@
+"""Domain randomization (paper 001 §5.1): the mask follows the image, ranges are respected, draws are seeded."""
+
+import numpy as np
+import pytest
+import torch
+
+from xrlib.training.randomization import (STRONG_EFFECTS, DomainRandomization, _affine, _crop, _distort, randomize,
+                                          randomize_batch)
+
+S = 48
+GEOMETRIC = ("affine", "distort")
+
+
+def _disc(cy=20.0, cx=26.0, r=9.0):
+    yy, xx = torch.meshgrid(torch.arange(S, dtype=torch.float32), torch.arange(S, dtype=torch.float32), indexing="ij")
+    return (((yy - cy) ** 2 + (xx - cx) ** 2) <= r * r).float()[None]
+
+
+def _dice(a, b):
+    a, b = a.bool(), b.bool()
+    return float(2 * (a & b).sum() / (a.sum() + b.sum()))
+
+
+@pytest.mark.parametrize("warp", [_crop, _affine, _distort])
+def test_geometric_effects_move_the_mask_with_the_image(warp):
+    m = _disc()
+    for seed in range(5):
+        xi, yi = warp(m.clone(), m.clone(), torch.Generator().manual_seed(seed))[:2]
+        assert set(yi.unique().tolist()) <= {0.0, 1.0}
+        assert _dice(xi >= 0.5, yi) > 0.9  # the image of the mask and the warped mask agree
+        assert not torch.equal(yi, m)  # it did move
+
+
+@pytest.mark.parametrize("name", [n for n in STRONG_EFFECTS if n not in GEOMETRIC])
+def test_photometric_effects_leave_the_mask_alone(name):
+    x, m = torch.rand(1, S, S, generator=torch.Generator().manual_seed(1)), _disc()
+    xo, yo = STRONG_EFFECTS[name](x.clone(), m.clone(), torch.Generator().manual_seed(2))
+    assert torch.equal(yo, m) and xo.shape == x.shape and not torch.equal(xo, x)
+
+
+def test_regular_parameters_lie_in_the_papers_ranges_and_the_crop_is_90_percent():
+    g = torch.Generator().manual_seed(0)
+    recs = []
+    for _ in range(200):
+        rec = {}
+        randomize(torch.rand(1, S, S), _disc(), "regular", g, record=rec)
+        recs.append(rec)
+    sig = np.array([r["sigma_fraction"] for r in recs])
+    gam = np.array([r["gamma"] for r in recs])
+    assert 0.005 <= sig.min() and sig.max() <= 0.1 and sig.max() - sig.min() > 0.08
+    assert 0.7 <= gam.min() and gam.max() <= 1.3 and gam.max() - gam.min() > 0.5
+    assert {r["crop"][2] for r in recs} == {round(0.9 * S)}
+    assert all(0 <= r["crop"][0] <= S - r["crop"][2] and 0 <= r["crop"][1] <= S - r["crop"][2] for r in recs)
+
+
+def test_strong_applies_at_most_two_distinct_effects_and_outputs_stay_in_range():
+    g = torch.Generator().manual_seed(3)
+    counts = set()
+    for _ in range(60):
+        x, y, chosen = randomize(torch.rand(1, S, S), _disc(), "strong", g)
+        counts.add(len(chosen))
+        assert len(set(chosen)) == len(chosen) <= 2
+        assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0 and set(y.unique().tolist()) <= {0.0, 1.0}
+    assert counts == {0, 1, 2}
+
+
+def test_randomization_is_seeded():
+    x = torch.rand(4, 1, S, S, generator=torch.Generator().manual_seed(0))
+    y = torch.stack([_disc()] * 4)
+    a = randomize_batch(x, y, "strong", torch.Generator().manual_seed(7))
+    b = randomize_batch(x, y, "strong", torch.Generator().manual_seed(7))
+    c = randomize_batch(x, y, "strong", torch.Generator().manual_seed(8))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not torch.equal(a[0], c[0])
+
+
+def test_bad_level_and_effect_names():
+    with pytest.raises(ValueError, match="unknown domain randomization level 'wild'; expected one of regular, strong"):
+        DomainRandomization(level="wild")
+    with pytest.raises(ValueError, match=r"unknown strong effect\(s\) \['glitter'\]"):
+        randomize(torch.rand(1, S, S), _disc(), "strong", torch.Generator(), effects=["glitter"])
+
+
+def test_the_recipe_trains_through_the_fit_loop_and_changes_the_model(toy_run, tmp_path):
+    from xrlib.studies.rotation import study
+    from xrlib.training import TrainConfig, train_model
+
+    profile, run, _ = toy_run
+    kw = dict(train_sets=["Real"], depth=3, base_channels=4, epochs=1, batch_size=8, patience=1)
+    dr = train_model(TrainConfig("dr", recipe="domain_randomization", recipe_params={"level": "strong"}, **kw),
+                     study.datasets_dir(run), tmp_path, progress=False)
+    plain = train_model(TrainConfig("dr", **kw), study.datasets_dir(run), tmp_path, progress=False)
+    assert dr.folder != plain.folder
+    wa = torch.load(dr.folder / "best.pt", weights_only=False)["model"]
+    wb = torch.load(plain.folder / "best.pt", weights_only=False)["model"]
+    assert any(not torch.equal(wa[k], wb[k]) for k in wa)
