@@ -18,7 +18,7 @@ from xrlib.studies.sim.settings import SimSettings
 from test_datasets import tiny_profile, tiny_subject
 
 SETTINGS = SimSettings(acquisition_budgets=(0.0, 1.0, 2.0), acquisition_alphas=(0.0,), acquisition_subjects=1,
-                       scaled_factor=2, epochs=1, patience=1, lr=0.01, batch_size=4, models=())
+                       poses_per_subject=None, scaled_factor=2, epochs=1, patience=1, lr=0.01, batch_size=4, models=())
 
 
 @pytest.fixture(scope="module")
@@ -152,8 +152,8 @@ def test_varied_recipe_at_scale_zero_renders_the_realistic_simulator_exactly(dom
     cfg, run, man = domains
     sid = man["realistic"].subject.iloc[0]
     ct, lab = source.load(sid)
-    fixed = render_subject(ct, lab, cfg, domain_recipe(cfg, "realistic"), sid)
-    zero = dataclasses.replace(domain_recipe(cfg, "real"), acquisition_scale=0.0)
+    fixed = render_subject(ct, lab, cfg, domain_recipe(cfg, "realistic", SETTINGS), sid)
+    zero = dataclasses.replace(domain_recipe(cfg, "real", SETTINGS), acquisition_scale=0.0)
     assert isinstance(zero, VariedRecipe)
     varied = render_subject(ct, lab, cfg, zero, sid)
     np.testing.assert_array_equal(varied["image"], fixed["image"])
@@ -173,7 +173,15 @@ def test_unknown_domain_is_an_input_error():
     from xrlib.studies.sim.sources import domain_recipe
 
     with pytest.raises(InputError, match="unknown domain 'fancy'; expected one of real, naive"):
-        domain_recipe(tiny_profile(), "fancy")
+        domain_recipe(tiny_profile(), "fancy", SETTINGS)
+
+
+def test_fewer_poses_per_subject_are_the_first_of_the_surrogates_sequence():
+    from xrlib.studies.sim.sources import domain_recipe
+
+    cfg = tiny_profile()
+    few = domain_recipe(cfg, "naive", dataclasses.replace(SETTINGS, poses_per_subject=1)).poses("s1")
+    assert few == domain_recipe(cfg, "naive", SETTINGS).poses("s1")[:1]
 
 
 # ------------------------------------------------------------------------------ acquisition threat
@@ -246,3 +254,59 @@ def test_acquisition_is_a_registered_threat():
     from xrlib.studies.robustness import THREATS
 
     assert "acquisition" in THREATS
+
+
+# ------------------------------------------------------------------------------ study configuration and tables
+
+
+def test_sim_configs_train_each_row_on_its_domain_from_scratch(tmp_path):
+    from xrlib.core.profiles import load_profile
+    from xrlib.studies.sim.study import needed_domains, sim_configs
+
+    cfg = load_profile("quick")
+    confs = {c.name: (c, d) for c, d in sim_configs(cfg, tmp_path)}
+    assert set(confs) == {"Real/strong", "Naive/strong", "Realistic/strong", "Naive-ADDA/strong", "Realistic-Scaled/strong"}
+    assert confs["Naive/strong"][1] == tmp_path / "sim" / "datasets" / "naive"
+    assert confs["Realistic-Scaled/strong"][1].name == "realistic-scaled"
+    adda = confs["Naive-ADDA/strong"][0]
+    assert adda.recipe == "adda" and adda.recipe_params["target_dir"] == str(tmp_path / "sim" / "datasets" / "real")
+    assert all(c.recipe_params.get("warm_start") is None and c.recipe_params["level"] == "strong" for c, _ in confs.values())
+    assert needed_domains(cfg) == ["real", "naive", "realistic", "realistic-scaled"]
+
+
+def test_unknown_model_names_and_bad_sim_blocks_are_input_errors(tmp_path):
+    import yaml
+
+    from xrlib.core.profiles import load_profile
+    from xrlib.studies.sim.settings import sim_settings
+    from xrlib.studies.sim.study import parse_model
+
+    with pytest.raises(InputError, match="sim: unknown model 'Fancy/strong'"):
+        parse_model("Fancy/strong")
+    with pytest.raises(InputError, match="sim: unknown model 'Real/medium'"):
+        parse_model("Real/medium")
+    raw = yaml.safe_load(open(load_profile("smoke").path, encoding="utf-8"))
+    raw["sim"]["acquisition"]["budgets"] = [0, 2]
+    (tmp_path / "p.yml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    with pytest.raises(InputError, match=r"sim: acquisition.budgets must include 0 .* and 1"):
+        sim_settings(load_profile(tmp_path / "p.yml"))
+    del raw["sim"]["epochs"]
+    (tmp_path / "p.yml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    with pytest.raises(InputError, match="sim: missing key 'epochs'"):
+        sim_settings(load_profile(tmp_path / "p.yml"))
+
+
+def test_table4_has_clustered_cis_and_the_papers_values_beside():
+    from xrlib.studies.sim.study import table4
+
+    rows = []
+    for m, base in (("Real/strong", 0.8), ("Naive/strong", 0.5)):
+        for subj in ("a", "b", "c"):
+            for k in range(3):
+                rows.append({"model": m, "test_set": "Real test", "subject": subj, "dice": base + 0.01 * k,
+                             "hd95_mm": 10 * base})
+    t = table4(pd.DataFrame(rows))
+    assert list(t.row) == ["Real", "Naive"] and list(t.subjects) == [3, 3]
+    np.testing.assert_allclose(t.dice, [0.81, 0.51])
+    assert (t.dice_lo <= t.dice).all() and (t.dice <= t.dice_hi).all()
+    assert list(t.paper_dice_360) == [0.759, 0.572]  # paper 001, Table 4, 360 px, strong DR

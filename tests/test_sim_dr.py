@@ -93,3 +93,87 @@ def test_the_recipe_trains_through_the_fit_loop_and_changes_the_model(toy_run, t
     wa = torch.load(dr.folder / "best.pt", weights_only=False)["model"]
     wb = torch.load(plain.folder / "best.pt", weights_only=False)["model"]
     assert any(not torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# ------------------------------------------------------------------------------ ADDA
+
+
+def test_adda_losses_on_constant_discriminator_outputs():
+    import math
+
+    from xrlib.training.adda import adda_generator_loss, discriminator_loss
+
+    p = 0.8
+    logit = torch.full((2, 1, 4, 4), math.log(p / (1 - p)))
+    # L_dis with D(z_s) = D(z_t) = p: −log p − log(1 − p)
+    assert float(discriminator_loss(logit, logit)) == pytest.approx(-math.log(p) - math.log(1 - p), rel=1e-6)
+    xt = torch.zeros(2, 1, 4, 4)
+    rec = torch.full_like(xt, 0.5)
+    expect = 0.001 * -math.log(p) + 0.01 * 0.25
+    assert float(adda_generator_loss(logit, rec, xt)) == pytest.approx(expect, rel=1e-6)
+    assert float(adda_generator_loss(logit, rec, xt, adv_weight=0.0, recon_weight=1.0)) == pytest.approx(0.25)
+
+
+def test_adda_modules_keep_the_pixel_grid_and_bad_level_is_named():
+    from xrlib.training.adda import ADDA, pixel_discriminator, reconstruction_decoder
+
+    z = torch.rand(3, 1, 16, 16)
+    assert pixel_discriminator(4)(z).shape == z.shape and reconstruction_decoder(4)(z).shape == z.shape
+    with pytest.raises(ValueError, match="adda: unknown level 'wild'"):
+        ADDA(level="wild")
+
+
+def test_adda_trains_through_the_fit_loop_and_updates_its_discriminator(toy_run, tmp_path):
+    from xrlib.studies.rotation import study
+    from xrlib.training import TrainConfig, train_model
+
+    profile, run, _ = toy_run
+    ddir = study.datasets_dir(run)
+    cfg = TrainConfig("adda", train_sets=["Syn_all"], depth=3, base_channels=4, epochs=1, batch_size=8, patience=1,
+                      recipe="adda", recipe_params={"target_dir": str(ddir), "level": "regular", "width": 4})
+    res = train_model(cfg, ddir, tmp_path, progress=False)
+    ck = torch.load(res.folder / "last.pt", weights_only=False)
+    torch.manual_seed(0)
+    from xrlib.training.adda import pixel_discriminator
+
+    fresh = pixel_discriminator(4).state_dict()
+    trained = ck["extra"]["adda_discriminator"]
+    assert set(trained) == set(fresh) and "adda_decoder" in ck["extra"] and "adda_discriminator" in ck["extra_optimizers"]
+    assert ck["extra_optimizers"]["adda_discriminator"]["state"]  # its Adam took steps
+
+
+def test_adda_without_target_images_names_the_folder(toy_run, tmp_path):
+    from xrlib.core.errors import InputError
+    from xrlib.studies.rotation import study
+    from xrlib.training.adda import ADDA
+
+    _, run, _ = toy_run
+    with pytest.raises(InputError, match="adda: no 'nowhere' train images"):
+        ADDA(target_dir=str(study.datasets_dir(run)), target_pool="nowhere").target_images()
+
+
+# ------------------------------------------------------------------------------ CycleGAN parts
+
+
+def test_patchgan_sees_70_pixels_and_the_generator_keeps_shape_and_range():
+    from xrlib.nets.cyclegan import PatchDiscriminator, ResnetGenerator, generator_blocks, receptive_field
+
+    assert receptive_field(PatchDiscriminator(4)) == 70
+    assert (generator_blocks(128), generator_blocks(255), generator_blocks(256), generator_blocks(512)) == (6, 6, 9, 9)
+    g = ResnetGenerator(blocks=2, width=4)
+    assert sum(isinstance(m, torch.nn.Module) and type(m).__name__ == "_ResBlock" for m in g.modules()) == 2
+    x = torch.rand(2, 1, 32, 32)
+    y = g(x)
+    assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1
+    assert PatchDiscriminator(4)(torch.rand(1, 1, 70, 70)).shape[-1] >= 1
+
+
+def test_cyclegan_losses_on_constructed_inputs():
+    from xrlib.nets.cyclegan import CYCLE_WEIGHT, cycle_loss, lsgan_loss
+
+    assert CYCLE_WEIGHT == 10.0
+    assert float(lsgan_loss(torch.full((2, 1, 3, 3), 0.5), True)) == pytest.approx(0.25)
+    assert float(lsgan_loss(torch.full((2, 1, 3, 3), 0.5), False)) == pytest.approx(0.25)
+    assert float(lsgan_loss(torch.ones(1, 1, 2, 2), True)) == 0.0
+    x = torch.zeros(1, 1, 4, 4)
+    assert float(cycle_loss(x, x + 0.1)) == pytest.approx(1.0)  # 10 · 0.1

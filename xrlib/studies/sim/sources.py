@@ -4,7 +4,7 @@ Datasets (one cached build each, under ``<run>/sim/datasets/<domain>``, through
 :func:`xrlib.data.build.build_datasets` on the run's cohort and pool assignment):
 
 ``real``
-    The surrogate pool's subjects at its jittered poses, realistic physics with per-image acquisition
+    The surrogate pool's subjects at its jittered poses (the first ``sim.poses_per_subject`` of them), realistic physics with per-image acquisition
     variability (:class:`xrlib.data.recipes.VariedRecipe` at scale 1; settings in the manifest's
     ``acq_*`` columns). Chapter 08's "Real" domain. The rotation study (chapters 04–07) keeps the
     default surrogate (one fixed setting); moving it to this one is left for a later build.
@@ -63,15 +63,17 @@ def domain_dir(run: Path, domain: str) -> Path:
 
 def domain_recipe(profile: Profile, domain: str, settings: SimSettings | None = None) -> PoolRecipe:
     """The surrogate pool's recipe of ``domain`` (see the module docstring)."""
+    s = settings or sim_settings(profile)
     sur = profile.surrogate
+    if s.poses_per_subject is not None:
+        sur = dataclasses.replace(sur, poses_per_subject=s.poses_per_subject)
     if domain == "real":
         return VariedRecipe(dose_mas=sur.dose_mas, seed=profile.seed, jitter=sur, acquisition_scale=1.0)
     if domain in SIMULATORS:
         return JitteredRecipe(physics=domain, dose_mas=sur.dose_mas if domain == "realistic" else None,
                               seed=profile.seed, jitter=sur)
     if domain == "realistic-scaled":
-        factor = (settings or sim_settings(profile)).scaled_factor
-        jitter = dataclasses.replace(sur, poses_per_subject=sur.poses_per_subject * factor)
+        jitter = dataclasses.replace(sur, poses_per_subject=sur.poses_per_subject * s.scaled_factor)
         return JitteredRecipe(physics="realistic", dose_mas=sur.dose_mas, seed=profile.seed, jitter=jitter)
     raise InputError(None, f"unknown domain {domain!r}; expected one of {', '.join(DOMAINS)}")
 
