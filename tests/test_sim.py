@@ -10,20 +10,14 @@ from xrlib.attacks.acquisition import AcquisitionThreat
 from xrlib.attacks.base import TestImages, score_threat
 from xrlib.core.errors import InputError
 from xrlib.data.shards import MANIFEST_COLUMNS, ShardDataset
-from xrlib.data.subjects import subjects_from_volumes
 from xrlib.drr.acquisition import ACQUISITION_RANGES, Acquisition, default_acquisition, sample_acquisition, tone_curve
 from xrlib.drr.physics import RealisticParams
 from xrlib.studies.sim.settings import SimSettings
 
-from test_datasets import tiny_profile, tiny_subject
+from test_datasets import source, tiny_profile, tiny_subject  # noqa: F401 (source: the module's tiny cohort fixture)
 
 SETTINGS = SimSettings(acquisition_budgets=(0.0, 1.0, 2.0), acquisition_alphas=(0.0,), acquisition_subjects=1,
                        poses_per_subject=None, scaled_factor=2, epochs=1, patience=1, lr=0.01, batch_size=4, models=())
-
-
-@pytest.fixture(scope="module")
-def source():
-    return subjects_from_volumes([(f"tiny-v{i:03d}", *tiny_subject(i)) for i in range(7)])
 
 
 @pytest.fixture(scope="module")

@@ -177,3 +177,11 @@ def test_cyclegan_losses_on_constructed_inputs():
     assert float(lsgan_loss(torch.ones(1, 1, 2, 2), True)) == 0.0
     x = torch.zeros(1, 1, 4, 4)
     assert float(cycle_loss(x, x + 0.1)) == pytest.approx(1.0)  # 10 · 0.1
+
+
+def test_affine_stays_within_its_stated_scale_rotation_and_shear():
+    m = _disc(cy=24.0, cx=24.0, r=8.0)
+    for seed in range(20):
+        _, yi = _affine(m.clone(), m.clone(), torch.Generator().manual_seed(seed))
+        # scale 0.9–1.1 and shear ≤ 10°: the disc's area changes by at most (1.1² ≈ 1.21) and keeps most of it
+        assert 0.7 < float(yi.sum() / m.sum()) < 1.35

@@ -107,7 +107,7 @@ def _affine(x, y, g):
     c = torch.tensor([[(s - 1) / 2, (s - 1) / 2]], dtype=x.dtype)
     sc = torch.full((1, 2), _u(g, 0.9, 1.1), dtype=x.dtype)
     ang = torch.tensor([_u(g, -15.0, 15.0)], dtype=x.dtype)
-    sh = torch.tensor([_u(g, -10.0, 10.0)], dtype=x.dtype)
+    sh = torch.tensor([math.tan(math.radians(_u(g, -10.0, 10.0)))], dtype=x.dtype)  # kornia takes the shear factor
     m = get_affine_matrix2d(t, c, sc, ang, sx=sh, sy=torch.zeros(1, dtype=x.dtype))[:, :2]
     return (warp_affine(x[None], m, (s, s), mode="bilinear")[0], warp_affine(y[None], m, (s, s), mode="nearest")[0])
 
