@@ -72,6 +72,7 @@ class ADDA(Recipe):
     recon_weight: float = 0.01
     d_lr: float = 0.0002
     width: int = 16
+    version: int = 1  # of the source batch's domain randomization (xrlib.training.randomization.DR_VERSION)
 
     def __post_init__(self):
         if self.level not in ("none", "regular", "strong"):

@@ -39,9 +39,12 @@ import torch.nn.functional as F
 
 from xrlib.training.recipes import Recipe, StepContext, register_recipe
 
-__all__ = ["DR_LEVELS", "STRONG_EFFECTS", "DomainRandomization", "randomize", "randomize_batch"]
+__all__ = ["DR_LEVELS", "DR_VERSION", "STRONG_EFFECTS", "DomainRandomization", "randomize", "randomize_batch"]
 
 DR_LEVELS = ("regular", "strong")
+#: Bumped when the randomization changes what it draws or does; callers put it in the recipe parameters
+#: (``version``), so models trained with an older randomization are not reused.
+DR_VERSION = 1
 
 
 def _u(g: torch.Generator, lo: float, hi: float) -> float:
@@ -246,6 +249,7 @@ class DomainRandomization(Recipe):
 
     name = "domain_randomization"
     level: str = "strong"
+    version: int = DR_VERSION
 
     def __post_init__(self):
         if self.level not in DR_LEVELS:

@@ -31,6 +31,7 @@ from xrlib.studies.sim.sources import acquisition_threat, build_domain, domain_d
 from xrlib.training import TrainConfig, TrainResult, load_best
 from xrlib.training import train_all as _train_all
 from xrlib.training.checkpoint import cached_result
+from xrlib.training.randomization import DR_VERSION
 
 __all__ = ["PAPER_TABLE4_DICE_360", "ROWS", "evaluate_sim", "parse_model", "sim_configs", "sim_models",
            "table4", "train_sim"]
@@ -72,14 +73,15 @@ def _config(profile: Profile, s: SimSettings, name: str, run: Path) -> tuple[Tra
                   loss=STUDY_LOSS if t.loss is None else str(t.loss), base_channels=int(t.base_channels),
                   lr=s.lr, batch_size=s.batch_size, epochs=s.epochs, patience=s.patience, seed=int(profile.seed))
     if method == "plain":
-        return TrainConfig(name=name, recipe="domain_randomization", recipe_params={"level": level}, **common), \
+        return TrainConfig(name=name, recipe="domain_randomization", recipe_params={"level": level, "version": DR_VERSION}, **common), \
             domain_dir(run, domain)
     if method == "adda":
-        return TrainConfig(name=name, recipe="adda", recipe_params={"level": level, "target_dir": str(domain_dir(run, "real"))},
+        return TrainConfig(name=name, recipe="adda", recipe_params={"level": level, "version": DR_VERSION,
+                                                          "target_dir": str(domain_dir(run, "real"))},
                            **common), domain_dir(run, domain)
     from xrlib.studies.sim.cyclegan import translated_dir
 
-    return TrainConfig(name=name, recipe="domain_randomization", recipe_params={"level": level}, **common), \
+    return TrainConfig(name=name, recipe="domain_randomization", recipe_params={"level": level, "version": DR_VERSION}, **common), \
         translated_dir(run, domain)
 
 
