@@ -36,7 +36,7 @@ from xrlib.data.pools import POOLS, assign_pools, real_splits
 from xrlib.data.preprocess import preprocess
 from xrlib.data.real import RealItem, load_real_folder, real_fingerprint
 from xrlib.data.recipes import PoolRecipe, render_subject, study_recipes
-from xrlib.data.shards import MANIFEST_COLUMNS, MANIFEST_FILE, read_manifest, shard_arrays, shard_rows
+from xrlib.data.shards import MANIFEST_COLUMNS, MANIFEST_FILE, extra_columns, read_manifest, shard_arrays, shard_rows
 from xrlib.data.subjects import SubjectSource, cohort_subjects
 from xrlib.exec import Executor, ProcessPoolExecutor, get_executor
 
@@ -125,6 +125,8 @@ def plan_shards(profile: Profile, out_dir: str | Path, subjects: SubjectSource, 
         pool, split = assignment[sid]
         if pool not in recipes:
             raise ValueError(f"no image recipe for pool {pool!r}")
+        if recipes[pool] is None:  # a build that leaves this pool out
+            continue
         rel = f"shards/{pool}/{sid}.npz"
         plan.append(SubjectShardTask(rel, threads, out, rel, sid, subjects.source_of(sid), pool, split,
                                      subjects.load, profile, recipes[pool]))
@@ -154,7 +156,8 @@ def build_datasets(
     progress: bool = True,
     executor: Executor | str | None = None,
     threads: int | None = None,
-    recipes: Mapping[str, PoolRecipe] | None = None,
+    recipes: Mapping[str, PoolRecipe | None] | None = None,
+    recipes_key: str | None = None,
 ) -> pd.DataFrame:
     """Build (or resume, or verify) the datasets of ``profile`` under ``out_dir``.
 
@@ -169,7 +172,10 @@ def build_datasets(
             process, ``"process"`` a process pool, or an instance).
         threads: torch threads per task (default: this process's count in process, cores / workers
             in a pool).
-        recipes: pool → :class:`xrlib.data.recipes.PoolRecipe` (default :func:`xrlib.data.recipes.study_recipes`).
+        recipes: pool → :class:`xrlib.data.recipes.PoolRecipe` (default :func:`xrlib.data.recipes.study_recipes`);
+            ``None`` for a pool leaves it out of this build (its subjects keep their assignment).
+        recipes_key: a text that identifies non-default ``recipes``; it enters the build hash, so a
+            folder built with other recipes is rebuilt (default: nothing added, the study's hash).
 
     Returns the manifest (one row per image). See the module docstring for caching.
     """
@@ -185,6 +191,8 @@ def build_datasets(
     if real_folder:
         real_items = load_real_folder(real_folder)
         fp += "|real:" + real_fingerprint(real_folder)
+    if recipes_key is not None:
+        fp += "|recipes:" + str(recipes_key)
     digest = dataset_hash(profile, fp)
     build_path, manifest_path = out_dir / BUILD_FILE, out_dir / MANIFEST_FILE
     executor = get_executor(executor)
@@ -234,5 +242,6 @@ def build_datasets(
 
 
 def _write_manifest(path: Path, rows: dict[str, list[dict]], order: list[str]) -> None:
-    df = pd.DataFrame([r for rel in order if rel in rows for r in rows[rel]], columns=MANIFEST_COLUMNS)
+    flat = [r for rel in order if rel in rows for r in rows[rel]]
+    df = pd.DataFrame(flat, columns=MANIFEST_COLUMNS + extra_columns(flat))
     write_text_atomic(path, df.to_csv(index=False))

@@ -20,7 +20,7 @@ import numpy as np
 from xrlib.core.profiles import Profile, SurrogateSection
 from xrlib.data.pools import jittered_poses
 from xrlib.data.preprocess import preprocess
-from xrlib.data.shards import shard_arrays
+from xrlib.data.shards import ACQ_PREFIX, shard_arrays
 from xrlib.drr.geometry import Geometry, Pose
 
 
@@ -76,6 +76,43 @@ class JitteredRecipe(PoolRecipe):
         return jittered_poses(self.seed, self.jitter, subject)
 
 
+@dataclass(frozen=True)
+class VariedRecipe(JitteredRecipe):
+    """A varied "Real" surrogate: realistic physics at jittered poses, each image with its own acquisition
+    and display settings drawn from :data:`xrlib.drr.acquisition.ACQUISITION_RANGES` at ``acquisition_scale``
+    (seeded by ``seed`` and the subject; :func:`xrlib.drr.acquisition.sample_acquisition`). The settings
+    go into the shard and the manifest (columns ``acq_<parameter>``). ``dose_mas`` is the reference dose
+    the per-image dose factor multiplies."""
+
+    physics: str = "realistic"
+    acquisition_scale: float = 1.0
+
+    def acquisitions(self, subject: str, n: int) -> list:
+        """The first ``n`` per-image settings of ``subject`` (one draw per image, in pose order)."""
+        from xrlib.drr.acquisition import sample_acquisition
+
+        rng = np.random.default_rng([int(self.seed), _subject_key(subject), 3])
+        return [sample_acquisition(rng, float(self.acquisition_scale)) for _ in range(n)]
+
+    def render(self, ct, labels, profile: Profile, subject: str, poses: list[Pose]) -> list:
+        from xrlib.anatomy.annotate import clavicles_from_labels
+        from xrlib.drr.render import render_batch
+
+        if self.physics != "realistic":
+            raise ValueError(f"a varied surrogate needs realistic physics, got {self.physics!r}")
+        r = profile.render
+        geom = Geometry.from_render(r)
+        acqs = self.acquisitions(subject, len(poses))
+        base = self.realistic()
+        rgs = render_batch(ct, clavicles_from_labels(labels), geom, poses, physics="realistic", backend=r.backend,
+                           seed=noise_seed(profile.seed, subject), fov=r.fov,
+                           realistic=[a.realistic_params(base) for a in acqs])
+        for rg, acq in zip(rgs, acqs):
+            rg.display = acq.display(rg.image, rg.field, geom.pitch)
+            rg.meta["acquisition"] = acq.to_dict()
+        return rgs
+
+
 def study_recipes(profile: Profile) -> dict[str, PoolRecipe]:
     """The study's pools: realistic surrogate at jittered poses, naive DRRs at the synthetic α."""
     synthetic = AnglesRecipe(physics="naive", alphas=tuple(profile.synthetic.alphas))
@@ -87,10 +124,13 @@ def study_recipes(profile: Profile) -> dict[str, PoolRecipe]:
     }
 
 
+def _subject_key(subject: str) -> int:
+    return int.from_bytes(hashlib.sha256(subject.encode()).digest()[:4], "little")
+
+
 def noise_seed(seed: int, subject: str) -> int:
     """Seed of a subject's noise streams, from the profile seed and the subject id."""
-    key = int.from_bytes(hashlib.sha256(subject.encode()).digest()[:4], "little")
-    return int(np.random.SeedSequence([int(seed), key, 2]).generate_state(1)[0])
+    return int(np.random.SeedSequence([int(seed), _subject_key(subject), 2]).generate_state(1)[0])
 
 
 def render_subject(ct, labels, profile: Profile, recipe: PoolRecipe, subject: str) -> dict:
@@ -105,9 +145,13 @@ def render_subject(ct, labels, profile: Profile, recipe: PoolRecipe, subject: st
         masks.append(mask)
         lefts.append(preprocess(rg.display, rg.mask_left, size)[1])
         rights.append(preprocess(rg.display, rg.mask_right, size)[1])
-    return shard_arrays(images, masks, lefts, rights, [p.alpha for p in poses], [p.tilt for p in poses],
-                        [p.shift for p in poses], recipe.physics,
-                        np.nan if recipe.dose_mas is None else recipe.dose_mas, rgs[0].meta["backend"])
+    arrays = shard_arrays(images, masks, lefts, rights, [p.alpha for p in poses], [p.tilt for p in poses],
+                          [p.shift for p in poses], recipe.physics,
+                          np.nan if recipe.dose_mas is None else recipe.dose_mas, rgs[0].meta["backend"])
+    if "acquisition" in rgs[0].meta:  # per-image acquisition settings (a varied surrogate)
+        for k in rgs[0].meta["acquisition"]:
+            arrays[f"{ACQ_PREFIX}{k}"] = np.asarray([rg.meta["acquisition"][k] for rg in rgs], np.float64)
+    return arrays
 
 
 def preprocessing_example(ct, labels, profile: Profile, alpha: float = 10.0) -> dict:

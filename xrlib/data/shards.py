@@ -24,6 +24,15 @@ MANIFEST_COLUMNS = [
 ]
 
 
+#: Prefix of optional per-image acquisition columns (a varied surrogate, :class:`xrlib.data.recipes.VariedRecipe`).
+ACQ_PREFIX = "acq_"
+
+
+def extra_columns(rows) -> list[str]:
+    """The optional per-image columns (``acq_*``) present in manifest ``rows`` (dicts), in first-seen order."""
+    return list(dict.fromkeys(k for r in rows for k in r if k.startswith(ACQ_PREFIX)))
+
+
 def shard_arrays(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], masks_left: Sequence[np.ndarray],
                  masks_right: Sequence[np.ndarray], alpha, tilt, shift, physics: str, dose_mas: float,
                  backend: str) -> dict:
@@ -52,6 +61,7 @@ def shard_rows(subject: str, source: str, pool: str, split: str, shard_rel: str,
             "shift_x": float(sh[0]), "shift_y": float(sh[1]), "shift_z": float(sh[2]),
             "physics": str(arrays["physics"]), "dose_mas": float(arrays["dose_mas"]),
             "shard": shard_rel, "index": i, "checksum": checksum,
+            **{k: float(arrays[k][i]) for k in arrays if k.startswith(ACQ_PREFIX)},
         })
     return rows
 

@@ -146,6 +146,19 @@ RENDER_PACKAGES = ("xrlib", "numpy", "itk-rtk", "nanodrr", "diffdrr", "torch", "
 
 
 
+def _project_unique(proj: Projector, channels, geometry: Geometry, poses: list[Pose], iso) -> np.ndarray:
+    """``proj.project`` of ``poses``, projecting a pose that repeats (e.g. one pose under several
+    acquisition settings) once."""
+    try:
+        uniq = list(dict.fromkeys(poses))
+    except TypeError:  # unhashable pose fields (e.g. a list shift): project every pose
+        uniq = poses
+    if len(uniq) == len(poses):
+        return proj.project(channels, geometry, poses, iso)
+    where = {p: i for i, p in enumerate(uniq)}
+    return proj.project(channels, geometry, uniq, iso)[[where[p] for p in poses]]
+
+
 def render_batch(
     ct: Volume,
     clavicles: ClavicleMasks | None,
@@ -157,7 +170,7 @@ def render_batch(
     fov: str = "pad",
     pad_mm: float = PAD_MM,
     mask_threshold_mm: float = MASK_THRESHOLD_MM,
-    realistic: phys.RealisticParams | None = None,
+    realistic: phys.RealisticParams | Sequence[phys.RealisticParams] | None = None,
     isocenter: np.ndarray | None = None,
     display: bool = False,
 ) -> list[Radiograph]:
@@ -174,7 +187,8 @@ def render_batch(
         fov: ``pad``, ``collimate`` or ``none`` (see the module docstring).
         pad_mm: superior padding for ``fov="pad"`` (mm).
         mask_threshold_mm: path length through a clavicle above which a pixel is in its mask.
-        realistic: parameters of the realistic chain (default :class:`xrlib.drr.physics.RealisticParams`).
+        realistic: parameters of the realistic chain (default :class:`xrlib.drr.physics.RealisticParams`),
+            or one per pose (e.g. per-image acquisition settings, :mod:`xrlib.drr.acquisition`).
         isocenter: rotation centre (mm, LPS); default the CT grid centre.
         display: also post-process each image for display (``Radiograph.display``: window + unsharp
             masking of :func:`xrlib.drr.physics.postprocess` at the detector pitch, [0, 1]).
@@ -187,14 +201,20 @@ def render_batch(
         raise ValueError(f"mask threshold must be positive, got {mask_threshold_mm} mm")
     proj = backend if isinstance(backend, Projector) else get_projector(backend)
     iso = ct.center if isocenter is None else np.asarray(isocenter, float)
-    params = realistic or phys.RealisticParams()
+    if isinstance(realistic, (list, tuple)):
+        per_pose = list(realistic)
+        if len(per_pose) != len(poses):
+            raise ValueError(f"got {len(per_pose)} realistic parameter sets for {len(poses)} poses")
+    else:
+        per_pose = [realistic or phys.RealisticParams()] * len(poses)
 
     ct, channels, names = render_channels(ct, clavicles, physics, fov, pad_mm)
-    stack = proj.project(channels, geometry, poses, iso)
+    stack = _project_unique(proj, channels, geometry, list(poses), iso)
     streams = np.random.SeedSequence(seed).spawn(len(poses))
 
     out = []
     for b, pose in enumerate(poses):
+        params = per_pose[b]
         if fov in ("pad", "collimate"):
             rays = rays_in_patient_frame(geometry, pose, iso)
             fld = complete_ray_field(rays, ct.index_to_world, ct.shape_ijk)

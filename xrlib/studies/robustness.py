@@ -97,9 +97,22 @@ def _deformation(profile: Profile, run: Path, alphas: Sequence[float] | None = N
     return th, syn_test_images(profile, run, s.alphas if alphas is None else alphas)
 
 
+def _acquisition(profile: Profile, run: Path, **options) -> tuple[Threat, TestImages]:
+    """The acquisition-shift threat (chapter 08; options: ``budgets``, ``alphas``, ``subjects``; sizes from the
+    profile's ``sim:`` block): the Syn_test subjects under the realistic chain, its per-image acquisition
+    variability scaled by the budget (0 = the simulator's fixed default setting)."""
+    from xrlib.studies.sim.sources import acquisition_threat
+
+    try:
+        th = acquisition_threat(profile, run, **options)
+    except TypeError as exc:
+        raise InputError(None, f"threat 'acquisition': bad options {sorted(options)} ({exc})") from None
+    return th, th.test
+
+
 #: Threat name → builder ``(profile, run, **options)`` of the threat and its test images.
 THREATS = {"rotation": _rotation, "pgd": _input_attack(PGDThreat), "segpgd": _input_attack(SegPGDThreat),
-           "noise": _noise, "pose": _pose, "deformation": _deformation}
+           "noise": _noise, "pose": _pose, "deformation": _deformation, "acquisition": _acquisition}
 
 
 @dataclass

@@ -15,7 +15,10 @@ from xrlib.training.recipes import Recipe, StepContext, get_recipe, register_rec
 from xrlib.training.tasks import TrainTask, train_all
 from xrlib.training.recon import ReconHeadTraining, load_seg_recon  # registers the recon-head recipe
 from xrlib.training.added import AddedSamples, save_added  # registers the added-samples recipe
+from xrlib.training.randomization import DomainRandomization  # registers the domain_randomization recipe
+from xrlib.training.adda import ADDA  # registers the adda recipe
 
 __all__ = ["HISTORY_COLUMNS", "TRAIN_SETS", "TRAIN_VERSION", "Recipe", "StepContext", "TrainConfig", "TrainResult",
-           "TrainTask", "ReconHeadTraining", "AddedSamples", "save_added", "get_recipe", "load_best", "load_seg_recon", "register_recipe", "safe_name", "select_images", "train_all",
+           "TrainTask", "ReconHeadTraining", "AddedSamples", "save_added", "DomainRandomization", "ADDA", "get_recipe",
+           "load_best", "load_seg_recon", "register_recipe", "safe_name", "select_images", "train_all",
            "train_model"]

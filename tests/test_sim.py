@@ -1,0 +1,306 @@
+"""Chapter 08: acquisition variability, the varied surrogate, matched simulated sets, the acquisition threat."""
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from xrlib.attacks.acquisition import AcquisitionThreat
+from xrlib.attacks.base import TestImages, score_threat
+from xrlib.core.errors import InputError
+from xrlib.data.shards import MANIFEST_COLUMNS, ShardDataset
+from xrlib.drr.acquisition import ACQUISITION_RANGES, Acquisition, default_acquisition, sample_acquisition, tone_curve
+from xrlib.drr.physics import RealisticParams
+from xrlib.studies.sim.settings import SimSettings
+
+from test_datasets import source, tiny_profile, tiny_subject  # noqa: F401 (source: the module's tiny cohort fixture)
+
+SETTINGS = SimSettings(acquisition_budgets=(0.0, 1.0, 2.0), acquisition_alphas=(0.0,), acquisition_subjects=1,
+                       poses_per_subject=None, scaled_factor=2, epochs=1, patience=1, lr=0.01, batch_size=4, models=())
+
+
+@pytest.fixture(scope="module")
+def domains(tmp_path_factory, source):
+    """The varied Real surrogate and the three matched simulator sets of one tiny run (surrogate pool only)."""
+    from xrlib.studies.sim.sources import SIMULATORS, build_domain
+
+    run = tmp_path_factory.mktemp("simrun")
+    cfg = tiny_profile()
+    return cfg, run, {d: build_domain(cfg, run, d, subjects=source, settings=SETTINGS) for d in ("real", *SIMULATORS)}
+
+
+# ------------------------------------------------------------------------------ acquisition settings
+
+
+def test_scale_zero_is_the_simulators_default_setting_exactly():
+    rng = np.random.default_rng(0)
+    assert sample_acquisition(rng, 0.0) == default_acquisition() == Acquisition()
+    base = RealisticParams(dose_mas=2.0)
+    assert Acquisition().realistic_params(base) == base  # the realistic chain's own defaults
+
+
+def test_scale_one_spans_the_documented_ranges_and_scale_two_doubles_the_deviation():
+    rng = np.random.default_rng(1)
+    d = default_acquisition().to_dict()
+    draws = [sample_acquisition(rng, (1.0, 2.0)) for _ in range(300)]
+    for name, rg in ACQUISITION_RANGES.items():
+        one = np.array([a.to_dict()[name] for a, _ in draws])
+        two = np.array([b.to_dict()[name] for _, b in draws])
+        assert one.min() >= rg.lo - 1e-12 and one.max() <= rg.hi + 1e-12, name
+        assert one.max() - one.min() > 0.8 * (rg.hi - rg.lo), name  # the values really vary
+        if rg.log:
+            expect = d[name] * (one / d[name]) ** 2
+        else:
+            expect = d[name] + 2 * (one - d[name])
+        np.testing.assert_allclose(two, np.clip(expect, *rg.bounds), rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_sampling_is_seeded_and_rejects_bad_scales():
+    a = [sample_acquisition(np.random.default_rng(5)) for _ in range(2)]
+    assert a[0] == a[1]
+    assert sample_acquisition(np.random.default_rng(6)) != a[0]
+    with pytest.raises(ValueError, match="non-negative finite"):
+        sample_acquisition(np.random.default_rng(0), -1.0)
+
+
+def test_tone_curve_is_the_identity_at_zero_fixes_the_ends_and_is_monotone():
+    x = np.linspace(0, 1, 101)
+    np.testing.assert_array_equal(tone_curve(x, 0.0), x)
+    y = tone_curve(x, 6.0)
+    assert y[0] == pytest.approx(0.0, abs=1e-12) and y[-1] == pytest.approx(1.0, abs=1e-12)
+    assert np.all(np.diff(y) > 0) and y[25] < 0.25 and y[75] > 0.75  # S-shaped: more mid-tone contrast
+
+
+def test_display_gain_ramp_changes_the_image_and_default_display_is_the_standard_postprocess():
+    from xrlib.drr.physics import postprocess
+
+    rng = np.random.default_rng(0)
+    img = rng.normal(1.0, 0.2, (40, 30))
+    field = np.ones(img.shape, bool)
+    np.testing.assert_array_equal(Acquisition().display(img, field, 1.0), postprocess(img, field, pitch_mm=1.0))
+    assert not np.allclose(Acquisition(gain_ramp=0.15).display(img, field, 1.0), postprocess(img, field, pitch_mm=1.0))
+
+
+def test_render_batch_takes_one_parameter_set_per_pose_and_projects_a_repeated_pose_once():
+    from xrlib.anatomy.annotate import clavicles_from_labels
+    from xrlib.drr.geometry import Geometry, Pose
+    from xrlib.drr.render import render_batch
+
+    ct, lab = tiny_subject(0)
+    geom = Geometry.from_render(tiny_profile().render)
+    cl = clavicles_from_labels(lab)
+    p1, p2 = RealisticParams(kvp=100.0), RealisticParams(kvp=125.0)
+    both = render_batch(ct, cl, geom, [Pose(), Pose()], physics="realistic", backend="rtk", realistic=[p1, p2])
+    one = render_batch(ct, cl, geom, [Pose()], physics="realistic", backend="rtk", realistic=p1)[0]
+    np.testing.assert_array_equal(both[0].image, one.image)
+    np.testing.assert_array_equal(both[0].mask, both[1].mask)
+    assert both[1].meta["physics_params"]["kvp"] == 125.0 and not np.array_equal(both[0].image, both[1].image)
+    with pytest.raises(ValueError, match="2 realistic parameter sets for 1 poses"):
+        render_batch(ct, cl, geom, [Pose()], physics="realistic", backend="rtk", realistic=[p1, p2])
+
+
+# ------------------------------------------------------------------------------ varied surrogate + matched sets
+
+
+def test_varied_surrogate_records_per_image_settings_that_vary_within_the_ranges(domains):
+    cfg, run, man = domains
+    real = man["real"]
+    acq = [c for c in real.columns if c.startswith("acq_")]
+    assert sorted(acq) == sorted(f"acq_{k}" for k in ACQUISITION_RANGES)
+    assert list(real.columns) == MANIFEST_COLUMNS + acq
+    assert set(real.pool) == {"surrogate"} and len(real) == 4 * 2  # 4 surrogate subjects × 2 poses
+    for k, rg in ACQUISITION_RANGES.items():
+        v = real[f"acq_{k}"].to_numpy()
+        assert v.min() >= rg.lo and v.max() <= rg.hi and np.unique(v).size == len(v), k
+    # the manifest records what the shard holds
+    with np.load(run / "sim" / "datasets" / "real" / real.shard.iloc[0]) as z:
+        np.testing.assert_array_equal(z["acq_kvp"], real[real.shard == real.shard.iloc[0]]["acq_kvp"].to_numpy())
+
+
+def test_default_builds_have_exactly_the_study_manifest_columns(domains):
+    for d in ("naive", "heuristic", "realistic"):
+        assert list(domains[2][d].columns) == MANIFEST_COLUMNS
+
+
+def test_matched_sets_share_subjects_poses_splits_and_masks_and_differ_in_the_image(domains):
+    cfg, run, man = domains
+    keys = ["subject", "split", "alpha", "tilt", "shift_x", "shift_y", "shift_z"]
+    ref = man["real"][keys].reset_index(drop=True)
+    data = {}
+    for d, m in man.items():
+        pd.testing.assert_frame_equal(m[keys].reset_index(drop=True), ref)
+        ds = ShardDataset(m, root=run / "sim" / "datasets" / d)
+        data[d] = [ds[i] for i in range(len(ds))]
+    assert {tuple(man[d].physics.unique()) for d in man} == {("realistic",), ("naive",), ("heuristic",)}
+    for d in ("naive", "heuristic", "realistic"):
+        for (x, y), (xr, yr) in zip(data[d], data["real"]):
+            np.testing.assert_array_equal(y.numpy(), yr.numpy())  # one set of projected masks
+        assert not np.array_equal(data[d][0][0].numpy(), data["real"][0][0].numpy())
+
+
+def test_varied_recipe_at_scale_zero_renders_the_realistic_simulator_exactly(domains, source):
+    from xrlib.data.recipes import VariedRecipe, render_subject
+    from xrlib.studies.sim.sources import domain_recipe
+
+    cfg, run, man = domains
+    sid = man["realistic"].subject.iloc[0]
+    ct, lab = source.load(sid)
+    fixed = render_subject(ct, lab, cfg, domain_recipe(cfg, "realistic", SETTINGS), sid)
+    zero = dataclasses.replace(domain_recipe(cfg, "real", SETTINGS), acquisition_scale=0.0)
+    assert isinstance(zero, VariedRecipe)
+    varied = render_subject(ct, lab, cfg, zero, sid)
+    np.testing.assert_array_equal(varied["image"], fixed["image"])
+    np.testing.assert_array_equal(varied["acq_kvp"], 120.0)
+
+
+def test_scaled_domain_has_the_factor_times_the_poses_of_the_same_subjects(domains, source):
+    from xrlib.studies.sim.sources import build_domain
+
+    cfg, run, man = domains
+    scaled = build_domain(cfg, run, "realistic-scaled", subjects=source, settings=SETTINGS)
+    assert sorted(scaled.subject.unique()) == sorted(man["realistic"].subject.unique())
+    assert len(scaled) == SETTINGS.scaled_factor * len(man["realistic"])
+
+
+def test_unknown_domain_is_an_input_error():
+    from xrlib.studies.sim.sources import domain_recipe
+
+    with pytest.raises(InputError, match="unknown domain 'fancy'; expected one of real, naive"):
+        domain_recipe(tiny_profile(), "fancy", SETTINGS)
+
+
+def test_fewer_poses_per_subject_are_the_first_of_the_surrogates_sequence():
+    from xrlib.studies.sim.sources import domain_recipe
+
+    cfg = tiny_profile()
+    few = domain_recipe(cfg, "naive", dataclasses.replace(SETTINGS, poses_per_subject=1)).poses("s1")
+    assert few == domain_recipe(cfg, "naive", SETTINGS).poses("s1")[:1]
+
+
+# ------------------------------------------------------------------------------ acquisition threat
+
+
+def test_acquisition_images_at_budget_zero_are_the_realistic_chain_at_its_default(source):
+    from xrlib.anatomy.annotate import clavicles_from_labels
+    from xrlib.data.preprocess import preprocess
+    from xrlib.data.recipes import noise_seed
+    from xrlib.drr.geometry import Geometry, Pose
+    from xrlib.drr.render import render_batch
+    from xrlib.studies.sim.sources import _render_subject
+
+    cfg = tiny_profile()
+    sid = "tiny-v000"
+    ct, lab = source.load(sid)
+    out = _render_subject(cfg, ct, lab, sid, (-10.0, 10.0), (0.0, 1.0, 2.0))
+    assert out["images"].shape == (3, 2, 24, 24) and out["masks"].shape == (2, 24, 24)
+    rgs = render_batch(ct, clavicles_from_labels(lab), Geometry.from_render(cfg.render), [Pose(alpha=-10.0), Pose(alpha=10.0)],
+                       physics="realistic", backend=cfg.render.backend, seed=noise_seed(cfg.seed, sid),
+                       realistic=RealisticParams(dose_mas=cfg.surrogate.dose_mas), display=True)
+    for i, rg in enumerate(rgs):
+        img, m = preprocess(rg.display, rg.mask, 24)
+        np.testing.assert_array_equal(out["images"][0, i], img)
+        np.testing.assert_array_equal(out["masks"][i], m)
+    names = [str(n) for n in out["names"]]
+    kvp = out["settings"][:, :, names.index("kvp")]
+    np.testing.assert_array_equal(kvp[0], 120.0)
+    np.testing.assert_allclose(kvp[2] - 120.0, np.clip(2 * (kvp[1] - 120.0), -60, 30))  # same draws, doubled
+    assert not np.array_equal(out["images"][1], out["images"][0])
+
+
+def _toy_threat(toy_run):
+    from xrlib.studies.robustness import syn_test_images
+
+    profile, run, _ = toy_run
+    test = syn_test_images(profile, run)
+    rng = np.random.default_rng(0)
+    imgs = {0.0: test.images, 1.0: np.clip(test.images * 0.8 + 0.1, 0, 1), 2.0: np.clip(1 - test.images, 0, 1)}
+    settings = {b: pd.DataFrame({"acq_kvp": 120 + b * rng.uniform(-20, 5, len(test.rows))}) for b in imgs}
+    return profile, run, test, AcquisitionThreat(test, imgs, settings)
+
+
+def test_acquisition_threat_writes_contract_rows_with_its_settings(toy_run):
+    from xrlib.eval.robustness import CONTRACT_COLUMNS
+    from xrlib.studies.rotation.groups import alpha_group
+    from xrlib.training import load_best
+
+    profile, run, test, th = _toy_threat(toy_run)
+    assert th.budgets() == (0.0, 1.0, 2.0) and th.budget_unit == "× documented range"
+    res = next(iter(toy_run[2].values()))
+    df = score_threat(th, {"m": load_best(res)}, th.test, 1.0, groups=alpha_group)
+    assert list(df.columns[:len(CONTRACT_COLUMNS)]) == list(CONTRACT_COLUMNS) and "acq_kvp" in df.columns
+    assert len(df) == 3 * len(test.rows)
+    clean = df[df.budget == 0]
+    np.testing.assert_allclose(clean["dice"], clean["dice_clean"])
+    np.testing.assert_allclose(clean["dice_vs_clean_pred"], 1.0)
+    np.testing.assert_allclose(df[df.budget == 2]["acq_kvp"].to_numpy(), th.settings[2.0]["acq_kvp"].to_numpy())
+
+
+def test_acquisition_threat_bad_budgets_and_missing_clean_budget(toy_run):
+    profile, run, test, th = _toy_threat(toy_run)
+    with pytest.raises(InputError, match="budget 3 × documented range is not one of 0, 1, 2"):
+        th.check_budgets([3.0])
+    with pytest.raises(InputError, match="must include 0"):
+        AcquisitionThreat(test, {1.0: test.images}, {1.0: pd.DataFrame({"acq_kvp": np.zeros(len(test.rows))})})
+
+
+def test_acquisition_is_a_registered_threat():
+    from xrlib.studies.robustness import THREATS
+
+    assert "acquisition" in THREATS
+
+
+# ------------------------------------------------------------------------------ study configuration and tables
+
+
+def test_sim_configs_train_each_row_on_its_domain_from_scratch(tmp_path):
+    from xrlib.core.profiles import load_profile
+    from xrlib.studies.sim.study import needed_domains, sim_configs
+
+    cfg = load_profile("quick")
+    confs = {c.name: (c, d) for c, d in sim_configs(cfg, tmp_path)}
+    assert set(confs) == {"Real/strong", "Naive/strong", "Realistic/strong", "Naive-ADDA/strong", "Realistic-Scaled/strong"}
+    assert confs["Naive/strong"][1] == tmp_path / "sim" / "datasets" / "naive"
+    assert confs["Realistic-Scaled/strong"][1].name == "realistic-scaled"
+    adda = confs["Naive-ADDA/strong"][0]
+    assert adda.recipe == "adda" and adda.recipe_params["target_dir"] == str(tmp_path / "sim" / "datasets" / "real")
+    assert all(c.recipe_params.get("warm_start") is None and c.recipe_params["level"] == "strong" for c, _ in confs.values())
+    assert needed_domains(cfg) == ["real", "naive", "realistic", "realistic-scaled"]
+
+
+def test_unknown_model_names_and_bad_sim_blocks_are_input_errors(tmp_path):
+    import yaml
+
+    from xrlib.core.profiles import load_profile
+    from xrlib.studies.sim.settings import sim_settings
+    from xrlib.studies.sim.study import parse_model
+
+    with pytest.raises(InputError, match="sim: unknown model 'Fancy/strong'"):
+        parse_model("Fancy/strong")
+    with pytest.raises(InputError, match="sim: unknown model 'Real/medium'"):
+        parse_model("Real/medium")
+    raw = yaml.safe_load(open(load_profile("smoke").path, encoding="utf-8"))
+    raw["sim"]["acquisition"]["budgets"] = [0, 2]
+    (tmp_path / "p.yml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    with pytest.raises(InputError, match=r"sim: acquisition.budgets must include 0 .* and 1"):
+        sim_settings(load_profile(tmp_path / "p.yml"))
+    del raw["sim"]["epochs"]
+    (tmp_path / "p.yml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    with pytest.raises(InputError, match="sim: missing key 'epochs'"):
+        sim_settings(load_profile(tmp_path / "p.yml"))
+
+
+def test_table4_has_clustered_cis_and_the_papers_values_beside():
+    from xrlib.studies.sim.study import table4
+
+    rows = []
+    for m, base in (("Real/strong", 0.8), ("Naive/strong", 0.5)):
+        for subj in ("a", "b", "c"):
+            for k in range(3):
+                rows.append({"model": m, "test_set": "Real test", "subject": subj, "dice": base + 0.01 * k,
+                             "hd95_mm": 10 * base})
+    t = table4(pd.DataFrame(rows))
+    assert list(t.row) == ["Real", "Naive"] and list(t.subjects) == [3, 3]
+    np.testing.assert_allclose(t.dice, [0.81, 0.51])
+    assert (t.dice_lo <= t.dice).all() and (t.dice <= t.dice_hi).all()
+    assert list(t.paper_dice_360) == [0.759, 0.572]  # paper 001, Table 4, 360 px, strong DR

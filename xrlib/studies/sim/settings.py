@@ -1,0 +1,80 @@
+"""The ``sim:`` block of a profile (chapter 08), typed and checked."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from xrlib.core.errors import InputError
+from xrlib.core.profiles import Profile
+
+__all__ = ["SimSettings", "sim_settings"]
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    """Chapter 08's sizes.
+
+    Attributes:
+        acquisition_budgets: scales of the acquisition-shift threat (0 = the simulator's default setting).
+        acquisition_alphas: Syn_test angles (deg) of the threat and of the Sim2Real test on synthetic
+            subjects; ``None``: the profile's whole synthetic grid (the 21 angles).
+        acquisition_subjects: how many Syn_test subjects (``None``: all).
+        poses_per_subject: poses per surrogate subject in the chapter's datasets (the first ones of the
+            surrogate's seeded pose sequence; ``None``: all of ``surrogate.poses_per_subject``).
+        scaled_factor: Realistic-Scaled renders this many times those poses per subject.
+        epochs, patience, lr, batch_size: the chapter's trainings (every model alike).
+        models: the rows of the Table 4 analog this profile trains (names as in
+            :data:`xrlib.studies.sim.study.ROWS`, each with ``/regular`` or ``/strong`` DR).
+    """
+
+    acquisition_budgets: tuple[float, ...]
+    acquisition_alphas: tuple[float, ...] | None
+    acquisition_subjects: int | None
+    poses_per_subject: int | None
+    scaled_factor: int
+    epochs: int
+    patience: int
+    lr: float
+    batch_size: int
+    models: tuple[str, ...]
+
+
+def sim_settings(profile: Profile) -> SimSettings:
+    """The profile's ``sim:`` block as :class:`SimSettings`; bad values raise :class:`InputError` naming the file."""
+    block = profile.section("sim")
+    where = profile.path or profile.name
+
+    def bad(msg: str) -> InputError:
+        return InputError(where, f"sim: {msg}")
+
+    try:
+        acq = dict(block["acquisition"])
+        alphas = acq.get("alphas")
+        subjects = acq.get("subjects")
+        s = SimSettings(
+            acquisition_budgets=tuple(float(b) for b in acq["budgets"]),
+            acquisition_alphas=None if alphas is None else tuple(float(a) for a in alphas),
+            acquisition_subjects=None if subjects is None else int(subjects),
+            poses_per_subject=None if block.get("poses_per_subject") is None else int(block["poses_per_subject"]),
+            scaled_factor=int(block["scaled_factor"]),
+            epochs=int(block["epochs"]), patience=int(block["patience"]), lr=float(block["lr"]),
+            batch_size=int(block["batch_size"]),
+            models=tuple(str(m) for m in block["models"]),
+        )
+    except KeyError as exc:
+        raise bad(f"missing key {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:
+        raise bad(f"malformed value ({exc})") from None
+    if not {0.0, 1.0} <= set(s.acquisition_budgets):
+        raise bad(f"acquisition.budgets must include 0 (the default setting) and 1 (the documented ranges), "
+                  f"got {list(s.acquisition_budgets)}")
+    if any(not (b >= 0 and math.isfinite(b)) for b in s.acquisition_budgets):
+        raise bad(f"acquisition.budgets must be non-negative scales, got {list(s.acquisition_budgets)}")
+    if s.acquisition_subjects is not None and s.acquisition_subjects < 1:
+        raise bad("acquisition.subjects must be ≥ 1 or null")
+    if s.poses_per_subject is not None and s.poses_per_subject < 1:
+        raise bad("poses_per_subject must be ≥ 1 or null")
+    if s.scaled_factor < 1 or s.epochs < 1 or s.patience < 1 or s.batch_size < 1 or not s.lr > 0:
+        raise bad("need scaled_factor, epochs, patience, batch_size ≥ 1 and lr > 0")
+    return s

@@ -1,0 +1,173 @@
+"""Chapter 08's study: Sim2Real vs Real2Real on matched data, the Table 4 analog and the acquisition threat.
+
+Models are named ``"<row>/<DR level>"`` (e.g. ``Realistic/strong``), rows as in :data:`ROWS`: the training
+domain (:mod:`xrlib.studies.sim.sources`), the method (plain, ADDA towards the Real surrogate's unlabelled
+train split, CycleGAN translation) and the scale. All are the rotation study's U-Net (depth, loss, width
+from the profile's ``train:`` section), trained with the ``sim:`` block's epochs, patience, lr and batch
+size, from scratch (a Sim2Real model never starts from weights that saw the Real domain), cached under
+``<run>/sim/models``. Every model is tested on the Real surrogate's test split (*Sim2Real* vs *Real2Real*)
+and on the Syn_test subjects at the chosen angles rendered with the Real surrogate's chain (the acquisition
+threat's images at scale 1).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from xrlib.attacks.base import TestImages
+from xrlib.core.errors import InputError
+from xrlib.core.profiles import Profile
+from xrlib.data.shards import ShardDataset, read_manifest
+from xrlib.eval.predict import evaluate_predictions, predict
+from xrlib.eval.stats import bootstrap_by_group
+from xrlib.studies.rotation.groups import alpha_group
+from xrlib.studies.rotation.models import STUDY_DEPTH, STUDY_LOSS
+from xrlib.studies.rotation.study import pixel_mm
+from xrlib.studies.sim.settings import SimSettings, sim_settings
+from xrlib.studies.sim.sources import acquisition_threat, build_domain, domain_dir
+from xrlib.training import TrainConfig, TrainResult, load_best
+from xrlib.training import train_all as _train_all
+from xrlib.training.checkpoint import cached_result
+from xrlib.training.randomization import DR_VERSION
+
+__all__ = ["PAPER_TABLE4_DICE_360", "ROWS", "evaluate_sim", "parse_model", "sim_configs", "sim_models",
+           "table4", "train_sim"]
+
+#: Table 4 rows → (training domain, method). Methods: ``plain``, ``adda``, ``cyc`` (CycleGAN-translated).
+ROWS = {
+    "Real": ("real", "plain"), "Realistic": ("realistic", "plain"), "Heuristic": ("heuristic", "plain"),
+    "Naive": ("naive", "plain"), "Naive-Cyc": ("naive", "cyc"), "Realistic-Cyc": ("realistic", "cyc"),
+    "Naive-ADDA": ("naive", "adda"), "Realistic-ADDA": ("realistic", "adda"),
+    "Realistic-Scaled": ("realistic-scaled", "plain"),
+}
+#: Paper 001, Table 4, 360×360 px column: segmentation Dice (mean ± sd over 366 real hip radiographs).
+PAPER_TABLE4_DICE_360 = {
+    ("Real", "regular"): (0.783, 0.232), ("Real", "strong"): (0.759, 0.248),
+    ("Realistic", "regular"): (0.751, 0.241), ("Realistic", "strong"): (0.760, 0.250),
+    ("Heuristic", "regular"): (0.683, 0.265), ("Heuristic", "strong"): (0.682, 0.286),
+    ("Naive", "regular"): (0.687, 0.266), ("Naive", "strong"): (0.572, 0.309),
+    ("Realistic-Cyc", "regular"): (0.760, 0.248), ("Realistic-Cyc", "strong"): (0.733, 0.267),
+    ("Naive-Cyc", "regular"): (0.739, 0.254), ("Naive-Cyc", "strong"): (0.736, 0.258),
+    ("Realistic-ADDA", "regular"): (0.726, 0.292), ("Realistic-ADDA", "strong"): (0.731, 0.256),
+    ("Naive-ADDA", "regular"): (0.693, 0.297), ("Naive-ADDA", "strong"): (0.662, 0.265),
+    ("Realistic-Scaled", "regular"): (0.838, 0.221), ("Realistic-Scaled", "strong"): (0.818, 0.221),
+}
+
+
+def parse_model(name: str) -> tuple[str, str]:
+    """``"Realistic/strong"`` → ``("Realistic", "strong")``; :class:`InputError` for an unknown row or level."""
+    row, _, level = str(name).partition("/")
+    if row not in ROWS or level not in ("regular", "strong"):
+        raise InputError(None, f"sim: unknown model {name!r}; expected <row>/<regular|strong>, rows {', '.join(ROWS)}")
+    return row, level
+
+
+def _config(profile: Profile, s: SimSettings, name: str, run: Path) -> tuple[TrainConfig, Path]:
+    row, level = parse_model(name)
+    domain, method = ROWS[row]
+    t = profile.require_train()
+    common = dict(train_sets=["Real"], depth=STUDY_DEPTH if t.depth is None else int(t.depth),
+                  loss=STUDY_LOSS if t.loss is None else str(t.loss), base_channels=int(t.base_channels),
+                  lr=s.lr, batch_size=s.batch_size, epochs=s.epochs, patience=s.patience, seed=int(profile.seed))
+    if method == "plain":
+        return TrainConfig(name=name, recipe="domain_randomization", recipe_params={"level": level, "version": DR_VERSION}, **common), \
+            domain_dir(run, domain)
+    if method == "adda":
+        return TrainConfig(name=name, recipe="adda", recipe_params={"level": level, "version": DR_VERSION,
+                                                          "target_dir": str(domain_dir(run, "real"))},
+                           **common), domain_dir(run, domain)
+    from xrlib.studies.sim.cyclegan import translated_dir
+
+    return TrainConfig(name=name, recipe="domain_randomization", recipe_params={"level": level, "version": DR_VERSION}, **common), \
+        translated_dir(run, domain)
+
+
+def sim_configs(profile: Profile, run: Path, names=None) -> list[tuple[TrainConfig, Path]]:
+    """``(config, datasets folder)`` of the chapter's models (default the ``sim.models`` of the profile)."""
+    s = sim_settings(profile)
+    return [_config(profile, s, n, Path(run)) for n in (s.models if names is None else names)]
+
+
+def needed_domains(profile: Profile, names=None) -> list[str]:
+    """The dataset domains the profile's models (and the Real test split) need, in :data:`DOMAINS` order."""
+    from xrlib.studies.sim.sources import DOMAINS
+
+    s = sim_settings(profile)
+    need = {"real"} | {ROWS[parse_model(n)[0]][0] for n in (s.models if names is None else names)}
+    return [d for d in DOMAINS if d in need]
+
+
+def train_sim(profile: Profile, run: Path, names=None, progress: bool = True) -> dict[str, TrainResult]:
+    """Build the needed domains, translate with CycleGAN where a ``-Cyc`` row asks, and train (or load) every model."""
+    run = Path(run)
+    for d in needed_domains(profile, names):
+        build_domain(profile, run, d, progress=progress)
+    out = {}
+    for cfg, ddir in sim_configs(profile, run, names):
+        if ddir.parent.name == "translated":
+            from xrlib.studies.sim.cyclegan import translate_domain
+
+            translate_domain(profile, run, ddir.name, progress=progress)
+        out.update(_train_all([cfg], ddir, run / "sim" / "models", progress=progress))
+    return out
+
+
+def sim_models(profile: Profile, run: Path, names=None, level: str | None = "strong") -> dict[str, TrainResult]:
+    """The chapter's trained models (read from the cache, never trained) — for chapter 13's robustness card.
+
+    ``names``: model names (default the profile's ``sim.models`` with DR ``level``; ``level=None``: all of
+    them). A model that is not trained raises :class:`InputError` naming it and the chapter to run."""
+    s = sim_settings(profile)
+    if names is None:
+        names = [n for n in s.models if level is None or parse_model(n)[1] == level]
+    out = {}
+    for cfg, ddir in sim_configs(profile, run, names):
+        res = cached_result(cfg, ddir, Path(run) / "sim" / "models") if (ddir / "build.json").is_file() else None
+        if res is None:
+            raise InputError(Path(run) / "sim" / "models", f"model {cfg.name!r} is not trained; run chapter 08 "
+                                                           "(xrlib book --only 08_simulation_realism) first")
+        out[cfg.name] = res
+    return out
+
+
+def real_test_images(run: Path) -> TestImages:
+    """The Real surrogate's test split (varied acquisitions)."""
+    ddir = domain_dir(run, "real")
+    man = read_manifest(ddir)
+    return TestImages.from_manifest(man[(man["pool"] == "surrogate") & (man["split"] == "test")], ddir)
+
+
+def evaluate_sim(profile: Profile, run: Path, results: dict[str, TrainResult], device=None) -> pd.DataFrame:
+    """Per-image Dice/HD95 of every model on ``Real test`` and ``Syn_test (surrogate chain)``; column ``test_set``."""
+    run = Path(run)
+    th = acquisition_threat(profile, run)
+    syn = TestImages(th.images[1.0], th.test.masks, th.test.rows)  # scale 1: the surrogate's own variability
+    sets = {"Real test": real_test_images(run), "Syn_test (surrogate chain)": syn}
+    frames = []
+    for name, res in results.items():
+        model = load_best(res, device)
+        for label, t in sets.items():
+            p, _ = predict(model, (t.images, t.masks), 16, device)
+            df = evaluate_predictions(name, p, t.masks, t.rows, pixel_mm(profile), groups=alpha_group)
+            df.insert(1, "test_set", label)
+            frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def table4(per_image: pd.DataFrame, test_set: str = "Real test", seed: int = 0) -> pd.DataFrame:
+    """Table 4 analog: per row and DR level, Dice and HD95 (mm) with subject-clustered 95 % CIs on ``test_set``,
+    and paper 001's Dice (360 px) beside them."""
+    df = per_image[per_image["test_set"] == test_set]
+    d = bootstrap_by_group(df, "dice", by=["model"], seed=seed).set_index("model")
+    h = bootstrap_by_group(df, "hd95_mm", by=["model"], seed=seed).set_index("model")
+    rows = []
+    for m in d.index:
+        row, level = parse_model(m)
+        paper = PAPER_TABLE4_DICE_360.get((row, level), (np.nan, np.nan))
+        rows.append({"row": row, "DR": level, "dice": d.at[m, "mean"], "dice_lo": d.at[m, "lo"], "dice_hi": d.at[m, "hi"],
+                     "hd95_mm": h.at[m, "mean"], "hd95_lo": h.at[m, "lo"], "hd95_hi": h.at[m, "hi"],
+                     "subjects": int(d.at[m, "n_clusters"]), "paper_dice_360": paper[0], "paper_sd_360": paper[1]})
+    return pd.DataFrame(rows)
