@@ -27,7 +27,7 @@ from test_cohort import make_torso
 
 S = 32
 SHAPE = {"levels": [0.5, 1.0, 2.0], "subjects": {"surrogate": {"train": 1, "val": 1}, "syn_train": {"train": 1, "val": 0}},
-         "ct_shrink": [2, 2, 1], "field_spacing_mm": 8.0, "epochs": 1, "budgets": [0.07]}
+         "alphas": [0.0, 20.0], "ct_shrink": [2, 2, 1], "field_spacing_mm": 8.0, "epochs": 1, "budgets": [0.07], "base_channels": None}
 
 
 def _profile(**shape_over):
@@ -110,6 +110,19 @@ def test_the_sampling_bands_scale_with_the_level(study):
                 assert m[lv].loc[sid, "shoulder_left_dz_mm"] == pytest.approx(lv * m[1.0].loc[sid, "shoulder_left_dz_mm"])
 
 
+def test_the_block_sets_the_width_and_the_angles_of_the_level_models(study):
+    run, profile, s, _, _ = study
+    std, adv = shape.level_configs(profile, run, s, 1.0)
+    assert std.base_channels == adv.base_channels == profile.train.base_channels  # null: the study's width
+    assert std.train_sets == ["Real", "Syn_all"] and std.epochs == std.patience == 1
+    narrow = _profile(base_channels=2, alphas=[-20.0, 20.0])
+    std2, _ = shape.level_configs(narrow, run, pgd_settings(narrow), 1.0)
+    assert std2.base_channels == 2
+    lp = shape.level_profile(narrow, pgd_settings(narrow).shape)
+    assert lp.synthetic.alphas == (-20.0, 20.0) and lp.synthetic.cen_alphas == (-20.0,)  # no 0: the angle nearest it
+    assert lp.pools.syn_test.test == 0 and lp.n_subjects == 3
+
+
 def test_the_image_count_is_the_same_at_every_level(study):
     run, profile, s, _, out = study
     keys = []
@@ -117,7 +130,8 @@ def test_the_image_count_is_the_same_at_every_level(study):
         man = read_manifest(shape.level_dir(run, level) / "datasets")
         keys.append(sorted(man[["pool", "split", "alpha"]].round(6).astype(str).agg("|".join, axis=1)))
         assert set(man["pool"]) == {"surrogate", "syn_train"}  # no test pool: the models are tested on one set
-    assert keys[0] == keys[1] == keys[2] and len(keys[0]) == 2 * 2 + 3  # 2 surrogate subjects × 2 poses + 1 × 3 α
+        assert sorted(man.loc[man["pool"] == "syn_train", "alpha"]) == [0.0, 20.0]
+    assert keys[0] == keys[1] == keys[2] and len(keys[0]) == 2 * 2 + 2  # 2 surrogate subjects × 2 poses + 1 × the 2 α of pgd.shape.alphas
     assert out["amplitude"]["training images"].nunique() == 1
     t = out["training"]
     assert t.groupby("model")["train images"].nunique().eq(1).all()
@@ -169,6 +183,8 @@ def test_the_shape_study_is_deterministic_and_cached(study, tmp_path):
     ({"subjects": {"surrogate": {"train": 1, "test": 1}, "syn_train": {"train": 1}}},
      "pgd.shape.subjects.surrogate.test must be absent"),
     ({"epochs": 0}, "pgd.shape.epochs must be an integer ≥ 1"),
+    ({"base_channels": 0}, "pgd.shape.base_channels must be an integer ≥ 1"),
+    ({"alphas": [0, 0]}, "pgd.shape.alphas must be a non-empty list of distinct numbers"),
 ])
 def test_bad_shape_settings_name_the_key(update, message):
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(".", r"\.")) as e:

@@ -8,6 +8,7 @@ Loaders are picklable objects (no closures), so that the shard tasks of
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +64,16 @@ def subjects_from_volumes(items: Sequence[tuple]) -> SubjectSource:
     return SubjectSource(list(table), VolumeTable(table), h.hexdigest()[:16])
 
 
+@functools.lru_cache(maxsize=2)
+def _shrunk_example(shrink: tuple[int, int, int]) -> tuple:
+    """The example CT and labels on the coarser grid (loaded once per process: cohorts of several
+    configurations share it; the full-resolution volumes are not kept)."""
+    from xrlib.anatomy.sources import shrink_source
+    from xrlib.core.ct import load_example
+
+    return shrink_source(*load_example(), shrink)
+
+
 @dataclass
 class CohortLoader:
     """Loads virtual subjects from the cohort folder, building the cohort first (once) if needed.
@@ -85,10 +96,8 @@ class CohortLoader:
 
         if not self.built:
             if self.shrink is not None and self.sources is None:  # the example CT, loaded only now
-                from xrlib.core.ct import load_example
-
-                self.sources = [("example", *load_example())]
-            if self.shrink is not None:
+                self.sources = [("example", *_shrunk_example(self.shrink))]
+            elif self.shrink is not None:
                 self.sources = [(n, *shrink_source(ct, lab, self.shrink)) for n, ct, lab in self.sources]
                 self.shrink = None
             build_cohort(self.sources, self.config, self.cohort_dir, progress=self.progress, executor=self.executor)

@@ -16,9 +16,11 @@ Block layout (``book/profiles/*.yml``; the profiles differ only in sizes)::
       shape:                        # shape variability vs robustness; null: not run (quick)
         levels: [0.5, 1.0, 1.5]     # deformation amplitude, × the study cohort's bands
         subjects: {surrogate: {train: 1, val: 1}, syn_train: {train: 1, val: 0}}   # per level
+        alphas: [-20, 0, 20]        # synthetic angles of the levels' training data (null: synthetic.alphas)
         ct_shrink: [6, 6, 2]        # source CT block-averaged by these factors (i, j, k) first
         field_spacing_mm: 8.0       # the deformation's coarse displacement grid
         epochs: 1                   # both models per level
+        base_channels: 4            # U-Net width of both models (null: the study's train.base_channels)
         budgets: [0.07]             # L∞ ε attacked (ε = 0 is added), a subset of pgd.budgets
 
 Every error is an :class:`xrlib.core.errors.InputError` naming the profile file and the key.
@@ -83,14 +85,17 @@ class ShapeSettings:
     ``levels`` (multiples of the study cohort's sampling bands, distinct, ascending), the training
     subjects per level (``surrogate`` and ``syn_train`` train/val counts, the same at every level,
     so the image count is fixed), the source CT's ``ct_shrink`` factors and the deformation's
-    ``field_spacing_mm`` (sizes), ``epochs`` of both models per level, and the L∞ ``budgets``."""
+    ``field_spacing_mm`` (sizes), ``epochs`` and ``base_channels`` (None: the study's) of both models
+    per level, and the L∞ ``budgets``."""
 
     levels: tuple[float, ...]
     subjects: dict
+    alphas: tuple[float, ...] | None
     ct_shrink: tuple[int, int, int]
     field_spacing_mm: float
     epochs: int
     budgets: tuple[float, ...]
+    base_channels: int | None = None
 
     @property
     def grid(self) -> tuple[float, ...]:
@@ -222,5 +227,7 @@ def _shape(r: _Reader, budgets: tuple[float, ...]) -> ShapeSettings | None:
     shape_budgets = tuple(sorted(h.numbers("budgets", 0.0, 1.0)))
     if not set(shape_budgets) <= set(budgets):
         raise h.fail("budgets", f"a subset of pgd.budgets {list(budgets)}", list(shape_budgets))
-    return ShapeSettings(levels, subjects, tuple(shrink), h.num("field_spacing_mm", 0.0, 100.0), h.int("epochs"),
-                         shape_budgets)
+    alphas = h.numbers("alphas", -180.0, 180.0, allow_null=True, positive=False)
+    width = None if h.get("base_channels") is None else h.int("base_channels")
+    return ShapeSettings(levels, subjects, None if alphas is None else tuple(sorted(alphas)), tuple(shrink),
+                         h.num("field_spacing_mm", 0.0, 100.0), h.int("epochs"), shape_budgets, width)

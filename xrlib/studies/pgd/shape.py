@@ -12,7 +12,7 @@ subject; the manifest records the attempt).
 
 Per level, under ``<run>/pgd/shape/amplitude_<a>/`` — never the study's cohort or datasets:
 ``cohort/`` (the level's virtual subjects), ``datasets/`` (the study's recipes, the pools of
-``pgd.shape.subjects``: the same subjects, poses and angles at every level, so the **image count is
+``pgd.shape.subjects`` at the angles ``pgd.shape.alphas``: the same subjects, poses and angles at every level, so the **image count is
 fixed**), ``models/`` (U-Net(Real+Syn_all)'s configuration trained on them for
 ``pgd.shape.epochs``, and its PGD-adversarially trained twin with the chapter's ``defense``
 settings, warm-started from the level's standard model when ``defense.warm_start``). Everything is
@@ -79,11 +79,17 @@ def level_dir(run: Path, level: float) -> Path:
 
 def level_profile(profile: Profile, sh: ShapeSettings) -> Profile:
     """``profile`` with the level's pools: ``pgd.shape.subjects`` for training, no Syn_test subjects
-    (the models are tested on the study's), and as many cohort subjects as the pools need."""
+    (the models are tested on the study's), as many cohort subjects as the pools need, and the
+    synthetic angles ``pgd.shape.alphas`` when given (Syn_cen: the profile's centre angles among
+    them, else the one nearest 0; only Syn_all is trained on here)."""
     raw = copy.deepcopy(profile.raw)
     pools = {p: {"train": c["train"], "val": c["val"], "test": 0} for p, c in sh.subjects.items()}
     raw["pools"] = {**pools, "syn_test": {"test": 0}}
     raw["cohort"] = {"n_subjects": sum(c["train"] + c["val"] for c in sh.subjects.values())}
+    if sh.alphas is not None:
+        alphas = [float(a) for a in sh.alphas]
+        cen = [a for a in raw["synthetic"]["cen_alphas"] if a in alphas] or [min(alphas, key=abs)]
+        raw["synthetic"] = {**raw["synthetic"], "alphas": alphas, "cen_alphas": cen}
     return Profile.from_mapping(raw, profile.path or profile.name)
 
 
@@ -109,12 +115,14 @@ def build_level(profile: Profile, run: Path, s: PGDSettings, level: float, sourc
 
 
 def level_configs(profile: Profile, run: Path, s: PGDSettings, level: float) -> list[TrainConfig]:
-    """U-Net(Real+Syn_all)'s configuration for the level (``pgd.shape.epochs``, patience = epochs) and
+    """U-Net(Real+Syn_all)'s configuration for the level (``pgd.shape.epochs``, patience = epochs, width
+    ``pgd.shape.base_channels`` when given) and
     its PGD adversarial training (the chapter's ``defense`` attack; Adam ``defense.lr``), started
     from the level's standard model when ``defense.warm_start``, else from scratch with the study's lr."""
     sh, d = _require(s), s.defense
     base = {c.name: c for c in study_configs(level_profile(profile, sh))}[BASE_MODEL]
-    std = dataclasses.replace(base, epochs=sh.epochs, patience=sh.epochs)
+    width = base.base_channels if sh.base_channels is None else sh.base_channels
+    std = dataclasses.replace(base, epochs=sh.epochs, patience=sh.epochs, base_channels=width)
     params = {"eps": d.eps, "steps": d.steps, "step_size": d.step_size, "norm": "linf"}
     if d.warm_start:
         params["warm_start"] = std.folder_name(level_dir(run, level) / "datasets")
@@ -206,8 +214,10 @@ def describe(profile: Profile, s: PGDSettings) -> str:
     n = {p: c["train"] + c["val"] for p, c in sh.subjects.items()}
     shrink = ("the full-resolution source CT" if tuple(sh.ct_shrink) == (1, 1, 1) else
               f"the source CT block-averaged {'×'.join(map(str, sh.ct_shrink))} (a size: the test subjects keep full resolution)")
+    width = "the study's U-Net width" if sh.base_channels is None else f"U-Nets of {sh.base_channels} base channels (a size)"
+    n_alphas = len(level_profile(profile, sh).synthetic.alphas)
     return (f"shape study: amplitudes {', '.join(f'{a:g}' for a in sh.levels)} × the study cohort's deformation bands; "
-            f"per level {n['surrogate']} surrogate + {n['syn_train']} synthetic training subjects (same image count at "
-            f"every level), {shrink}, deformation field every {sh.field_spacing_mm:g} mm; {sh.epochs} epoch(s) per "
-            f"model; L∞ PGD at ε ∈ {{{', '.join(f'{e:g}' for e in sh.budgets)}}}, N = {s.steps}, on the study's "
-            f"Syn_test images")
+            f"per level {n['surrogate']} surrogate + {n['syn_train']} synthetic training subjects, the latter at "
+            f"{n_alphas} angle(s) (same image count at every level), {shrink}, deformation field every "
+            f"{sh.field_spacing_mm:g} mm; {width}, {sh.epochs} epoch(s) per model; L∞ PGD at "
+            f"ε ∈ {{{', '.join(f'{e:g}' for e in sh.budgets)}}}, N = {s.steps}, on the study's Syn_test images")
