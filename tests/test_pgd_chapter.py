@@ -116,6 +116,73 @@ def test_worst_case_takes_the_minimum_over_the_attacks_run():
     assert list(w.index.get_level_values(0)) == ["A"] * 3 + ["B"] * 3
 
 
+def _worst(values: dict) -> pd.DataFrame:
+    """A worst-case table: model → {ε: min Dice}."""
+    return pd.DataFrame([{"model": m, "budget": b, "min Dice": d} for m, by in values.items() for b, d in by.items()])
+
+
+def test_defense_tradeoff_and_paper_comparison_on_a_constructed_table():
+    base = ps.BASE_MODEL
+    worst = _worst({"U-Net(Real)": {0.0: 0.9, 0.03: 0.2}, base: {0.0: 0.9, 0.03: 0.3, 0.07: 0.1},
+                    base + "+PGD-AT": {0.0: 0.85, 0.03: 0.7, 0.07: 0.6}, base + "+noise": {0.0: 0.88, 0.03: 0.31, 0.07: 0.1}})
+    t = ps.defense_tradeoff(worst)
+    assert list(t.index) == [base, base + "+PGD-AT", base + "+noise"]  # the base model and its defenses only
+    assert t.loc[base + "+PGD-AT", "clean Δ vs base"] == pytest.approx(-0.05)  # the clean-accuracy cost
+    assert t.loc[base + "+noise", "min Dice @ ε = 0.07"] == pytest.approx(0.1)
+    c = ps.paper_comparison(worst)
+    assert list(c.columns) == ["ε = 0", "ε = 0.03", "ε = 0.07", "source"]
+    assert c.loc[f"this build: {base}+PGD-AT", "ε = 0.03"] == pytest.approx(0.7)
+    assert c.loc["paper 002: P10_adv_s", "ε = 0.03"] == PAPER_TABLE3["P10_adv_s"][2]
+    assert c.loc["paper 002: P10_std", "ε = 0.07"] == PAPER_TABLE3["P10_std"][4]
+
+
+def test_masking_checks_apply_each_rule_in_its_direction(tmp_path):
+    """More steps / restarts fail when they *raise* the Dice above the white-box value (+ tolerance);
+    a transfer attack fails when it *beats* the white-box value. White-box means of 2 and −1 (outside
+    [0, 1]) make every check's answer known whatever the attacks reach."""
+    from xrlib.attacks.base import TestImages
+    from xrlib.core.atomic import save_npz_atomic
+    from xrlib.training.config import safe_name
+
+    torch.manual_seed(0)
+    models = {"A": build_unet(3, base_channels=4).eval(), "B": build_unet(3, base_channels=4).eval()}
+    rng = np.random.default_rng(0)
+    masks = np.zeros((3, 32, 32), np.float32)
+    masks[:, 10:20, 12:22] = 1
+    images = np.clip(rng.normal(0.3, 0.05, masks.shape) + 0.4 * masks, 0, 1).astype(np.float32)
+    test = TestImages(images, masks, pd.DataFrame({"subject": ["s0", "s1", "s2"], "alpha": 0.0}))
+    s = pgd_settings(load_profile("smoke"))
+    s = dataclasses.replace(s, check=dataclasses.replace(s.check, models=None, steps=2, restarts=2))
+    eps = s.check.budget
+    results = {"pgd": pd.DataFrame({"model": ["A"] * 3 + ["B"] * 3, "budget": eps, "dice": [2.0] * 3 + [-1.0] * 3})}
+    for m in models:
+        save_npz_atomic(tmp_path / "pgd" / "examples" / "pgd" / safe_name(m) / f"budget_{eps:g}.npz", {"image": images})
+    checks = ps.masking_checks(load_profile("smoke"), s, models, test, results, tmp_path)
+    got = {(r.model, r.check.split(" ")[0]): r["pass"] for _, r in checks.iterrows()}
+    assert got == {("A", "more"): True, ("A", "restarts"): True, ("A", "transfer"): False,
+                   ("B", "more"): False, ("B", "restarts"): False, ("B", "transfer"): True}
+    assert (checks["difference"] == checks["check Dice"] - checks["white-box Dice"]).all()
+    summary = ps.masking_summary(checks).set_index(["model", "kind"])
+    assert summary.loc[("A", "transfer"), "run"] == 1 and summary.loc[("A", "transfer"), "passed"] == 0
+
+
+def test_the_headline_reports_the_shape_study_or_says_it_did_not_run():
+    from xrlib.studies.pgd.headline import headline_markdown
+
+    cfg = load_profile("smoke")
+    s = pgd_settings(cfg)
+    worst = _worst({ps.BASE_MODEL: {0.0: 0.91, 0.07: 0.123}})
+    checks = pd.DataFrame({"model": [ps.BASE_MODEL], "check": ["more steps (4)"], "pass": [True]})
+    aurocs = pd.DataFrame({"condition": ["clean OOD"], "AUROC": [0.75]})
+    shape_rows = pd.DataFrame({"model": ps.BASE_MODEL, "level": [0.5, 0.5, 1.0, 1.0], "budget": [0.0, 0.07, 0.0, 0.07],
+                               "dice": [0.8, 0.25, 0.7, 0.35]})
+    text = headline_markdown(cfg, s, worst, checks, aurocs, 1, 3, shape_rows=shape_rows)
+    assert "0.123" in text and "1 of 1 passed" in text and "clean OOD: 0.75" in text
+    assert "0.5× → 0.250 (clean 0.800), 1× → 0.350 (clean 0.700)" in text
+    quick = dataclasses.replace(s, shape=None)
+    assert "not run in this profile" in headline_markdown(cfg, quick, worst, checks, aurocs, 1, 3)
+
+
 # ------------------------------------------------------------------------------------- reconstruction head
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
+
 from xrlib.core.ct import Volume, load_ct, load_labels
 from xrlib.core.errors import InputError
 
@@ -68,3 +70,29 @@ def sources_from_folder(folder: str | Path) -> list[tuple[str, Volume, Volume]]:
         out.append((stem, ct, load_labels(lab_path, ct)))
     validate_sources(out)
     return out
+
+
+def shrink_source(ct: Volume, labels: Volume, factors) -> tuple[Volume, Volume]:
+    """A source CT and its label map on a grid coarser by integer ``factors`` along (i, j, k).
+
+    The CT is averaged over ``f_i × f_j × f_k`` blocks of voxels (:func:`SimpleITK.BinShrink`, so a
+    thin bone is blurred, not lost between samples); the label map is sampled with nearest
+    neighbour at the centres of the same blocks, so both stay on one grid. Factors ``(1, 1, 1)``
+    return the inputs. A size for cheap cohorts (e.g. the smoke profile of a study that builds
+    several), not a change of anatomy; the grid keeps its physical extent (up to one block).
+    """
+    import SimpleITK as sitk
+
+    f = tuple(factors) if not isinstance(factors, (str, bytes)) else ()
+    if len(f) != 3 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in f):
+        raise InputError("shrink factors", f"must be 3 integers ≥ 1 (i, j, k), got {factors!r}")
+    f = tuple(int(v) for v in f)
+    if f == (1, 1, 1):
+        return ct, labels
+    if not ct.same_grid(labels):
+        raise InputError(labels.source, f"label map is on a different grid than the CT {ct.source}")
+    small = sitk.BinShrink(sitk.Cast(ct.to_sitk(), sitk.sitkFloat32), f)
+    lab = labels.to_sitk()
+    lab_small = sitk.Resample(lab, small, sitk.Transform(), sitk.sitkNearestNeighbor, 0, lab.GetPixelID())
+    tag = f" [shrunk {f[0]}×{f[1]}×{f[2]}]"
+    return Volume.from_sitk(small, ct.source + tag), Volume.from_sitk(lab_small, labels.source + tag)

@@ -8,6 +8,7 @@ Loaders are picklable objects (no closures), so that the shard tasks of
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +64,16 @@ def subjects_from_volumes(items: Sequence[tuple]) -> SubjectSource:
     return SubjectSource(list(table), VolumeTable(table), h.hexdigest()[:16])
 
 
+@functools.lru_cache(maxsize=2)
+def _shrunk_example(shrink: tuple[int, int, int]) -> tuple:
+    """The example CT and labels on the coarser grid (loaded once per process: cohorts of several
+    configurations share it; the full-resolution volumes are not kept)."""
+    from xrlib.anatomy.sources import shrink_source
+    from xrlib.core.ct import load_example
+
+    return shrink_source(*load_example(), shrink)
+
+
 @dataclass
 class CohortLoader:
     """Loads virtual subjects from the cohort folder, building the cohort first (once) if needed.
@@ -75,13 +86,20 @@ class CohortLoader:
     sources: list | None = None
     progress: bool = True
     executor: object = None  # an xrlib.exec executor for the cohort build (None: in-process)
+    shrink: tuple[int, int, int] | None = None  # coarser source grid (xrlib.anatomy.sources.shrink_source)
     built: bool = field(default=False, compare=False)
 
     def prepare(self) -> None:
         """Build (or verify) the cohort with :func:`xrlib.anatomy.cohort.build_cohort`."""
         from xrlib.anatomy.cohort import build_cohort
+        from xrlib.anatomy.sources import shrink_source
 
         if not self.built:
+            if self.shrink is not None and self.sources is None:  # the example CT, loaded only now
+                self.sources = [("example", *_shrunk_example(self.shrink))]
+            elif self.shrink is not None:
+                self.sources = [(n, *shrink_source(ct, lab, self.shrink)) for n, ct, lab in self.sources]
+                self.shrink = None
             build_cohort(self.sources, self.config, self.cohort_dir, progress=self.progress, executor=self.executor)
             self.built = True
 
@@ -100,16 +118,21 @@ class CohortLoader:
 
 
 def cohort_subjects(profile: Profile, cohort_dir: str | Path, sources=None, progress: bool = True,
-                    executor=None) -> SubjectSource:
+                    executor=None, config=None, shrink=None) -> SubjectSource:
     """Virtual subjects of :mod:`xrlib.anatomy.cohort` (built lazily, before the first ``load``).
 
     ``sources`` as in :func:`xrlib.anatomy.cohort.build_cohort` (``None``: the example CT). The cohort
     has ``profile.n_subjects`` subjects per source and the profile's seed; ``executor`` runs its
-    subject tasks (``None``: in this process).
+    subject tasks (``None``: in this process). ``config``: another
+    :class:`~xrlib.anatomy.cohort.CohortConfig` (e.g. other deformation bands; default the
+    profile's). ``shrink``: integer factors (i, j, k) by which the sources are put on a coarser
+    grid before deforming (:func:`xrlib.anatomy.sources.shrink_source`; ``None``: as they are);
+    both enter the fingerprint.
     """
     from xrlib.anatomy.cohort import CohortConfig, subject_id
 
-    ccfg = CohortConfig.from_profile(profile)
+    ccfg = CohortConfig.from_profile(profile) if config is None else config
+    shrink = None if shrink is None or tuple(int(v) for v in shrink) == (1, 1, 1) else tuple(int(v) for v in shrink)
     names = ["example"] if sources is None else [s[0] for s in sources]
     ids = [subject_id(n, i) for n in names for i in range(ccfg.n_subjects)]
     if sources is None:  # the example CT: fingerprint its files (cheap, no loading)
@@ -120,6 +143,7 @@ def cohort_subjects(profile: Profile, cohort_dir: str | Path, sources=None, prog
         from xrlib.anatomy.cohort import _source_fingerprint
 
         src_fp = [_source_fingerprint(ct, lab) for _, ct, lab in sources]
-    fp = hashlib.sha256(f"{ccfg.fingerprint()}|{names}|{src_fp}|{ccfg.n_subjects}".encode()).hexdigest()[:16]
-    loader = CohortLoader(Path(cohort_dir), ccfg, sources, progress, executor)
+    key = f"{ccfg.fingerprint()}|{names}|{src_fp}|{ccfg.n_subjects}" + ("" if shrink is None else f"|shrink{shrink}")
+    fp = hashlib.sha256(key.encode()).hexdigest()[:16]
+    loader = CohortLoader(Path(cohort_dir), ccfg, sources, progress, executor, shrink)
     return SubjectSource(ids, loader, fp, prepare=loader.prepare)

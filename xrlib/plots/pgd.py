@@ -10,7 +10,7 @@ import pandas as pd
 
 from xrlib.plots.results import _model_color
 
-__all__ = ["alpha_group_curves", "eps_curves", "ood_examples", "triplet_figure"]
+__all__ = ["alpha_group_curves", "eps_curves", "ood_examples", "shape_level_curves", "triplet_figure"]
 
 
 def eps_curves(curve: pd.DataFrame, metric_label: str = "Dice", title: str = "") -> plt.Figure:
@@ -54,6 +54,31 @@ def alpha_group_curves(groups: pd.DataFrame, order: Sequence[str], models: Seque
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("mean Dice (PGD)")
     axes[0][-1].legend(fontsize=7, title="α group")
+    fig.tight_layout()
+    return fig
+
+
+def shape_level_curves(curve: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Shape variability vs robustness: mean Dice vs ε, one panel per model, one line per deformation
+    amplitude (``curve``: columns ``level``, ``model``, ``budget``, ``mean``, ``lo``, ``hi``), CI bands."""
+    models = list(dict.fromkeys(curve["model"]))
+    levels = sorted(curve["level"].unique())
+    fig, axes = plt.subplots(1, len(models), figsize=(4.4 * len(models), 3.5), squeeze=False, sharey=True)
+    cmap = plt.get_cmap("viridis")
+    for ax, model in zip(axes[0], models):
+        c = curve[curve["model"] == model]
+        for j, level in enumerate(levels):
+            m = c[c["level"] == level].sort_values("budget")
+            color = cmap(0.85 * j / max(1, len(levels) - 1))
+            ax.plot(m["budget"], m["mean"], "o-", ms=3, color=color, label=f"amplitude {level:g}")
+            ax.fill_between(m["budget"], m["lo"], m["hi"], color=color, alpha=0.15)
+        ax.set_title(model, fontsize=8)
+        ax.set_xlabel("L∞ ε (image units, intensities in [0, 1])")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("mean Dice under PGD")
+    axes[0][-1].legend(fontsize=7, title="deformation", title_fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -1,4 +1,5 @@
-"""Chapter 09's headline (``<run>/pgd/headline.md``): worst-case Dice under attack, masking checks, OOD AUROC."""
+"""Chapter 09's headline (``<run>/pgd/headline.md``): worst-case Dice under attack, masking checks, OOD AUROC,
+shape variability."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from xrlib.core.atomic import write_text_atomic
 from xrlib.core.profiles import Profile
 from xrlib.studies.pgd.settings import PGDSettings
 
-__all__ = ["HEADLINE", "headline_markdown", "write_headline"]
+__all__ = ["HEADLINE", "headline_markdown", "shape_text", "write_headline"]
 
 #: Where the chapter writes its section, relative to the run folder.
 HEADLINE = Path("pgd") / "headline.md"
@@ -22,9 +23,23 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(v).replace("|", "\\|") for v in r) + " |" for r in rows])
 
 
+def shape_text(s: PGDSettings, shape_rows: pd.DataFrame | None) -> str:
+    """The shape-variability study in one sentence: mean Dice at the largest ε per model and amplitude."""
+    if s.shape is None or shape_rows is None:
+        return "Shape variability vs robustness (paper 002's P3/P5/P10): not run in this profile (paper and smoke only)."
+    eps = max(s.shape.budgets)
+    at = shape_rows[np.isclose(shape_rows["budget"], eps)].groupby(["model", "level"], sort=False)["dice"].mean()
+    clean = shape_rows[shape_rows["budget"] == 0].groupby(["model", "level"], sort=False)["dice"].mean()
+    parts = [f"{model}: " + ", ".join(f"{lv:g}× → {at[(model, lv)]:.3f} (clean {clean[(model, lv)]:.3f})"
+                                      for lv in sorted(at[model].index)) for model in dict.fromkeys(at.index.get_level_values(0))]
+    return (f"Shape variability vs robustness (deformation amplitude × the cohort's bands, image count fixed, "
+            f"{s.shape.epochs}-epoch trainings): mean Dice under {s.steps}-step L∞ PGD at ε = {eps:g} — " + "; ".join(parts) + ".")
+
+
 def headline_markdown(cfg: Profile, s: PGDSettings, worst: pd.DataFrame, checks: pd.DataFrame, aurocs: pd.DataFrame,
-                      n_subjects: int, n_alphas: int) -> str:
-    """Min Dice per model and ε, the gradient-masking checks passed, and the OOD AUROC per condition."""
+                      n_subjects: int, n_alphas: int, shape_rows: pd.DataFrame | None = None) -> str:
+    """Min Dice per model and ε, the gradient-masking checks passed, the OOD AUROC per condition, and
+    the shape-variability study (``shape_rows``: its rows, ``None`` where the profile does not run it)."""
     eps = sorted(worst["budget"].unique())
     rows = []
     for model in dict.fromkeys(worst["model"]):
@@ -48,6 +63,8 @@ def headline_markdown(cfg: Profile, s: PGDSettings, worst: pd.DataFrame, checks:
         _table(["model"] + [f"ε = {e:g}" for e in eps], rows),
         "",
         check_text + f" Reconstruction-error OOD detector (AUROC, 0.5 = chance): {auc}.",
+        "",
+        shape_text(s, shape_rows),
         "",
     ]
     return "\n".join(lines)

@@ -13,6 +13,15 @@ Block layout (``book/profiles/*.yml``; the profiles differ only in sizes)::
       check: {budget, steps, restarts, models, tolerance}   # gradient-masking checks
       defense: {epochs, lr, eps, steps, step_size, max_noise, warm_start}
       ood: {eps, steps, step_fraction, recon_weight, head_epochs, head_hidden, natural}
+      shape:                        # shape variability vs robustness; null: not run (quick)
+        levels: [0.5, 1.0, 1.5]     # deformation amplitude, × the study cohort's bands
+        subjects: {surrogate: {train: 1, val: 1}, syn_train: {train: 1, val: 0}}   # per level
+        alphas: [-20, 0, 20]        # synthetic angles of the levels' training data (null: synthetic.alphas)
+        ct_shrink: [6, 6, 2]        # source CT block-averaged by these factors (i, j, k) first
+        field_spacing_mm: 8.0       # the deformation's coarse displacement grid
+        epochs: 1                   # both models per level
+        base_channels: 4            # U-Net width of both models (null: the study's train.base_channels)
+        budgets: [0.07]             # L∞ ε attacked (ε = 0 is added), a subset of pgd.budgets
 
 Every error is an :class:`xrlib.core.errors.InputError` naming the profile file and the key.
 """
@@ -24,7 +33,7 @@ from dataclasses import dataclass
 from xrlib.core.errors import InputError
 from xrlib.core.profiles import Profile
 
-__all__ = ["CheckSettings", "DefenseSettings", "OODSettings", "PGDSettings", "pgd_settings"]
+__all__ = ["CheckSettings", "DefenseSettings", "OODSettings", "PGDSettings", "ShapeSettings", "pgd_settings"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,30 @@ class OODSettings:
 
 
 @dataclass(frozen=True)
+class ShapeSettings:
+    """Shape variability vs robustness (:mod:`xrlib.studies.pgd.shape`): deformation amplitude
+    ``levels`` (multiples of the study cohort's sampling bands, distinct, ascending), the training
+    subjects per level (``surrogate`` and ``syn_train`` train/val counts, the same at every level,
+    so the image count is fixed), the source CT's ``ct_shrink`` factors and the deformation's
+    ``field_spacing_mm`` (sizes), ``epochs`` and ``base_channels`` (None: the study's) of both models
+    per level, and the L∞ ``budgets``."""
+
+    levels: tuple[float, ...]
+    subjects: dict
+    alphas: tuple[float, ...] | None
+    ct_shrink: tuple[int, int, int]
+    field_spacing_mm: float
+    epochs: int
+    budgets: tuple[float, ...]
+    base_channels: int | None = None
+
+    @property
+    def grid(self) -> tuple[float, ...]:
+        """The budgets with the clean 0 first."""
+        return (0.0, *self.budgets)
+
+
+@dataclass(frozen=True)
 class PGDSettings:
     """The whole ``pgd:`` block (module docstring)."""
 
@@ -84,6 +117,7 @@ class PGDSettings:
     check: CheckSettings
     defense: DefenseSettings
     ood: OODSettings
+    shape: ShapeSettings | None = None
 
     @property
     def grid(self) -> tuple[float, ...]:
@@ -165,4 +199,35 @@ def pgd_settings(profile: Profile) -> PGDSettings:
                       o.names("natural"))
     alphas = r.numbers("alphas", -180.0, 180.0, allow_null=True, positive=False)
     return PGDSettings(budgets, r.int("steps"), r.num("step_fraction", 0.0, 1.0), alphas, seg, r.bool("l2"),
-                       r.int("seed", 0), check, defense, ood)
+                       r.int("seed", 0), check, defense, ood, _shape(r, budgets))
+
+
+def _shape(r: _Reader, budgets: tuple[float, ...]) -> ShapeSettings | None:
+    if r.get("shape") is None:
+        return None
+    h = r.sub("shape")
+    levels = h.numbers("levels", 0.0, 4.0)
+    if len(levels) < 2 or list(levels) != sorted(levels):
+        raise h.fail("levels", "at least two distinct ascending amplitudes in (0, 4]", list(levels))
+    sub = h.sub("subjects")
+    subjects = {}
+    for pool in ("surrogate", "syn_train"):
+        p = sub.sub(pool)
+        extra = sorted(set(p.block) - {"train", "val"})
+        if extra:
+            raise p.fail(extra[0], "absent (the splits are train and val)", p.block[extra[0]])
+        subjects[pool] = {"train": p.int("train"), "val": p.int("val", 0) if "val" in p.block else 0}
+    if subjects["surrogate"]["val"] + subjects["syn_train"]["val"] < 1:
+        raise sub.fail("surrogate.val", "≥ 1 (or syn_train.val ≥ 1): early stopping needs validation images",
+                       subjects["surrogate"]["val"])
+    shrink = h.get("ct_shrink")
+    if not (isinstance(shrink, list) and len(shrink) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shrink)):
+        raise h.fail("ct_shrink", "3 integers ≥ 1 (i, j, k)", shrink)
+    shape_budgets = tuple(sorted(h.numbers("budgets", 0.0, 1.0)))
+    if not set(shape_budgets) <= set(budgets):
+        raise h.fail("budgets", f"a subset of pgd.budgets {list(budgets)}", list(shape_budgets))
+    alphas = h.numbers("alphas", -180.0, 180.0, allow_null=True, positive=False)
+    width = None if h.get("base_channels") is None else h.int("base_channels")
+    return ShapeSettings(levels, subjects, None if alphas is None else tuple(sorted(alphas)), tuple(shrink),
+                         h.num("field_spacing_mm", 0.0, 100.0), h.int("epochs"), shape_budgets, width)
