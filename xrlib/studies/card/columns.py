@@ -122,6 +122,19 @@ def _pose(profile, run, s, victims):
     return _score(th, victims, test, profile, [s.pose_budget])
 
 
+# -- acquisition shift (chapter 08) -------------------------------------------------------------
+
+#: The card's acquisition budget: the documented ranges of the varied surrogate (issue 17: budget 1).
+ACQUISITION_BUDGET = 1.0
+
+
+def _acquisition(profile, run, s, victims):
+    from xrlib.studies.sim.sources import acquisition_threat
+
+    th = acquisition_threat(profile, run, budgets=(0.0, ACQUISITION_BUDGET))
+    return _score(th, victims, th.test, profile, [ACQUISITION_BUDGET])
+
+
 # -- noise (chapter 10) --------------------------------------------------------------------------
 
 def _noise_rows(df, profile, s):
@@ -192,8 +205,8 @@ COLUMNS: tuple[Column, ...] = (
            (Part("rotation", _moderate, _rotation),)),
     Column("pose", "worst-case pose", "12", lambda s: f"b = {s.pose_budget:g}", "mean Dice", _dice, True,
            (Part("pose", lambda d, p, s: _at(d, s.pose_budget), _pose),)),
-    Column("acquisition", "acquisition shift", "08", lambda s: "budget 1", "mean Dice", None, True,
-           missing="not in this build (chapter 08 not yet built: the acquisition threat)"),
+    Column("acquisition", "acquisition shift", "08", lambda s: f"budget {ACQUISITION_BUDGET:g}", "mean Dice", _dice, True,
+           (Part("acquisition", lambda d, p, s: _at(d, ACQUISITION_BUDGET), _acquisition),)),
     Column("noise", "quantum noise", "10", lambda s: f"{s.noise_dose_mas:g} mAs", "SAR (share leaving its band)",
            _left_band, False, (Part("noise", _noise_rows, _noise),)),
     Column("pgd", "PGD/SegPGD L∞", "09", lambda s: f"ε = {s.pgd_eps:g}", "min mean Dice over attacks", _dice, True,
