@@ -23,6 +23,7 @@ markers, text overlays or vendor-specific multi-frequency processing.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import asdict, dataclass, fields, replace
 
@@ -72,19 +73,23 @@ ACQUISITION_RANGES: dict[str, Range] = {
 }
 
 
+_DISPLAY = inspect.signature(phys.postprocess).parameters
+
+
 @dataclass(frozen=True)
 class Acquisition:
     """One image's acquisition and display settings (units as in :data:`ACQUISITION_RANGES`)."""
 
-    kvp: float = 120.0
+    # The defaults are the realistic chain's and the display's own (one source each, not copies).
+    kvp: float = phys.RealisticParams.kvp
     dose_factor: float = 1.0
-    scatter_to_primary: float = 0.3
-    blur_sigma_mm: float = 0.15
+    scatter_to_primary: float = phys.RealisticParams.scatter_to_primary
+    blur_sigma_mm: float = phys.RealisticParams.blur_sigma_mm
     gain_ramp: float = 0.0
-    window_lo_pct: float = 0.5
-    window_hi_pct: float = 99.5
-    unsharp_amount: float = 0.5
-    unsharp_sigma_mm: float = 3.0
+    window_lo_pct: float = _DISPLAY["window"].default[0]
+    window_hi_pct: float = _DISPLAY["window"].default[1]
+    unsharp_amount: float = _DISPLAY["unsharp_amount"].default
+    unsharp_sigma_mm: float = _DISPLAY["unsharp_sigma_mm"].default
     tone_contrast: float = 0.0
 
     def to_dict(self) -> dict:
