@@ -73,6 +73,17 @@ def test_noise_free_limit_matches_the_datasets_realistic_chain():
     assert es.blur_sigma_px == pytest.approx(1.6)
 
 
+def test_the_datasets_chain_draws_the_same_correlated_noise_as_the_rerendered_arm():
+    li = {"soft_tissue": np.full((40, 40), 150.0)}
+    params = P.RealisticParams(dose_mas=0.5, blur_sigma_mm=0.5, electronic_noise=0.0)
+    es = expected_signal(li, 0.25, 1800.0, params)
+    # one implementation (physics.detector_readout): the same generator state gives the same image
+    np.testing.assert_array_equal(P.realistic_image(li, 0.25, 1800.0, params, np.random.default_rng(5)),
+                                  noisy_log(es, 0.5, np.random.default_rng(5)))
+    stack = np.stack([P.realistic_image(li, 0.25, 1800.0, params, np.random.default_rng(k)) for k in range(30)])
+    assert _neighbour_corr(stack) > 0.5  # noise drawn before the blur (σ = 2 px) is correlated
+
+
 def test_trapezoid_weights_partition_unity_and_patch_grid():
     assert N.patch_starts(100, 32, 0.3) == [0, 22, 44, 66, 68]
     origins, w = N.trapezoid_weights((50, 70), 16, 0.3)

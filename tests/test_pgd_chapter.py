@@ -116,6 +116,22 @@ def test_worst_case_takes_the_minimum_over_the_attacks_run():
     assert list(w.index.get_level_values(0)) == ["A"] * 3 + ["B"] * 3
 
 
+def test_hd95_by_alpha_group_means_over_defined_images_and_counts_the_rest():
+    rows = pd.DataFrame([
+        {"model": "A", "budget": 0.03, "alpha_group": "Center", "subject": "s1", "dice": 0.8, "hd95_mm": 4.0},
+        {"model": "A", "budget": 0.03, "alpha_group": "Center", "subject": "s2", "dice": 0.6, "hd95_mm": 8.0},
+        {"model": "A", "budget": 0.03, "alpha_group": "Center", "subject": "s3", "dice": 0.0, "hd95_mm": np.nan},
+        {"model": "A", "budget": 0.03, "alpha_group": "Moderate-", "subject": "s1", "dice": 0.2, "hd95_mm": 30.0},
+    ])
+    hd = ps.by_alpha_group(rows, metric="hd95_mm").set_index("alpha_group")
+    assert hd.at["Center", "mean"] == pytest.approx(6.0) and hd.at["Center", "n"] == 2
+    assert hd.at["Center", "n_nan"] == 1 and hd.at["Moderate-", "mean"] == pytest.approx(30.0)
+    dice = ps.by_alpha_group(rows).set_index("alpha_group")
+    assert dice.at["Center", "mean"] == pytest.approx(1.4 / 3)
+    with pytest.raises(KeyError, match="no column 'hd_mm'"):
+        ps.by_alpha_group(rows, metric="hd_mm")
+
+
 def _worst(values: dict) -> pd.DataFrame:
     """A worst-case table: model → {ε: min Dice}."""
     return pd.DataFrame([{"model": m, "budget": b, "min Dice": d} for m, by in values.items() for b, d in by.items()])

@@ -41,7 +41,9 @@ from xrlib.data.subjects import SubjectSource, cohort_subjects
 from xrlib.exec import Executor, ProcessPoolExecutor, get_executor
 
 #: Bumped whenever the datasets code changes what it writes, so cached datasets are rebuilt.
-DATASETS_VERSION = 1
+#: 2: the surrogate pool has per-image acquisition variability; the realistic chain draws its quantum
+#: noise before the detector blur (correlated noise).
+DATASETS_VERSION = 2
 BUILD_FILE = "build.json"
 
 

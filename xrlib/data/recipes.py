@@ -4,7 +4,8 @@ A :class:`PoolRecipe` is a picklable description of one pool's images: its poses
 its physics level and realistic-physics dose. :meth:`PoolRecipe.render` renders them with
 :func:`xrlib.drr.render.render_batch` (post-processed for display) at the profile's detector;
 a pool with another renderer is a subclass that overrides it. :func:`study_recipes` is the
-study's plan (``surrogate``: realistic physics at jittered poses; ``syn_train``/``syn_test``:
+study's plan (``surrogate``: realistic physics at jittered poses with per-image acquisition
+variability; ``syn_train``/``syn_test``:
 naive DRRs at every synthetic α), and :func:`render_subject` turns one subject into the arrays of
 its shard (every radiograph post-processed, then :func:`xrlib.data.preprocess.preprocess`).
 """
@@ -114,11 +115,16 @@ class VariedRecipe(JitteredRecipe):
 
 
 def study_recipes(profile: Profile) -> dict[str, PoolRecipe]:
-    """The study's pools: realistic surrogate at jittered poses, naive DRRs at the synthetic α."""
+    """The study's pools: the varied "Real" surrogate (realistic physics at jittered poses, each image with
+    its own acquisition and display settings, :class:`VariedRecipe` at scale 1), naive DRRs at the synthetic α.
+
+    The surrogate's per-image settings are what a simulator with one fixed setting does not know
+    (:mod:`xrlib.drr.acquisition`), so a model trained on the realistic simulator does not meet its
+    own training distribution in the "Real" test split."""
     synthetic = AnglesRecipe(physics="naive", alphas=tuple(profile.synthetic.alphas))
     return {
-        "surrogate": JitteredRecipe(physics="realistic", dose_mas=profile.surrogate.dose_mas, seed=profile.seed,
-                                    jitter=profile.surrogate),
+        "surrogate": VariedRecipe(dose_mas=profile.surrogate.dose_mas, seed=profile.seed, jitter=profile.surrogate,
+                                  acquisition_scale=1.0),
         "syn_train": synthetic,
         "syn_test": synthetic,
     }

@@ -23,8 +23,9 @@ Chain of :func:`noisy_log` at a dose ``D`` (mAs), per pixel:
 The *clean* image (:func:`clean_log`) is the noise-free expected image (infinite dose): −log of the
 blurred expected signal over the flat field.
 
-The datasets' realistic chain (:func:`xrlib.drr.physics.realistic_intensity`) still adds its noise
-*after* the blur (white noise); it will adopt this model in one place with a dataset rebuild.
+The datasets' realistic chain (:func:`xrlib.drr.physics.realistic_intensity`) draws its noise the
+same way: both call :func:`xrlib.drr.physics.detector_readout`, so a dataset image at the profile's dose
+and a re-rendered realisation here are the same random process.
 """
 
 from __future__ import annotations
@@ -120,15 +121,8 @@ def noisy_log(es: ExpectedSignal, dose_mas: float, rng: np.random.Generator, n: 
     if not dose_mas > 0:
         raise ValueError(f"dose must be positive, got {dose_mas} mAs")
     shape = es.signal.shape if n is None else (int(n), *es.signal.shape)
-    mean = dose_mas * es.signal
-    if quantum:
-        sig = rng.poisson(np.broadcast_to(mean / es.quantum_kev, shape)) * es.quantum_kev
-    else:
-        sig = np.broadcast_to(mean, shape).astype(float)
-    sig = es.blurred(sig)
-    if electronic and es.electronic_quanta > 0:
-        sig = sig + rng.normal(0.0, es.electronic_kev, shape)
-    sig = np.maximum(sig, 0.5 * es.quantum0_kev)
+    sig = phys.detector_readout(dose_mas * es.signal, es.quantum_kev, es.quantum0_kev, es.blur_sigma_px,
+                                es.electronic_quanta if electronic else 0.0, rng, quantum=quantum, shape=shape)
     return (-np.log(sig / (dose_mas * es.flat))).astype(np.float32)
 
 

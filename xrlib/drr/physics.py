@@ -303,6 +303,37 @@ def expected_detector_signal(line_integrals: dict[str, np.ndarray], pixel_area_m
     return img, q, m0, q0
 
 
+def detector_readout(mean_kev: np.ndarray, quantum_kev: np.ndarray | float, quantum0_kev: float, blur_sigma_px: float,
+                     electronic_quanta: float, rng: np.random.Generator | None, quantum: bool = True,
+                     shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """The detector's read-out of an expected signal, in the physics order (keV per pixel, float64).
+
+    1. quantum noise where the X-rays are absorbed: ``q·Poisson(mean/q)`` (compound Poisson matched
+       in mean and variance, ``q`` = keV per equivalent quantum), when ``quantum``;
+    2. the scintillator's light spread: Gaussian blur of σ = ``blur_sigma_px`` on the last two axes
+       (reflecting borders), so quantum noise comes out *correlated*;
+    3. electronic read-out noise after the light spread (white): Gaussian, std ``electronic_quanta``·q0;
+    4. clipping below at 0.5·q0 (half the signal of one detected flat-field photon): with noise the
+       signal can be 0 or negative, and below one quantum the log carries no information.
+
+    ``shape`` (default ``mean_kev.shape``) draws several realisations at once, e.g. ``(n, H, W)``.
+    The one implementation behind :func:`realistic_image` (the datasets) and
+    :func:`xrlib.drr.noise.noisy_log` (chapter 10's re-rendered noise).
+    """
+    shape = np.shape(mean_kev) if shape is None else tuple(shape)
+    if quantum or electronic_quanta > 0:
+        rng = np.random.default_rng() if rng is None else rng
+    if quantum:
+        sig = rng.poisson(np.broadcast_to(mean_kev / quantum_kev, shape)) * quantum_kev
+    else:
+        sig = np.broadcast_to(np.asarray(mean_kev, float), shape).astype(float)
+    if blur_sigma_px > 0:
+        sig = ndimage.gaussian_filter(sig, (0,) * (len(shape) - 2) + (blur_sigma_px, blur_sigma_px), mode="reflect")
+    if electronic_quanta > 0:
+        sig = sig + rng.normal(0.0, electronic_quanta * quantum0_kev, shape)
+    return np.maximum(sig, 0.5 * quantum0_kev)
+
+
 def realistic_intensity(line_integrals: dict[str, np.ndarray], pixel_area_mm2: float, sdd_mm: float,
                         params: RealisticParams, rng: np.random.Generator | None, pitch_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """Detector signal (keV absorbed per pixel) for per-material density line integrals.
@@ -321,47 +352,35 @@ def realistic_intensity(line_integrals: dict[str, np.ndarray], pixel_area_mm2: f
        ``scatter_to_primary``: S = k·G_σs ∗ (P·ln(P0/P)), I = P + S. Scatter photons are given
        the local primary's energy mix. The flat field has no patient and hence no scatter.
        (Steps 1–3: :func:`expected_detector_signal`.)
-    4. Detector blur: Gaussian with sigma blur_sigma_mm/pitch_mm pixels.
-    5. Quantum noise: with q = v/m (keV per "equivalent quantum"), I ← q·Poisson(I/q), which
-       matches mean and variance of the energy-integrated signal. Applied after blur, so the
-       noise is white (a simplification: real scintillator blur also correlates it; the
-       physics-order model, noise drawn before the blur, is :mod:`xrlib.drr.noise`, which the
-       datasets' chain will adopt with a dataset rebuild).
+    4. Quantum noise where the X-rays are absorbed: with q = v/m (keV per "equivalent quantum"),
+       I ← q·Poisson(I/q), which matches mean and variance of the energy-integrated signal.
+    5. Detector blur: Gaussian with sigma blur_sigma_mm/pitch_mm pixels (the scintillator's light
+       spread), which correlates the quantum noise, as in a real indirect detector.
     6. Electronic noise: Gaussian, std = electronic_noise·q0, q0 the mean detected photon energy
-       of the flat field.
+       of the flat field (after the light spread: white).
+    7. Clipping below at 0.5·q0 (see :func:`detector_readout`, which does steps 4–7).
 
     Returns ``(intensity, flat_field)``: float64 (H, W) arrays in keV; the flat field is the
     noise-free unattenuated signal (as from averaging many flat exposures).
     """
     p = params
     img, q, m0, q0 = expected_detector_signal(line_integrals, pixel_area_mm2, sdd_mm, params, pitch_mm)
-    shape = img.shape
-    if p.blur_sigma_mm > 0:
-        img = ndimage.gaussian_filter(img, p.blur_sigma_mm / pitch_mm, mode="reflect")
-    if p.quantum_noise or p.electronic_noise > 0:
-        rng = np.random.default_rng() if rng is None else rng
-    if p.quantum_noise:
-        img = rng.poisson(img / q) * q
-    if p.electronic_noise > 0:
-        img = img + rng.normal(0.0, p.electronic_noise * q0, shape)
-    return img, np.full(shape, m0)
+    out = detector_readout(img, q, q0, p.blur_sigma_mm / pitch_mm, p.electronic_noise, rng, quantum=p.quantum_noise)
+    return out, np.full(img.shape, m0)
 
 
 def realistic_image(line_integrals: dict[str, np.ndarray], geometry_pitch_mm: float, sdd_mm: float,
                     params: RealisticParams, rng: np.random.Generator | None = None) -> np.ndarray:
     """Flat-field-corrected log image −log(I/I0) (float32, dimensionless; higher = more attenuation).
 
-    Before the log, I is clipped to half the signal of one detected flat-field photon (0.5·q0, see
-    :func:`realistic_intensity`): with noise I can be 0 or negative, and below one quantum the
-    log carries no information. The image therefore saturates at log(2·N_detected,flat).
-    Noise-free when ``quantum_noise`` is False and ``electronic_noise`` is 0.
+    I is :func:`realistic_intensity`'s signal, clipped below at half the signal of one detected
+    flat-field photon (0.5·q0, :func:`detector_readout`), so the image saturates at
+    log(2·N_detected,flat). Noise-free (up to that clipping) when ``quantum_noise`` is False and
+    ``electronic_noise`` is 0.
     """
     pitch = float(geometry_pitch_mm)
     intensity, flat = realistic_intensity(line_integrals, pitch * pitch, sdd_mm, params, rng, pitch)
-    spec = tube_spectrum(params.kvp, params.filtration_mm_al, params.anode_angle_deg, 1.0, params.filtration_mm_cu)
-    eta = params.detector.efficiency(spec.energies_kev)
-    q0 = float(np.sum(spec.energies_kev * eta * spec.fluence) / np.sum(eta * spec.fluence))
-    return (-np.log(np.maximum(intensity, 0.5 * q0) / flat)).astype(np.float32)
+    return (-np.log(intensity / flat)).astype(np.float32)
 
 
 def postprocess(image: np.ndarray, field: np.ndarray | None = None, window: tuple[float, float] = (0.5, 99.5),

@@ -36,8 +36,9 @@ def eps_curves(curve: pd.DataFrame, metric_label: str = "Dice", title: str = "")
     return fig
 
 
-def alpha_group_curves(groups: pd.DataFrame, order: Sequence[str], models: Sequence[str] | None = None) -> plt.Figure:
-    """Mean Dice vs ε per α group (one panel per model) with the subject-clustered CIs as error bars."""
+def alpha_group_curves(groups: pd.DataFrame, order: Sequence[str], models: Sequence[str] | None = None,
+                       metric_label: str = "mean Dice (PGD)") -> plt.Figure:
+    """Mean metric vs ε per α group (one panel per model) with the subject-clustered CIs as error bars."""
     models = list(dict.fromkeys(groups["model"])) if models is None else list(models)
     fig, axes = plt.subplots(1, len(models), figsize=(3.8 * len(models), 3.4), squeeze=False, sharey=True)
     cmap = plt.get_cmap("coolwarm")
@@ -52,7 +53,7 @@ def alpha_group_curves(groups: pd.DataFrame, order: Sequence[str], models: Seque
         ax.set_title(model, fontsize=8)
         ax.set_xlabel("L∞ ε (image units)")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("mean Dice (PGD)")
+    axes[0][0].set_ylabel(metric_label)
     axes[0][-1].legend(fontsize=7, title="α group")
     fig.tight_layout()
     return fig

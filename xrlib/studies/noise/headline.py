@@ -35,8 +35,8 @@ def headline_markdown(cfg: Profile, s: NoiseSettings, sar_df: pd.DataFrame, chan
         f"{', '.join(f'{a:g}°' for a in s.alphas)}) re-projected with the realistic chain; doses "
         f"{', '.join(f'{d:g}' for d in s.doses_mas)} mAs (default 2 mAs), {s.realisations} realisation(s) per image, "
         f"dose and arm. SAR = share of images whose clean prediction is in band {best} and whose noisy prediction "
-        "left it; changed = Dice vs the clean prediction < 0.7. Noise is drawn before the detector blur here; "
-        "the datasets' chain still adds it after the blur.",
+        "left it; changed = Dice vs the clean prediction < 0.7. Quantum noise is drawn before the detector blur "
+        "(correlated), as in the datasets' realistic chain.",
         "",
         "| model | dose (mAs) | SAR re-rendered | SAR inserted | changed (re-rendered) |",
         "|---|---|---|---|---|",

@@ -167,9 +167,13 @@ def curves(results: Mapping[str, pd.DataFrame], metric: str = "dice", seed: int 
     return out
 
 
-def by_alpha_group(df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
-    """Mean Dice per model, ε and α group with subject-clustered CIs (does a rotated patient fall faster?)."""
-    return bootstrap_by_group(df, "dice", by=("model", "budget", "alpha_group"), seed=seed,
+def by_alpha_group(df: pd.DataFrame, seed: int = 0, metric: str = "dice") -> pd.DataFrame:
+    """Mean ``metric`` (``dice``, or ``hd95_mm`` in mm) per model, ε and α group with subject-clustered CIs
+    (does a rotated patient fall faster?). HD95 is averaged over the images where it is defined (both the
+    prediction and the truth non-empty): ``n`` counts them, ``n_nan`` the others."""
+    if metric not in df.columns:
+        raise KeyError(f"no column {metric!r} in the attack table; expected one of dice, hd95_mm")
+    return bootstrap_by_group(df, metric, by=("model", "budget", "alpha_group"), seed=seed,
                               orders={"alpha_group": GROUP_ORDER})
 
 

@@ -6,8 +6,8 @@ Datasets (one cached build each, under ``<run>/sim/datasets/<domain>``, through
 ``real``
     The surrogate pool's subjects at its jittered poses (the first ``sim.poses_per_subject`` of them), realistic physics with per-image acquisition
     variability (:class:`xrlib.data.recipes.VariedRecipe` at scale 1; settings in the manifest's
-    ``acq_*`` columns). Chapter 08's "Real" domain. The rotation study (chapters 04–07) keeps the
-    default surrogate (one fixed setting); moving it to this one is left for a later build.
+    ``acq_*`` columns). Chapter 08's "Real" domain; the rotation study's surrogate pool (chapters 04–07,
+    :func:`xrlib.data.recipes.study_recipes`) is the same recipe, so these images are its first poses.
 ``naive``, ``heuristic``, ``realistic``
     *The same subjects and poses* rendered with each simulator of the ladder at its one fixed default
     setting: only the image formation differs (the projected masks are the same, which the tests pin).
