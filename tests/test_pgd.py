@@ -342,3 +342,7 @@ def test_robustness_cli_attack_options_and_saved_examples(toy_run, tmp_path, cap
     assert main([*base, "--threat", "rotation", "--steps", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: threat 'rotation' takes no options, got ['steps']"]
+    assert main([*base, "--threat", "pgd", "--subjects", "1"]) == 2  # --subjects is for pose, noise, acquisition
+    assert capsys.readouterr().err.strip().startswith("error: threat 'pgd': bad options ['subjects']")
+    assert main([*base, "--threat", "acquisition", "--subjects", "0"]) == 2
+    assert "--subjects" in capsys.readouterr().err

@@ -121,6 +121,19 @@ def test_noiseless_slab_equals_independent_beer_lambert():
     assert np.ptp(out) == 0.0
 
 
+def test_material_densities_table_lookup_of_integer_hu_equals_the_interpolation():
+    rng = np.random.default_rng(3)
+    hu = rng.integers(-3500, 6000, size=(20, 64, 64)).astype(np.float32)  # beyond the table on both sides
+    hu[0, 0, :8] = [-2024, -2025, 4096, 4097, -1000, -950, -120, 300]
+    d = P.material_densities(hu)  # > 65536 integral voxels: the table path
+    rho = np.interp(hu, P._SCHNEIDER_HU, P._SCHNEIDER_RHO).astype(np.float32)
+    label = np.searchsorted(np.asarray(P.DEFAULT_THRESHOLDS, np.float32), hu, side="right")
+    for i, m in enumerate(P.MATERIALS):
+        np.testing.assert_array_equal(d[m], np.where(label == i, rho, np.float32(0.0)))
+    frac = P.material_densities(hu + np.float32(0.25))  # not integral: the interpolation path
+    assert frac["bone"][0, 0, 2] == pytest.approx(2.8) and frac["air"][0, 0, 0] == pytest.approx(1.21e-3)
+
+
 def test_noiseless_two_material_pixel_sums_attenuation():
     li = {"soft_tissue": np.full((4, 4), 150.0, np.float32), "bone": np.full((4, 4), 1.9 * 15.0, np.float32),
           "lung": np.full((4, 4), 0.25 * 100.0, np.float32)}

@@ -304,3 +304,62 @@ def test_table4_has_clustered_cis_and_the_papers_values_beside():
     np.testing.assert_allclose(t.dice, [0.81, 0.51])
     assert (t.dice_lo <= t.dice).all() and (t.dice <= t.dice_hi).all()
     assert list(t.paper_dice_360) == [0.759, 0.572]  # paper 001, Table 4, 360 px, strong DR
+
+
+# ------------------------------------------------------------------------------ dry run of a profile's grid
+
+
+def test_the_paper_plan_is_the_whole_table4_grid_without_running_anything(tmp_path, monkeypatch):
+    from xrlib.core.profiles import load_profile
+    from xrlib.studies.sim import study
+
+    monkeypatch.chdir(tmp_path)  # nothing may be written
+    paper = load_profile("paper")
+    plan = study.sim_plan(paper)
+    m = plan["models"].set_index("model")
+    assert set(m["row"]) == set(study.ROWS) and len(m) == 2 * len(study.ROWS)
+    assert (m.groupby("row")["DR"].apply(set) == {"regular", "strong"}).all()
+    cyc = m[m["method"] == "cyc"]
+    assert set(cyc["row"]) == {"Naive-Cyc", "Realistic-Cyc"} and (cyc["generator blocks"] == 9).all()  # 256² input
+    assert m["generator blocks"].isna().sum() == len(m) - len(cyc)
+    s = paper.surrogate.poses_per_subject
+    assert m.at["Real/strong", "training images"] == paper.pools.surrogate.train * s
+    assert m.at["Realistic-Scaled/strong", "training images"] == 4 * m.at["Realistic/strong", "training images"]
+    assert set(plan["domains"]["domain"]) == {"real", "naive", "heuristic", "realistic", "realistic-scaled"}
+    assert list(tmp_path.iterdir()) == []
+    quick = study.sim_plan(load_profile("quick"))["models"]
+    assert list(quick["model"]) == ["Real/strong", "Naive/strong", "Realistic/strong", "Naive-ADDA/strong",
+                                    "Realistic-Scaled/strong"]  # the issue's quick rows
+
+
+# ------------------------------------------------------------------------------ one projection for every simulator
+
+
+def test_matched_domains_share_one_projection_and_give_the_unshared_images(monkeypatch):
+    """Every domain's images of a subject come from one projection (all simulators' channels and the masks, at the
+    Realistic-Scaled poses) and equal what each recipe renders on its own."""
+    from xrlib.data import recipes
+    from xrlib.drr import render as R
+    from xrlib.studies.sim.sources import DOMAINS, domain_recipe
+
+    cfg = tiny_profile()
+    ct, labels = tiny_subject(0)
+    calls = []
+    real_project = R.project_levels
+    monkeypatch.setattr(R, "project_levels", lambda *a, **k: calls.append(a[4]) or real_project(*a, **k))
+    recipes._SHARED.clear()
+    for d in DOMAINS:
+        shared = domain_recipe(cfg, d, SETTINGS)
+        plain = dataclasses.replace(shared, shared_levels=())
+        poses = shared.poses("tiny-v000")
+        got = shared.render(ct, labels, cfg, "tiny-v000", poses)
+        want = plain.render(ct, labels, cfg, "tiny-v000", poses)
+        assert len(got) == len(want) == len(poses)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g.image, w.image, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(g.display, w.display, rtol=1e-4, atol=1e-5)
+            np.testing.assert_array_equal(g.mask, w.mask)
+            assert g.meta["pose"] == w.meta["pose"] and g.meta["physics"] == w.meta["physics"]
+    shared_calls = [c for c in calls if len(c) == 3]
+    assert len(shared_calls) == 1 and tuple(shared_calls[0]) == ("naive", "heuristic", "realistic")
+    assert len(calls) == 1 + len(DOMAINS)  # the shared projection once, then each unshared render

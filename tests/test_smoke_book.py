@@ -262,3 +262,19 @@ def test_smoke_book_card_joins_every_row_with_every_column(smoke_book):
     assert (smoke_book["html"] / "_images" / "card.png").is_file()
     section = smoke_book["readme"].read_text(encoding="utf-8")
     assert "robustness card (chapter 13) — profile smoke" in section and "card.png" not in section
+
+
+def test_smoke_book_card_costs_every_defense_with_a_recorded_time(smoke_book):
+    """Every defended row of the card has its extra training time from its chapter's record (the worst-pose
+    fine-tuning and every round of adaptive training included), read from the caches the book made."""
+    from xrlib.core.profiles import load_profile
+    from xrlib.studies.card.rows import available_rows
+
+    assert smoke_book["returncode"] == 0, smoke_book["stderr"][-3000:]
+    victims, _ = available_rows(load_profile("smoke"), smoke_book["runs"] / "smoke")
+    extra = {v.name: v.extra_s for v in victims if v.base is not None}
+    assert {"U-Net(Real)+worst-pose", "U-Net(Real+Syn_all)+PGD-AT"} <= set(extra)
+    warm = [n for n in extra if n.endswith(("+worst-pose", "+PGD-AT")) or "noise-adaptive" in n]
+    assert len(warm) >= 3 and all(extra[n] is not None and extra[n] > 0 for n in warm)  # warm-started: all extra
+    missing = [n for n, s in extra.items() if s is None]
+    assert missing == [], f"no recorded training time for {missing}"

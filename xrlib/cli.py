@@ -259,7 +259,8 @@ def _add_robustness(sub) -> None:
     p.add_argument("--budgets", nargs="+", type=_finite(float, "--budgets"), metavar="B",
                    help="budgets to run, in the threat's unit (default: the threat's grid)")
     p.add_argument("--run-root", type=Path, help="artifacts root (default <repo>/runs)")
-    attack = p.add_argument_group("attacks (pgd, segpgd, deformation) and the pose search (pose: --steps only)")
+    attack = p.add_argument_group("attacks (pgd, segpgd, deformation), the pose search (pose: --steps) and the "
+                                  "test-subject count (pose, noise, acquisition: --subjects)")
     attack.add_argument("--steps", type=_finite(int, "--steps", positive=True),
                         help="attack steps N (default 10; pose: the profile's pose.steps)")
     attack.add_argument("--norm", choices=("linf", "l2"), help="perturbation norm (default linf)")
@@ -267,6 +268,8 @@ def _add_robustness(sub) -> None:
                         help="random restarts; the worst per image is kept (default 1)")
     attack.add_argument("--alphas", nargs="+", type=_finite(float, "--alphas"), metavar="DEG",
                         help="attack only the synthetic test images at these angles (default all)")
+    attack.add_argument("--subjects", type=_finite(int, "--subjects", positive=True), metavar="N",
+                        help="pose, noise, acquisition: score the first N Syn_test subjects (default: the profile's)")
     attack.add_argument("--method", choices=("per-image", "generator"),
                         help="deformation: per-image search or a trained generator (default per-image)")
     attack.add_argument("--variant", choices=("DV", "D", "V"), help="deformation: fields D+V, D only or V only (default DV)")
@@ -284,7 +287,7 @@ def _cmd_robustness(args) -> int:
     from xrlib.core.runs import run_dir
     from xrlib.studies.robustness import run_threat
 
-    options = {k: getattr(args, k) for k in ("steps", "norm", "restarts", "alphas", "method", "variant")
+    options = {k: getattr(args, k) for k in ("steps", "norm", "restarts", "alphas", "subjects", "method", "variant")
                if getattr(args, k) is not None}
     if args.card:
         return _cmd_card(args, options)

@@ -12,8 +12,11 @@ its shard (every radiograph post-processed, then :func:`xrlib.data.preprocess.pr
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,15 +69,81 @@ class AnglesRecipe(PoolRecipe):
         return [Pose(alpha=a) for a in self.alphas]
 
 
+#: Upper bound (bytes) of the in-process cache of shared projections (:func:`shared_projection`).
+SHARED_CACHE_BYTES = 2 * 1024**3
+_SHARED: "OrderedDict[str, object]" = OrderedDict()
+
+
+def _volume_key(v) -> str:
+    """A cheap content key of a volume: its source, grid and a strided sample of its voxels."""
+    a = np.ascontiguousarray(v.array[::3, ::7, ::7])
+    return hashlib.sha1(a.tobytes() + repr((v.source, v.array.shape, v.spacing, v.origin)).encode()).hexdigest()
+
+
+def shared_projection(ct, labels, profile: Profile, subject: str, poses: list[Pose], levels: tuple[str, ...]):
+    """:func:`xrlib.drr.render.project_levels` of a subject at ``poses`` for every level in ``levels``, made once
+    per process and reused by every recipe that asks for the same subject, poses, levels and detector
+    (an LRU cache of at most :data:`SHARED_CACHE_BYTES`)."""
+    from xrlib.anatomy.annotate import clavicles_from_labels
+    from xrlib.drr.render import project_levels
+
+    r = profile.render
+    key = hashlib.sha256(json.dumps({"subject": subject, "ct": _volume_key(ct), "labels": _volume_key(labels),
+                                     "render": dataclasses.asdict(r), "poses": [p.to_dict() for p in poses],
+                                     "levels": list(levels)}, sort_keys=True, default=str).encode()).hexdigest()
+    if key in _SHARED:
+        _SHARED.move_to_end(key)
+        return _SHARED[key]
+    proj = project_levels(ct, clavicles_from_labels(labels), Geometry.from_render(r), poses, levels,
+                          backend=r.backend, fov=r.fov)
+    _SHARED[key] = proj
+    while len(_SHARED) > 1 and sum(x.nbytes for x in _SHARED.values()) > SHARED_CACHE_BYTES:
+        _SHARED.popitem(last=False)
+    return proj
+
+
 @dataclass(frozen=True)
 class JitteredRecipe(PoolRecipe):
-    """Well-positioned poses: α, tilt and shift jittered per subject (:func:`xrlib.data.pools.jittered_poses`)."""
+    """Well-positioned poses: α, tilt and shift jittered per subject (:func:`xrlib.data.pools.jittered_poses`).
+
+    ``shared_levels``: project the channels of these physics levels together (with the masks) once per
+    subject, at the first ``shared_poses`` poses of the subject's seeded sequence, and make this recipe's
+    images from that projection (:func:`shared_projection`) — so matched datasets of several simulators
+    (chapter 08) share one projection and one set of masks. The images are the same as without sharing;
+    it is skipped when the surrogate pool's projections would not fit the cache.
+    """
 
     seed: int = 0
     jitter: SurrogateSection | None = None
+    shared_levels: tuple[str, ...] = ()
+    shared_poses: int = 0
 
     def poses(self, subject: str) -> list[Pose]:
         return jittered_poses(self.seed, self.jitter, subject)
+
+    def _shared(self, ct, labels, profile: Profile, subject: str, poses: list[Pose]):
+        """The shared projection and the indices of ``poses`` in it, or ``None`` (not shared)."""
+        if not self.shared_levels or self.physics not in self.shared_levels:
+            return None
+        n = max(int(self.shared_poses), len(poses))
+        channels = sum(4 if lv == "realistic" else 1 for lv in self.shared_levels) + 2
+        entry = n * channels * profile.render.detector ** 2 * 4
+        if entry * profile.pools.surrogate.total > SHARED_CACHE_BYTES:
+            return None
+        full = jittered_poses(self.seed, dataclasses.replace(self.jitter, poses_per_subject=n), subject)
+        if full[:len(poses)] != list(poses):
+            return None
+        return shared_projection(ct, labels, profile, subject, full, tuple(self.shared_levels)), range(len(poses))
+
+    def render(self, ct, labels, profile: Profile, subject: str, poses: list[Pose]) -> list:
+        from xrlib.drr.render import radiographs
+
+        shared = self._shared(ct, labels, profile, subject, poses)
+        if shared is None:
+            return super().render(ct, labels, profile, subject, poses)
+        proj, idx = shared
+        return radiographs(proj, self.physics, idx, seed=noise_seed(profile.seed, subject), realistic=self.realistic(),
+                           display=True)
 
 
 @dataclass(frozen=True)
@@ -105,9 +174,15 @@ class VariedRecipe(JitteredRecipe):
         geom = Geometry.from_render(r)
         acqs = self.acquisitions(subject, len(poses))
         base = self.realistic()
-        rgs = render_batch(ct, clavicles_from_labels(labels), geom, poses, physics="realistic", backend=r.backend,
-                           seed=noise_seed(profile.seed, subject), fov=r.fov,
-                           realistic=[a.realistic_params(base) for a in acqs])
+        params = [a.realistic_params(base) for a in acqs]
+        shared = self._shared(ct, labels, profile, subject, poses)
+        if shared is None:
+            rgs = render_batch(ct, clavicles_from_labels(labels), geom, poses, physics="realistic", backend=r.backend,
+                               seed=noise_seed(profile.seed, subject), fov=r.fov, realistic=params)
+        else:
+            from xrlib.drr.render import radiographs
+
+            rgs = radiographs(shared[0], "realistic", shared[1], seed=noise_seed(profile.seed, subject), realistic=params)
         for rg, acq in zip(rgs, acqs):
             rg.display = acq.display(rg.image, rg.field, geom.pitch)
             rg.meta["acquisition"] = acq.to_dict()

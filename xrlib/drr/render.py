@@ -159,6 +159,148 @@ def _project_unique(proj: Projector, channels, geometry: Geometry, poses: list[P
     return proj.project(channels, geometry, uniq, iso)[[where[p] for p in poses]]
 
 
+#: Channel names of each physics level in a :class:`Projection` (naive and heuristic μ differ).
+LEVEL_CHANNELS = {"naive": ("mu_naive",), "heuristic": ("mu_heuristic",), "realistic": tuple(phys.MATERIALS)}
+MASK_CHANNELS = ("clavicle_left", "clavicle_right")
+
+
+@dataclass
+class Projection:
+    """The forward projections of one CT at a list of poses, for one or several physics levels at once.
+
+    Attributes:
+        stack: float32 ``(B, C, H, W)`` line integrals, channel ``c`` named ``names[c]``
+            (:data:`LEVEL_CHANNELS` per level, then :data:`MASK_CHANNELS` — path lengths in mm — when labelled).
+        names: the channel names.
+        fields: bool ``(B, H, W)`` complete-ray fields (see the module docstring).
+        poses, geometry, isocenter_mm, backend, fov, pad_mm, ct_source, annotation: how it was made.
+    """
+
+    stack: np.ndarray
+    names: list[str]
+    fields: np.ndarray
+    poses: list[Pose]
+    geometry: Geometry
+    isocenter_mm: np.ndarray
+    backend: str
+    fov: str
+    pad_mm: float
+    ct_source: str
+    annotation: str | None
+
+    @property
+    def levels(self) -> tuple[str, ...]:
+        return tuple(lv for lv, chans in LEVEL_CHANNELS.items() if set(chans) <= set(self.names))
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.stack.nbytes + self.fields.nbytes)
+
+
+def project_levels(ct: Volume, clavicles: ClavicleMasks | None, geometry: Geometry, poses: Sequence[Pose],
+                   levels: Sequence[str] = ("naive",), backend: str | Projector = "auto", fov: str = "pad",
+                   pad_mm: float = PAD_MM, isocenter: np.ndarray | None = None) -> Projection:
+    """Project the channels of every physics level in ``levels`` (and the clavicle masks) once for all ``poses``.
+
+    The chains of :func:`radiographs` then make each level's images from the same line integrals, so
+    images of one pose under several simulators share one projection (and one set of masks).
+    """
+    levels = list(dict.fromkeys(levels))
+    for lv in levels:
+        if lv not in PHYSICS:
+            raise ValueError(f"unknown physics {lv!r}; expected one of {', '.join(PHYSICS)}")
+    if fov not in FOV_MODES:
+        raise ValueError(f"unknown fov mode {fov!r}; expected one of {', '.join(FOV_MODES)}")
+    proj = backend if isinstance(backend, Projector) else get_projector(backend)
+    iso = ct.center if isocenter is None else np.asarray(isocenter, float)
+    masks = [] if clavicles is None else [clavicles.left, clavicles.right]
+    masks = [m.with_array(m.array.astype(np.float32)) for m in masks]
+    if fov == "pad":
+        ct, masks = pad_superior(ct, masks, pad_mm)
+    channels, names = [], []
+    if "naive" in levels:
+        channels.append(ct.with_array(phys.naive_mu(ct.array)))
+        names.append("mu_naive")
+    if "heuristic" in levels:
+        channels.append(ct.with_array(phys.heuristic_mu(ct.array)))
+        names.append("mu_heuristic")
+    if "realistic" in levels:
+        dens = phys.material_densities(ct.array)
+        channels += [ct.with_array(dens[m]) for m in phys.MATERIALS]
+        names += list(phys.MATERIALS)
+    channels += masks
+    names += list(MASK_CHANNELS) if masks else []
+    poses = list(poses)
+    stack = _project_unique(proj, channels, geometry, poses, iso)
+    if fov in ("pad", "collimate"):
+        fields = np.stack([complete_ray_field(rays_in_patient_frame(geometry, p, iso), ct.index_to_world, ct.shape_ijk)
+                           for p in poses])
+    else:
+        fields = np.ones((len(poses), geometry.height, geometry.width), bool)
+    return Projection(stack, names, fields, poses, geometry, iso, proj.name, fov,
+                      float(pad_mm) if fov == "pad" else 0.0, ct.source, None if clavicles is None else clavicles.source)
+
+
+def radiographs(projection: Projection, physics: str, indices: Sequence[int] | None = None, seed: int | None = 0,
+                mask_threshold_mm: float = MASK_THRESHOLD_MM,
+                realistic: phys.RealisticParams | Sequence[phys.RealisticParams] | None = None,
+                display: bool = False) -> list[Radiograph]:
+    """The radiographs of ``physics`` at the poses ``indices`` of ``projection`` (default all).
+
+    Arguments as in :func:`render_batch`; ``realistic`` may hold one parameter set per index. The noise
+    stream of a pose is the ``i``-th child of ``SeedSequence(seed)`` for the pose's index ``i`` in the
+    projection, so a subset of a longer projection gets the same images as a projection of the subset.
+    """
+    if physics not in projection.levels:
+        raise ValueError(f"the projection has no {physics!r} channels (it has {', '.join(projection.levels) or 'none'})")
+    if not mask_threshold_mm > 0:
+        raise ValueError(f"mask threshold must be positive, got {mask_threshold_mm} mm")
+    idx = list(range(len(projection.poses))) if indices is None else [int(i) for i in indices]
+    if isinstance(realistic, (list, tuple)):
+        per_pose = list(realistic)
+        if len(per_pose) != len(idx):
+            raise ValueError(f"got {len(per_pose)} realistic parameter sets for {len(idx)} poses")
+    else:
+        per_pose = [realistic or phys.RealisticParams()] * len(idx)
+    streams = np.random.SeedSequence(seed).spawn(max(idx) + 1 if idx else 0)
+    col = {n: i for i, n in enumerate(projection.names)}
+    geometry = projection.geometry
+    labelled = MASK_CHANNELS[0] in col
+    out = []
+    for params, b in zip(per_pose, idx):
+        pose, fld, stack = projection.poses[b], projection.fields[b], projection.stack[b]
+        if physics == "realistic":
+            integrals = {m: stack[col[m]] for m in phys.MATERIALS}
+            image = phys.realistic_image(integrals, geometry.pitch, geometry.sdd, params, np.random.default_rng(streams[b]))
+        else:
+            image = stack[col[LEVEL_CHANNELS[physics][0]]]
+        image = np.where(fld, image, 0.0).astype(np.float32)
+        left = right = None
+        if labelled:
+            left = ((stack[col[MASK_CHANNELS[0]]] >= mask_threshold_mm) & fld).astype(np.uint8)
+            right = ((stack[col[MASK_CHANNELS[1]]] >= mask_threshold_mm) & fld).astype(np.uint8)
+        meta = {
+            "geometry": geometry.to_dict(),
+            "pose": pose.to_dict(),
+            "isocenter_mm": [float(x) for x in projection.isocenter_mm],
+            "physics": physics,
+            "physics_params": params.to_dict() if physics == "realistic" else {"energy_kev": 60.0},
+            "backend": projection.backend,
+            "fov": projection.fov,
+            "pad_mm": projection.pad_mm,
+            "field_fraction": float(fld.mean()),
+            "mask_threshold_mm": float(mask_threshold_mm),
+            "ct": projection.ct_source,
+            "annotation": projection.annotation,
+            "seed": seed,
+            "versions": versions(RENDER_PACKAGES),
+            "conventions": "row 0 superior, column 0 = patient's right; see xrlib.drr.geometry",
+        }
+        shown = phys.postprocess(image, fld, pitch_mm=geometry.pitch) if display else None
+        out.append(Radiograph(image, left, right, fld, meta, shown))
+    return out
+
+
 def render_batch(
     ct: Volume,
     clavicles: ClavicleMasks | None,
@@ -175,6 +317,8 @@ def render_batch(
     display: bool = False,
 ) -> list[Radiograph]:
     """Render ``ct`` (and its clavicle masks) at every pose in ``poses``.
+
+    :func:`project_levels` for one physics level, then :func:`radiographs`.
 
     Args:
         ct: CT volume in HU.
@@ -195,61 +339,12 @@ def render_batch(
     """
     if physics not in PHYSICS:
         raise ValueError(f"unknown physics {physics!r}; expected one of {', '.join(PHYSICS)}")
-    if fov not in FOV_MODES:
-        raise ValueError(f"unknown fov mode {fov!r}; expected one of {', '.join(FOV_MODES)}")
     if not mask_threshold_mm > 0:
         raise ValueError(f"mask threshold must be positive, got {mask_threshold_mm} mm")
-    proj = backend if isinstance(backend, Projector) else get_projector(backend)
-    iso = ct.center if isocenter is None else np.asarray(isocenter, float)
-    if isinstance(realistic, (list, tuple)):
-        per_pose = list(realistic)
-        if len(per_pose) != len(poses):
-            raise ValueError(f"got {len(per_pose)} realistic parameter sets for {len(poses)} poses")
-    else:
-        per_pose = [realistic or phys.RealisticParams()] * len(poses)
-
-    ct, channels, names = render_channels(ct, clavicles, physics, fov, pad_mm)
-    stack = _project_unique(proj, channels, geometry, list(poses), iso)
-    streams = np.random.SeedSequence(seed).spawn(len(poses))
-
-    out = []
-    for b, pose in enumerate(poses):
-        params = per_pose[b]
-        if fov in ("pad", "collimate"):
-            rays = rays_in_patient_frame(geometry, pose, iso)
-            fld = complete_ray_field(rays, ct.index_to_world, ct.shape_ijk)
-        else:
-            fld = np.ones((geometry.height, geometry.width), bool)
-        if physics == "realistic":
-            integrals = {m: stack[b, i] for i, m in enumerate(names)}
-            image = phys.realistic_image(integrals, geometry.pitch, geometry.sdd, params, np.random.default_rng(streams[b]))
-        else:
-            image = stack[b, 0]
-        image = np.where(fld, image, 0.0).astype(np.float32)
-        left = right = None
-        if clavicles is not None:
-            left = ((stack[b, -2] >= mask_threshold_mm) & fld).astype(np.uint8)
-            right = ((stack[b, -1] >= mask_threshold_mm) & fld).astype(np.uint8)
-        meta = {
-            "geometry": geometry.to_dict(),
-            "pose": pose.to_dict(),
-            "isocenter_mm": [float(x) for x in iso],
-            "physics": physics,
-            "physics_params": params.to_dict() if physics == "realistic" else {"energy_kev": 60.0},
-            "backend": proj.name,
-            "fov": fov,
-            "pad_mm": float(pad_mm) if fov == "pad" else 0.0,
-            "field_fraction": float(fld.mean()),
-            "mask_threshold_mm": float(mask_threshold_mm),
-            "ct": ct.source,
-            "annotation": None if clavicles is None else clavicles.source,
-            "seed": seed,
-            "versions": versions(RENDER_PACKAGES),
-            "conventions": "row 0 superior, column 0 = patient's right; see xrlib.drr.geometry",
-        }
-        shown = phys.postprocess(image, fld, pitch_mm=geometry.pitch) if display else None
-        out.append(Radiograph(image, left, right, fld, meta, shown))
-    return out
+    if isinstance(realistic, (list, tuple)) and len(realistic) != len(poses):
+        raise ValueError(f"got {len(realistic)} realistic parameter sets for {len(poses)} poses")
+    projection = project_levels(ct, clavicles, geometry, poses, (physics,), backend, fov, pad_mm, isocenter)
+    return radiographs(projection, physics, None, seed, mask_threshold_mm, realistic, display)
 
 
 def render(ct: Volume, clavicles: ClavicleMasks | None, geometry: Geometry, pose: Pose = Pose(), **kwargs) -> Radiograph:

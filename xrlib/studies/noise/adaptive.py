@@ -32,6 +32,7 @@ import hashlib
 import itertools
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +53,8 @@ from xrlib.studies.rotation.models import study_configs
 from xrlib.training import TrainConfig, TrainResult, load_best, save_added
 from xrlib.training.checkpoint import read_result
 
-__all__ = ["BASE_MODEL", "CHAINS", "AdaptiveRun", "adaptive_model", "adaptive_sar", "run_adaptive", "training_subjects"]
+__all__ = ["BASE_MODEL", "CHAINS", "AdaptiveRun", "adaptive_model", "adaptive_sar", "adaptive_seconds", "run_adaptive",
+           "training_subjects"]
 
 #: The study model adaptive training starts from.
 BASE_MODEL = "U-Net(Real+Syn_all)"
@@ -65,7 +67,8 @@ _RECORD = Path("noise") / "adaptive" / "models.json"
 class AdaptiveRun:
     """The trained rounds: ``models`` (name → result; the base model first, then per round adaptive and
     control), ``rounds`` (one row per chain and round: ``chain``, ``iteration``, ``model``, ``added_new``,
-    ``added_total``, ``pool``, ``folder``) and ``attacks`` (the training-set attack of every round:
+    ``added_total``, ``pool``, ``folder``, ``train_s`` — the round's training time as recorded with its model —
+    and ``attack_s`` — the wall time of the round's training-set attack, adaptive chain only) and ``attacks`` (the training-set attack of every round:
     :class:`xrlib.attacks.adaptive.AttackedSamples` tables with ``iteration``)."""
 
     models: dict[str, TrainResult]
@@ -124,7 +127,9 @@ def run_adaptive(profile: Profile, run: Path, s: NoiseSettings | None = None, a:
         threat = NoiseThreat(sources, rows, profile.image_size, a.doses_mas, arms=("rerendered",),
                              realisations=a.realisations, reference_dose=s.reference_dose_mas,
                              nps_realisations=s.nps_realisations, patch=s.patch_px, seed=seed)
+        t_attack = time.perf_counter()
         pool = band_changes(load_best(prev["adaptive"]), threat, threat.test, a.doses_mas)
+        attack_s = time.perf_counter() - t_attack
         pool.table["iteration"] = k
         attacks.append(pool.table)
         new = {"adaptive": changed_samples(pool)}
@@ -142,7 +147,9 @@ def run_adaptive(profile: Profile, run: Path, s: NoiseSettings | None = None, a:
         for chain, cfg in configs.items():
             prev[chain] = models[cfg.name] = trained[cfg.name]
             records.append({"chain": chain, "iteration": k, "model": cfg.name, "added_new": len(new[chain]),
-                            "added_total": len(added[chain]), "pool": len(pool), "folder": trained[cfg.name].folder.name})
+                            "added_total": len(added[chain]), "pool": len(pool), "folder": trained[cfg.name].folder.name,
+                            "train_s": float(trained[cfg.name].seconds),
+                            "attack_s": float(attack_s) if chain == "adaptive" else 0.0})
     out = AdaptiveRun(models, pd.DataFrame(records), pd.concat(attacks, ignore_index=True))
     folder = run / _RECORD.parent
     write_csv_atomic(folder / "rounds.csv", out.rounds)
@@ -173,6 +180,24 @@ def adaptive_model(profile: Profile, run: Path) -> tuple[str, TrainResult]:
     out = run_adaptive(profile, run, s, a, control=False)
     name = out.rounds["model"].iloc[-1]
     return name, out.models[name]
+
+
+def adaptive_seconds(profile: Profile, run: Path) -> float:
+    """The extra time adaptive training costs over its warm start: every adaptive round's training time plus
+    its training-set attack (s), from ``<run>/noise/adaptive/models.json`` (made by :func:`adaptive_model` or
+    chapter 10 if missing). A record written before the attack was timed counts training only."""
+    adaptive_model(profile, run)
+    rec = json.loads((Path(run) / _RECORD).read_text(encoding="utf-8"))
+    total = 0.0
+    for r in rec["rounds"]:
+        if r["chain"] != "adaptive":
+            continue
+        train_s = r.get("train_s")
+        if train_s is None:
+            res = read_result(Path(run) / "models" / r["folder"])
+            train_s = float(res.seconds) if res is not None else math.nan
+        total += float(train_s) + float(r.get("attack_s", 0.0))
+    return total
 
 
 def adaptive_sar(profile: Profile, run: Path, threat: NoiseThreat, ad: AdaptiveRun, doses) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -84,7 +85,9 @@ def defense_models(profile: Profile, run: Path, cfg: PoseConfig | None = None, d
                    progress: bool = False) -> dict[str, tuple[torch.nn.Module, dict]]:
     """``{"<start>+worst-pose": (model, info), "<start>+uniform-alpha": (model, info)}``, trained or read from cache.
 
-    ``info``: the poses of the synthetic images added per round, the numbers of images and the folder.
+    ``info``: the poses of the synthetic images added per round, the numbers of images, the folder, and the
+    wall time of the fine-tuning (``seconds``: data, pose searches, renders and optimiser steps of every
+    round; ``search_seconds`` the worst-pose searches alone, 0 for ``uniform-alpha``).
     """
     cfg = cfg or PoseConfig.from_profile(profile)
     d = cfg.defense
@@ -94,7 +97,7 @@ def defense_models(profile: Profile, run: Path, cfg: PoseConfig | None = None, d
     real_rows = select_images(study.datasets_dir(run), ["Real"], "train")
     key = {"start": start.folder.name, "defense": asdict(d), "search": asdict(cfg.search), "render_size": cfg.render_size,
            "step_mm": cfg.step_mm, "subjects": subjects, "seed": int(profile.seed),
-           "real": int(len(real_rows)), "version": 1}
+           "real": int(len(real_rows)), "version": 2}
     out = {}
     real = None
     make_chain = None
@@ -107,6 +110,8 @@ def defense_models(profile: Profile, run: Path, cfg: PoseConfig | None = None, d
             model.load_state_dict(torch.load(folder / "model.pt", map_location=next(model.parameters()).device))
             out[name] = (model.eval(), json.loads((folder / "info.json").read_text(encoding="utf-8")))
             continue
+        t0 = time.perf_counter()
+        search_s = 0.0
         if real is None:
             real = load_tensors(real_rows, study.datasets_dir(run))
         torch.manual_seed(int(profile.seed))
@@ -125,6 +130,7 @@ def defense_models(profile: Profile, run: Path, cfg: PoseConfig | None = None, d
                               for s in per_round[r]["subject"]])
             else:
                 found = []
+                t_search = time.perf_counter()
                 for s in subjects:
                     res = search_pose(model, subj_chains[s], d.budget, cfg.search)
                     pool_x.append(torch.as_tensor(res.image, dtype=torch.float32)[None, None])
@@ -132,12 +138,14 @@ def defense_models(profile: Profile, run: Path, cfg: PoseConfig | None = None, d
                     found.append({"subject": s, "alpha": float(res.pose[0]), "tilt": float(res.pose[1]),
                                   "shift": [float(v) for v in res.pose[2:]]})
                 added.append(found)
+                search_s += time.perf_counter() - t_search
             xs = torch.cat([real[0], *pool_x])
             ys = torch.cat([real[1], *pool_y])
             _fit(model, xs, ys, d.epochs, d.lr, d.batch_size, int(profile.seed) * 1000 + r)
         info = {"name": name, "kind": kind, "start": d.start, "rounds": d.rounds, "epochs_per_round": d.epochs,
                 "real_images": int(len(real[0])), "synthetic_images": int(sum(len(a) for a in added)),
-                "added": added, "folder": str(folder)}
+                "added": added, "folder": str(folder),
+                "seconds": time.perf_counter() - t0, "search_seconds": search_s}
         save_torch_atomic(folder / "model.pt", model.state_dict())
         write_json_atomic(folder / "info.json", info)
         out[name] = (model.eval(), info)

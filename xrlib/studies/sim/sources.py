@@ -11,6 +11,8 @@ Datasets (one cached build each, under ``<run>/sim/datasets/<domain>``, through
 ``naive``, ``heuristic``, ``realistic``
     *The same subjects and poses* rendered with each simulator of the ladder at its one fixed default
     setting: only the image formation differs (the projected masks are the same, which the tests pin).
+    Every domain's images of a subject come from one projection of all the simulators' channels and the
+    masks (:func:`xrlib.data.recipes.shared_projection`), made by the first domain built in the process.
 ``realistic-scaled``
     The realistic simulator with ``scaled_factor`` times as many poses per subject (same subjects:
     one CT's cohort has no more to give).
@@ -67,14 +69,17 @@ def domain_recipe(profile: Profile, domain: str, settings: SimSettings | None = 
     sur = profile.surrogate
     if s.poses_per_subject is not None:
         sur = dataclasses.replace(sur, poses_per_subject=s.poses_per_subject)
+    # every domain's images come from one projection per subject (all simulators' channels and the masks, at
+    # the Realistic-Scaled poses, of which the others' poses are the first ones)
+    share = {"shared_levels": SIMULATORS, "shared_poses": sur.poses_per_subject * s.scaled_factor}
     if domain == "real":
-        return VariedRecipe(dose_mas=sur.dose_mas, seed=profile.seed, jitter=sur, acquisition_scale=1.0)
+        return VariedRecipe(dose_mas=sur.dose_mas, seed=profile.seed, jitter=sur, acquisition_scale=1.0, **share)
     if domain in SIMULATORS:
         return JitteredRecipe(physics=domain, dose_mas=sur.dose_mas if domain == "realistic" else None,
-                              seed=profile.seed, jitter=sur)
+                              seed=profile.seed, jitter=sur, **share)
     if domain == "realistic-scaled":
         jitter = dataclasses.replace(sur, poses_per_subject=sur.poses_per_subject * s.scaled_factor)
-        return JitteredRecipe(physics="realistic", dose_mas=sur.dose_mas, seed=profile.seed, jitter=jitter)
+        return JitteredRecipe(physics="realistic", dose_mas=sur.dose_mas, seed=profile.seed, jitter=jitter, **share)
     raise InputError(None, f"unknown domain {domain!r}; expected one of {', '.join(DOMAINS)}")
 
 

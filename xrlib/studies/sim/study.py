@@ -33,7 +33,7 @@ from xrlib.training import train_all as _train_all
 from xrlib.training.checkpoint import cached_result
 from xrlib.training.randomization import DR_VERSION
 
-__all__ = ["PAPER_TABLE4_DICE_360", "ROWS", "evaluate_sim", "parse_model", "sim_configs", "sim_models",
+__all__ = ["PAPER_TABLE4_DICE_360", "ROWS", "evaluate_sim", "parse_model", "sim_configs", "sim_models", "sim_plan",
            "table4", "train_sim"]
 
 #: Table 4 rows → (training domain, method). Methods: ``plain``, ``adda``, ``cyc`` (CycleGAN-translated).
@@ -98,6 +98,50 @@ def needed_domains(profile: Profile, names=None) -> list[str]:
     s = sim_settings(profile)
     need = {"real"} | {ROWS[parse_model(n)[0]][0] for n in (s.models if names is None else names)}
     return [d for d in DOMAINS if d in need]
+
+
+def sim_plan(profile: Profile) -> dict[str, pd.DataFrame]:
+    """What the profile's chapter 08 builds and trains, computed from its configuration alone (a dry run).
+
+    Nothing is rendered or trained, so this is how the ``paper`` grid is checked on a machine that cannot run it.
+    Returns ``domains`` (one row per dataset domain: physics, acquisition, surrogate subjects per split,
+    poses per subject, images) and ``models`` (one row per model: its Table 4 row, DR level, training domain,
+    method, recipe, epochs, patience, batch size, lr, training images; CycleGAN steps and generator blocks
+    for ``-Cyc`` rows). Raises :class:`InputError` for a bad ``sim:`` block or model name.
+    """
+    from xrlib.studies.sim.sources import SIMULATORS
+
+    s = sim_settings(profile)
+    poses = profile.surrogate.poses_per_subject if s.poses_per_subject is None else s.poses_per_subject
+    splits = profile.pools.surrogate
+    per_domain = {"real": poses, **{d: poses for d in SIMULATORS}, "realistic-scaled": poses * s.scaled_factor}
+    physics = {"real": "realistic", "naive": "naive", "heuristic": "heuristic", "realistic": "realistic",
+               "realistic-scaled": "realistic"}
+    domains = pd.DataFrame([{
+        "domain": d, "physics": physics[d],
+        "acquisition": "per image (documented ranges)" if d == "real" else ("—" if physics[d] != "realistic" else "fixed default"),
+        "train subjects": splits.train, "val subjects": splits.val, "test subjects": splits.test,
+        "poses per subject": per_domain[d], "images": splits.total * per_domain[d]}
+        for d in needed_domains(profile)])
+    cyc = None
+    rows = []
+    for cfg, _ in sim_configs(profile, Path("."), None):
+        row, level = parse_model(cfg.name)
+        domain, method = ROWS[row]
+        if method == "cyc" and cyc is None:
+            from xrlib.nets.cyclegan import generator_blocks
+            from xrlib.studies.sim.cyclegan import cyclegan_settings
+
+            cyc = {**cyclegan_settings(profile), "blocks": generator_blocks(profile.image_size)}
+        rows.append({"model": cfg.name, "row": row, "DR": level, "domain": domain, "method": method,
+                     "recipe": cfg.recipe, "epochs": cfg.epochs, "patience": cfg.patience, "batch": cfg.batch_size,
+                     "lr": cfg.lr, "training images": splits.train * per_domain[domain],
+                     "CycleGAN steps": cyc["steps"] if method == "cyc" else None,
+                     "generator blocks": cyc["blocks"] if method == "cyc" else None})
+    models = pd.DataFrame(rows)
+    for col in ("CycleGAN steps", "generator blocks"):
+        models[col] = models[col].astype("Int64")
+    return {"domains": domains, "models": models}
 
 
 def train_sim(profile: Profile, run: Path, names=None, progress: bool = True) -> dict[str, TrainResult]:
