@@ -119,9 +119,14 @@ def test_pools_are_subject_disjoint_and_deterministic_and_splits_are_by_subject(
 
 
 def test_manifest_columns_physics_and_poses(built):
+    from xrlib.drr.acquisition import ACQUISITION_RANGES
+
     cfg, out, man = built
-    assert list(man.columns) == MANIFEST_COLUMNS
+    # the surrogate is varied: per-image acquisition settings after the standard columns (NaN for the other pools)
+    assert list(man.columns) == MANIFEST_COLUMNS + [f"acq_{k}" for k in ACQUISITION_RANGES]
     sur, syn = man[man.pool == "surrogate"], man[man.pool != "surrogate"]
+    assert sur["acq_kvp"].between(100, 125).all() and sur["acq_kvp"].nunique() == len(sur)
+    assert syn["acq_kvp"].isna().all()
     assert set(sur.physics) == {"realistic"} and set(syn.physics) == {"naive"}
     assert sur.alpha.abs().max() <= 2 and sur.tilt.abs().max() <= 2
     assert sur[["shift_x", "shift_y", "shift_z"]].abs().to_numpy().max() <= 5
@@ -363,13 +368,14 @@ def test_cli_unknown_profile_exits_2_with_one_line(capsys):
 
 
 def test_dataset_hash_payload_is_that_of_the_original_code():
-    """The build hash must not change: value computed with the code at commit dea4f93."""
+    """The build hash changes only with the version: the payload form of commit dea4f93, at version 2 (the
+    varied surrogate and physics-order noise); a change of this value without a version bump is a bug."""
     import hashlib
 
     cfg = tiny_profile()
-    expected = hashlib.sha256(f"{profile_hash(cfg.raw, DATASET_KEYS)}|fp0|v1".encode()).hexdigest()
-    assert DATASETS_VERSION == 1
-    assert dataset_hash(cfg, "fp0") == expected == "d73e4657e3c842b8b8922142ffe5fdff9d4f8ab75a5db0df3974b2f7337e69e6"
+    expected = hashlib.sha256(f"{profile_hash(cfg.raw, DATASET_KEYS)}|fp0|v2".encode()).hexdigest()
+    assert DATASETS_VERSION == 2
+    assert dataset_hash(cfg, "fp0") == expected == "61f3ad9d9d602c363aa6c1ed89c7e142d8d14b26b7ee8ac9282dde3e91437ab6"
 
 
 def test_resize_bilinear_of_a_stack_equals_each_image_resized():
