@@ -226,3 +226,22 @@ def test_python_dash_m_entry_point_reports_usage_errors():
     res = subprocess.run([sys.executable, "-m", "xrlib", "render", "--example"], capture_output=True, text=True, encoding="utf-8", errors="replace")
     assert res.returncode == 2
     assert "the following arguments are required" in res.stderr
+
+
+@pytest.mark.parametrize("fov", ["pad", "none"])
+def test_cropped_mask_channels_integrate_exactly_as_the_ct_sized_padded_masks(example, fov):
+    """mask_channel crops the uint8 mask before converting and padding it; the projections are bit-identical."""
+    from xrlib.drr.projector import get_projector
+    from xrlib.drr.render import mask_channel, pad_superior
+
+    ct, clav = example
+    geom, poses, proj = Geometry().resized(64), [Pose(alpha=7.0, tilt=2.0), Pose(alpha=-20.0)], get_projector("rtk")
+    full = [m.with_array(m.array.astype(np.float32)) for m in (clav.left, clav.right)]
+    if fov == "pad":
+        _, full = pad_superior(ct, full)
+    want = proj.project(full, geom, poses, ct.center)
+    got = proj.project([mask_channel(m, fov) for m in (clav.left, clav.right)], geom, poses, ct.center)
+    np.testing.assert_array_equal(got, want)
+    assert want.max() > 5.0  # the clavicles are in view
+    empty = mask_channel(clav.left.with_array(np.zeros_like(clav.left.array)), fov)
+    assert empty.array.shape == (1, 1, 1) and not empty.array.any()

@@ -6,6 +6,8 @@ is CUDA when a GPU is usable, else the CPU — one choice for rendering, trainin
 
 from __future__ import annotations
 
+import functools
+
 import importlib.metadata as md
 import os
 import platform
@@ -71,10 +73,14 @@ def default_threads() -> int:
 
 def versions(packages: Sequence[str]) -> dict[str, str]:
     """Installed versions of ``packages`` (``"not installed"`` for a missing one)."""
-    out = {}
-    for name in packages:
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    return {name: _version(name) for name in packages}
+
+
+@functools.lru_cache(maxsize=None)
+def _version(name: str) -> str:
+    # Read once per process: every rendered radiograph records them, and reading a distribution's
+    # metadata parses files (≈ 70 ms per radiograph for the renderer's nine packages).
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return "not installed"

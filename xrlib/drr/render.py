@@ -95,6 +95,32 @@ def physics_channels(ct: Volume, physics: str, energy_kev: float = 60.0) -> tupl
     raise ValueError(f"unknown physics {physics!r}; expected one of {', '.join(PHYSICS)}")
 
 
+def _superior_axis(vol: Volume, pad_mm: float) -> tuple[int, int, int, bool]:
+    """``(index axis, slices to add, numpy axis, superior end is the high-index end)`` of a superior pad."""
+    m = np.asarray(vol.direction, float)
+    ax = int(np.argmax(np.abs(m[2, :])))  # index axis (i, j, k) along the SI direction
+    return ax, int(np.ceil(pad_mm / vol.spacing[ax])), 2 - ax, bool(m[2, ax] > 0)
+
+
+def _extend(vol: Volume, slab: np.ndarray, n: int, ax: int, np_axis: int, up: bool) -> Volume:
+    """``vol`` with ``slab`` (``n`` slices) joined at its superior end; voxel positions unchanged."""
+    origin = np.asarray(vol.origin, float)
+    if not up:
+        shift = np.zeros(3)
+        shift[ax] = -n
+        origin = vol.index_to_world[:3, :3] @ shift + origin
+    arr = np.concatenate((vol.array, slab) if up else (slab, vol.array), axis=np_axis)
+    return Volume(arr, vol.spacing, tuple(origin), vol.direction, vol.source)
+
+
+def pad_zeros_superior(vol: Volume, pad_mm: float = PAD_MM) -> Volume:
+    """``vol`` (e.g. a label map, or a crop of one) extended superiorly by ``ceil(pad_mm / spacing)`` zero slices."""
+    ax, n, np_axis, up = _superior_axis(vol, pad_mm)
+    shape = list(vol.array.shape)
+    shape[np_axis] = n
+    return _extend(vol, np.zeros(shape, vol.array.dtype), n, ax, np_axis, up)
+
+
 def pad_superior(ct: Volume, labels: list[Volume], pad_mm: float = PAD_MM) -> tuple[Volume, list[Volume]]:
     """Extend ``ct`` (and label volumes on its grid) superiorly with bone-free soft tissue.
 
@@ -103,26 +129,28 @@ def pad_superior(ct: Volume, labels: list[Volume], pad_mm: float = PAD_MM) -> tu
     the superior-most slice (HU > −500) filled with :data:`PAD_HU`, air (−1000 HU) elsewhere; label
     slices are 0. Voxel positions of the original grid are unchanged.
     """
-    m = np.asarray(ct.direction, float)
-    ax = int(np.argmax(np.abs(m[2, :])))  # index axis (i, j, k) along the SI direction
-    n = int(np.ceil(pad_mm / ct.spacing[ax]))
-    np_axis = 2 - ax  # numpy axis of that index axis ([k, j, i] layout)
-    up = m[2, ax] > 0  # superior end is the high-index end
+    ax, n, np_axis, up = _superior_axis(ct, pad_mm)
     top = np.take(ct.array, -1 if up else 0, axis=np_axis)
     slab = np.where(top > -500.0, PAD_HU, -1000.0).astype(ct.array.dtype)
     slab = np.repeat(np.expand_dims(slab, np_axis), n, axis=np_axis)
-    parts = (ct.array, slab) if up else (slab, ct.array)
-    origin = np.asarray(ct.origin, float)
-    if not up:
-        shift = np.zeros(3)
-        shift[ax] = -n
-        origin = ct.index_to_world[:3, :3] @ shift + origin
-    grow = lambda v, arr: Volume(arr, v.spacing, tuple(origin), v.direction, v.source)  # noqa: E731
-    padded_labels = []
-    for lab in labels:
-        z = np.zeros_like(slab, dtype=lab.array.dtype)
-        padded_labels.append(grow(lab, np.concatenate((lab.array, z) if up else (z, lab.array), axis=np_axis)))
-    return grow(ct, np.concatenate(parts, axis=np_axis)), padded_labels
+    return _extend(ct, slab, n, ax, np_axis, up), [pad_zeros_superior(lab, pad_mm) for lab in labels]
+
+
+def mask_channel(mask: Volume, fov: str = "pad", pad_mm: float = PAD_MM) -> Volume:
+    """A clavicle mask as the projector's float32 channel, cropped to its support first.
+
+    The crop (:func:`xrlib.core.ct.crop_to_support`, one zero voxel of margin) is what the projector
+    integrates anyway; taking it from the uint8 mask, and padding only the crop for ``fov="pad"``, gives
+    the same channel as padding and converting the whole CT-sized mask, without two CT-sized copies.
+    An all-zero mask gives one zero voxel (it integrates to zero).
+    """
+    from xrlib.core.ct import crop_to_support
+
+    sub = crop_to_support(mask)
+    if sub is None:
+        return Volume(np.zeros((1, 1, 1), np.float32), mask.spacing, mask.origin, mask.direction, mask.source)
+    sub = sub.with_array(sub.array.astype(np.float32))
+    return pad_zeros_superior(sub, pad_mm) if fov == "pad" else sub
 
 
 def render_channels(ct: Volume, clavicles: ClavicleMasks | None, physics: str, fov: str = "pad",
@@ -213,10 +241,9 @@ def project_levels(ct: Volume, clavicles: ClavicleMasks | None, geometry: Geomet
         raise ValueError(f"unknown fov mode {fov!r}; expected one of {', '.join(FOV_MODES)}")
     proj = backend if isinstance(backend, Projector) else get_projector(backend)
     iso = ct.center if isocenter is None else np.asarray(isocenter, float)
-    masks = [] if clavicles is None else [clavicles.left, clavicles.right]
-    masks = [m.with_array(m.array.astype(np.float32)) for m in masks]
+    masks = [] if clavicles is None else [mask_channel(m, fov, pad_mm) for m in (clavicles.left, clavicles.right)]
     if fov == "pad":
-        ct, masks = pad_superior(ct, masks, pad_mm)
+        ct, _ = pad_superior(ct, [], pad_mm)
     channels, names = [], []
     if "naive" in levels:
         channels.append(ct.with_array(phys.naive_mu(ct.array)))
