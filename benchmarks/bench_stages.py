@@ -23,10 +23,16 @@ function that times one run in the worker):
   case for the distances). With ``--run RUN`` it times
   :func:`xrlib.studies.rotation.study.evaluate_all` on a built run's test sets and trained models
   (``--model-glob``) instead.
+- ``rendering-synthetic``: one dataset shard of a synthetic subject — the example CT at the profile's
+  21 α, naive physics, at the ``--profile``'s detector, post-processed and preprocessed
+  (:func:`xrlib.data.recipes.render_subject`); the images must be identical.
+- ``rendering-surrogate``: the same for the realistic chain at the surrogate's jittered poses (fixed
+  setting, a recipe both trees have). The images differ by design when "before" predates dataset
+  version 2 (its quantum noise was drawn after the detector blur).
 
 Usage::
 
-    python benchmarks/bench_stages.py [--before REV] [--repeats 3] [--stages evaluation]
+    python benchmarks/bench_stages.py [--before REV] [--repeats 3] [--stages evaluation rendering-synthetic …]
         [--size 128] [--subjects 4] [--real 12] [--models 3] [--run RUN --profile quick]
 """
 
@@ -162,8 +168,64 @@ def run_evaluation(folder: Path, out: Path) -> float:
     return seconds
 
 
+# --------------------------------------------------------------------------------- rendering
+
+
+def build_rendering(args: argparse.Namespace, folder: Path) -> None:
+    """The rendering stages load the example CT in the worker (untimed); only the profile is recorded here."""
+    (folder / "spec.json").write_text(json.dumps({"profile": args.profile}))
+
+
+def _render_stage(recipe_of):
+    """A worker timing :func:`xrlib.data.recipes.render_subject` of one subject (the example CT and its
+    clavicles) with ``recipe_of(profile)``: render at the profile's detector, post-process, preprocess —
+    the work of one dataset shard. The same recipe class exists in both trees; the result is a table of
+    per-image checksums, so "identical" means bit-identical images and masks."""
+
+    def run(folder: Path, out: Path) -> float:
+        import hashlib
+
+        import pandas as pd
+
+        from xrlib.core.ct import load_example
+        from xrlib.core.profiles import load_profile
+        from xrlib.data.recipes import render_subject
+
+        profile = load_profile(json.loads((folder / "spec.json").read_text())["profile"])
+        ct, labels = load_example()
+        recipe = recipe_of(profile)
+        render_subject(ct, labels, profile, _synthetic_recipe(profile, (0.0,)), "warm-up")  # imports, projector set-up
+        t0 = time.perf_counter()
+        arrays = render_subject(ct, labels, profile, recipe, "example")
+        seconds = time.perf_counter() - t0
+        rows = [{"index": i, "image_sha1": hashlib.sha1(arrays["image"][i].tobytes()).hexdigest(),
+                 "mask_sha1": hashlib.sha1(arrays["mask"][i].tobytes()).hexdigest(),
+                 "image_mean": float(arrays["image"][i].mean())} for i in range(len(arrays["image"]))]
+        pd.DataFrame(rows).to_pickle(out)
+        return seconds
+
+    return run
+
+
+def _synthetic_recipe(profile, alphas=None):
+    from xrlib.data.recipes import AnglesRecipe
+
+    return AnglesRecipe(physics="naive", alphas=tuple(profile.synthetic.alphas if alphas is None else alphas))
+
+
+def _surrogate_recipe(profile):
+    # the fixed-setting realistic chain at the surrogate's jittered poses: a recipe both trees have (the
+    # study's varied surrogate does more work per image — a spectrum per tube voltage — and did not exist before)
+    from xrlib.data.recipes import JitteredRecipe
+
+    return JitteredRecipe(physics="realistic", dose_mas=profile.surrogate.dose_mas, seed=profile.seed,
+                          jitter=profile.surrogate)
+
+
 STAGES: dict[str, Stage] = {
     "evaluation": Stage(build_evaluation, run_evaluation),
+    "rendering-synthetic": Stage(build_rendering, _render_stage(_synthetic_recipe)),
+    "rendering-surrogate": Stage(build_rendering, _render_stage(_surrogate_recipe)),
 }
 
 # --------------------------------------------------------------------------------- harness
@@ -230,7 +292,7 @@ def main(argv=None) -> None:
     ap.add_argument("--real", type=int, default=12, help="Real test images")
     ap.add_argument("--models", type=int, default=3, help="random-initialised depth-5 U-Nets")
     ap.add_argument("--run", help="a built run folder: time evaluate_all on its test sets and models instead")
-    ap.add_argument("--profile", default="quick", help="the profile of --run")
+    ap.add_argument("--profile", default="quick", help="the profile of --run and of the rendering stages' sizes")
     ap.add_argument("--model-glob", default="U-Net*", help="model folders of --run to evaluate")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--inputs", type=Path, help=argparse.SUPPRESS)
