@@ -55,8 +55,13 @@ class Echo:
     key: str
     threads: int = 1
     fail: bool = False
+    seconds: float = 0.0  # how long the task holds its CPU
 
     def run(self):
+        if self.seconds:
+            import time
+
+            time.sleep(self.seconds)
         if self.fail:
             raise ValueError(f"{self.key} refused")
         import torch
@@ -95,7 +100,9 @@ def source():
 # ------------------------------------------------------------------------------ tests on the cluster
 
 def test_tasks_run_on_both_nodes_in_plan_order_with_their_thread_count(ex, cluster):
-    out = list(ex.map([Echo(f"t{i}") for i in range(6)], progress=False))
+    # Each task holds its node's one CPU for a while, so the queue spills to the second node even when that
+    # node's worker starts seconds late (instant tasks could all finish on the head node first: a CI flake).
+    out = list(ex.map([Echo(f"t{i}", seconds=1.5) for i in range(6)], progress=False))
     assert [t.key for t, _ in out] == [f"t{i}" for i in range(6)]
     assert all(r[0] == t.key and r[1] == 1 for t, r in out)  # torch threads set where it ran
     assert len({r[2] for _, r in out}) == 2  # both nodes of the simulated cluster did work
