@@ -50,13 +50,18 @@ class PoolRecipe(ABC):
 
     def render(self, ct, labels, profile: Profile, subject: str, poses: list[Pose]) -> list:
         """:class:`xrlib.drr.render.Radiograph` s of ``subject`` at ``poses``, with ``display`` images."""
+        return self._radiographs(ct, labels, profile, subject, poses, self.realistic(), display=True)
+
+    def _radiographs(self, ct, labels, profile: Profile, subject: str, poses: list[Pose], realistic, display: bool) -> list:
+        """:func:`xrlib.drr.render.render_batch` of this recipe's physics at the profile's detector, with
+        ``realistic`` parameters (one set, or one per pose) and the subject's noise seed."""
         from xrlib.anatomy.annotate import clavicles_from_labels
         from xrlib.drr.render import render_batch
 
         r = profile.render
         return render_batch(ct, clavicles_from_labels(labels), Geometry.from_render(r), poses, physics=self.physics,
                             backend=r.backend, seed=noise_seed(profile.seed, subject), fov=r.fov,
-                            realistic=self.realistic(), display=True)
+                            realistic=realistic, display=display)
 
 
 @dataclass(frozen=True)
@@ -135,15 +140,15 @@ class JitteredRecipe(PoolRecipe):
             return None
         return shared_projection(ct, labels, profile, subject, full, tuple(self.shared_levels)), range(len(poses))
 
-    def render(self, ct, labels, profile: Profile, subject: str, poses: list[Pose]) -> list:
+    def _radiographs(self, ct, labels, profile: Profile, subject: str, poses: list[Pose], realistic, display: bool) -> list:
+        """From the shared projection when there is one (the same images), else rendered as any recipe's."""
         from xrlib.drr.render import radiographs
 
         shared = self._shared(ct, labels, profile, subject, poses)
         if shared is None:
-            return super().render(ct, labels, profile, subject, poses)
-        proj, idx = shared
-        return radiographs(proj, self.physics, idx, seed=noise_seed(profile.seed, subject), realistic=self.realistic(),
-                           display=True)
+            return super()._radiographs(ct, labels, profile, subject, poses, realistic, display)
+        return radiographs(shared[0], self.physics, shared[1], seed=noise_seed(profile.seed, subject),
+                           realistic=realistic, display=display)
 
 
 @dataclass(frozen=True)
@@ -165,24 +170,14 @@ class VariedRecipe(JitteredRecipe):
         return [sample_acquisition(rng, float(self.acquisition_scale)) for _ in range(n)]
 
     def render(self, ct, labels, profile: Profile, subject: str, poses: list[Pose]) -> list:
-        from xrlib.anatomy.annotate import clavicles_from_labels
-        from xrlib.drr.render import render_batch
-
         if self.physics != "realistic":
             raise ValueError(f"a varied surrogate needs realistic physics, got {self.physics!r}")
         r = profile.render
         geom = Geometry.from_render(r)
         acqs = self.acquisitions(subject, len(poses))
         base = self.realistic()
-        params = [a.realistic_params(base) for a in acqs]
-        shared = self._shared(ct, labels, profile, subject, poses)
-        if shared is None:
-            rgs = render_batch(ct, clavicles_from_labels(labels), geom, poses, physics="realistic", backend=r.backend,
-                               seed=noise_seed(profile.seed, subject), fov=r.fov, realistic=params)
-        else:
-            from xrlib.drr.render import radiographs
-
-            rgs = radiographs(shared[0], "realistic", shared[1], seed=noise_seed(profile.seed, subject), realistic=params)
+        rgs = self._radiographs(ct, labels, profile, subject, poses, [a.realistic_params(base) for a in acqs],
+                                display=False)
         for rg, acq in zip(rgs, acqs):
             rg.display = acq.display(rg.image, rg.field, geom.pitch)
             rg.meta["acquisition"] = acq.to_dict()

@@ -130,27 +130,21 @@ def render_expected(ct, clavicles, geometry, poses: Sequence, params: phys.Reali
                     backend="auto", fov: str = "pad", mask_threshold_mm: float = 0.5, isocenter=None) -> list[dict]:
     """Expected signals of ``ct`` at ``poses`` with the realistic chain (no noise drawn).
 
-    The projection of :func:`xrlib.drr.render.render_batch` (same channels, field and masks); per pose
+    The projection of :func:`xrlib.drr.render.render_batch` (:func:`~xrlib.drr.render.project_levels`: same
+    channels, field and masks); per pose
     a dict with ``expected`` (:class:`ExpectedSignal`), ``field`` (bool (H, W)) and ``mask`` (uint8,
     both clavicles; ``None`` without ``clavicles``).
     """
-    from xrlib.drr.geometry import complete_ray_field, rays_in_patient_frame
-    from xrlib.drr.projector import Projector, get_projector
-    from xrlib.drr.render import render_channels
+    from xrlib.drr.render import MASK_CHANNELS, project_levels
 
-    proj = backend if isinstance(backend, Projector) else get_projector(backend)
-    iso = ct.center if isocenter is None else np.asarray(isocenter, float)
-    ct, channels, names = render_channels(ct, clavicles, "realistic", fov)
-    stack = proj.project(channels, geometry, list(poses), iso)
+    pr = project_levels(ct, clavicles, geometry, poses, ("realistic",), backend, fov, isocenter=isocenter)
+    col = {n: i for i, n in enumerate(pr.names)}
     out = []
-    for b, pose in enumerate(poses):
-        if fov in ("pad", "collimate"):
-            fld = complete_ray_field(rays_in_patient_frame(geometry, pose, iso), ct.index_to_world, ct.shape_ijk)
-        else:
-            fld = np.ones((geometry.height, geometry.width), bool)
-        es = expected_signal({m: stack[b, i] for i, m in enumerate(names)}, geometry.pitch, geometry.sdd, params)
+    for stack, fld in zip(pr.stack, pr.fields):
+        es = expected_signal({m: stack[col[m]] for m in phys.MATERIALS}, geometry.pitch, geometry.sdd, params)
         mask = None
         if clavicles is not None:
-            mask = (((stack[b, -2] >= mask_threshold_mm) | (stack[b, -1] >= mask_threshold_mm)) & fld).astype(np.uint8)
+            left, right = (stack[col[c]] >= mask_threshold_mm for c in MASK_CHANNELS)
+            mask = ((left | right) & fld).astype(np.uint8)
         out.append({"expected": es, "field": fld, "mask": mask})
     return out

@@ -245,16 +245,9 @@ def project_levels(ct: Volume, clavicles: ClavicleMasks | None, geometry: Geomet
     if fov == "pad":
         ct, _ = pad_superior(ct, [], pad_mm)
     channels, names = [], []
-    if "naive" in levels:
-        channels.append(ct.with_array(phys.naive_mu(ct.array)))
-        names.append("mu_naive")
-    if "heuristic" in levels:
-        channels.append(ct.with_array(phys.heuristic_mu(ct.array)))
-        names.append("mu_heuristic")
-    if "realistic" in levels:
-        dens = phys.material_densities(ct.array)
-        channels += [ct.with_array(dens[m]) for m in phys.MATERIALS]
-        names += list(phys.MATERIALS)
+    for lv in levels:  # each level's channels as physics_channels makes them, named per level
+        channels += physics_channels(ct, lv)[0]
+        names += list(LEVEL_CHANNELS[lv])
     channels += masks
     names += list(MASK_CHANNELS) if masks else []
     poses = list(poses)

@@ -102,7 +102,7 @@ def _key(profile: Profile, run: Path, s: NoiseSettings, a: AdaptiveSettings) -> 
     """What determines the rounds: the base model's folder (its hash), the chapter's settings and the seed."""
     base = study.study_models(profile, Path(run), [BASE_MODEL])[BASE_MODEL].folder.name
     text = json.dumps({"base": base, "noise": dataclasses.asdict(s), "adaptive": dataclasses.asdict(a),
-                       "seed": int(profile.seed), "render": profile.raw.get("render"), "v": 1}, sort_keys=True, default=str)
+                       "seed": int(profile.seed), "render": profile.raw.get("render"), "v": 2}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -185,19 +185,10 @@ def adaptive_model(profile: Profile, run: Path) -> tuple[str, TrainResult]:
 def adaptive_seconds(profile: Profile, run: Path) -> float:
     """The extra time adaptive training costs over its warm start: every adaptive round's training time plus
     its training-set attack (s), from ``<run>/noise/adaptive/models.json`` (made by :func:`adaptive_model` or
-    chapter 10 if missing). A record written before the attack was timed counts training only."""
+    chapter 10 if missing)."""
     adaptive_model(profile, run)
     rec = json.loads((Path(run) / _RECORD).read_text(encoding="utf-8"))
-    total = 0.0
-    for r in rec["rounds"]:
-        if r["chain"] != "adaptive":
-            continue
-        train_s = r.get("train_s")
-        if train_s is None:
-            res = read_result(Path(run) / "models" / r["folder"])
-            train_s = float(res.seconds) if res is not None else math.nan
-        total += float(train_s) + float(r.get("attack_s", 0.0))
-    return total
+    return float(sum(r["train_s"] + r["attack_s"] for r in rec["rounds"] if r["chain"] == "adaptive"))
 
 
 def adaptive_sar(profile: Profile, run: Path, threat: NoiseThreat, ad: AdaptiveRun, doses) -> tuple[pd.DataFrame, pd.DataFrame]:
