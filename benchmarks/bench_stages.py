@@ -15,6 +15,14 @@ Both sides also write the stage's result, and the benchmark says whether they ar
 Stages (:data:`STAGES`, name → :class:`Stage`: a function that builds the inputs once and a
 function that times one run in the worker):
 
+- ``cohort``: ``--cohort-subjects`` virtual subjects of the example CT with the ``--profile``'s cohort
+  settings (deformation, resampling and the compressed NIfTI files of one subject after another,
+  ITK on every core); results identical means the same voxels.
+- ``training``: :func:`xrlib.training.loop.train_model` of the profile's U-Net(Real+Syn_all) for
+  ``--epochs`` epochs including every validation pass and checkpoint, on synthetic shards of the
+  quick study's training-set sizes (124 train / 31 val images at ``--size``²); the per-epoch ratio is
+  the stage's ratio. Identical means the same loss and validation Dice in every epoch.
+
 - ``evaluation``: prediction and Dice/HD/HD95 of every test image for every model
   (:func:`xrlib.eval.predict.evaluate_model` on each test set), the models loaded from disk.
   By default on synthetic inputs of the quick profile's sizes: ``--subjects`` test subjects × 21 α
@@ -222,7 +230,112 @@ def _surrogate_recipe(profile):
                           jitter=profile.surrogate)
 
 
+# --------------------------------------------------------------------------------- training
+
+
+def build_training(args: argparse.Namespace, folder: Path) -> None:
+    """Shards of the quick study's U-Net(Real+Syn_all) training sets: ``syn_train`` 4 + 1 subjects × 21 α and
+    ``surrogate`` 4 + 1 subjects × 10 poses (train + val), ``--size``² images with clavicle-like masks. The
+    manifest is written by the worker with its own tree's columns."""
+    import numpy as np
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(1)
+    (folder / "datasets" / "shards").mkdir(parents=True)
+    plan = [("syn_train", split, ALPHAS) for split in ("train",) * 4 + ("val",)]
+    plan += [("surrogate", split, [0.0] * 10) for split in ("train",) * 4 + ("val",)]
+    rows = []
+    for k, (pool, split, alphas) in enumerate(plan):
+        masks = _clavicle_masks(rng, len(alphas), args.size)
+        smooth = gaussian_filter(rng.random((len(alphas), args.size, args.size)), (0, 4, 4))
+        images = np.clip(0.3 + 0.4 * masks + 0.5 * (smooth - 0.5) + 0.05 * rng.standard_normal(masks.shape), 0, 1)
+        shard = f"shards/{pool}-{k:02d}.npz"
+        np.savez(folder / "datasets" / shard, image=(images * 255).astype(np.uint8), mask=masks, mask_left=masks,
+                 mask_right=masks * 0)
+        rows += [{"subject": f"{pool}-{k:02d}", "pool": pool, "split": split, "alpha": a, "shard": shard, "index": j}
+                 for j, a in enumerate(alphas)]
+    (folder / "rows.json").write_text(json.dumps({"rows": rows, "epochs": args.epochs, "profile": args.profile}))
+
+
+def run_training(folder: Path, out: Path) -> float:
+    """``train_model`` of the profile's U-Net(Real+Syn_all) for a fixed number of epochs (no early stop)."""
+    import dataclasses
+
+    import pandas as pd
+
+    from xrlib.core.atomic import sha256_file
+    from xrlib.core.profiles import load_profile
+    from xrlib.data.shards import MANIFEST_COLUMNS
+    from xrlib.studies.rotation.models import study_configs
+    from xrlib.training.loop import train_model
+
+    spec = json.loads((folder / "rows.json").read_text())
+    data = folder / "datasets"
+    defaults = {"source": "bench", "tilt": 0.0, "shift_x": 0.0, "shift_y": 0.0, "shift_z": 0.0, "physics": "naive",
+                "dose_mas": 2.0}
+    rows = [{**defaults, **r, "checksum": sha256_file(data / r["shard"])} for r in spec["rows"]]
+    pd.DataFrame(rows).reindex(columns=MANIFEST_COLUMNS).to_csv(data / "manifest.csv", index=False)
+    (data / "build.json").write_text(json.dumps({"hash": "bench-training", "complete": True}))
+    _warm_up_torch()
+    profile = load_profile(spec["profile"])
+    cfg = next(c for c in study_configs(profile, threads=os.cpu_count()) if c.name == "U-Net(Real+Syn_all)")
+    cfg = dataclasses.replace(cfg, epochs=int(spec["epochs"]), patience=int(spec["epochs"]) + 1)
+    models = Path(tempfile.mkdtemp(prefix="bench_training_"))
+    try:
+        t0 = time.perf_counter()
+        res = train_model(cfg, data, models, device="cpu", progress=False)
+        seconds = time.perf_counter() - t0
+        hist = pd.read_csv(Path(res.folder) / "history.csv")
+    finally:
+        shutil.rmtree(models, ignore_errors=True)
+    hist[["epoch", "train_loss", "val_loss", "val_dice"]].to_pickle(out)
+    return seconds
+
+
+# --------------------------------------------------------------------------------- cohort
+
+
+def build_cohort_stage(args: argparse.Namespace, folder: Path) -> None:
+    (folder / "spec.json").write_text(json.dumps({"profile": args.profile, "subjects": args.cohort_subjects}))
+
+
+def run_cohort(folder: Path, out: Path) -> float:
+    """``--cohort-subjects`` virtual subjects of the example CT with the profile's cohort settings, one
+    :class:`~xrlib.anatomy.cohort.SubjectTask` after another with every core's ITK threads (the local
+    executor's layout); the result is a checksum of each subject's voxels (not of the compressed files)."""
+    import hashlib
+
+    import pandas as pd
+    import SimpleITK as sitk
+
+    from xrlib.anatomy import cohort
+    from xrlib.core.ct import load_example
+    from xrlib.core.profiles import load_profile
+
+    spec = json.loads((folder / "spec.json").read_text())
+    ct, labels = load_example()
+    cfg = cohort.CohortConfig.from_profile(load_profile(spec["profile"]))
+    target = Path(tempfile.mkdtemp(prefix="bench_cohort_"))
+    try:
+        tasks = [cohort.SubjectTask("example", i, ct, labels, cfg, target, "bench", "bench", threads=os.cpu_count() or 1)
+                 for i in range(int(spec["subjects"]))]
+        t0 = time.perf_counter()
+        made = [t.run() for t in tasks]
+        seconds = time.perf_counter() - t0
+        rows = []
+        for r in made:
+            vox = {k: hashlib.sha1(sitk.GetArrayViewFromImage(sitk.ReadImage(str(target / r[k]))).tobytes()).hexdigest()
+                   for k in ("ct_path", "labels_path")}
+            rows.append({"subject": r["subject"], "attempt": r["attempt"], "min_jacobian": r["min_jacobian"], **vox})
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+    pd.DataFrame(rows).to_pickle(out)
+    return seconds
+
+
 STAGES: dict[str, Stage] = {
+    "cohort": Stage(build_cohort_stage, run_cohort),
+    "training": Stage(build_training, run_training),
     "evaluation": Stage(build_evaluation, run_evaluation),
     "rendering-synthetic": Stage(build_rendering, _render_stage(_synthetic_recipe)),
     "rendering-surrogate": Stage(build_rendering, _render_stage(_surrogate_recipe)),
@@ -294,6 +407,8 @@ def main(argv=None) -> None:
     ap.add_argument("--run", help="a built run folder: time evaluate_all on its test sets and models instead")
     ap.add_argument("--profile", default="quick", help="the profile of --run and of the rendering stages' sizes")
     ap.add_argument("--model-glob", default="U-Net*", help="model folders of --run to evaluate")
+    ap.add_argument("--epochs", type=int, default=4, help="training stage: epochs of U-Net(Real+Syn_all) (no early stop)")
+    ap.add_argument("--cohort-subjects", type=int, default=2, help="cohort stage: virtual subjects built")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--inputs", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)

@@ -97,6 +97,18 @@ def test_cache_reuses_fresh_stages_and_invalidates_downstream(tiny):
     assert injected and "extra = [1, 2]" in injected[0].source and 'profile = "smoke"' in injected[0].source
 
 
+def test_a_stage_whose_run_artifacts_were_deleted_runs_again(tiny):
+    """A stamp is no cache when the run folder it describes is gone (the stage's timings file is its witness)."""
+    tiny_notebook(tiny["nbs"] / "01_first.ipynb", "from xrlib.core.stage import Stage\n"
+                  "Stage('01_first', profile, reads=[], writes=[], run_root=run_root).summary()")
+    first = xrlib_book(*tiny["args"])
+    assert statuses(first.stdout) == {"01_first": "ran", "02_second": "ran"}, first.stdout + first.stderr
+    assert statuses(xrlib_book(*tiny["args"]).stdout) == {"01_first": "cached", "02_second": "cached"}
+    shutil.rmtree(tiny["runs"])
+    again = xrlib_book(*tiny["args"])
+    assert statuses(again.stdout) == {"01_first": "ran", "02_second": "ran"}, again.stdout + again.stderr
+
+
 def test_only_refuses_when_an_upstream_stage_is_missing(tiny):
     res = xrlib_book(*tiny["args"], "--only", "02_second")
     assert res.returncode == 2

@@ -94,6 +94,72 @@ def test_transfer_verdicts_against_the_noise_floor():
     assert "PGD/SegPGD L∞ (+0.300 Dice)" in sentence and "(-25.0 pp)" in sentence
 
 
+def test_noise_sar_is_conditional_on_good_clean_predictions():
+    """SAR scores only images whose clean prediction is in the top band (Dice ≥ 0.8): a weak model whose clean
+    predictions all sit in the lowest band — where noise cannot push them lower — is not applicable (n/a), not
+    the most robust; one with a single good image of four is scored but not ranked."""
+    col = BY_KEY["noise"]
+    subj = ["s1", "s1", "s2", "s2"]
+    rows = {  # good: 4 good clean predictions, one leaves the band (0.9 → 0.7): SAR 1/4
+        ("good", "noise", "noise"): (_rows("good", "noise", [0.9, 0.7, 0.85, 0.9], subj, clean=[0.9, 0.9, 0.9, 0.9]), "t"),
+        # weak: every clean Dice < 0.5; the pooled statistic would give SAR 0 (nothing leaves its band)
+        ("weak", "noise", "noise"): (_rows("weak", "noise", [0.1, 0.2, 0.1, 0.3], subj, clean=[0.2, 0.3, 0.1, 0.3]), "t"),
+        # few: one good clean prediction of four, it stays good: SAR 0 on 1 image (< 50 %: not ranked)
+        ("few", "noise", "noise"): (_rows("few", "noise", [0.9, 0.2, 0.1, 0.6], subj, clean=[0.9, 0.3, 0.1, 0.7]), "t")}
+    t = cells(rows, (col,), n_boot=200).set_index("model")
+    assert t.loc["good", "value"] == pytest.approx(0.25) and t.loc[["good", "weak", "few"], "n_rows"].tolist() == [4, 4, 4]
+    assert t.loc["good", "n_images"] == 4 and t.loc["few", "n_images"] == 1 and t.loc["few", "value"] == 0.0
+    assert np.isnan(t.loc["weak", "value"]) and t.loc["weak", "n_images"] == 0
+    table = t.reset_index()
+    m = matrix(table, ["good", "weak", "few"], (col,))  # defined cells: no CardError for the n/a one
+    assert m.loc["good", "noise"] == pytest.approx(0.25) and np.isnan(m.loc["weak", "noise"])
+    r = analysis.ranking(table, ["good", "weak", "few"], (col,))
+    assert r["model"].tolist() == ["good"]
+    left = analysis.unranked(table, ["good", "weak", "few"], (col,)).set_index("model")
+    assert left.loc["weak", "reason"] == "images whose clean prediction has Dice ≥ 0.8: 0 of 4 images (none: not applicable)"
+    assert left.loc["few", "reason"] == "images whose clean prediction has Dice ≥ 0.8: 1 of 4 images (< 50%)"
+    victims = [Victim("good", "r", "none", "05", "a", lambda: None), Victim("weak", "r", "d", "08", "b", lambda: None, base="good")]
+    tr = analysis.transfer(table, victims, pd.DataFrame(columns=["column", "floor", "n_seeds"]), (col,))
+    assert tr["verdict"].tolist() == ["n/a"]
+
+
+def test_few_subjects_note_names_each_column():
+    from xrlib.studies.card.card import few_subjects_note
+
+    cols = (BY_KEY["pgd"], BY_KEY["learned"])
+    t = cells(_constructed(), cols, n_boot=200)
+    assert few_subjects_note(t, cols) == (
+        "The confidence intervals resample few subjects — per column: PGD/SegPGD L∞ 2; learned deformation + bias 2 — "
+        "virtual subjects of few CTs (and the Real surrogate's test subjects): rough indications, not population intervals.")
+    t.loc[t["model"] == "B", "n_subjects"] = 25
+    assert "PGD/SegPGD L∞ 2–25" in few_subjects_note(t, cols)
+    t["n_subjects"] = 20
+    assert few_subjects_note(t, cols) == ""
+
+
+def test_chapter_08_rows_cost_against_the_study_unet(monkeypatch):
+    """Chapter 08's models train from scratch: their base is U-Net(Real), their extra time the difference."""
+    from types import SimpleNamespace
+
+    from xrlib.studies.card import rows as card_rows
+    from xrlib.studies.sim import study as sim_study
+
+    def res(name, seconds):
+        return SimpleNamespace(name=name, folder=f"/m/{name}-abc", seconds=seconds)
+
+    monkeypatch.setattr(sim_study, "sim_models", lambda p, r: {"Real/strong": res("Real/strong", 30.0),
+                                                               "Naive-ADDA/strong": res("Naive-ADDA/strong", 80.0)})
+    monkeypatch.setattr(card_rows.study, "study_models", lambda p, r: {"U-Net(Real)": res("U-Net(Real)", 50.0)})
+    [dr] = card_rows._sim_rows("strong-dr")(None, None)
+    [da] = card_rows._sim_rows("domain-adaptation")(None, None)
+    assert (dr.base, dr.extra_s, dr.train_s) == ("U-Net(Real)", -20.0, 30.0)
+    assert (da.base, da.extra_s) == ("U-Net(Real)", 30.0)
+    t = pd.DataFrame({"model": ["U-Net(Real)", "Real/strong"], "column": "clean-real", "value": [0.8, 0.6]})
+    c = analysis.costs(t, [dr]).iloc[0]
+    assert c["base"] == "U-Net(Real)" and c["extra training (s)"] == -20.0
+    assert c["Δ clean (Real surrogate)"] == pytest.approx(-0.2)
+
+
 def test_part_rows_reads_the_chapter_table_computes_the_rest_and_caches(tmp_path):
     """A model in the chapter's table is read from it; another is computed once, then read from the cache."""
     from xrlib.core.profiles import load_profile

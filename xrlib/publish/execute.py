@@ -135,11 +135,14 @@ def _has_error(path: Path) -> bool:
     return any(o.get("output_type") == "error" for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
 
 
-def fresh_stamp(out_dir: Path, name: str, key: str) -> dict | None:
-    """The stamp of a reusable executed copy, or ``None`` (missing, stale key, or an error inside)."""
+def fresh_stamp(out_dir: Path, name: str, key: str, run: Path | None = None) -> dict | None:
+    """The stamp of a reusable executed copy, or ``None`` (missing, stale key, an error inside, or — with
+    ``run`` — the ``<run>/<name>.timings.json`` the stage wrote gone: its artifacts were deleted since it ran)."""
     p = _paths(out_dir, name)
     stamp = read_json(p["stamp"])
     if not stamp or stamp.get("key") != key or not p["done"].is_file() or _has_error(p["done"]):
+        return None
+    if run is not None and stamp.get("timings") and not (Path(run) / f"{name}.timings.json").is_file():
         return None
     return stamp
 
@@ -244,7 +247,7 @@ def execute_stages(
     chain_ok = True  # every earlier stage is fresh, so later keys are computable
     for i, (nb, res) in enumerate(zip(notebooks, report.stages)):
         key = stage_key(nb, profile_text, overrides, run, upstream) if chain_ok else None
-        stamp = fresh_stamp(out_dir, nb.stem, key) if key else None
+        stamp = fresh_stamp(out_dir, nb.stem, key, run) if key else None
         if nb.stem not in selected or (stamp and not force):
             if stamp:
                 res.status = "cached"
@@ -278,7 +281,8 @@ def execute_stages(
         p["running"].replace(p["done"])
         stamp = {"stage": nb.stem, "key": key, "ran_at": _dt.datetime.now(_dt.UTC).isoformat(),
                  "wall_s": res.wall_s, "profile": name, "overrides": overrides, "run": str(run),
-                 "xrlib": __version__, "executor": nb_params.get(EXECUTOR_PARAM, "local")}
+                 "xrlib": __version__, "executor": nb_params.get(EXECUTOR_PARAM, "local"),
+                 "timings": (run / f"{nb.stem}.timings.json").is_file()}
         write_json_atomic(p["stamp"], stamp, indent=2)
         upstream.append(stamp_digest(stamp))
     return report

@@ -14,7 +14,11 @@ import pandas as pd
 from xrlib.studies.card.columns import COLUMNS, Column
 from xrlib.studies.card.rows import Victim
 
-__all__ = ["costs", "noise_floor", "ranking", "transfer", "transfer_sentences"]
+__all__ = ["MIN_SCORED_SHARE", "costs", "noise_floor", "ranked", "ranking", "transfer", "transfer_sentences", "unranked"]
+
+#: A cell of a conditional column is ranked only when its statistic scores at least this share of its
+#: images (for the noise column: at least half of the clean predictions are good, Dice ≥ 0.8).
+MIN_SCORED_SHARE = 0.5
 
 
 def _oriented(value, col: Column):
@@ -22,10 +26,32 @@ def _oriented(value, col: Column):
     return value if col.higher_better else -value
 
 
+def ranked(cell_table: pd.DataFrame) -> pd.Series:
+    """Whether each cell takes part in the ranking and the transfer verdicts: its value is defined and it
+    scores at least :data:`MIN_SCORED_SHARE` of its images (always true outside conditional columns)."""
+    v = cell_table["value"].to_numpy(float)
+    n, rows = cell_table["n_images"].to_numpy(float), cell_table["n_rows"].to_numpy(float)
+    return pd.Series(~np.isnan(v) & (n >= MIN_SCORED_SHARE * rows) & (rows > 0), index=cell_table.index)
+
+
+def unranked(cell_table: pd.DataFrame, models: Sequence[str], columns: Sequence[Column] = COLUMNS) -> pd.DataFrame:
+    """The cells of ``models`` left out of the ranking (:func:`ranked`): ``column``, ``model``, ``value``,
+    ``n_images`` (scored), ``n_rows`` and ``reason`` in words."""
+    by_col = {c.key: c for c in columns if not c.missing}
+    d = cell_table[cell_table["column"].isin(by_col) & cell_table["model"].isin(models)]
+    d = d[~ranked(d)]
+    reasons = [f"{by_col[c].scored or 'scored images'}: {int(n)} of {int(r)} images"
+               + (" (none: not applicable)" if n == 0 else f" (< {MIN_SCORED_SHARE:.0%})")
+               for c, n, r in zip(d["column"], d["n_images"], d["n_rows"])]
+    return d.assign(reason=reasons)[["column", "model", "value", "n_images", "n_rows", "reason"]].reset_index(drop=True)
+
+
 def ranking(cell_table: pd.DataFrame, models: Sequence[str], columns: Sequence[Column] = COLUMNS) -> pd.DataFrame:
     """Per available column, the ``models`` from most to least robust: ``column``, ``rank`` (1 = most
-    robust; ties share the better rank), ``model``, ``value``, ``lo``, ``hi``."""
+    robust; ties share the better rank), ``model``, ``value``, ``lo``, ``hi``. Cells that :func:`ranked`
+    rejects (a conditional statistic on too few images) are left out; :func:`unranked` lists them."""
     out = []
+    cell_table = cell_table[ranked(cell_table)]
     for col in columns:
         if col.missing:
             continue
@@ -40,6 +66,7 @@ def noise_floor(cell_table: pd.DataFrame, floor_models: Sequence[str], columns: 
     """Per available column, the spread (max − min) of the statistic over models that differ only by their
     training seed: ``column``, ``floor``, ``n_seeds`` (``floor`` is ``nan`` with fewer than two)."""
     rows = []
+    cell_table = cell_table[ranked(cell_table)]
     for col in columns:
         if col.missing:
             continue
@@ -69,7 +96,7 @@ def transfer(cell_table: pd.DataFrame, victims: Sequence[Victim], floor: pd.Data
     """Per defended model (a victim with a base) and threat column: the gain over its base, oriented so that
     positive = more robust, and the verdict against that column's noise floor: ``helps`` (gain > floor),
     ``hurts`` (gain < −floor) or ``within the seed spread``. Without a floor the threshold is 0."""
-    val = cell_table.set_index(["model", "column"])["value"]
+    val = cell_table[ranked(cell_table)].set_index(["model", "column"])["value"]  # unranked cells: no verdict (n/a)
     fl = floor.set_index("column")["floor"] if len(floor) else pd.Series(dtype=float)
     rows = []
     for v in victims:

@@ -6,6 +6,11 @@ the chapter's threat code and cached as ``<run>/card/cells/<column>/<part>/<mode
 a hash of the card settings, the profile and the model's weights folder), so a rebuild is cheap.
 :func:`cells` turns the rows into one statistic per model × column with a subject-clustered CI and
 the number of images; :func:`matrix` checks that no row × column cell is missing.
+
+``n_rows`` counts the threatened images behind a cell, ``n_images`` those its statistic is computed
+on: the same number except in a conditional column (:attr:`Column.scored`), where a cell may score
+few images — or none (value ``nan``: defined, but not applicable to that model) — and
+:func:`xrlib.studies.card.analysis.ranking` leaves such cells unranked.
 """
 
 from __future__ import annotations
@@ -32,9 +37,9 @@ from xrlib.training.config import safe_name
 __all__ = ["CELL_COLUMNS", "CardError", "cells", "gather", "matrix", "part_rows"]
 
 #: Columns of :func:`cells` (one row per model × column).
-CELL_COLUMNS = ("model", "column", "value", "lo", "hi", "n_images", "n_subjects", "strongest", "source")
+CELL_COLUMNS = ("model", "column", "value", "lo", "hi", "n_images", "n_rows", "n_subjects", "strongest", "source")
 #: Version of the cached cells (bump when the scoring of a computed cell changes).
-CACHE_VERSION = 1
+CACHE_VERSION = 1  # the cached rows are the contract rows; a new statistic over them needs no bump
 
 
 class CardError(RuntimeError):
@@ -106,8 +111,9 @@ def gather(profile: Profile, run: Path, s: CardSettings, victims: Sequence[Victi
 def cells(rows: Mapping[tuple[str, str, str], tuple[pd.DataFrame, str]], columns: Sequence[Column] = COLUMNS,
           n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """One statistic per model × column (:data:`CELL_COLUMNS`): the mean over images of the column's
-    per-image ``value`` with a subject-clustered bootstrap CI; a column of several parts takes the part
-    with the worst mean (``strongest`` names it). A cell whose rows are empty has ``n_images`` 0."""
+    per-image ``value`` with a subject-clustered bootstrap CI (images the value leaves ``nan`` — outside a
+    conditional column's condition — are not scored: ``n_images`` of ``n_rows``); a column of several parts
+    takes the part with the worst mean (``strongest`` names it). A cell whose rows are empty has ``n_rows`` 0."""
     by_col = {c.key: c for c in columns}
     parts: dict[tuple[str, str], list] = {}
     for (model, col, part), (df, source) in rows.items():
@@ -121,16 +127,18 @@ def cells(rows: Mapping[tuple[str, str, str], tuple[pd.DataFrame, str]], columns
                 v = pd.DataFrame({"model": model, "subject": df["subject"].astype(str).to_numpy(),
                                   "v": c.value(df).to_numpy(float)})
                 b = bootstrap_by_group(v, "v", by=("model",), cluster="subject", n_boot=n_boot, seed=seed).iloc[0]
-                rec = {"value": b["mean"], "lo": b["lo"], "hi": b["hi"], "n_images": int(b["n"]),
+                rec = {"value": b["mean"], "lo": b["lo"], "hi": b["hi"], "n_images": int(b["n"]), "n_rows": len(df),
                        "n_subjects": int(b["n_clusters"])}
             else:
-                rec = {"value": np.nan, "lo": np.nan, "hi": np.nan, "n_images": 0, "n_subjects": 0}
+                rec = {"value": np.nan, "lo": np.nan, "hi": np.nan, "n_images": 0, "n_rows": 0, "n_subjects": 0}
             recs.append({**rec, "model": model, "column": col, "strongest": part if len(items) > 1 else "",
                          "source": source})
-        if any(r["n_images"] == 0 for r in recs):  # a part without images: the cell is incomplete
-            best = next(r for r in recs if r["n_images"] == 0)
+        if any(r["n_rows"] == 0 for r in recs):  # a part without images: the cell is incomplete
+            best = next(r for r in recs if r["n_rows"] == 0)
+        elif all(np.isnan(r["value"]) for r in recs):  # a conditional column with no scored image
+            best = recs[0]
         else:
-            best = (min if c.higher_better else max)(recs, key=lambda r: r["value"])
+            best = (min if c.higher_better else max)((r for r in recs if not np.isnan(r["value"])), key=lambda r: r["value"])
         out.append(best)
     return pd.DataFrame(out, columns=list(CELL_COLUMNS))
 
@@ -138,7 +146,7 @@ def cells(rows: Mapping[tuple[str, str, str], tuple[pd.DataFrame, str]], columns
 def matrix(cell_table: pd.DataFrame, models: Sequence[str], columns: Sequence[Column] = COLUMNS) -> pd.DataFrame:
     """Models × available columns of ``value``; :class:`CardError` names any missing or empty cell."""
     avail = [c.key for c in columns if not c.missing]
-    have = {(m, c) for m, c, n in cell_table[["model", "column", "n_images"]].itertuples(index=False) if n > 0}
+    have = {(m, c) for m, c, n in cell_table[["model", "column", "n_rows"]].itertuples(index=False) if n > 0}
     lost = [(m, c) for m in models for c in avail if (m, c) not in have]
     if lost:
         raise CardError(f"card: {len(lost)} cell(s) without images, first: model {lost[0][0]!r} × column {lost[0][1]!r}")
@@ -150,10 +158,25 @@ def matrix(cell_table: pd.DataFrame, models: Sequence[str], columns: Sequence[Co
     return m.reindex(index=list(models), columns=avail)
 
 
-def few_subjects(cell_table: pd.DataFrame) -> int:
-    """The fewest subjects behind a cell (``FEW_SUBJECTS`` or more: enough for the CIs to mean something)."""
-    n = cell_table.loc[cell_table["n_images"] > 0, "n_subjects"]
-    return int(n.min()) if len(n) else 0
+def subjects_per_column(cell_table: pd.DataFrame, models: Sequence[str] | None = None) -> dict[str, tuple[int, int]]:
+    """``{column: (fewest, most)}`` subjects behind the scored cells of each column (of ``models``, default all)."""
+    d = cell_table[cell_table["n_images"] > 0]
+    if models is not None:
+        d = d[d["model"].isin(models)]
+    return {c: (int(g["n_subjects"].min()), int(g["n_subjects"].max())) for c, g in d.groupby("column", sort=False)}
 
 
-__all__ += ["few_subjects", "FEW_SUBJECTS"]
+def few_subjects_note(cell_table: pd.DataFrame, columns: Sequence[Column] = COLUMNS, models: Sequence[str] | None = None) -> str:
+    """A caption note naming, per column, how many subjects its CIs resample where that is fewer than
+    :data:`FEW_SUBJECTS` ("" when every column has enough)."""
+    per = subjects_per_column(cell_table, models)
+    titles = {c.key: c.title for c in columns}
+    few = [(titles.get(k, k), lo, hi) for k, (lo, hi) in per.items() if lo < FEW_SUBJECTS]
+    if not few:
+        return ""
+    counts = "; ".join(f"{t} {lo}" if lo == hi else f"{t} {lo}–{hi}" for t, lo, hi in few)
+    return (f"The confidence intervals resample few subjects — per column: {counts} — virtual subjects of few CTs (and "
+            "the Real surrogate's test subjects): rough indications, not population intervals.")
+
+
+__all__ += ["few_subjects_note", "subjects_per_column", "FEW_SUBJECTS"]

@@ -6,6 +6,13 @@ over them). A part names the chapter's results table (``<run>/robustness/<threat
 victims that table lacks, with that chapter's threat code and settings; the column's ``value``
 turns contract rows into one number per image, averaged over images with a subject-clustered CI.
 A column whose chapter is not in this build has no parts and a ``missing`` reason.
+
+A *conditional* column (``scored`` says on which images) gives ``nan`` for the images outside its
+condition: the noise column's SAR is the paper's per-class SAR of the top class, the share of the
+images whose clean prediction is good (Dice ≥ 0.8) that the noise pushes out of that band. Pooled
+over all bands, a weak model whose clean predictions already sit in the lowest band — which noise
+cannot lower — would score a perfect SAR of 0; conditioned, it has few or no scored images, and the
+card says so instead of ranking it first.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ class Column:
     parts: tuple[Part, ...] = ()
     missing: str = ""
     is_clean: bool = False
+    scored: str = ""  # conditional statistic: the images it is computed on, in words ("" = every image)
 
 
 class CleanThreat(Threat):
@@ -148,9 +156,12 @@ def _noise(profile, run, s, victims):
     return _score(th, victims, th.test, profile, [s.noise_dose_mas])
 
 
-def _left_band(df: pd.DataFrame) -> pd.Series:
-    """1 where the threatened prediction left the quality band of the clean one (Dice bands 0.8 / 0.5)."""
-    return pd.Series((quality_band(df["dice"]) != quality_band(df["dice_clean"])).astype(float), index=df.index)
+def _left_top_band(df: pd.DataFrame) -> pd.Series:
+    """Per image whose clean prediction is in the top quality band (Dice ≥ 0.8): 1 where the threatened
+    prediction left it, else 0; ``nan`` for every other image (outside the condition, not scored)."""
+    clean_band = quality_band(df["dice_clean"])
+    left = (quality_band(df["dice"]) != clean_band).astype(float)
+    return pd.Series(np.where(clean_band == 0, left, np.nan), index=df.index)
 
 
 # -- PGD / SegPGD (chapter 09) -------------------------------------------------------------------
@@ -207,8 +218,9 @@ COLUMNS: tuple[Column, ...] = (
            (Part("pose", lambda d, p, s: _at(d, s.pose_budget), _pose),)),
     Column("acquisition", "acquisition shift", "08", lambda s: f"budget {ACQUISITION_BUDGET:g}", "mean Dice", _dice, True,
            (Part("acquisition", lambda d, p, s: _at(d, ACQUISITION_BUDGET), _acquisition),)),
-    Column("noise", "quantum noise", "10", lambda s: f"{s.noise_dose_mas:g} mAs", "SAR (share leaving its band)",
-           _left_band, False, (Part("noise", _noise_rows, _noise),)),
+    Column("noise", "quantum noise", "10", lambda s: f"{s.noise_dose_mas:g} mAs", "SAR of the good predictions",
+           _left_top_band, False, (Part("noise", _noise_rows, _noise),),
+           scored="images whose clean prediction has Dice ≥ 0.8"),
     Column("pgd", "PGD/SegPGD L∞", "09", lambda s: f"ε = {s.pgd_eps:g}", "min mean Dice over attacks", _dice, True,
            (Part("pgd", lambda d, p, s: _at(d, s.pgd_eps), _input_attack("pgd")),
             Part("segpgd", lambda d, p, s: _at(d, s.pgd_eps), _input_attack("segpgd")))),

@@ -17,9 +17,8 @@ import pandas as pd
 
 from xrlib.core.atomic import write_csv_atomic, write_text_atomic
 from xrlib.core.profiles import Profile, load_profile
-from xrlib.eval.robustness import FEW_SUBJECTS, ci_note
 from xrlib.studies.card import analysis
-from xrlib.studies.card.card import cells, few_subjects, gather, matrix
+from xrlib.studies.card.card import cells, few_subjects_note, gather, matrix
 from xrlib.studies.card.columns import COLUMNS, Column
 from xrlib.studies.card.rows import FLOOR, ROWS, RowSpec, Victim, available_rows, floor_victims
 from xrlib.studies.card.settings import CardSettings, card_settings
@@ -96,7 +95,7 @@ def card_table(card: Card) -> pd.DataFrame:
                 rec["status"] = c.missing
             else:
                 r = val.loc[(v.name, c.key)]
-                rec.update({k: r[k] for k in ("value", "lo", "hi", "n_images", "n_subjects", "strongest", "source")})
+                rec.update({k: r[k] for k in ("value", "lo", "hi", "n_images", "n_rows", "n_subjects", "strongest", "source")})
                 rec["status"] = "ok"
             out.append(rec)
     for spec in card.missing_rows:
@@ -106,13 +105,16 @@ def card_table(card: Card) -> pd.DataFrame:
                         "budget": c.budget(card.settings), "statistic": c.statistic,
                         "higher_is_better": c.higher_better, "status": spec.missing})
     cols = ["row", "model", "defense", "model_chapter", "column", "threat", "threat_chapter", "budget", "statistic",
-            "higher_is_better", "value", "lo", "hi", "n_images", "n_subjects", "strongest", "source", "status"]
+            "higher_is_better", "value", "lo", "hi", "n_images", "n_rows", "n_subjects", "strongest", "source", "status"]
     df = pd.DataFrame(out).reindex(columns=cols)
-    return df.astype({"n_images": "Int64", "n_subjects": "Int64"})
+    return df.astype({"n_images": "Int64", "n_rows": "Int64", "n_subjects": "Int64"})
 
 
-def _cell(r) -> str:
-    return f"{r['value']:.3f} [{r['lo']:.2f}, {r['hi']:.2f}] ({int(r['n_images'])})"
+def _cell(r, col: Column) -> str:
+    n = f"{int(r['n_images'])} of {int(r['n_rows'])}" if col.scored else f"{int(r['n_images'])}"
+    if np.isnan(r["value"]):
+        return f"n/a ({n})"
+    return f"{r['value']:.3f} [{r['lo']:.2f}, {r['hi']:.2f}] ({n})"
 
 
 def card_markdown(card: Card) -> str:
@@ -123,7 +125,7 @@ def card_markdown(card: Card) -> str:
                         for c in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v in card.victims:
-        lines.append("| " + " | ".join([v.name] + [_cell(val.loc[(v.name, c.key)]) for c in cols]) + " |")
+        lines.append("| " + " | ".join([v.name] + [_cell(val.loc[(v.name, c.key)], c) for c in cols]) + " |")
     if card.floor_victims and len(card.floor):
         fl = card.floor.set_index("column")
         n = int(fl["n_seeds"].max()) if len(fl) else 0
@@ -141,7 +143,6 @@ def _not_built(card: Card) -> list[str]:
 def headline_markdown(card: Card) -> str:
     """The card with its caveats, what is not in this build, and the generated transfer statements."""
     s = card.settings
-    n_sub = few_subjects(card.cells)
     pgd = card.cells[(card.cells["column"] == "pgd") & (card.cells["model"].isin(card.models))]
     strongest = ", ".join(f"{k} {n}×" for k, n in pgd["strongest"].value_counts().items()) if len(pgd) else ""
     lines = [f"**The robustness card (chapter 13) — profile {card.profile}.** Every model under every threat of this "
@@ -150,9 +151,22 @@ def headline_markdown(card: Card) -> str:
              f"surrogate (rendered), not real radiographs. PGD/SegPGD: the minimum over the two attacks at ε = {s.pgd_eps:g} "
              f"(the strongest per model: {strongest or 'n/a'}); the attacks run with the chapters' profile steps, weak below "
              f"`paper`. ↑ higher is more robust, ↓ lower is.", "", card_markdown(card).rstrip("\n")]
-    note = ci_note(n_sub) if n_sub else ""
+    note = few_subjects_note(card.cells, card.columns, card.models)
     if note:
         lines += ["", note]
+    for c in card.columns:
+        if c.scored and not c.missing:
+            lines += ["", f"The {c.title} column is conditional: its statistic scores only the {c.scored} — (scored of "
+                          f"all images) in its cells; a cell scoring fewer than {analysis.MIN_SCORED_SHARE:.0%} of its images "
+                          "is not ranked and gets no transfer verdict."]
+    left = analysis.unranked(card.cells, card.models, card.columns)
+    by_col = {c.key: c for c in card.columns}
+    for key, g in left.groupby("column", sort=False):
+        c = by_col[key]
+        who = ("every model" if len(g) == len(card.models) else
+               ", ".join(f"{m} ({int(n)} of {int(r)})" for m, n, r in zip(g["model"], g["n_images"], g["n_rows"])))
+        lines += ["", f"Not ranked under {c.title} (its statistic scores only the {c.scored or 'scored images'}, fewer "
+                      f"than {analysis.MIN_SCORED_SHARE:.0%} of the cell's images): {who}."]
     if card.floor_victims:
         lines += ["", f"Noise floor: the spread (max − min) of each statistic over {len(card.floor_victims)} retrainings of "
                       f"U-Net(Real+Syn_all) with other seeds (chapter 10's repeats, shorter trainings than the study "
