@@ -148,12 +148,17 @@ def test_chapter_08_rows_cost_against_the_study_unet(monkeypatch):
         return SimpleNamespace(name=name, folder=f"/m/{name}-abc", seconds=seconds)
 
     monkeypatch.setattr(sim_study, "sim_models", lambda p, r: {"Real/strong": res("Real/strong", 30.0),
-                                                               "Naive-ADDA/strong": res("Naive-ADDA/strong", 80.0)})
+                                                               "Naive-ADDA/strong": res("Naive-ADDA/strong", 80.0),
+                                                               "Naive-Cyc/strong": res("Naive-Cyc/strong", 40.0)})
     monkeypatch.setattr(card_rows.study, "study_models", lambda p, r: {"U-Net(Real)": res("U-Net(Real)", 50.0)})
+    # the Cyc model's images come from a CycleGAN that took 15 s to train
+    monkeypatch.setattr(sim_study, "training_seconds",
+                        lambda p, r, got: {n: r_.seconds + (15.0 if "Cyc" in n else 0.0) for n, r_ in got.items()})
     [dr] = card_rows._sim_rows("strong-dr")(None, None)
-    [da] = card_rows._sim_rows("domain-adaptation")(None, None)
+    da, cyc = card_rows._sim_rows("domain-adaptation")(None, None)
     assert (dr.base, dr.extra_s, dr.train_s) == ("U-Net(Real)", -20.0, 30.0)
     assert (da.base, da.extra_s) == ("U-Net(Real)", 30.0)
+    assert (cyc.name, cyc.extra_s, cyc.train_s) == ("Naive-Cyc/strong", 5.0, 55.0)
     t = pd.DataFrame({"model": ["U-Net(Real)", "Real/strong"], "column": "clean-real", "value": [0.8, 0.6]})
     c = analysis.costs(t, [dr]).iloc[0]
     assert c["base"] == "U-Net(Real)" and c["extra training (s)"] == -20.0

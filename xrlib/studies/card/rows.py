@@ -131,7 +131,7 @@ SIM_BASE = "U-Net(Real)"
 
 def _sim_rows(kind: str):
     def victims(profile: Profile, run: Path) -> list[Victim]:
-        from xrlib.studies.sim.study import sim_models
+        from xrlib.studies.sim.study import sim_models, training_seconds
 
         res = sim_models(profile, run)  # the chapter's strong-DR models, from its cache (chapter 08 runs first)
         ref = study.study_models(profile, run).get(SIM_BASE)
@@ -143,9 +143,16 @@ def _sim_rows(kind: str):
             defense = "domain adaptation"
         # trained from scratch on chapter 08's datasets, like the study's Syn_cen/Syn_all on theirs: compared with
         # U-Net(Real) (no strong DR, no simulated data), the extra time is the difference of the training times
+        # (a -Cyc model's includes its CycleGAN's training)
         base = None if ref is None else ref.name
-        return [_trained(r, kind, f"{defense} ({n})", "08", base, None if ref is None else float(r.seconds - ref.seconds))
-                for n, r in picked.items()]
+        cost = training_seconds(profile, run, picked)
+        out = []
+        for n, r in picked.items():
+            v = _trained(r, kind, f"{defense} ({n})", "08", base,
+                         None if ref is None or cost[n] is None else cost[n] - float(ref.seconds))
+            v.train_s = cost[n]
+            out.append(v)
+        return out
 
     victims.__doc__ = (f"Chapter 08's {kind} models with strong DR: "
                        + ("Real2Real and Realistic-Sim2Real" if kind == "strong-dr" else "every CycleGAN/ADDA model the profile trains")

@@ -108,6 +108,17 @@ def train_cyclegan(profile: Profile, run: Path, domain: str, device=None, progre
     return folder
 
 
+def cyclegan_seconds(run: Path, domain: str) -> float | None:
+    """The recorded training time (s) of the CycleGAN whose translation of ``domain`` is on disk (``None``: no
+    complete translation, or a CycleGAN folder without its record)."""
+    try:
+        info = json.loads((translated_dir(run, domain) / "build.json").read_text(encoding="utf-8"))
+        cfg = json.loads((Path(run) / "sim" / "cyclegan" / info["cyclegan"] / "config.json").read_text(encoding="utf-8"))
+        return float(cfg["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def translate_domain(profile: Profile, run: Path, domain: str, device=None, progress: bool = False) -> pd.DataFrame:
     """Translate every image of ``domain`` with its CycleGAN (trained first if needed) into :func:`translated_dir`."""
     run = Path(run)

@@ -177,6 +177,21 @@ def sim_models(profile: Profile, run: Path, names=None, level: str | None = "str
     return out
 
 
+def training_seconds(profile: Profile, run: Path, results: dict[str, TrainResult]) -> dict[str, float | None]:
+    """What each trained model of ``results`` (:func:`sim_models`) cost to train (s): its U-Net's recorded time,
+    plus for a ``-Cyc`` model the CycleGAN that translated its images (``None`` when that was not recorded)."""
+    from xrlib.studies.sim.cyclegan import cyclegan_seconds
+
+    out = {}
+    for cfg, ddir in sim_configs(profile, run, list(results)):
+        seconds = float(results[cfg.name].seconds)
+        if ddir.parent.name == "translated":
+            cyc = cyclegan_seconds(run, ddir.name)
+            seconds = None if cyc is None else seconds + cyc
+        out[cfg.name] = seconds
+    return out
+
+
 def real_test_images(run: Path) -> TestImages:
     """The Real surrogate's test split (varied acquisitions)."""
     ddir = domain_dir(run, "real")
