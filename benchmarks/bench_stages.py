@@ -324,7 +324,7 @@ def run_cohort(folder: Path, out: Path) -> float:
         seconds = time.perf_counter() - t0
         rows = []
         for r in made:
-            vox = {k: hashlib.sha1(sitk.GetArrayViewFromImage(sitk.ReadImage(str(target / r[k]))).tobytes()).hexdigest()
+            vox = {k: hashlib.sha1(sitk.GetArrayFromImage(sitk.ReadImage(str(target / r[k]))).tobytes()).hexdigest()
                    for k in ("ct_path", "labels_path")}
             rows.append({"subject": r["subject"], "attempt": r["attempt"], "min_jacobian": r["min_jacobian"], **vox})
     finally:

@@ -12,7 +12,8 @@ def test_stage_bench_prints_the_table_and_compares_results():
     # "before" is HEAD in a temporary git worktree, "after" this checkout: both must give the same table.
     res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_stages.py"), "--before", "HEAD",
                           "--repeats", "1", "--size", "32", "--subjects", "1", "--real", "2", "--models", "1",
-                          "--stages", "evaluation", "rendering-synthetic", "--profile", "smoke"],
+                          "--epochs", "1", "--cohort-subjects", "1",
+                          "--stages", "evaluation", "rendering-synthetic", "training", "cohort", "--profile", "smoke"],
                          cwd=REPO, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "| stage | before (median s) | after (median s) | ratio |" in res.stdout
@@ -20,5 +21,8 @@ def test_stage_bench_prints_the_table_and_compares_results():
     assert "evaluation: results identical" in res.stdout, res.stdout
     assert re.search(r"^\| rendering-synthetic \| [\d.]+ \| [\d.]+ \| [\d.]+× \|$", res.stdout, re.M), res.stdout
     assert "rendering-synthetic: results identical" in res.stdout, res.stdout
+    for stage in ("training", "cohort"):  # same losses per epoch; same voxels
+        assert re.search(rf"^\| {stage} \| [\d.]+ \| [\d.]+ \| [\d.]+× \|$", res.stdout, re.M), res.stdout
+        assert f"{stage}: results identical" in res.stdout, res.stdout
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=REPO, capture_output=True, text=True, encoding="utf-8", errors="replace").stdout
     assert "bench_stages_" not in worktrees  # the temporary checkout is removed
