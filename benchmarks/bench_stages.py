@@ -3,7 +3,10 @@
 "Before" is the code of a git revision (``--before``, default :data:`BEFORE`, main before the speed-ups), checked out as a
 temporary git worktree (or an existing checkout, ``--before-tree``); "after" is this checkout.
 Each timed run is a fresh Python subprocess that imports ``xrlib`` from one of the two trees
-(``PYTHONPATH=<tree>``) and runs one stage on the same inputs, which the parent builds once.
+(``PYTHONPATH=<tree>``) and runs one stage on the same inputs, which the parent builds once. The
+cohort, training and rendering stages run their work as the book does — tasks of the in-process
+executor, one after another — after one untimed task of the same kind (the warm-up: imports, caches,
+the process's first use of CT-sized memory), so the time is the stage's cost per further item.
 Runs of the two sides are interleaved (before, after, after, before, …) so that a shared machine's
 load falls on both; the table gives the median over ``--repeats`` of each and the ratio
 before/after::
@@ -15,11 +18,11 @@ Both sides also write the stage's result, and the benchmark says whether they ar
 Stages (:data:`STAGES`, name → :class:`Stage`: a function that builds the inputs once and a
 function that times one run in the worker):
 
-- ``cohort``: ``--cohort-subjects`` virtual subjects of the example CT with the ``--profile``'s cohort
+- ``cohort``: ``--cohort-subjects`` virtual subjects (after the untimed first) of the example CT with the ``--profile``'s cohort
   settings (deformation, resampling and the compressed NIfTI files of one subject after another,
   ITK on every core); results identical means the same voxels.
 - ``training``: :func:`xrlib.training.loop.train_model` of the profile's U-Net(Real+Syn_all) for
-  ``--epochs`` epochs including every validation pass and checkpoint, on synthetic shards of the
+  ``--epochs`` epochs (after an untimed 1-epoch training) including every validation pass and checkpoint, on synthetic shards of the
   quick study's training-set sizes (124 train / 31 val images at ``--size``²); the per-epoch ratio is
   the stage's ratio. Identical means the same loss and validation Dice in every epoch.
 
@@ -31,7 +34,7 @@ function that times one run in the worker):
   case for the distances). With ``--run RUN`` it times
   :func:`xrlib.studies.rotation.study.evaluate_all` on a built run's test sets and trained models
   (``--model-glob``) instead.
-- ``rendering-synthetic``: one dataset shard of a synthetic subject — the example CT at the profile's
+- ``rendering-synthetic``: one dataset shard (after an untimed render of the same shard) of a synthetic subject — the example CT at the profile's
   21 α, naive physics, at the ``--profile``'s detector, post-processed and preprocessed
   (:func:`xrlib.data.recipes.render_subject`); the images must be identical.
 - ``rendering-surrogate``: the same for the realistic chain at the surrogate's jittered poses (fixed
@@ -40,8 +43,9 @@ function that times one run in the worker):
 
 Usage::
 
-    python benchmarks/bench_stages.py [--before REV] [--repeats 3] [--stages evaluation rendering-synthetic …]
+    python benchmarks/bench_stages.py [--before REV] [--repeats 3] [--stages cohort training evaluation …]
         [--size 128] [--subjects 4] [--real 12] [--models 3] [--run RUN --profile quick]
+        [--epochs 4] [--cohort-subjects 2]
 """
 
 from __future__ import annotations
@@ -129,6 +133,32 @@ def build_evaluation(args: argparse.Namespace, folder: Path) -> None:
         torch.save(build_unet(5, 16).state_dict(), folder / "models" / f"model{m}.pt")
 
 
+@dataclass
+class _Call:
+    """A task for the book's in-process executor: ``key``, ``threads`` and ``fn()`` as its work."""
+
+    key: str
+    fn: Callable[[], object]
+    threads: int = os.cpu_count() or 1
+
+    def run(self):
+        return self.fn()
+
+
+def _as_the_book_runs(calls: list[_Call]) -> tuple[list, float]:
+    """Run ``calls`` one after another as tasks of :class:`xrlib.exec.local.InProcessExecutor` — how a
+    book stage runs its subjects, shards and trainings — and return their results and the seconds of
+    all but the first (a warm-up of the same kind: imports, caches and the process's first use of its
+    memory are not the stage's per-item cost)."""
+    from xrlib.exec.local import InProcessExecutor
+
+    results, stamps = [], []
+    for _, result in InProcessExecutor().map(calls, progress=False):
+        results.append(result)
+        stamps.append(time.perf_counter())
+    return results, stamps[-1] - stamps[0]
+
+
 def _warm_up_torch() -> None:
     """One untimed forward of a small U-Net: the process's one-off oneDNN/thread start-up cost."""
     import torch
@@ -202,10 +232,9 @@ def _render_stage(recipe_of):
         profile = load_profile(json.loads((folder / "spec.json").read_text())["profile"])
         ct, labels = load_example()
         recipe = recipe_of(profile)
-        render_subject(ct, labels, profile, _synthetic_recipe(profile, (0.0,)), "warm-up")  # imports, projector set-up
-        t0 = time.perf_counter()
-        arrays = render_subject(ct, labels, profile, recipe, "example")
-        seconds = time.perf_counter() - t0
+        calls = [_Call(f"{name}", lambda name=name: render_subject(ct, labels, profile, recipe, name))
+                 for name in ("warm-up", "example")]  # the same shard twice: the second is timed
+        (_, arrays), seconds = _as_the_book_runs(calls)
         rows = [{"index": i, "image_sha1": hashlib.sha1(arrays["image"][i].tobytes()).hexdigest(),
                  "mask_sha1": hashlib.sha1(arrays["mask"][i].tobytes()).hexdigest(),
                  "image_mean": float(arrays["image"][i].mean())} for i in range(len(arrays["image"]))]
@@ -276,15 +305,14 @@ def run_training(folder: Path, out: Path) -> float:
     rows = [{**defaults, **r, "checksum": sha256_file(data / r["shard"])} for r in spec["rows"]]
     pd.DataFrame(rows).reindex(columns=MANIFEST_COLUMNS).to_csv(data / "manifest.csv", index=False)
     (data / "build.json").write_text(json.dumps({"hash": "bench-training", "complete": True}))
-    _warm_up_torch()
     profile = load_profile(spec["profile"])
     cfg = next(c for c in study_configs(profile, threads=os.cpu_count()) if c.name == "U-Net(Real+Syn_all)")
     cfg = dataclasses.replace(cfg, epochs=int(spec["epochs"]), patience=int(spec["epochs"]) + 1)
     models = Path(tempfile.mkdtemp(prefix="bench_training_"))
+    warm = dataclasses.replace(cfg, name="warm-up", epochs=1)
     try:
-        t0 = time.perf_counter()
-        res = train_model(cfg, data, models, device="cpu", progress=False)
-        seconds = time.perf_counter() - t0
+        (_, res), seconds = _as_the_book_runs([_Call(c.name, lambda c=c: train_model(c, data, models, device="cpu", progress=False))
+                                               for c in (warm, cfg)])
         hist = pd.read_csv(Path(res.folder) / "history.csv")
     finally:
         shutil.rmtree(models, ignore_errors=True)
@@ -318,10 +346,9 @@ def run_cohort(folder: Path, out: Path) -> float:
     target = Path(tempfile.mkdtemp(prefix="bench_cohort_"))
     try:
         tasks = [cohort.SubjectTask("example", i, ct, labels, cfg, target, "bench", "bench", threads=os.cpu_count() or 1)
-                 for i in range(int(spec["subjects"]))]
-        t0 = time.perf_counter()
-        made = [t.run() for t in tasks]
-        seconds = time.perf_counter() - t0
+                 for i in range(int(spec["subjects"]) + 1)]  # subject 0: the untimed warm-up
+        made, seconds = _as_the_book_runs(tasks)
+        made = made[1:]
         rows = []
         for r in made:
             vox = {k: hashlib.sha1(sitk.GetArrayFromImage(sitk.ReadImage(str(target / r[k]))).tobytes()).hexdigest()
