@@ -26,7 +26,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["heap_reuse_active", "reuse_heap"]
+__all__ = ["heap_reuse_active", "reuse_heap", "reuse_heap_for_this_process"]
 
 # mallopt parameters (malloc.h) and glibc's defaults for them.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
@@ -75,3 +75,15 @@ def reuse_heap() -> Iterator[bool]:
                 libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
                 libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM)
                 libc.malloc_trim(0)
+
+
+_process_context = None
+
+
+def reuse_heap_for_this_process() -> None:
+    """Enter :func:`reuse_heap` for the rest of this process's life (once; a worker process of a pool or a
+    Ray worker, whose tasks run one after another)."""
+    global _process_context
+    if _process_context is None:
+        _process_context = reuse_heap()
+        _process_context.__enter__()

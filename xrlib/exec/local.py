@@ -56,14 +56,9 @@ def _pool_worker_init() -> None:
     # One process per task slot: keep OpenMP from oversubscribing before torch sets its count.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     # The worker's tasks reuse each other's freed CT-sized blocks (xrlib.core.memory) for its whole life.
-    from xrlib.core.memory import reuse_heap
+    from xrlib.core.memory import reuse_heap_for_this_process
 
-    global _worker_heap
-    _worker_heap = reuse_heap()
-    _worker_heap.__enter__()
-
-
-_worker_heap = None
+    reuse_heap_for_this_process()
 
 
 class Executor(ABC):

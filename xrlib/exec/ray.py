@@ -95,6 +95,9 @@ def _run_remote(task: Task, names: tuple[str, ...], *values) -> Any:
     writable deep copy (one copy per running task; the object store keeps one per node)."""
     for name, value in zip(names, values):
         object.__setattr__(task, name, value)
+    from xrlib.core.memory import reuse_heap_for_this_process
+
+    reuse_heap_for_this_process()  # a Ray worker runs its tasks one after another: reuse their freed blocks
     return run_task(copy.deepcopy(task))
 
 
