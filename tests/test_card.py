@@ -291,3 +291,19 @@ def test_findings_show_a_result_figure_below_its_section(tmp_path):
     assert result_sections(tmp_path, figures=True) == [
         "**card**", "", "![result figure of card](generated/figures/card.png)", "", "**pose**", ""]
     assert result_sections(tmp_path) == ["**card**", "", "**pose**", ""]  # the README: text only
+
+
+def test_heatmap_greys_out_and_marks_the_unranked_cells():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from xrlib import plots
+
+    cols = (BY_KEY["pgd"], BY_KEY["noise"])
+    m = pd.DataFrame({"pgd": [0.5, 0.6], "noise": [np.nan, 0.0]}, index=["A", "B"])
+    left = pd.DataFrame({"model": ["A", "B"], "column": ["noise", "noise"]})
+    fig = plots.card_heatmap(m, cols, unranked=left)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts == ["0.50", "n/a", "0.60", "0.00*"]
+    assert "grey: not ranked" in fig.axes[0].get_xlabel()
+    assert [t.get_text() for t in plots.card_heatmap(m, cols).axes[0].texts] == ["0.50", "–", "0.60", "0.00"]
