@@ -2,6 +2,9 @@
 
 "Before" is the code of a git revision (``--before``, default :data:`BEFORE`, main before the speed-ups), checked out as a
 temporary git worktree (or an existing checkout, ``--before-tree``); "after" is this checkout.
+``--before-env KEY=VALUE`` sets environment variables for the "before" side only: with
+``--before-tree .`` it measures one switch of this checkout (``XRLIB_REUSE_HEAP=0``: the allocator
+left alone, :mod:`xrlib.core.memory`).
 Each timed run is a fresh Python subprocess that imports ``xrlib`` from one of the two trees
 (``PYTHONPATH=<tree>``) and runs one stage on the same inputs, which the parent builds once. The
 cohort, training and rendering stages run their work as the book does — tasks of the in-process
@@ -99,6 +102,17 @@ def _clavicle_masks(rng, n: int, size: int):
     return out
 
 
+def _radiograph_like(rng, n: int, size: int):
+    """``n`` uint8 images (smooth background, brighter clavicle bands, noise) and their masks (uint8 0/1)."""
+    import numpy as np
+    from scipy.ndimage import gaussian_filter
+
+    masks = _clavicle_masks(rng, n, size)
+    smooth = gaussian_filter(rng.random((n, size, size)), (0, 4, 4))
+    images = np.clip(0.3 + 0.4 * masks + 0.5 * (smooth - 0.5) + 0.05 * rng.standard_normal(masks.shape), 0, 1)
+    return (images * 255).astype(np.uint8), masks
+
+
 def build_evaluation(args: argparse.Namespace, folder: Path) -> None:
     """Shards, manifest rows and model weights of the evaluation stage (or a pointer to ``--run``)."""
     import numpy as np
@@ -109,8 +123,6 @@ def build_evaluation(args: argparse.Namespace, folder: Path) -> None:
         (folder / "run.json").write_text(json.dumps({"run": str(Path(args.run).resolve()), "profile": args.profile,
                                                      "model_glob": args.model_glob}))
         return
-    from scipy.ndimage import gaussian_filter
-
     from xrlib.nets.unet import build_unet
 
     rng = np.random.default_rng(0)
@@ -119,11 +131,9 @@ def build_evaluation(args: argparse.Namespace, folder: Path) -> None:
     subjects = [(f"syn-{i:03d}", "Syn_test", ALPHAS) for i in range(args.subjects)]
     subjects += [("real-000", "Real_test", [0.0] * args.real)] if args.real else []
     for subject, test_set, alphas in subjects:
-        masks = _clavicle_masks(rng, len(alphas), args.size)
-        smooth = gaussian_filter(rng.random((len(alphas), args.size, args.size)), (0, 4, 4))
-        images = np.clip(0.3 + 0.4 * masks + 0.5 * (smooth - 0.5) + 0.05 * rng.standard_normal(masks.shape), 0, 1)
+        images, masks = _radiograph_like(rng, len(alphas), args.size)
         shard = f"shards/{subject}.npz"
-        np.savez(folder / shard, image=(images * 255).astype(np.uint8), mask=masks)
+        np.savez(folder / shard, image=images, mask=masks)
         rows += [{"subject": subject, "pool": test_set, "split": "test", "alpha": a, "shard": shard, "index": j,
                   "test_set": test_set} for j, a in enumerate(alphas)]
     pd.DataFrame(rows).to_csv(folder / "rows.csv", index=False)
@@ -244,10 +254,10 @@ def _render_stage(recipe_of):
     return run
 
 
-def _synthetic_recipe(profile, alphas=None):
+def _synthetic_recipe(profile):
     from xrlib.data.recipes import AnglesRecipe
 
-    return AnglesRecipe(physics="naive", alphas=tuple(profile.synthetic.alphas if alphas is None else alphas))
+    return AnglesRecipe(physics="naive", alphas=tuple(profile.synthetic.alphas))
 
 
 def _surrogate_recipe(profile):
@@ -267,7 +277,6 @@ def build_training(args: argparse.Namespace, folder: Path) -> None:
     ``surrogate`` 4 + 1 subjects × 10 poses (train + val), ``--size``² images with clavicle-like masks. The
     manifest is written by the worker with its own tree's columns."""
     import numpy as np
-    from scipy.ndimage import gaussian_filter
 
     rng = np.random.default_rng(1)
     (folder / "datasets" / "shards").mkdir(parents=True)
@@ -275,12 +284,9 @@ def build_training(args: argparse.Namespace, folder: Path) -> None:
     plan += [("surrogate", split, [0.0] * 10) for split in ("train",) * 4 + ("val",)]
     rows = []
     for k, (pool, split, alphas) in enumerate(plan):
-        masks = _clavicle_masks(rng, len(alphas), args.size)
-        smooth = gaussian_filter(rng.random((len(alphas), args.size, args.size)), (0, 4, 4))
-        images = np.clip(0.3 + 0.4 * masks + 0.5 * (smooth - 0.5) + 0.05 * rng.standard_normal(masks.shape), 0, 1)
+        images, masks = _radiograph_like(rng, len(alphas), args.size)
         shard = f"shards/{pool}-{k:02d}.npz"
-        np.savez(folder / "datasets" / shard, image=(images * 255).astype(np.uint8), mask=masks, mask_left=masks,
-                 mask_right=masks * 0)
+        np.savez(folder / "datasets" / shard, image=images, mask=masks, mask_left=masks, mask_right=masks * 0)
         rows += [{"subject": f"{pool}-{k:02d}", "pool": pool, "split": split, "alpha": a, "shard": shard, "index": j}
                  for j, a in enumerate(alphas)]
     (folder / "rows.json").write_text(json.dumps({"rows": rows, "epochs": args.epochs, "profile": args.profile}))
@@ -375,9 +381,9 @@ def _worker(stage: str, folder: Path, out: Path) -> None:
     print(json.dumps({"seconds": STAGES[stage].run(folder, out)}))
 
 
-def _time_once(tree: Path, stage: str, folder: Path, out: Path) -> float:
-    """Seconds of one run of ``stage`` in a subprocess importing ``xrlib`` from ``tree``."""
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+def _time_once(tree: Path, stage: str, folder: Path, out: Path, extra_env: dict | None = None) -> float:
+    """Seconds of one run of ``stage`` in a subprocess importing ``xrlib`` from ``tree`` (``extra_env`` set)."""
+    env = {**os.environ, "PYTHONPATH": str(tree), **(extra_env or {})}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", stage, "--inputs", str(folder), "--out", str(out)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tree)
     if res.returncode != 0:
@@ -406,7 +412,8 @@ def measure(stages: list[str], before: Path, repeats: int, args: argparse.Namesp
         trees = {"before": before, "after": REPO}
         for r in range(repeats):
             for side in (("before", "after") if r % 2 == 0 else ("after", "before")):
-                times[side].append(_time_once(trees[side], stage, folder, work / f"{stage}-{side}.pkl"))
+                env = args.before_env if side == "before" else None
+                times[side].append(_time_once(trees[side], stage, folder, work / f"{stage}-{side}.pkl", env))
                 print(f"{stage} {side} run {r + 1}: {times[side][-1]:.2f} s", file=sys.stderr, flush=True)
         b, a = statistics.median(times["before"]), statistics.median(times["after"])
         rows.append({"stage": stage, "before": b, "after": a, "ratio": b / a if a > 0 else float("nan"),
@@ -425,6 +432,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--before", default=BEFORE, help=f"git revision of the 'before' code (default: {BEFORE[:8]}, main before the speed-ups)")
     ap.add_argument("--before-tree", type=Path, help="an existing checkout to use as 'before' instead of --before")
+    ap.add_argument("--before-env", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="environment of the 'before' side only, e.g. --before-tree . --before-env XRLIB_REUSE_HEAP=0 "
+                         "to measure one switch of this checkout")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
     ap.add_argument("--size", type=int, default=128, help="image side (synthetic evaluation inputs)")
@@ -440,6 +450,10 @@ def main(argv=None) -> None:
     ap.add_argument("--inputs", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    bad = [kv for kv in args.before_env if "=" not in kv or kv.startswith("=")]
+    if bad:
+        ap.error(f"--before-env: expected KEY=VALUE, got {bad[0]!r}")
+    args.before_env = dict(kv.split("=", 1) for kv in args.before_env)
     if args.worker:
         return _worker(args.worker, args.inputs, args.out)
 
@@ -456,6 +470,8 @@ def main(argv=None) -> None:
             label = rev[:8] if rev.startswith(args.before) else f"{args.before} ({rev[:8]})"
         else:
             label = str(tree)
+        if args.before_env:
+            label += " with " + " ".join(f"{k}={v}" for k, v in args.before_env.items())
         rows = measure(args.stages, Path(tree).resolve(), args.repeats, args, work)
     finally:
         if added:

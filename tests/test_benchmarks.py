@@ -54,3 +54,25 @@ def test_training_bench_runs_on_the_smoke_profile():
     assert res.returncode == 0, res.stderr[-2000:]
     assert re.search(r"^\| smoke \| 64² \| 5 \| dice \| 4 \| as train\.py \| [\d.]+ \| 1\.00× \|$", res.stdout, re.M), res.stdout
     assert re.search(r"^\| smoke \| U-Net\(Real\+Syn_all\) \| \d+ \| [\d.]+ \| 2 \| [\d.]+ \|$", res.stdout, re.M), res.stdout
+
+
+def test_stage_profile_reports_every_part():
+    """``profile_stages.py``: the training-step settings side by side, the first-touch calls, the cohort and
+    rendering breakdowns (smoke sizes; only the reported structure is asserted)."""
+    res = _run("profile_stages.py", "--profile", "smoke", "--rounds", 3)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for setting in ("as the loop trains (deterministic)", "no NaN fill of new tensors", "channels-last",
+                    "non-deterministic algorithms"):
+        assert re.search(rf"^\| {re.escape(setting)} \| [\d.]+ \| [\d.]+× \|$", res.stdout, re.M), res.stdout
+    assert re.search(r"^\| as the loop trains \(deterministic\) \| [\d.]+ \| 1\.00× \|$", res.stdout, re.M)
+    assert re.search(r"^default allocator: [\d.]+, [\d.]+, [\d.]+$", res.stdout, re.M), res.stdout
+    assert re.search(r"^inside reuse_heap \(took effect: True\): [\d.]+, [\d.]+, [\d.]+$", res.stdout, re.M)
+    for part in ("ITK warps (CT linear, labels nearest)", "compressed NIfTI writes", "displacement field and folding guard"):
+        assert re.search(rf"^\| {re.escape(part)} \| [\d.]+ \| \d+ % \|$", res.stdout, re.M), res.stdout
+    # 4 material channels and the 2 clavicle masks of the realistic chain, each projected once
+    assert len(re.findall(r"^\| \(\d+, \d+, \d+\) \| [\d.]+ \|$", res.stdout, re.M)) == 6, res.stdout
+
+
+def test_stage_bench_refuses_a_malformed_before_env():
+    res = _run("bench_stages.py", "--before-tree", ".", "--before-env", "XRLIB_REUSE_HEAP")
+    assert res.returncode == 2 and "--before-env: expected KEY=VALUE, got 'XRLIB_REUSE_HEAP'" in res.stderr

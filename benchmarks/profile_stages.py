@@ -1,0 +1,216 @@
+"""Where the seconds of the CPU stages go: the profiles behind the stage benchmark's README notes.
+
+``bench_stages.py`` says how much faster a stage became; this script says what is left in it, with
+the measurements the README quotes (this checkout only, no "before"):
+
+- ``train-step``: one optimiser step of the profile's study U-Net (depth 5, Dice loss, Adam) at its
+  batch and input size on random inputs, median over interleaved rounds, for the settings the
+  training loop uses (deterministic algorithms, which also fill new tensors with NaN) and the
+  alternatives: no NaN fill, channels-last memory format, non-deterministic algorithms and, with
+  ``--compile``, ``torch.compile`` (its first step, the compilation, printed apart; set
+  ``TORCHINDUCTOR_CACHE_DIR`` to an empty folder for a cold compile);
+- ``first-touch``: :func:`xrlib.drr.physics.material_densities` of the example CT three times in a row
+  with the default allocator, then three times inside :func:`xrlib.core.memory.reuse_heap`;
+- ``cohort``: one virtual subject of the example CT under ``cProfile``: its total and the share of the
+  ITK warps, the NIfTI writes and the displacement field;
+- ``rendering``: one realistic shard (the surrogate's jittered poses) after an untimed one, with the
+  time of each channel the RTK projector projects.
+
+Usage::
+
+    python benchmarks/profile_stages.py [--parts train-step first-touch cohort rendering] [--profile quick]
+        [--rounds 12] [--compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+PARTS = ("train-step", "first-touch", "cohort", "rendering")
+
+
+def train_step(profile_name: str, rounds: int, compile_too: bool) -> None:
+    import torch
+
+    from xrlib.core.profiles import load_profile
+    from xrlib.nets.losses import make_loss
+    from xrlib.nets.unet import build_unet
+    from xrlib.studies.rotation.models import study_configs
+
+    cfg = study_configs(load_profile(profile_name))[0]
+    size = load_profile(profile_name).image_size
+    torch.set_num_threads(cfg.threads)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(cfg.batch_size, 1, size, size, generator=g)
+    y = (torch.rand(x.shape, generator=g) > 0.7).float()
+    loss_fn = make_loss(cfg.loss)
+    # name -> (deterministic, NaN fill, channels-last, compiled)
+    variants = {"as the loop trains (deterministic)": (True, True, False, False),
+                "no NaN fill of new tensors": (True, False, False, False),
+                "channels-last": (True, True, True, False),
+                "non-deterministic algorithms": (False, False, False, False)}
+    if compile_too:
+        variants["torch.compile"] = (True, True, False, True)
+    state = {}
+    for name, (_, _, cl, comp) in variants.items():
+        torch.manual_seed(0)
+        model = build_unet(cfg.depth, cfg.base_channels)
+        if cl:
+            model = model.to(memory_format=torch.channels_last)
+        opt = torch.optim.Adam(model.parameters(), lr=float(cfg.lr))
+        fwd = model
+        if comp:
+            t0 = time.perf_counter()
+            fwd = torch.compile(model)
+            opt.zero_grad()
+            loss_fn(fwd(x), y).backward()
+            print(f"torch.compile: first step (compilation) {time.perf_counter() - t0:.1f} s", flush=True)
+        state[name] = (fwd, opt, x.contiguous(memory_format=torch.channels_last) if cl else x)
+    times = {k: [] for k in variants}
+    prev = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+    try:
+        for r in range(rounds):
+            for name, (det, fill, _, _) in variants.items():
+                torch.use_deterministic_algorithms(det, warn_only=True)
+                torch.utils.deterministic.fill_uninitialized_memory = fill
+                fwd, opt, xx = state[name]
+                t0 = time.perf_counter()
+                for _ in range(3):
+                    opt.zero_grad(set_to_none=True)
+                    loss_fn(fwd(xx), y).backward()
+                    opt.step()
+                times[name].append((time.perf_counter() - t0) / 3)
+    finally:
+        torch.use_deterministic_algorithms(prev[0], warn_only=True)
+        torch.utils.deterministic.fill_uninitialized_memory = prev[1]
+    ref = statistics.median(times[next(iter(variants))][2:])
+    print(f"\ntraining step of {cfg.name}'s U-Net, batch {cfg.batch_size} at {size}², {cfg.threads} threads "
+          f"(median of {rounds - 2} interleaved rounds of 3 steps)\n")
+    print("| setting | ms per step | speed vs the loop's setting |\n|---|---:|---:|")
+    for name in variants:
+        m = statistics.median(times[name][2:])
+        print(f"| {name} | {1000 * m:.1f} | {ref / m:.2f}× |")
+
+
+def first_touch() -> None:
+    from xrlib.core.ct import load_example
+    from xrlib.core.memory import reuse_heap
+    from xrlib.drr.physics import material_densities
+
+    ct, _ = load_example()
+
+    def three() -> list[float]:
+        out = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            material_densities(ct.array)
+            out.append(time.perf_counter() - t0)
+        return out
+
+    plain = three()
+    with reuse_heap() as took:
+        kept = three()
+    print(f"\nmaterial_densities of the example CT ({ct.array.size / 1e6:.0f} M voxels), three calls in a row, s:")
+    print("default allocator:", ", ".join(f"{t:.2f}" for t in plain))
+    print(f"inside reuse_heap (took effect: {took}):", ", ".join(f"{t:.2f}" for t in kept))
+
+
+def _shares(stats: pstats.Stats, total: float, parts: dict[str, str]) -> None:
+    found = {k: 0.0 for k in parts}
+    for (_, _, func), (_, _, _, cum, _) in stats.stats.items():
+        for label, name in parts.items():
+            if func == name:
+                found[label] = max(found[label], cum)
+    for label, t in found.items():
+        print(f"| {label} | {t:.2f} | {100 * t / total:.0f} % |")
+
+
+def cohort(profile_name: str) -> None:
+    import os
+
+    from xrlib.anatomy import cohort as C
+    from xrlib.core.ct import load_example
+    from xrlib.core.profiles import load_profile
+
+    ct, labels = load_example()
+    cfg = C.CohortConfig.from_profile(load_profile(profile_name))
+    with tempfile.TemporaryDirectory() as out:
+        task = C.SubjectTask("example", 0, ct, labels, cfg, Path(out), "profile", "profile", threads=os.cpu_count() or 1)
+        pr = cProfile.Profile()
+        t0 = time.perf_counter()
+        pr.runcall(task.run)
+        total = time.perf_counter() - t0
+    print(f"\none virtual subject of the example CT ({profile_name} settings, ITK on {task.threads} threads): {total:.2f} s\n")
+    print("| part | s | share |\n|---|---:|---:|")
+    _shares(pstats.Stats(pr), total, {"ITK warps (CT linear, labels nearest)": "Warp",
+                                      "compressed NIfTI writes": "write_image_atomic",
+                                      "displacement field and folding guard": "_displacement_field"})
+
+
+def rendering(profile_name: str) -> None:
+    from xrlib.core.ct import load_example
+    from xrlib.core.memory import reuse_heap
+    from xrlib.core.profiles import load_profile
+    from xrlib.data.recipes import JitteredRecipe, render_subject
+    from xrlib.drr.projector import RTKProjector
+
+    profile = load_profile(profile_name)
+    ct, labels = load_example()
+    recipe = JitteredRecipe(physics="realistic", dose_mas=profile.surrogate.dose_mas, seed=profile.seed,
+                            jitter=profile.surrogate)
+    calls: list[tuple[tuple, float]] = []
+    original = RTKProjector._project_volume
+
+    def timed(self, vol, rays):
+        t0 = time.perf_counter()
+        out = original(self, vol, rays)
+        calls.append((vol.array.shape, time.perf_counter() - t0))
+        return out
+
+    RTKProjector._project_volume = timed
+    try:
+        with reuse_heap():  # as the in-process executor runs shards
+            render_subject(ct, labels, profile, recipe, "warm-up")
+            calls.clear()
+            t0 = time.perf_counter()
+            render_subject(ct, labels, profile, recipe, "example")
+            total = time.perf_counter() - t0
+    finally:
+        RTKProjector._project_volume = original
+    proj = sum(t for _, t in calls)
+    print(f"\none realistic shard ({profile.surrogate.poses_per_subject} jittered poses, "
+          f"{profile.render.detector}² detector) after an untimed one: {total:.2f} s, of it the RTK projector "
+          f"{proj:.2f} s ({100 * proj / total:.0f} %)\n")
+    print("| projected channel (k, j, i voxels) | s |\n|---|---:|")
+    for shape, t in calls:
+        print(f"| {shape} | {t:.2f} |")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
+    ap.add_argument("--profile", default="quick")
+    ap.add_argument("--rounds", type=int, default=12, help="train-step: interleaved rounds (the first 2 are dropped)")
+    ap.add_argument("--compile", action="store_true", help="train-step: also torch.compile (about a minute to compile)")
+    args = ap.parse_args(argv)
+    if args.rounds < 3:
+        ap.error("--rounds: expected at least 3 (the first 2 are warm-up)")
+    for part in args.parts:
+        if part == "train-step":
+            train_step(args.profile, args.rounds, args.compile)
+        elif part == "first-touch":
+            first_touch()
+        elif part == "cohort":
+            cohort(args.profile)
+        else:
+            rendering(args.profile)
+
+
+if __name__ == "__main__":
+    main()
