@@ -5,7 +5,8 @@ the deformed CT and labels, four material-density volumes, padded copies). glibc
 allocation above its mmap threshold (at most 32 MiB) with a fresh ``mmap`` and returns it with
 ``munmap`` on ``free``, so every subject touches new pages again; on this project's 2-core VM that
 first touch costs more than the arithmetic on the array (``material_densities`` of the example CT,
-three calls in one process: 3.0, 1.1 and 0.4 s). :func:`reuse_heap` makes glibc
+three calls in a row: 3.09, 0.53 and 0.42 s; inside :func:`reuse_heap` 1.11, 0.34 and 0.30 s —
+``benchmarks/profile_stages.py --parts first-touch``). :func:`reuse_heap` makes glibc
 serve large blocks from its heap instead (``M_MMAP_MAX = 0``) and keep freed memory there
 (``M_TRIM_THRESHOLD`` 1 GiB), so the next subject reuses the pages of the last one. Numbers do not
 change — only where the bytes live. On exit the defaults are restored and ``malloc_trim`` hands
