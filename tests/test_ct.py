@@ -13,6 +13,7 @@ from xrlib.core.ct import (
     CLAVICLE_LEFT_LABEL,
     CLAVICLE_RIGHT_LABEL,
     Volume,
+    block_mean,
     crop_to_support,
     load_ct,
     load_example,
@@ -355,3 +356,45 @@ def test_input_error_pickles_with_details():
     err = InputError("x.nii", "truncated", details=["a", "b"])
     back = pickle.loads(pickle.dumps(err))
     assert (str(back), back.source, back.problem, back.details) == ("x.nii: truncated", "x.nii", "truncated", ("a", "b"))
+
+
+@pytest.mark.parametrize("factors", [(2, 2, 1), (3, 2, 2), (1, 1, 4), (5, 5, 5)])
+def test_block_mean_equals_skimage_block_reduce_and_keeps_sums_and_centroids(factors):
+    from skimage.measure import block_reduce
+
+    rng = np.random.default_rng(1)
+    vol = Volume(rng.random((13, 17, 22), dtype=np.float32), SPACING, ORIGIN, _rotation())  # no axis divides evenly
+    out = block_mean(vol, factors)
+    fi, fj, fk = factors
+    ref = block_reduce(vol.array, (fk, fj, fi), np.mean, cval=0)  # the maintained implementation
+    assert out.array.dtype == np.float32 and out.array.shape == ref.shape
+    np.testing.assert_allclose(out.array, ref, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(out.spacing, np.multiply(vol.spacing, factors))
+    np.testing.assert_allclose(out.direction, vol.direction)
+    # Every block keeps the sum of its voxels (short end blocks averaged with zeros): the total is kept.
+    assert out.array.sum() * np.prod(factors) == pytest.approx(vol.array.sum(), rel=1e-5)
+    # A volume that is constant on each block comes back exactly as the coarse array it was made
+    # from, with the same intensity-weighted centre (each block's mass sits at its centre).
+    coarse = rng.random((4, 3, 5), dtype=np.float32)
+    fine = Volume(np.ascontiguousarray(coarse.repeat(fk, 0).repeat(fj, 1).repeat(fi, 2)), SPACING, ORIGIN, _rotation())
+    back = block_mean(fine, factors)
+    np.testing.assert_allclose(back.array, coarse, rtol=1e-5)  # float32 sums of up to 125 voxels
+
+    def centroid(v):
+        k, j, i = np.indices(v.array.shape)
+        ijk1 = np.stack([i, j, k, np.ones_like(i)], -1).reshape(-1, 4).astype(float)
+        w = v.array.reshape(-1).astype(float)
+        return (ijk1 @ v.index_to_world.T)[:, :3].T @ w / w.sum()
+
+    np.testing.assert_allclose(centroid(back), centroid(fine), atol=1e-4)
+
+
+def test_block_mean_of_unit_factors_is_the_volume_and_bad_factors_are_refused():
+    vol = synthetic_ct()
+    same = block_mean(vol, (1, 1, 1))
+    np.testing.assert_array_equal(same.array, vol.array.astype(np.float32))
+    assert same.spacing == vol.spacing and same.origin == vol.origin
+    with pytest.raises(ValueError, match=r"block factors must be three integers ≥ 1, got \(2, 0, 1\)"):
+        block_mean(vol, (2, 0, 1))
+    with pytest.raises(ValueError, match="block factors must be three integers"):
+        block_mean(vol, (2, 2))

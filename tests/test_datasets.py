@@ -368,14 +368,17 @@ def test_cli_unknown_profile_exits_2_with_one_line(capsys):
 
 
 def test_dataset_hash_payload_is_that_of_the_original_code():
-    """The build hash changes only with the version: the payload form of commit dea4f93, at version 2 (the
-    varied surrogate and physics-order noise); a change of this value without a version bump is a bug."""
+    """The build hash changes only with a version: the payload form of commit dea4f93 at dataset version 2
+    (the varied surrogate and physics-order noise), followed by the rendering version (2: the detector
+    prefilter); a change of this value without a version bump is a bug."""
     import hashlib
 
+    from xrlib.drr.render import RENDER_VERSION
+
     cfg = tiny_profile()
-    expected = hashlib.sha256(f"{profile_hash(cfg.raw, DATASET_KEYS)}|fp0|v2".encode()).hexdigest()
-    assert DATASETS_VERSION == 2
-    assert dataset_hash(cfg, "fp0") == expected == "61f3ad9d9d602c363aa6c1ed89c7e142d8d14b26b7ee8ac9282dde3e91437ab6"
+    expected = hashlib.sha256(f"{profile_hash(cfg.raw, DATASET_KEYS)}|fp0|v2|r2".encode()).hexdigest()
+    assert DATASETS_VERSION == 2 and RENDER_VERSION == 2
+    assert dataset_hash(cfg, "fp0") == expected == "34daa534e02eed24e7f7d3870275acb31f75b9e269144b9f913a37503a41d9f1"
 
 
 def test_resize_bilinear_of_a_stack_equals_each_image_resized():

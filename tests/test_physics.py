@@ -278,3 +278,23 @@ def test_bad_inputs_raise_clear_errors():
         P.realistic_image({"metal": np.zeros((4, 4))}, PITCH, SDD, NOISELESS)
     with pytest.raises(ValueError, match="field contains no valid pixels"):
         P.postprocess(np.zeros((4, 4)), np.zeros((4, 4), bool))
+
+
+def test_blockwise_volume_maps_equal_the_whole_array_formulas():
+    """naive_mu, heuristic_mu and material_densities run block by block; every voxel gets the
+    whole-array formula's float32 value (NaN included), across block edges and for both paths of
+    material_densities."""
+    rng = np.random.default_rng(7)
+    hu = rng.integers(-1100, 2500, size=(9, 170, 190)).astype(np.float32)  # > one block (2**18 voxels)
+    hu[0, 0, :3] = [-1000.0, -800.0, 300.0]
+    frac = hu + np.float32(0.5)
+    frac[0, 0, 3] = np.nan
+    for vol in (hu, frac):  # integral HU: the table path; fractional (and NaN): the interpolation
+        rel = np.maximum(np.float32(0.0), np.float32(1.0) + vol / np.float32(1000.0))
+        naive = rel * np.float32(P.mu_water_per_mm(60.0))
+        np.testing.assert_array_equal(P.naive_mu(vol), naive)
+        np.testing.assert_array_equal(P.heuristic_mu(vol), np.where(vol < np.float32(-800.0), np.float32(0.0), naive))
+        label = np.searchsorted(np.asarray(P.DEFAULT_THRESHOLDS, np.float32), vol, side="right")
+        rho = np.interp(vol, P._SCHNEIDER_HU, P._SCHNEIDER_RHO).astype(np.float32)
+        for i, m in enumerate(P.MATERIALS):
+            np.testing.assert_array_equal(P.material_densities(vol)[m], np.where(label == i, rho, np.float32(0.0)))

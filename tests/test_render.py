@@ -245,3 +245,51 @@ def test_cropped_mask_channels_integrate_exactly_as_the_ct_sized_padded_masks(ex
     assert want.max() > 5.0  # the clavicles are in view
     empty = mask_channel(clav.left.with_array(np.zeros_like(clav.left.array)), fov)
     assert empty.array.shape == (1, 1, 1) and not empty.array.any()
+
+
+def _stripes(hu_on: float = 0.0) -> Volume:
+    """Water columns one voxel wide at even i, alternating with air along i (LR), inside an air
+    margin: 1 × 1 × 3 mm voxels, 63 along i so that the central rays (2 mm apart at the default
+    isocenter, the grid centre) pass through the columns."""
+    arr = np.full((20, 64, 63), -1000.0, np.float32)
+    arr[2:-2, 4:-4, 4:-4:2] = hu_on
+    return Volume(arr, (1.0, 1.0, 3.0), (-31.0, -31.5, -28.5), np.eye(3))
+
+
+def test_prefilter_factors_are_voxels_per_pixel_at_the_isocenter(example):
+    from xrlib.drr.render import detector_prefilter_factors
+
+    ct, _ = example  # 0.70 × 0.70 × 2.5 mm
+    quick = Geometry(height=256, width=256, pitch=432.0 / 256)  # 1.41 mm per pixel at the isocenter
+    assert detector_prefilter_factors(ct, quick) == (2, 2, 1)
+    assert detector_prefilter_factors(ct, Geometry()) == (1, 1, 1)  # the paper's 0.20 mm
+    assert detector_prefilter_factors(_stripes(), Geometry(height=8, width=8, pitch=2.4 * 3)) == (6, 6, 2)
+
+
+def test_prefilter_turns_sub_pixel_stripes_into_their_mean_instead_of_aliasing():
+    """Stripes finer than a pixel project exactly as a uniform volume of their mean; unfiltered, they alias."""
+    g = Geometry(height=24, width=24, pitch=2.4)  # 2 mm per pixel at the isocenter: blocks of 2 × 2 × 1 voxels
+    stripes = _stripes()
+    mean = stripes.array.copy()
+    mean[2:-2, 4:-4, 4:60] = -500.0  # the water-air mean of every pair of columns (i = 4, 5 … 58, 59)
+    mean = stripes.with_array(mean)
+    kw = dict(physics="naive", backend="rtk", fov="none")
+    filtered = render(stripes, None, g, **kw).image
+    np.testing.assert_array_equal(filtered, render(mean, None, g, **kw).image)
+    raw = render(stripes, None, g, prefilter=False, **kw).image
+    # Unfiltered, each ray samples the columns at its own phase: a moiré across the detector.
+    inner = (slice(4, -4), slice(4, -4))  # pixels whose rays cross the stripes over their whole depth
+    assert np.ptp(raw[inner]) / raw[inner].mean() > 0.05 and np.ptp(filtered[inner]) / filtered[inner].mean() < 1e-3
+
+
+def test_without_prefilter_the_physics_channels_are_projected_as_they_are(example):
+    from xrlib.drr.projector import get_projector
+    from xrlib.drr.render import pad_superior, physics_channels, project_levels
+
+    ct, _ = example
+    geom, poses = Geometry(height=48, width=48, pitch=432.0 / 256), [Pose(alpha=5.0)]  # the quick pitch
+    got = project_levels(ct, None, geom, poses, ("naive",), "rtk", prefilter=False).stack
+    want = get_projector("rtk").project(physics_channels(pad_superior(ct, [])[0], "naive")[0], geom, poses, ct.center)
+    np.testing.assert_array_equal(got, want)
+    filtered = project_levels(ct, None, geom, poses, ("naive",), "rtk").stack
+    assert 0 < np.abs(filtered - want).max() and np.linalg.norm(filtered - want) / np.linalg.norm(want) < 0.05

@@ -506,6 +506,71 @@ def _clavicle_ml(labels: np.ndarray, label: int, voxel_ml: float) -> float:
     return float(np.count_nonzero(labels == label)) * voxel_ml
 
 
+def _label_region(u: np.ndarray, size, origin, spacing: float, src: Volume, out: Volume):
+    """Index box ``(lo, hi)`` (``(i, j, k)``, ``hi`` exclusive) of ``out``'s grid outside which a
+    nearest-neighbour warp of ``src`` through the coarse field ``u`` gives 0 everywhere, or ``None``
+    if ``src`` is all zero.
+
+    The warp samples ``src`` at ``x + u(x)``, with ``u`` trilinear between field nodes; ``x`` is
+    trilinear in the node positions too, so the source points of a field cell lie in the bounding
+    box of its 8 nodes' source points. A cell can reach a non-zero label only if that box meets the
+    world box of ``src``'s support, widened by half a voxel (nearest-neighbour rounding). The
+    answer is the output-grid box around every such cell, with one voxel to spare.
+    """
+    kj, ji = src.array.any(axis=2), src.array.any(axis=0)  # (k, j) and (j, i) occupancy
+    if not kj.any():
+        return None
+    occupied = (ji.any(axis=0), kj.any(axis=0), kj.any(axis=1))  # along i, j, k
+    lo = np.array([np.flatnonzero(a)[0] for a in occupied], float) - 0.5
+    hi = np.array([np.flatnonzero(a)[-1] for a in occupied], float) + 0.5
+    corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
+    m = src.index_to_world
+    world = corners @ m[:3, :3].T + m[:3, 3]
+    box_lo, box_hi = world.min(0), world.max(0)
+    q = _grid_points(size, origin, spacing) + u  # source point of every node, [k, j, i, 3]
+    views = [q[a:a + q.shape[0] - 1, b:b + q.shape[1] - 1, c:c + q.shape[2] - 1] for a in (0, 1) for b in (0, 1) for c in (0, 1)]
+    q_lo, q_hi = views[0].copy(), views[0].copy()
+    for v in views[1:]:
+        np.minimum(q_lo, v, out=q_lo)
+        np.maximum(q_hi, v, out=q_hi)
+    reach = np.all((q_hi >= box_lo) & (q_lo <= box_hi), axis=-1)  # cells [k, j, i]
+    if not reach.any():
+        return np.zeros(3, int), np.zeros(3, int)
+    cells = [np.flatnonzero(reach.any(axis=tuple(x for x in range(3) if x != a))) for a in (2, 1, 0)]  # i, j, k
+    cell_lo = np.array([c[0] for c in cells], float)
+    cell_hi = np.array([c[-1] + 1 for c in cells], float)
+    w_lo = np.asarray(origin, float) + spacing * cell_lo  # world box of the reaching cells
+    w_hi = np.asarray(origin, float) + spacing * cell_hi
+    wc = np.array([[a, b, c] for a in (w_lo[0], w_hi[0]) for b in (w_lo[1], w_hi[1]) for c in (w_lo[2], w_hi[2])])
+    inv = np.linalg.inv(out.index_to_world)
+    idx = wc @ inv[:3, :3].T + inv[:3, 3]
+    shape = np.asarray(out.shape_ijk)
+    first = np.clip(np.floor(idx.min(0)).astype(int) - 1, 0, shape)
+    last = np.clip(np.ceil(idx.max(0)).astype(int) + 2, 0, shape)
+    return first, last
+
+
+def _warp_labels(lab_img: sitk.Image, field_img: sitk.Image, out: Volume, region) -> sitk.Image:
+    """Nearest-neighbour warp of ``lab_img`` onto ``out``'s grid, computed inside ``region`` only
+    (:func:`_label_region`; 0 elsewhere). Each voxel of the box gets what the warp of the whole
+    grid gives it (the same physical point, field value and rounding), at about half the cost for
+    the example CT, whose labels fill half of it."""
+    direction = tuple(float(d) for d in np.asarray(out.direction).ravel())
+    arr = np.zeros(out.array.shape, sitk.GetArrayViewFromImage(lab_img).dtype)
+    if region is not None:
+        first, last = region
+        if np.all(last > first):
+            start = out.index_to_world[:3, :3] @ first.astype(float) + np.asarray(out.origin, float)
+            part = sitk.Warp(lab_img, field_img, sitk.sitkNearestNeighbor, [int(x) for x in last - first],
+                             tuple(float(x) for x in start), out.spacing, direction, 0.0)
+            arr[first[2]:last[2], first[1]:last[1], first[0]:last[0]] = sitk.GetArrayViewFromImage(part)
+    img = sitk.GetImageFromArray(arr)
+    img.SetOrigin(tuple(float(x) for x in out.origin))
+    img.SetSpacing(tuple(float(x) for x in out.spacing))
+    img.SetDirection(direction)
+    return img
+
+
 def deform(
     ct: Volume,
     labels: Volume,
@@ -540,11 +605,12 @@ def deform(
         ct_img = sitk.Cast(ct_img, sitk.sitkFloat32)
     lab_img = src_lab.to_sitk()
     grid = (ct.shape_ijk, ct.origin, ct.spacing, tuple(float(d) for d in np.asarray(ct.direction).ravel()))
-    out = []
-    for img, interp, default in ((ct_img, sitk.sitkLinear, AIR_HU), (lab_img, sitk.sitkNearestNeighbor, 0.0)):
-        # WarpImageFilter with the coarse field gives the same voxels as sitk.Resample with the
-        # DisplacementFieldTransform of that field (pinned by a test) in about half the time.
-        out.append(sitk.Warp(img, field_img, interp, *grid, default))
+    # WarpImageFilter with the coarse field gives the same voxels as sitk.Resample with the
+    # DisplacementFieldTransform of that field (pinned by a test) in about half the time.
+    out = [sitk.Warp(ct_img, field_img, sitk.sitkLinear, *grid, AIR_HU)]
+    size, origin = _field_grid(ct, float(config.field_spacing_mm))
+    region = _label_region(u, size, origin, float(config.field_spacing_mm), src_lab, ct)
+    out.append(_warp_labels(lab_img, field_img, ct, region))
     new_ct = Volume.from_sitk(out[0], source=f"{ct.source} [virtual seed {params.seed}]")
     new_lab = Volume.from_sitk(out[1], source=f"{labels.source} [virtual seed {params.seed}]")
 

@@ -371,13 +371,13 @@ def crop_to_support(vol: Volume, margin: int = 1) -> Volume | None:
     projectors use it to skip empty space, e.g. for clavicle masks. Returns ``None`` if ``vol`` is
     all zero.
     """
-    nz = vol.array != 0
-    kj = nz.any(axis=2)  # (k, j) — two cheap reductions instead of np.nonzero on the whole CT
-    ji = nz.any(axis=0)  # (j, i)
+    kj = vol.array.any(axis=2)  # (k, j) — two cheap reductions instead of np.nonzero on the whole CT
+    ji = vol.array.any(axis=0)  # (j, i); any() counts NaN as non-zero, as ``!= 0`` does
     if not kj.any():
         return None
     lo, hi = [], []
-    for occupied, n in ((kj.any(axis=1), nz.shape[0]), (kj.any(axis=0), nz.shape[1]), (ji.any(axis=0), nz.shape[2])):
+    shape = vol.array.shape
+    for occupied, n in ((kj.any(axis=1), shape[0]), (kj.any(axis=0), shape[1]), (ji.any(axis=0), shape[2])):
         idx = np.flatnonzero(occupied)
         lo.append(max(int(idx[0]) - margin, 0))  # (k, j, i) order
         hi.append(min(int(idx[-1]) + margin + 1, n))
@@ -385,3 +385,39 @@ def crop_to_support(vol: Volume, margin: int = 1) -> Volume | None:
     start_ijk = np.array(lo[::-1], float)
     origin = vol.index_to_world[:3, :3] @ start_ijk + np.asarray(vol.origin, float)
     return Volume(np.ascontiguousarray(sub), vol.spacing, tuple(origin), vol.direction, vol.source)
+
+
+def block_mean(vol: Volume, factors_ijk: tuple[int, int, int]) -> Volume:
+    """``vol`` averaged over blocks of ``factors_ijk`` voxels (float32), on the matching coarser grid.
+
+    Block ``(I, J, K)`` holds the mean of voxels ``f·(I, J, K) … f·(I, J, K) + f − 1``; its centre is
+    the mean of their centres, so the new origin moves by ``(f − 1)/2`` old voxels along each axis and
+    the spacing grows ``f``-fold. A block cut short by the grid's end is averaged with zeros, as
+    :func:`skimage.measure.block_reduce` with ``cval=0`` does (a test pins the two against each
+    other): every block keeps the sum of its voxels, so line integrals through the volume, and its
+    total, are preserved. Summing the ``f_i·f_j·f_k`` strided sub-grids a few slabs at a time is about
+    six times faster than ``block_reduce`` for the example CT (its slabs stay in the CPU cache).
+    """
+    f = [int(x) for x in factors_ijk]
+    if len(f) != 3 or min(f) < 1:
+        raise ValueError(f"block factors must be three integers ≥ 1, got {factors_ijk}")
+    fi, fj, fk = f
+    src = np.asarray(vol.array, np.float32)
+    if f == [1, 1, 1]:
+        return vol.with_array(src)
+    out = np.empty(tuple(-(-n // m) for n, m in zip(src.shape, (fk, fj, fi))), np.float32)
+    step = fk * max(1, (1 << 18) // max(1, src.shape[1] * src.shape[2]))  # slabs of about 1 MiB
+    for k0 in range(0, src.shape[0], step):
+        slab = src[k0 : k0 + step]
+        o = out[k0 // fk : k0 // fk + -(-slab.shape[0] // fk)]
+        o.fill(0.0)
+        for dk in range(fk):
+            for dj in range(fj):
+                for di in range(fi):
+                    part = slab[dk::fk, dj::fj, di::fi]
+                    o[: part.shape[0], : part.shape[1], : part.shape[2]] += part
+    out *= np.float32(1.0 / (fi * fj * fk))
+    shift = (np.asarray(f, float) - 1.0) / 2.0
+    origin = vol.index_to_world[:3, :3] @ shift + np.asarray(vol.origin, float)
+    spacing = tuple(float(s) * m for s, m in zip(vol.spacing, f))
+    return Volume(out, spacing, tuple(float(x) for x in origin), vol.direction, vol.source)

@@ -28,7 +28,7 @@ must stay within 45° of the marching axis (|α|, |tilt| up to about 35° with t
 The field (:func:`xrlib.drr.geometry.complete_ray_field`) is a boolean mask computed with numpy
 from the detached pose; image and masks are 0 outside it, as in ``render_batch``.
 
-Volume gradient: ``r.mu`` is the cropped μ volume (1/mm, numpy layout ``(k, j, i)`` of the grid
+Volume gradient: ``r.mu`` is the cropped, prefiltered μ volume (1/mm, numpy layout ``(k, j, i)`` of the grid
 ``r.mu_volume``) as a leaf tensor; ``r.mu.requires_grad_(True)`` makes the next calls
 differentiable w.r.t. it (``r.mu.grad`` after ``backward``). Without it the renderer uses a copy
 laid out for marching, made once.
@@ -44,7 +44,7 @@ from xrlib.core.ct import ClavicleMasks, Volume, crop_to_support
 from xrlib.core.profiles import FOV_MODES
 from xrlib.core.runs import resolve_device
 from xrlib.drr.geometry import Geometry, Pose, complete_ray_field, rays_in_patient_frame, rays_torch
-from xrlib.drr.render import PAD_MM, render_channels
+from xrlib.drr.render import PAD_MM, detector_prefilter, render_channels
 
 #: Physics chains the differentiable renderer supports (line integrals of one μ channel).
 DIFF_PHYSICS = ("naive", "heuristic")
@@ -187,11 +187,13 @@ class DifferentiableRenderer:
         step_mm: sampling step along the marching axis; ``None`` = every slice (Joseph, as ``rtk``).
         dtype: torch dtype of volumes and geometry (``torch.float32``; float64 for gradient checks).
         max_samples: samples per chunk of slices (small chunks let the allocator reuse their buffers).
+        prefilter: march the μ volume as :func:`xrlib.drr.render.detector_prefilter` leaves it, as
+            ``render_batch`` projects it (the default); ``False``: the μ volume as it is.
     """
 
     def __init__(self, ct: Volume, clavicles: ClavicleMasks | None, geometry: Geometry, physics: str = "naive",
                  device=None, fov: str = "pad", pad_mm: float = PAD_MM, isocenter: np.ndarray | None = None,
-                 step_mm: float | None = None, dtype=None, max_samples: int = 2**21):
+                 step_mm: float | None = None, dtype=None, max_samples: int = 2**21, prefilter: bool = True):
         import torch
 
         if physics not in DIFF_PHYSICS:
@@ -206,6 +208,8 @@ class DifferentiableRenderer:
         self.isocenter = ct.center if isocenter is None else np.asarray(isocenter, float)
         ct, channels, _ = render_channels(ct, clavicles, physics, fov, pad_mm)
         mu, masks = channels[0], channels[1:]
+        if prefilter:
+            mu = detector_prefilter(mu, geometry)
         self.grid = (ct.index_to_world, ct.shape_ijk)  # the (padded) CT grid that defines the field
         self.mu_volume = crop_to_support(mu) or mu
         self._mu = _Group([self.mu_volume], step_mm, torch, self.device, self.dtype)

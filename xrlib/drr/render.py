@@ -28,6 +28,19 @@ see only part of the anatomy, which shows as an artificial horizontal edge. Thre
 
 In every mode ``Radiograph.field`` marks the valid area; image and masks are zero outside it, so
 they are always cut at the same place. CTs with full neck and shoulder coverage are barely affected.
+
+Detector prefilter
+------------------
+A detector pixel integrates the fluence over its area, while a ray-driven projector samples one
+ray per pixel. Where a pixel spans several CT voxels, that point sample aliases the CT's finer
+detail. The physics channels are therefore projected as :func:`detector_prefilter` leaves them:
+averaged over blocks of ``⌊pitch at the isocenter / voxel spacing⌋`` voxels per index axis (a box
+filter of about one pixel, :func:`xrlib.core.ct.block_mean`), which preserves every line integral
+and, along the rays, cuts the slices each ray crosses by the same factor. At the quick detector
+(1.41 mm per pixel at the isocenter) the example CT (0.70 × 0.70 × 2.5 mm) is averaged over 2 × 2
+voxels in-plane, which halves the projector's time; at the paper's detector (0.20 mm) every factor
+is 1 and nothing changes. The clavicle masks are projected at full resolution: they are the labels.
+``prefilter=False`` projects the channels as they are (rendering version 1).
 """
 
 from __future__ import annotations
@@ -50,6 +63,9 @@ PAD_MM = 80.0
 PAD_HU = 40.0
 #: Default path-length threshold (mm) above which a pixel belongs to a projected clavicle.
 MASK_THRESHOLD_MM = 0.5
+#: Version of the rendered numbers, part of every cache key of rendered images (datasets, the
+#: chapters' re-rendered sources, stage stamps). 2: physics channels pass :func:`detector_prefilter`.
+RENDER_VERSION = 2
 
 
 @dataclass
@@ -93,6 +109,28 @@ def physics_channels(ct: Volume, physics: str, energy_kev: float = 60.0) -> tupl
         dens = phys.material_densities(ct.array)
         return [ct.with_array(dens[m]) for m in phys.MATERIALS], list(phys.MATERIALS)
     raise ValueError(f"unknown physics {physics!r}; expected one of {', '.join(PHYSICS)}")
+
+
+def detector_prefilter_factors(vol: Volume, geometry: Geometry) -> tuple[int, int, int]:
+    """Voxels of ``vol`` per detector pixel at the isocenter along each index axis ``(i, j, k)``, at least 1."""
+    return tuple(max(1, int(np.floor(geometry.pitch_iso / float(s) + 1e-6))) for s in vol.spacing)
+
+
+def detector_prefilter(vol: Volume, geometry: Geometry) -> Volume:
+    """A physics channel as it is projected: cropped to its support, then averaged over blocks of
+    :func:`detector_prefilter_factors` voxels (see the module docstring).
+
+    The crop keeps a margin of one block of zero voxels where the grid allows: Joseph's projector
+    integrates from the centre of a ray's first slice to the centre of its last, so a block that
+    held non-zero voxels must not be the outermost one. Line integrals are then kept.
+    """
+    from xrlib.core.ct import block_mean, crop_to_support
+
+    factors = detector_prefilter_factors(vol, geometry)
+    if factors == (1, 1, 1):
+        return vol
+    sub = crop_to_support(vol, margin=max(factors))
+    return vol if sub is None else block_mean(sub, factors)
 
 
 def _superior_axis(vol: Volume, pad_mm: float) -> tuple[int, int, int, bool]:
@@ -227,11 +265,12 @@ class Projection:
 
 def project_levels(ct: Volume, clavicles: ClavicleMasks | None, geometry: Geometry, poses: Sequence[Pose],
                    levels: Sequence[str] = ("naive",), backend: str | Projector = "auto", fov: str = "pad",
-                   pad_mm: float = PAD_MM, isocenter: np.ndarray | None = None) -> Projection:
+                   pad_mm: float = PAD_MM, isocenter: np.ndarray | None = None, prefilter: bool = True) -> Projection:
     """Project the channels of every physics level in ``levels`` (and the clavicle masks) once for all ``poses``.
 
     The chains of :func:`radiographs` then make each level's images from the same line integrals, so
-    images of one pose under several simulators share one projection (and one set of masks).
+    images of one pose under several simulators share one projection (and one set of masks). The
+    physics channels pass :func:`detector_prefilter` unless ``prefilter=False``.
     """
     levels = list(dict.fromkeys(levels))
     for lv in levels:
@@ -246,7 +285,8 @@ def project_levels(ct: Volume, clavicles: ClavicleMasks | None, geometry: Geomet
         ct, _ = pad_superior(ct, [], pad_mm)
     channels, names = [], []
     for lv in levels:  # each level's channels as physics_channels makes them, named per level
-        channels += physics_channels(ct, lv)[0]
+        level = physics_channels(ct, lv)[0]
+        channels += [detector_prefilter(c, geometry) for c in level] if prefilter else level
         names += list(LEVEL_CHANNELS[lv])
     channels += masks
     names += list(MASK_CHANNELS) if masks else []
@@ -335,6 +375,7 @@ def render_batch(
     realistic: phys.RealisticParams | Sequence[phys.RealisticParams] | None = None,
     isocenter: np.ndarray | None = None,
     display: bool = False,
+    prefilter: bool = True,
 ) -> list[Radiograph]:
     """Render ``ct`` (and its clavicle masks) at every pose in ``poses``.
 
@@ -356,6 +397,7 @@ def render_batch(
         isocenter: rotation centre (mm, LPS); default the CT grid centre.
         display: also post-process each image for display (``Radiograph.display``: window + unsharp
             masking of :func:`xrlib.drr.physics.postprocess` at the detector pitch, [0, 1]).
+        prefilter: project the physics channels through :func:`detector_prefilter` (the default).
     """
     if physics not in PHYSICS:
         raise ValueError(f"unknown physics {physics!r}; expected one of {', '.join(PHYSICS)}")
@@ -363,7 +405,7 @@ def render_batch(
         raise ValueError(f"mask threshold must be positive, got {mask_threshold_mm} mm")
     if isinstance(realistic, (list, tuple)) and len(realistic) != len(poses):
         raise ValueError(f"got {len(realistic)} realistic parameter sets for {len(poses)} poses")
-    projection = project_levels(ct, clavicles, geometry, poses, (physics,), backend, fov, pad_mm, isocenter)
+    projection = project_levels(ct, clavicles, geometry, poses, (physics,), backend, fov, pad_mm, isocenter, prefilter)
     return radiographs(projection, physics, None, seed, mask_threshold_mm, realistic, display)
 
 

@@ -25,6 +25,7 @@ from xrlib.drr.noise import ExpectedSignal, render_expected
 from xrlib.drr.physics import RealisticParams
 from xrlib.studies.noise.settings import NoiseSettings, noise_settings
 from xrlib.studies.rotation import study
+from xrlib.drr.render import RENDER_VERSION
 
 __all__ = ["noise_sources", "noise_threat", "syn_test_subjects"]
 
@@ -36,7 +37,8 @@ def syn_test_subjects(run: Path, profile: Profile) -> list[str]:
 
 
 def _key(profile: Profile, params: RealisticParams) -> str:
-    text = json.dumps({"render": profile.raw.get("render"), "params": params.to_dict(), "v": 1}, sort_keys=True, default=str)
+    text = json.dumps({"render": profile.raw.get("render"), "params": params.to_dict(), "v": 1,
+                       "render_version": RENDER_VERSION}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

@@ -48,6 +48,7 @@ from xrlib.drr.geometry import Geometry, Pose
 from xrlib.drr.physics import RealisticParams
 from xrlib.studies.rotation import study
 from xrlib.studies.sim.settings import SimSettings, sim_settings
+from xrlib.drr.render import RENDER_VERSION
 
 __all__ = ["DOMAINS", "SIMULATORS", "acquisition_threat", "build_domain", "domain_dir", "domain_recipe",
            "syn_test_subjects"]
@@ -108,7 +109,8 @@ def syn_test_subjects(run: Path, profile: Profile) -> list[str]:
 def _acq_key(profile: Profile, budgets, alphas) -> str:
     text = json.dumps({"render": profile.raw.get("render"), "size": profile.image_size, "seed": profile.seed,
                        "dose": profile.surrogate.dose_mas, "budgets": list(budgets), "alphas": list(alphas),
-                       "ranges": {k: dataclasses.asdict(r) for k, r in ACQUISITION_RANGES.items()}, "v": SIM_VERSION},
+                       "ranges": {k: dataclasses.asdict(r) for k, r in ACQUISITION_RANGES.items()}, "v": SIM_VERSION,
+                       "render_version": RENDER_VERSION},
                       sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
