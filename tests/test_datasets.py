@@ -368,17 +368,40 @@ def test_cli_unknown_profile_exits_2_with_one_line(capsys):
 
 
 def test_dataset_hash_payload_is_that_of_the_original_code():
-    """The build hash changes only with a version: the payload form of commit dea4f93 at dataset version 2
-    (the varied surrogate and physics-order noise), followed by the rendering version (2: the detector
-    prefilter); a change of this value without a version bump is a bug."""
+    """The build hash changes only with the version: the payload form of commit dea4f93, at version 2 (the
+    varied surrogate and physics-order noise); a change of this value without a version bump is a bug."""
     import hashlib
 
-    from xrlib.drr.render import RENDER_VERSION
-
     cfg = tiny_profile()
-    expected = hashlib.sha256(f"{profile_hash(cfg.raw, DATASET_KEYS)}|fp0|v2|r2".encode()).hexdigest()
-    assert DATASETS_VERSION == 2 and RENDER_VERSION == 2
-    assert dataset_hash(cfg, "fp0") == expected == "34daa534e02eed24e7f7d3870275acb31f75b9e269144b9f913a37503a41d9f1"
+    expected = hashlib.sha256(f"{profile_hash(cfg.raw, DATASET_KEYS)}|fp0|v2".encode()).hexdigest()
+    assert DATASETS_VERSION == 2
+    assert dataset_hash(cfg, "fp0") == expected == "61f3ad9d9d602c363aa6c1ed89c7e142d8d14b26b7ee8ac9282dde3e91437ab6"
+
+
+def test_render_prefilter_is_an_optional_profile_switch_that_keys_the_datasets(source):
+    """render.prefilter: absent means off and leaves the profile's hash as it was; true reaches the
+    renderer (a shard equals render_batch(prefilter=True)) and changes the dataset hash; anything
+    else is refused naming the key."""
+    from xrlib.anatomy.annotate import clavicles_from_labels
+    from xrlib.data.recipes import AnglesRecipe
+    from xrlib.drr.geometry import Geometry, Pose
+    from xrlib.drr.render import render_batch
+
+    off = tiny_profile()
+    render = {"detector": 32, "field_mm": 432.0, "backend": "rtk", "fov": "pad"}
+    on = tiny_profile(render={**render, "prefilter": True})
+    assert off.render.prefilter is False and "prefilter" not in off.raw["render"] and on.render.prefilter is True
+    assert profile_hash(off, DATASET_KEYS) == profile_hash(tiny_profile(render=dict(render)), DATASET_KEYS)
+    assert profile_hash(on, DATASET_KEYS) != profile_hash(off, DATASET_KEYS)
+    with pytest.raises(InputError, match=r"tiny\.yml.*render\.prefilter must be true or false, got 'yes'"):
+        tiny_profile(render={**render, "prefilter": "yes"})
+    ct, labels = tiny_subject(0, spacing=4.0)  # 11.25 mm per pixel at the isocenter: blocks of 2 × 2 × 2
+    got = AnglesRecipe(physics="naive", alphas=(0.0,))._radiographs(ct, labels, on, "s", [Pose()], None, False)[0]
+    want = render_batch(ct, clavicles_from_labels(labels), Geometry.from_render(on.render), [Pose()], backend="rtk",
+                        prefilter=True)[0]
+    plain = render_batch(ct, clavicles_from_labels(labels), Geometry.from_render(on.render), [Pose()], backend="rtk")[0]
+    np.testing.assert_array_equal(got.image, want.image)
+    assert not np.array_equal(got.image, plain.image)
 
 
 def test_resize_bilinear_of_a_stack_equals_each_image_resized():

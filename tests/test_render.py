@@ -274,22 +274,22 @@ def test_prefilter_turns_sub_pixel_stripes_into_their_mean_instead_of_aliasing()
     mean[2:-2, 4:-4, 4:60] = -500.0  # the water-air mean of every pair of columns (i = 4, 5 … 58, 59)
     mean = stripes.with_array(mean)
     kw = dict(physics="naive", backend="rtk", fov="none")
-    filtered = render(stripes, None, g, **kw).image
-    np.testing.assert_array_equal(filtered, render(mean, None, g, **kw).image)
-    raw = render(stripes, None, g, prefilter=False, **kw).image
+    filtered = render(stripes, None, g, prefilter=True, **kw).image
+    np.testing.assert_array_equal(filtered, render(mean, None, g, prefilter=True, **kw).image)
+    raw = render(stripes, None, g, **kw).image  # the default: unfiltered
     # Unfiltered, each ray samples the columns at its own phase: a moiré across the detector.
     inner = (slice(4, -4), slice(4, -4))  # pixels whose rays cross the stripes over their whole depth
     assert np.ptp(raw[inner]) / raw[inner].mean() > 0.05 and np.ptp(filtered[inner]) / filtered[inner].mean() < 1e-3
 
 
-def test_without_prefilter_the_physics_channels_are_projected_as_they_are(example):
+def test_by_default_the_physics_channels_are_projected_as_they_are(example):
     from xrlib.drr.projector import get_projector
     from xrlib.drr.render import pad_superior, physics_channels, project_levels
 
     ct, _ = example
     geom, poses = Geometry(height=48, width=48, pitch=432.0 / 256), [Pose(alpha=5.0)]  # the quick pitch
-    got = project_levels(ct, None, geom, poses, ("naive",), "rtk", prefilter=False).stack
+    got = project_levels(ct, None, geom, poses, ("naive",), "rtk").stack
     want = get_projector("rtk").project(physics_channels(pad_superior(ct, [])[0], "naive")[0], geom, poses, ct.center)
     np.testing.assert_array_equal(got, want)
-    filtered = project_levels(ct, None, geom, poses, ("naive",), "rtk").stack
+    filtered = project_levels(ct, None, geom, poses, ("naive",), "rtk", prefilter=True).stack
     assert 0 < np.abs(filtered - want).max() and np.linalg.norm(filtered - want) / np.linalg.norm(want) < 0.05

@@ -30,6 +30,7 @@ Schema (all keys required unless marked optional)::
       field_mm: 432.0
       backend: auto
       fov: pad
+      prefilter: false               # optional: physics channels averaged to the detector pitch (xrlib.drr.render)
     image_size: 256                  # S: network input S×S
     real: {folder: null}             # optional: folder of real radiographs replacing the surrogate
     train: {...}                     # optional, used by the training stage
@@ -168,6 +169,9 @@ def _normalise(cfg: dict, source: str | Path) -> dict:
     cfg["render"].setdefault("fov", "pad")
     if cfg["render"]["fov"] not in FOV_MODES:
         raise InputError(source, f"render.fov must be {', '.join(FOV_MODES)}, got {cfg['render']['fov']!r}")
+    # Optional and not filled in when absent: a profile without it hashes (and caches) as before.
+    if "prefilter" in cfg["render"] and not isinstance(cfg["render"]["prefilter"], bool):
+        raise InputError(source, f"render.prefilter must be true or false, got {cfg['render']['prefilter']!r}")
     _int(cfg, "image_size", source, 8)
     real = cfg.setdefault("real", {"folder": None})
     if not isinstance(real, dict) or "folder" not in real:
@@ -278,6 +282,7 @@ class RenderSection:
     field_mm: float
     backend: str
     fov: str
+    prefilter: bool = False  # project the physics channels through xrlib.drr.render.detector_prefilter
 
     @property
     def pitch_mm(self) -> float:
@@ -338,7 +343,8 @@ class Profile:
             n_subjects=int(cfg["cohort"]["n_subjects"]), pools=pools,
             surrogate=SurrogateSection(**{k: cfg["surrogate"][k] for k in SurrogateSection.__dataclass_fields__}),
             synthetic=SyntheticSection(tuple(cfg["synthetic"]["alphas"]), tuple(cfg["synthetic"]["cen_alphas"])),
-            render=RenderSection(int(r["detector"]), float(r["field_mm"]), str(r["backend"]), str(r["fov"])),
+            render=RenderSection(int(r["detector"]), float(r["field_mm"]), str(r["backend"]), str(r["fov"]),
+                                 bool(r.get("prefilter", False))),
             image_size=int(cfg["image_size"]), real_folder=(cfg.get("real") or {}).get("folder") or None,
             train=train, raw=cfg,
         )

@@ -11,8 +11,7 @@ Each task writes its shard atomically and returns its manifest rows; only the dr
 Every run checks each shard listed in the manifest against its SHA-256 and rebuilds missing,
 truncated or corrupted ones; a build whose shards are all intact is a no-op (nothing is rewritten
 and the cohort is not even loaded). The build hash (:func:`dataset_hash`) covers the profile's
-dataset sections, the subjects' fingerprint, :data:`DATASETS_VERSION` and the rendering version
-(:data:`xrlib.drr.render.RENDER_VERSION`).
+dataset sections, the subjects' fingerprint and :data:`DATASETS_VERSION`.
 """
 
 from __future__ import annotations
@@ -40,7 +39,6 @@ from xrlib.data.recipes import PoolRecipe, render_subject, study_recipes
 from xrlib.data.shards import MANIFEST_COLUMNS, MANIFEST_FILE, extra_columns, read_manifest, shard_arrays, shard_rows
 from xrlib.data.subjects import SubjectSource, cohort_subjects
 from xrlib.exec import Executor, ProcessPoolExecutor, get_executor
-from xrlib.drr.render import RENDER_VERSION
 
 #: Bumped whenever the datasets code changes what it writes, so cached datasets are rebuilt.
 #: 2: the surrogate pool has per-image acquisition variability; the realistic chain draws its quantum
@@ -51,7 +49,7 @@ BUILD_FILE = "build.json"
 
 def dataset_hash(profile: Profile, subjects_fp: str) -> str:
     """Hash of everything that determines the datasets: profile sizes, subjects, code version."""
-    return hashlib.sha256(f"{profile_hash(profile, DATASET_KEYS)}|{subjects_fp}|v{DATASETS_VERSION}|r{RENDER_VERSION}".encode()).hexdigest()
+    return hashlib.sha256(f"{profile_hash(profile, DATASET_KEYS)}|{subjects_fp}|v{DATASETS_VERSION}".encode()).hexdigest()
 
 
 @dataclass

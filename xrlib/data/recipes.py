@@ -61,7 +61,7 @@ class PoolRecipe(ABC):
         r = profile.render
         return render_batch(ct, clavicles_from_labels(labels), Geometry.from_render(r), poses, physics=self.physics,
                             backend=r.backend, seed=noise_seed(profile.seed, subject), fov=r.fov,
-                            realistic=realistic, display=display)
+                            realistic=realistic, display=display, prefilter=r.prefilter)
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def shared_projection(ct, labels, profile: Profile, subject: str, poses: list[Po
         _SHARED.move_to_end(key)
         return _SHARED[key]
     proj = project_levels(ct, clavicles_from_labels(labels), Geometry.from_render(r), poses, levels,
-                          backend=r.backend, fov=r.fov)
+                          backend=r.backend, fov=r.fov, prefilter=r.prefilter)
     _SHARED[key] = proj
     while len(_SHARED) > 1 and sum(x.nbytes for x in _SHARED.values()) > SHARED_CACHE_BYTES:
         _SHARED.popitem(last=False)

@@ -28,7 +28,7 @@ must stay within 45° of the marching axis (|α|, |tilt| up to about 35° with t
 The field (:func:`xrlib.drr.geometry.complete_ray_field`) is a boolean mask computed with numpy
 from the detached pose; image and masks are 0 outside it, as in ``render_batch``.
 
-Volume gradient: ``r.mu`` is the cropped, prefiltered μ volume (1/mm, numpy layout ``(k, j, i)`` of the grid
+Volume gradient: ``r.mu`` is the cropped (and, with ``prefilter``, block-averaged) μ volume (1/mm, numpy layout ``(k, j, i)`` of the grid
 ``r.mu_volume``) as a leaf tensor; ``r.mu.requires_grad_(True)`` makes the next calls
 differentiable w.r.t. it (``r.mu.grad`` after ``backward``). Without it the renderer uses a copy
 laid out for marching, made once.
@@ -188,12 +188,12 @@ class DifferentiableRenderer:
         dtype: torch dtype of volumes and geometry (``torch.float32``; float64 for gradient checks).
         max_samples: samples per chunk of slices (small chunks let the allocator reuse their buffers).
         prefilter: march the μ volume as :func:`xrlib.drr.render.detector_prefilter` leaves it, as
-            ``render_batch`` projects it (the default); ``False``: the μ volume as it is.
+            ``render_batch(prefilter=True)`` projects it.
     """
 
     def __init__(self, ct: Volume, clavicles: ClavicleMasks | None, geometry: Geometry, physics: str = "naive",
                  device=None, fov: str = "pad", pad_mm: float = PAD_MM, isocenter: np.ndarray | None = None,
-                 step_mm: float | None = None, dtype=None, max_samples: int = 2**21, prefilter: bool = True):
+                 step_mm: float | None = None, dtype=None, max_samples: int = 2**21, prefilter: bool = False):
         import torch
 
         if physics not in DIFF_PHYSICS:

@@ -127,17 +127,18 @@ def noisy_log(es: ExpectedSignal, dose_mas: float, rng: np.random.Generator, n: 
 
 
 def render_expected(ct, clavicles, geometry, poses: Sequence, params: phys.RealisticParams | None = None,
-                    backend="auto", fov: str = "pad", mask_threshold_mm: float = 0.5, isocenter=None) -> list[dict]:
+                    backend="auto", fov: str = "pad", mask_threshold_mm: float = 0.5, isocenter=None,
+                    prefilter: bool = False) -> list[dict]:
     """Expected signals of ``ct`` at ``poses`` with the realistic chain (no noise drawn).
 
     The projection of :func:`xrlib.drr.render.render_batch` (:func:`~xrlib.drr.render.project_levels`: same
-    channels, field and masks); per pose
+    channels, field and masks, ``prefilter`` as there); per pose
     a dict with ``expected`` (:class:`ExpectedSignal`), ``field`` (bool (H, W)) and ``mask`` (uint8,
     both clavicles; ``None`` without ``clavicles``).
     """
     from xrlib.drr.render import MASK_CHANNELS, project_levels
 
-    pr = project_levels(ct, clavicles, geometry, poses, ("realistic",), backend, fov, isocenter=isocenter)
+    pr = project_levels(ct, clavicles, geometry, poses, ("realistic",), backend, fov, isocenter=isocenter, prefilter=prefilter)
     col = {n: i for i, n in enumerate(pr.names)}
     out = []
     for stack, fld in zip(pr.stack, pr.fields):

@@ -33,14 +33,15 @@ Detector prefilter
 ------------------
 A detector pixel integrates the fluence over its area, while a ray-driven projector samples one
 ray per pixel. Where a pixel spans several CT voxels, that point sample aliases the CT's finer
-detail. The physics channels are therefore projected as :func:`detector_prefilter` leaves them:
-averaged over blocks of ``⌊pitch at the isocenter / voxel spacing⌋`` voxels per index axis (a box
-filter of about one pixel, :func:`xrlib.core.ct.block_mean`), which preserves every line integral
-and, along the rays, cuts the slices each ray crosses by the same factor. At the quick detector
-(1.41 mm per pixel at the isocenter) the example CT (0.70 × 0.70 × 2.5 mm) is averaged over 2 × 2
-voxels in-plane, which halves the projector's time; at the paper's detector (0.20 mm) every factor
-is 1 and nothing changes. The clavicle masks are projected at full resolution: they are the labels.
-``prefilter=False`` projects the channels as they are (rendering version 1).
+detail. With ``prefilter=True`` (a profile's ``render.prefilter``; off by default) the physics
+channels are projected as :func:`detector_prefilter` leaves them: averaged over blocks of
+``⌊pitch at the isocenter / voxel spacing⌋`` voxels per index axis (a box filter of about one
+pixel, :func:`xrlib.core.ct.block_mean`), which preserves every line integral and, along the rays,
+cuts the slices each ray crosses by the same factor. At the quick detector (1.41 mm per pixel at
+the isocenter) the example CT (0.70 × 0.70 × 2.5 mm) is averaged over 2 × 2 voxels in-plane; at
+the paper's detector (0.20 mm) every factor is 1 and nothing changes. The clavicle masks are
+projected at full resolution: they are the labels. It is off by default because it moves the quick
+study's Dice by more than the seed-to-seed spread (README, issue 11).
 """
 
 from __future__ import annotations
@@ -63,9 +64,6 @@ PAD_MM = 80.0
 PAD_HU = 40.0
 #: Default path-length threshold (mm) above which a pixel belongs to a projected clavicle.
 MASK_THRESHOLD_MM = 0.5
-#: Version of the rendered numbers, part of every cache key of rendered images (datasets, the
-#: chapters' re-rendered sources, stage stamps). 2: physics channels pass :func:`detector_prefilter`.
-RENDER_VERSION = 2
 
 
 @dataclass
@@ -265,12 +263,12 @@ class Projection:
 
 def project_levels(ct: Volume, clavicles: ClavicleMasks | None, geometry: Geometry, poses: Sequence[Pose],
                    levels: Sequence[str] = ("naive",), backend: str | Projector = "auto", fov: str = "pad",
-                   pad_mm: float = PAD_MM, isocenter: np.ndarray | None = None, prefilter: bool = True) -> Projection:
+                   pad_mm: float = PAD_MM, isocenter: np.ndarray | None = None, prefilter: bool = False) -> Projection:
     """Project the channels of every physics level in ``levels`` (and the clavicle masks) once for all ``poses``.
 
     The chains of :func:`radiographs` then make each level's images from the same line integrals, so
-    images of one pose under several simulators share one projection (and one set of masks). The
-    physics channels pass :func:`detector_prefilter` unless ``prefilter=False``.
+    images of one pose under several simulators share one projection (and one set of masks). With
+    ``prefilter=True`` the physics channels pass :func:`detector_prefilter`.
     """
     levels = list(dict.fromkeys(levels))
     for lv in levels:
@@ -375,7 +373,7 @@ def render_batch(
     realistic: phys.RealisticParams | Sequence[phys.RealisticParams] | None = None,
     isocenter: np.ndarray | None = None,
     display: bool = False,
-    prefilter: bool = True,
+    prefilter: bool = False,
 ) -> list[Radiograph]:
     """Render ``ct`` (and its clavicle masks) at every pose in ``poses``.
 
@@ -397,7 +395,7 @@ def render_batch(
         isocenter: rotation centre (mm, LPS); default the CT grid centre.
         display: also post-process each image for display (``Radiograph.display``: window + unsharp
             masking of :func:`xrlib.drr.physics.postprocess` at the detector pitch, [0, 1]).
-        prefilter: project the physics channels through :func:`detector_prefilter` (the default).
+        prefilter: project the physics channels through :func:`detector_prefilter`.
     """
     if physics not in PHYSICS:
         raise ValueError(f"unknown physics {physics!r}; expected one of {', '.join(PHYSICS)}")

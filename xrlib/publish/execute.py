@@ -7,8 +7,7 @@ overrides injected. Executed copies go to ``book/executed/<profile>/<name>.ipynb
 Cache
     A stage is reused (status ``cached``) when its executed copy exists, has no error output, and
     its stamp ``<name>.stamp.json`` matches the stage key: SHA-256 of the notebook source without
-    outputs, the profile YAML text, the overrides, the run folder, the xrlib version, the rendering
-    version (:data:`xrlib.drr.render.RENDER_VERSION`) and the stamps
+    outputs, the profile YAML text, the overrides, the run folder, the xrlib version and the stamps
     of all earlier stages. Each stamp also records *when* the stage ran, so re-running an upstream
     stage changes its stamp and invalidates every later stage.
 
@@ -56,7 +55,6 @@ from xrlib.core.profiles import load_profile
 from xrlib.core.runs import REPO_ROOT, run_dir
 from xrlib.publish.errors import BookUsageError
 from xrlib.publish.report import BookReport, StageResult
-from xrlib.drr.render import RENDER_VERSION
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 BOOK_DIR = REPO_ROOT / "book"
@@ -92,7 +90,7 @@ def _sha(obj) -> str:
 def stage_key(nb_path: Path, profile_text: str, overrides: dict, run: Path, upstream: list[str]) -> str:
     """The cache key of one stage (see the module docstring)."""
     return _sha({"notebook": source_digest(nb_path), "profile": profile_text, "overrides": overrides,
-                 "run": str(Path(run).resolve()), "xrlib": __version__, "render": RENDER_VERSION, "upstream": upstream})
+                 "run": str(Path(run).resolve()), "xrlib": __version__, "upstream": upstream})
 
 
 def stamp_digest(stamp: dict) -> str:

@@ -33,7 +33,6 @@ from xrlib.studies.card.columns import COLUMNS, Column, Part
 from xrlib.studies.card.rows import Victim
 from xrlib.studies.card.settings import CardSettings
 from xrlib.training.config import safe_name
-from xrlib.drr.render import RENDER_VERSION
 
 __all__ = ["CELL_COLUMNS", "CardError", "cells", "gather", "matrix", "part_rows"]
 
@@ -49,8 +48,7 @@ class CardError(RuntimeError):
 
 def _key(profile: Profile, s: CardSettings, column: Column, part: Part, victim: Victim) -> str:
     text = json.dumps({"v": CACHE_VERSION, "profile": profile_hash(profile), "card": asdict(s), "column": column.key,
-                       "part": part.threat, "model": victim.name, "weights": victim.identity,
-                       "render_version": RENDER_VERSION}, sort_keys=True)
+                       "part": part.threat, "model": victim.name, "weights": victim.identity}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

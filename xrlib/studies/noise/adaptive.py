@@ -52,7 +52,6 @@ from xrlib.studies.rotation.groups import alpha_group
 from xrlib.studies.rotation.models import study_configs
 from xrlib.training import TrainConfig, TrainResult, load_best, save_added
 from xrlib.training.checkpoint import read_result
-from xrlib.drr.render import RENDER_VERSION
 
 __all__ = ["BASE_MODEL", "CHAINS", "AdaptiveRun", "adaptive_model", "adaptive_sar", "adaptive_seconds", "run_adaptive",
            "training_subjects"]
@@ -103,8 +102,7 @@ def _key(profile: Profile, run: Path, s: NoiseSettings, a: AdaptiveSettings) -> 
     """What determines the rounds: the base model's folder (its hash), the chapter's settings and the seed."""
     base = study.study_models(profile, Path(run), [BASE_MODEL])[BASE_MODEL].folder.name
     text = json.dumps({"base": base, "noise": dataclasses.asdict(s), "adaptive": dataclasses.asdict(a),
-                       "seed": int(profile.seed), "render": profile.raw.get("render"), "v": 2,
-                       "render_version": RENDER_VERSION}, sort_keys=True, default=str)
+                       "seed": int(profile.seed), "render": profile.raw.get("render"), "v": 2}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -25,7 +25,6 @@ from xrlib.drr.noise import ExpectedSignal, render_expected
 from xrlib.drr.physics import RealisticParams
 from xrlib.studies.noise.settings import NoiseSettings, noise_settings
 from xrlib.studies.rotation import study
-from xrlib.drr.render import RENDER_VERSION
 
 __all__ = ["noise_sources", "noise_threat", "syn_test_subjects"]
 
@@ -37,8 +36,7 @@ def syn_test_subjects(run: Path, profile: Profile) -> list[str]:
 
 
 def _key(profile: Profile, params: RealisticParams) -> str:
-    text = json.dumps({"render": profile.raw.get("render"), "params": params.to_dict(), "v": 1,
-                       "render_version": RENDER_VERSION}, sort_keys=True, default=str)
+    text = json.dumps({"render": profile.raw.get("render"), "params": params.to_dict(), "v": 1}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -68,7 +66,8 @@ def noise_sources(profile: Profile, run: Path, alphas, params: RealisticParams |
         if missing:
             ct, labels = load_subject(run / "cohort", sid)
             items = render_expected(ct, clavicles_from_labels(labels), geom, [Pose(alpha=a) for a in missing],
-                                    params, backend=profile.render.backend, fov=profile.render.fov)
+                                    params, backend=profile.render.backend, fov=profile.render.fov,
+                                    prefilter=profile.render.prefilter)
             for a, it in zip(missing, items):
                 save_npz_atomic(_path(run, sid, a, key), {**it["expected"].to_arrays(), "field": it["field"], "mask": it["mask"]})
         for a in alphas:

@@ -5,7 +5,7 @@ pose:
   subjects: 2            # Syn_test subjects searched (null: all)
   budgets: [5, 10, 20]   # b: |α| ≤ b°, |tilt| ≤ b/4°, |shift| ≤ b mm
   render_size: 128       # detector pixels the renderer uses (null: the profile's detector)
-  step_mm: 1.4           # renderer sampling step along the rays (null: every slice of the prefiltered μ)
+  step_mm: 1.4           # renderer sampling step along the rays (null: every CT slice)
   grid: {alpha: 5, tilt: 3}
   steps: 4               # sign-gradient steps after the grid
   step_fraction: 0.25    # first step, as a fraction of each bound

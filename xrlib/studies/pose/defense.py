@@ -38,7 +38,6 @@ from xrlib.studies.pose.study import chains
 from xrlib.studies.rotation import study
 from xrlib.training import load_best
 from xrlib.training.data import load_tensors, select_images
-from xrlib.drr.render import RENDER_VERSION
 
 __all__ = ["DEFENSES", "defense_models", "train_subjects"]
 
@@ -98,7 +97,8 @@ def defense_models(profile: Profile, run: Path, cfg: PoseConfig | None = None, d
     real_rows = select_images(study.datasets_dir(run), ["Real"], "train")
     key = {"start": start.folder.name, "defense": asdict(d), "search": asdict(cfg.search), "render_size": cfg.render_size,
            "step_mm": cfg.step_mm, "subjects": subjects, "seed": int(profile.seed),
-           "real": int(len(real_rows)), "version": 2, "render_version": RENDER_VERSION}
+           "real": int(len(real_rows)), "version": 2,
+           **({"prefilter": True} if profile.render.prefilter else {})}  # absent when off: earlier keys stay valid
     out = {}
     real = None
     make_chain = None

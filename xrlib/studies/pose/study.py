@@ -37,6 +37,7 @@ class SubjectChains:
     image_size: int
     step_mm: float | None = None
     device: object = None
+    prefilter: bool = False  # the profile's render.prefilter, as the datasets were rendered
 
     def __call__(self, subject: str) -> PoseChain:
         from xrlib.anatomy.annotate import clavicles_from_labels
@@ -45,7 +46,7 @@ class SubjectChains:
 
         ct, labels = load_subject(self.cohort_dir, subject)
         r = DifferentiableRenderer(ct, clavicles_from_labels(labels), self.geometry, physics="naive", device=self.device,
-                                   step_mm=self.step_mm)
+                                   step_mm=self.step_mm, prefilter=self.prefilter)
         return PoseChain(r, self.image_size)
 
 
@@ -54,7 +55,7 @@ def chains(profile: Profile, run: Path, cfg: PoseConfig | None = None, device=No
     cfg = cfg or PoseConfig.from_profile(profile)
     g = Geometry.from_render(profile.render)
     g = g if cfg.render_size is None else g.resized(cfg.render_size)
-    return SubjectChains(Path(run) / "cohort", g, profile.image_size, cfg.step_mm, device)
+    return SubjectChains(Path(run) / "cohort", g, profile.image_size, cfg.step_mm, device, profile.render.prefilter)
 
 
 def pose_test_images(profile: Profile, run: Path, subjects: int | None = None) -> TestImages:

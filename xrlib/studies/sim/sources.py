@@ -48,7 +48,6 @@ from xrlib.drr.geometry import Geometry, Pose
 from xrlib.drr.physics import RealisticParams
 from xrlib.studies.rotation import study
 from xrlib.studies.sim.settings import SimSettings, sim_settings
-from xrlib.drr.render import RENDER_VERSION
 
 __all__ = ["DOMAINS", "SIMULATORS", "acquisition_threat", "build_domain", "domain_dir", "domain_recipe",
            "syn_test_subjects"]
@@ -109,8 +108,7 @@ def syn_test_subjects(run: Path, profile: Profile) -> list[str]:
 def _acq_key(profile: Profile, budgets, alphas) -> str:
     text = json.dumps({"render": profile.raw.get("render"), "size": profile.image_size, "seed": profile.seed,
                        "dose": profile.surrogate.dose_mas, "budgets": list(budgets), "alphas": list(alphas),
-                       "ranges": {k: dataclasses.asdict(r) for k, r in ACQUISITION_RANGES.items()}, "v": SIM_VERSION,
-                       "render_version": RENDER_VERSION},
+                       "ranges": {k: dataclasses.asdict(r) for k, r in ACQUISITION_RANGES.items()}, "v": SIM_VERSION},
                       sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -130,7 +128,7 @@ def _render_subject(profile: Profile, ct, labels, subject: str, alphas, budgets)
     poses = [Pose(alpha=a) for _ in budgets for a in alphas]
     params = [acqs[i][j].realistic_params(base) for j in range(len(budgets)) for i in range(len(alphas))]
     rgs = render_batch(ct, clavicles_from_labels(labels), geom, poses, physics="realistic", backend=r.backend,
-                       seed=noise_seed(profile.seed, subject), fov=r.fov, realistic=params)
+                       seed=noise_seed(profile.seed, subject), fov=r.fov, realistic=params, prefilter=r.prefilter)
     size = profile.image_size
     images = np.zeros((len(budgets), len(alphas), size, size), np.float32)
     masks = np.zeros((len(alphas), size, size), np.float32)
