@@ -39,9 +39,8 @@ function that times one run in the worker):
   (``--model-glob``) instead.
 - ``rendering-synthetic``: one dataset shard (after an untimed render of the same shard) of a synthetic subject — the example CT at the profile's
   21 α, naive physics, at the ``--profile``'s detector, post-processed and preprocessed
-  (:func:`xrlib.data.recipes.render_subject`). The images differ by design when "before" predates
-  rendering version 2 (:data:`xrlib.drr.render.RENDER_VERSION`: the detector prefilter); between two
-  trees of the same version they must be identical.
+  (:func:`xrlib.data.recipes.render_subject`); the images must be identical (the profile's optional
+  ``render.prefilter`` is off in the shipped profiles).
 - ``rendering-surrogate``: the same for the realistic chain at the surrogate's jittered poses (fixed
   setting, a recipe both trees have). The images also differ by design when "before" predates dataset
   version 2 (its quantum noise was drawn after the detector blur).

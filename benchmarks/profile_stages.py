@@ -14,12 +14,13 @@ the measurements the README quotes (this checkout only, no "before"):
 - ``cohort``: one virtual subject of the example CT under ``cProfile``: its total and the share of the
   ITK warps, the NIfTI writes and the displacement field;
 - ``rendering``: one realistic shard (the surrogate's jittered poses) after an untimed one, with the
-  time of each channel the RTK projector projects.
+  time of each channel the RTK projector projects; with ``--prefilter`` also with the profile's
+  ``render.prefilter`` switched on (:func:`xrlib.drr.render.detector_prefilter`).
 
 Usage::
 
     python benchmarks/profile_stages.py [--parts train-step first-touch cohort rendering] [--profile quick]
-        [--rounds 12] [--compile]
+        [--rounds 12] [--compile] [--prefilter]
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ def cohort(profile_name: str) -> None:
                                       "displacement field and folding guard": "_displacement_field"})
 
 
-def rendering(profile_name: str) -> None:
+def rendering(profile_name: str, prefilter: bool = False) -> None:
     from xrlib.core.ct import load_example
     from xrlib.core.memory import reuse_heap
     from xrlib.core.profiles import load_profile
@@ -161,6 +162,10 @@ def rendering(profile_name: str) -> None:
     from xrlib.drr.projector import RTKProjector
 
     profile = load_profile(profile_name)
+    if prefilter:
+        import dataclasses
+
+        profile = dataclasses.replace(profile, render=dataclasses.replace(profile.render, prefilter=True))
     ct, labels = load_example()
     recipe = JitteredRecipe(physics="realistic", dose_mas=profile.surrogate.dose_mas, seed=profile.seed,
                             jitter=profile.surrogate)
@@ -185,6 +190,7 @@ def rendering(profile_name: str) -> None:
         RTKProjector._project_volume = original
     proj = sum(t for _, t in calls)
     print(f"\none realistic shard ({profile.surrogate.poses_per_subject} jittered poses, "
+          f"prefilter {'on' if profile.render.prefilter else 'off'}, "
           f"{profile.render.detector}² detector) after an untimed one: {total:.2f} s, of it the RTK projector "
           f"{proj:.2f} s ({100 * proj / total:.0f} %)\n")
     print("| projected channel (k, j, i voxels) | s |\n|---|---:|")
@@ -198,6 +204,7 @@ def main(argv=None) -> None:
     ap.add_argument("--profile", default="quick")
     ap.add_argument("--rounds", type=int, default=12, help="train-step: interleaved rounds (the first 2 are dropped)")
     ap.add_argument("--compile", action="store_true", help="train-step: also torch.compile (about a minute to compile)")
+    ap.add_argument("--prefilter", action="store_true", help="rendering: also with the profile's render.prefilter on")
     args = ap.parse_args(argv)
     if args.rounds < 3:
         ap.error("--rounds: expected at least 3 (the first 2 are warm-up)")
@@ -210,6 +217,8 @@ def main(argv=None) -> None:
             cohort(args.profile)
         else:
             rendering(args.profile)
+            if args.prefilter:
+                rendering(args.profile, prefilter=True)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ def test_training_bench_runs_on_the_smoke_profile():
 def test_stage_profile_reports_every_part():
     """``profile_stages.py``: the training-step settings side by side, the first-touch calls, the cohort and
     rendering breakdowns (smoke sizes; only the reported structure is asserted)."""
-    res = _run("profile_stages.py", "--profile", "smoke", "--rounds", 3)
+    res = _run("profile_stages.py", "--profile", "smoke", "--rounds", 3, "--prefilter")
     assert res.returncode == 0, res.stderr[-3000:]
     for setting in ("as the loop trains (deterministic)", "no NaN fill of new tensors", "channels-last",
                     "non-deterministic algorithms"):
@@ -69,8 +69,11 @@ def test_stage_profile_reports_every_part():
     assert re.search(r"^inside reuse_heap \(took effect: True\): [\d.]+, [\d.]+, [\d.]+$", res.stdout, re.M)
     for part in ("ITK warps (CT linear, labels nearest)", "compressed NIfTI writes", "displacement field and folding guard"):
         assert re.search(rf"^\| {re.escape(part)} \| [\d.]+ \| \d+ % \|$", res.stdout, re.M), res.stdout
-    # 4 material channels and the 2 clavicle masks of the realistic chain, each projected once
-    assert len(re.findall(r"^\| \(\d+, \d+, \d+\) \| [\d.]+ \|$", res.stdout, re.M)) == 6, res.stdout
+    # 4 material channels and the 2 clavicle masks of the realistic chain, each projected once, without
+    # and with the prefilter; with it the material channels are block means (smoke: 8 × 8 × 2 voxels)
+    shapes = re.findall(r"^\| \((\d+), (\d+), (\d+)\) \| [\d.]+ \|$", res.stdout, re.M)
+    assert len(shapes) == 12 and "prefilter off" in res.stdout and "prefilter on" in res.stdout, res.stdout
+    assert all(int(c) < int(a) / 4 for (_, _, a), (_, _, c) in zip(shapes[:4], shapes[6:10])), shapes
 
 
 def test_stage_bench_refuses_a_malformed_before_env():
