@@ -48,7 +48,9 @@ interpolated linearly between nodes: :func:`deformation_transform` returns it as
 that transform in about half the time. All parts of ``T`` are smooth on the scale of centimetres,
 so the coarse field reproduces them to a small fraction of a millimetre; the affine part is
 reproduced exactly. A dense float64 field for the example would need 0.8 GB; the coarse one needs
-16 MB, and deforming the example takes a few seconds of CPU per image.
+16 MB, and deforming the example takes a few seconds of CPU per image. The label map is warped only
+inside the output box its non-zero voxels can reach through the field (:func:`_label_region`; about
+half the example's grid), with the whole-grid warp's value in every voxel of it.
 
 No folding
 ----------
