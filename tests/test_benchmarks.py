@@ -74,6 +74,8 @@ def test_stage_profile_reports_every_part():
     shapes = re.findall(r"^\| \((\d+), (\d+), (\d+)\) \| [\d.]+ \|$", res.stdout, re.M)
     assert len(shapes) == 12 and "prefilter off" in res.stdout and "prefilter on" in res.stdout, res.stdout
     assert all(int(c) < int(a) / 4 for (_, _, a), (_, _, c) in zip(shapes[:4], shapes[6:10])), shapes
+    assert re.search(r"^block mean of the example CT's μ in blocks of \(8, 8, 2\) voxels: xrlib\.core\.ct\.block_mean "
+                     r"[\d.]+ s, skimage\.measure\.block_reduce [\d.]+ s \([\d.]+×\)$", res.stdout, re.M), res.stdout
 
 
 def test_stage_bench_refuses_a_malformed_before_env():

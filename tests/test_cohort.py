@@ -272,8 +272,6 @@ def test_labels_are_warped_only_where_they_can_land_with_the_whole_grid_result(o
     clavicles = lab.with_array(np.where(np.isin(lab.array, (LEFT, RIGHT)), lab.array, 0).astype(np.uint8))
     cfg = CohortConfig(outside=outside)
     grid = (ct.shape_ijk, ct.origin, ct.spacing, tuple(float(d) for d in np.asarray(ct.direction).ravel()))
-    h = float(cfg.field_spacing_mm)
-    size, origin = deformation._field_grid(ct, h)
     axes = {"air": [], "continue_si": [ct.si_axis]}[outside]
     for seed in (3, 8):
         p = sample_params(seed, cfg)
@@ -281,18 +279,17 @@ def test_labels_are_warped_only_where_they_can_land_with_the_whole_grid_result(o
         for labels in (clavicles, lab):
             src = deformation._continued(labels, axes, u)
             whole = sitk.GetArrayFromImage(sitk.Warp(src.to_sitk(), field, sitk.sitkNearestNeighbor, *grid, 0.0))
-            region = deformation._label_region(u, size, origin, h, src, ct)
+            region = deformation._label_region(field, u, src, ct)
             boxed = deformation._warp_labels(src.to_sitk(), field, ct, region)
-            assert np.array_equal(sitk.GetArrayFromImage(boxed), whole) and whole.any()
-            assert boxed.GetOrigin() == pytest.approx(ct.origin) and boxed.GetSpacing() == pytest.approx(ct.spacing)
-        first, last = deformation._label_region(u, size, origin, h, deformation._continued(clavicles, axes, u), ct)
+            assert np.array_equal(boxed, whole) and whole.any() and boxed.dtype == labels.array.dtype
+        first, last = deformation._label_region(field, u, deformation._continued(clavicles, axes, u), ct)
         assert np.prod(last - first) < 0.6 * np.prod(ct.shape_ijk)  # the bars' box, not the whole grid
         assert np.array_equal(deform(ct, clavicles, p, cfg, check=False)[1].array,
                               sitk.GetArrayFromImage(sitk.Warp(deformation._continued(clavicles, axes, u).to_sitk(),
                                                                field, sitk.sitkNearestNeighbor, *grid, 0.0)))
     empty = clavicles.with_array(np.zeros_like(clavicles.array))
-    assert deformation._label_region(u, size, origin, h, empty, ct) is None
-    assert not sitk.GetArrayFromImage(deformation._warp_labels(empty.to_sitk(), field, ct, None)).any()
+    assert deformation._label_region(field, u, empty, ct) is None
+    assert not deformation._warp_labels(empty.to_sitk(), field, ct, None).any()
 
 
 def test_outside_modes(torso):

@@ -364,6 +364,17 @@ def load_example() -> tuple[Volume, Volume]:
     return ct, load_labels(lab_path, ct)
 
 
+def support_box(array: np.ndarray) -> tuple[list[int], list[int]] | None:
+    """First and last index ``(k, j, i)`` (inclusive) of the non-zero voxels of a 3-D array, or
+    ``None`` if it is all zero. Two reductions of the array instead of ``np.nonzero`` on all of it;
+    ``any()`` counts NaN as non-zero, as ``!= 0`` does."""
+    kj, ji = array.any(axis=2), array.any(axis=0)  # (k, j) and (j, i)
+    if not kj.any():
+        return None
+    occupied = (kj.any(axis=1), kj.any(axis=0), ji.any(axis=0))
+    return [int(np.flatnonzero(a)[0]) for a in occupied], [int(np.flatnonzero(a)[-1]) for a in occupied]
+
+
 def crop_to_support(vol: Volume, margin: int = 1) -> Volume | None:
     """The smallest sub-grid holding every non-zero voxel, plus ``margin`` zero voxels per side.
 
@@ -371,16 +382,11 @@ def crop_to_support(vol: Volume, margin: int = 1) -> Volume | None:
     projectors use it to skip empty space, e.g. for clavicle masks. Returns ``None`` if ``vol`` is
     all zero.
     """
-    kj = vol.array.any(axis=2)  # (k, j) — two cheap reductions instead of np.nonzero on the whole CT
-    ji = vol.array.any(axis=0)  # (j, i); any() counts NaN as non-zero, as ``!= 0`` does
-    if not kj.any():
+    box = support_box(vol.array)
+    if box is None:
         return None
-    lo, hi = [], []
-    shape = vol.array.shape
-    for occupied, n in ((kj.any(axis=1), shape[0]), (kj.any(axis=0), shape[1]), (ji.any(axis=0), shape[2])):
-        idx = np.flatnonzero(occupied)
-        lo.append(max(int(idx[0]) - margin, 0))  # (k, j, i) order
-        hi.append(min(int(idx[-1]) + margin + 1, n))
+    lo = [max(a - margin, 0) for a in box[0]]  # (k, j, i) order
+    hi = [min(b + margin + 1, n) for b, n in zip(box[1], vol.array.shape)]
     sub = vol.array[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
     start_ijk = np.array(lo[::-1], float)
     origin = vol.index_to_world[:3, :3] @ start_ijk + np.asarray(vol.origin, float)
@@ -395,8 +401,9 @@ def block_mean(vol: Volume, factors_ijk: tuple[int, int, int]) -> Volume:
     the spacing grows ``f``-fold. A block cut short by the grid's end is averaged with zeros, as
     :func:`skimage.measure.block_reduce` with ``cval=0`` does (a test pins the two against each
     other): every block keeps the sum of its voxels, so line integrals through the volume, and its
-    total, are preserved. Summing the ``f_i·f_j·f_k`` strided sub-grids a few slabs at a time is about
-    six times faster than ``block_reduce`` for the example CT (its slabs stay in the CPU cache).
+    total, are preserved. It sums the ``f_i·f_j·f_k`` strided sub-grids a few slabs at a time (the slabs
+    stay in the CPU cache), faster than ``block_reduce``'s mean over a padded copy
+    (``benchmarks/profile_stages.py --parts rendering --prefilter`` times both).
     """
     f = [int(x) for x in factors_ijk]
     if len(f) != 3 or min(f) < 1:
@@ -405,11 +412,12 @@ def block_mean(vol: Volume, factors_ijk: tuple[int, int, int]) -> Volume:
     src = np.asarray(vol.array, np.float32)
     if f == [1, 1, 1]:
         return vol.with_array(src)
+    from xrlib.core.memory import cache_blocks
+
     out = np.empty(tuple(-(-n // m) for n, m in zip(src.shape, (fk, fj, fi))), np.float32)
-    step = fk * max(1, (1 << 18) // max(1, src.shape[1] * src.shape[2]))  # slabs of about 1 MiB
-    for k0 in range(0, src.shape[0], step):
-        slab = src[k0 : k0 + step]
-        o = out[k0 // fk : k0 // fk + -(-slab.shape[0] // fk)]
+    for rows in cache_blocks(src.shape, multiple=fk):  # whole blocks of fk slices, about 1 MiB each
+        slab = src[rows]
+        o = out[rows.start // fk : rows.start // fk + -(-slab.shape[0] // fk)]
         o.fill(0.0)
         for dk in range(fk):
             for dj in range(fj):

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
 import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["heap_reuse_active", "reuse_heap", "reuse_heap_for_this_process"]
+__all__ = ["CACHE_BLOCK_VOXELS", "cache_blocks", "heap_reuse_active", "reuse_heap", "reuse_heap_for_this_process"]
 
 # mallopt parameters (malloc.h) and glibc's defaults for them.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
@@ -88,3 +89,23 @@ def reuse_heap_for_this_process() -> None:
     if _process_context is None:
         _process_context = reuse_heap()
         _process_context.__enter__()
+
+
+#: Voxels per block of the element-wise volume maps (``xrlib.drr.physics``) and block means
+#: (``xrlib.core.ct.block_mean``): about 1 MiB of float32, so a block's temporaries stay in the CPU
+#: cache where whole-volume temporaries (35 M voxels for the example CT) would cost a trip to memory,
+#: and fresh pages, per operation.
+CACHE_BLOCK_VOXELS = 1 << 18
+
+
+def cache_blocks(shape: tuple[int, ...], multiple: int = 1) -> Iterator:
+    """Slices along the first axis of an array of ``shape``, each about :data:`CACHE_BLOCK_VOXELS`
+    voxels and a whole number of ``multiple`` rows (the last may be shorter); ``Ellipsis`` once for a
+    0-d array."""
+    if len(shape) == 0:
+        yield Ellipsis  # a 0-d array: one block, indexed as a 0-d view
+        return
+    per_row = max(1, int(math.prod(shape[1:])))
+    step = multiple * max(1, CACHE_BLOCK_VOXELS // (per_row * multiple))
+    for i in range(0, shape[0], step):
+        yield slice(i, i + step)

@@ -29,6 +29,8 @@ import numpy as np
 import xraydb
 from scipy import ndimage
 
+from xrlib.core.memory import cache_blocks
+
 MATERIALS = ("air", "lung", "soft_tissue", "bone")
 
 #: Elemental mass fractions. Lung, soft tissue and cortical bone: ICRU Report 44 (1989) as listed
@@ -73,23 +75,6 @@ def mu_water_per_mm(energy_kev: float = 60.0) -> float:
     return float(xraydb.material_mu("H2O", energy_kev * 1e3, density=1.0)) / 10.0
 
 
-#: Voxels per block of the element-wise volume maps below: a block's temporaries stay in the CPU cache,
-#: where whole-volume temporaries (35 M voxels for the example CT) would cost a trip to memory, and
-#: fresh pages, per operation.
-_BLOCK_VOXELS = 1 << 18
-
-
-def _blocks(shape: tuple[int, ...]):
-    """Slices along the first axis of an array of ``shape``, each about :data:`_BLOCK_VOXELS` voxels."""
-    if len(shape) == 0:
-        yield Ellipsis  # a 0-d array: one block, indexed as a 0-d view
-        return
-    per_row = max(1, int(np.prod(shape[1:], dtype=np.int64)))
-    step = max(1, _BLOCK_VOXELS // per_row)
-    for i in range(0, shape[0], step):
-        yield slice(i, i + step)
-
-
 def naive_mu(hu: np.ndarray, energy_kev: float = 60.0) -> np.ndarray:
     """Monochromatic μ (1/mm, float32): μ_water(E)·max(0, 1 + HU/1000).
 
@@ -99,7 +84,7 @@ def naive_mu(hu: np.ndarray, energy_kev: float = 60.0) -> np.ndarray:
     hu = np.asarray(hu, np.float32)
     mu_w, k = np.float32(mu_water_per_mm(energy_kev)), np.float32(1000.0)
     out = np.empty(hu.shape, np.float32)
-    for b in _blocks(hu.shape):
+    for b in cache_blocks(hu.shape):
         o = out[b]
         np.divide(hu[b], k, out=o)
         o += np.float32(1.0)
@@ -118,7 +103,7 @@ def heuristic_mu(hu: np.ndarray, energy_kev: float = 60.0, air_threshold_hu: flo
     hu = np.asarray(hu, np.float32)
     mu = naive_mu(hu, energy_kev)
     thr = np.float32(air_threshold_hu)
-    for b in _blocks(hu.shape):
+    for b in cache_blocks(hu.shape):
         np.copyto(mu[b], np.float32(0.0), where=hu[b] < thr)
     return mu
 
@@ -144,7 +129,7 @@ def material_densities(hu: np.ndarray, thresholds: tuple[float, float, float] = 
         # integer HU range, which gives the same values as the interpolation below in about half its time.
         grid = np.arange(lo, hi + 1, dtype=np.float32)
         rho_of, label_of = _density_table(grid), np.searchsorted(t32, grid, side="right").astype(np.uint8)
-    for b in _blocks(hu.shape):  # block by block: see _BLOCK_VOXELS
+    for b in cache_blocks(hu.shape):  # block by block: see xrlib.core.memory.CACHE_BLOCK_VOXELS
         if table:
             idx = (np.clip(hu[b], lo, hi) - lo).astype(np.int32)
             rho, label = rho_of[idx], label_of[idx]

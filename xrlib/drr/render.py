@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from xrlib.drr import physics as phys
-from xrlib.core.ct import ClavicleMasks, Volume
+from xrlib.core.ct import ClavicleMasks, Volume, block_mean, crop_to_support
 from xrlib.core.profiles import FOV_MODES, PHYSICS_CHAINS
 from xrlib.core.runs import versions
 from xrlib.drr.geometry import Geometry, Pose, complete_ray_field, rays_in_patient_frame
@@ -122,8 +122,6 @@ def detector_prefilter(vol: Volume, geometry: Geometry) -> Volume:
     integrates from the centre of a ray's first slice to the centre of its last, so a block that
     held non-zero voxels must not be the outermost one. Line integrals are then kept.
     """
-    from xrlib.core.ct import block_mean, crop_to_support
-
     factors = detector_prefilter_factors(vol, geometry)
     if factors == (1, 1, 1):
         return vol
