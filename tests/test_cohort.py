@@ -13,6 +13,7 @@ import SimpleITK as sitk
 from xrlib.anatomy import cohort, deformation, sources
 from xrlib.anatomy.cohort import CohortConfig
 from xrlib.anatomy.deformation import DeformationParams, deform, deformation_transform, sample_params
+from xrlib.anatomy.warp import warp
 from xrlib.core.ct import CLAVICLE_LEFT_LABEL as LEFT
 from xrlib.core.ct import CLAVICLE_RIGHT_LABEL as RIGHT
 from xrlib.core.atomic import sha256_file
@@ -266,7 +267,7 @@ def _rotated_z(deg: float) -> np.ndarray:
 @pytest.mark.parametrize("direction", [np.eye(3), _rotated_z(25.0)])
 def test_labels_are_warped_only_where_they_can_land_with_the_whole_grid_result(outside, direction):
     """deform() warps the label map inside the output box its non-zero voxels can reach through the
-    coarse field (deformation._label_region) and fills 0 elsewhere: voxel for voxel the warp of the
+    coarse field (deformation._label_region, then xrlib.anatomy.warp.warp with that box) and fills 0 elsewhere: voxel for voxel the warp of the
     whole grid, with a box smaller than the grid when the labels are small."""
     ct, lab = make_torso(direction)
     clavicles = lab.with_array(np.where(np.isin(lab.array, (LEFT, RIGHT)), lab.array, 0).astype(np.uint8))
@@ -280,7 +281,7 @@ def test_labels_are_warped_only_where_they_can_land_with_the_whole_grid_result(o
             src = deformation._continued(labels, axes, u)
             whole = sitk.GetArrayFromImage(sitk.Warp(src.to_sitk(), field, sitk.sitkNearestNeighbor, *grid, 0.0))
             region = deformation._label_region(field, u, src, ct)
-            boxed = deformation._warp_labels(src.to_sitk(), field, ct, region)
+            boxed = warp(src, field, u, ct, linear=False, fill=0, box=region)
             assert np.array_equal(boxed, whole) and whole.any() and boxed.dtype == labels.array.dtype
         first, last = deformation._label_region(field, u, deformation._continued(clavicles, axes, u), ct)
         assert np.prod(last - first) < 0.6 * np.prod(ct.shape_ijk)  # the bars' box, not the whole grid
@@ -289,7 +290,7 @@ def test_labels_are_warped_only_where_they_can_land_with_the_whole_grid_result(o
                                                                field, sitk.sitkNearestNeighbor, *grid, 0.0)))
     empty = clavicles.with_array(np.zeros_like(clavicles.array))
     assert deformation._label_region(field, u, empty, ct) is None
-    assert not deformation._warp_labels(empty.to_sitk(), field, ct, None).any()
+    assert not deform(ct, empty, p, cfg, check=False)[1].array.any()
 
 
 def test_outside_modes(torso):
@@ -560,3 +561,33 @@ def test_deform_example_ct_once():
     assert new_ct.array.shape == ct.array.shape and new_ct.same_grid(ct) and new_lab.same_grid(lab)
     assert stats["min_jacobian"] > cfg.jacobian_floor
     assert set(np.unique(new_lab.array)) <= set(np.unique(lab.array))
+
+
+def test_nifti_files_are_itk_nifti_in_a_reproducible_gzip(tmp_path):
+    """write_image_atomic's .nii.gz: ITK's own NIfTI bytes (header and voxels) in a standard gzip stream
+    with no name or time in it, so equal images give equal files; a failed write leaves nothing."""
+    import gzip
+
+    import nibabel as nib
+
+    from xrlib.core.atomic import write_image_atomic
+
+    rng = np.random.default_rng(0)
+    img = sitk.GetImageFromArray(rng.integers(-1000, 2000, (9, 11, 13)).astype(np.int16))
+    img.SetSpacing((0.7, 0.8, 2.5))
+    img.SetOrigin((-10.0, 20.0, -30.0))
+    img.SetDirection(tuple(_rotated_z(20.0).ravel()))
+    write_image_atomic(tmp_path / "a.nii.gz", img)
+    write_image_atomic(tmp_path / "b.nii.gz", img)
+    sitk.WriteImage(img, str(tmp_path / "itk.nii"), False)
+    data = (tmp_path / "a.nii.gz").read_bytes()
+    assert data == (tmp_path / "b.nii.gz").read_bytes()
+    assert gzip.decompress(data) == (tmp_path / "itk.nii").read_bytes()
+    back = sitk.ReadImage(str(tmp_path / "a.nii.gz"))
+    assert np.array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(img))
+    assert np.allclose(back.GetDirection(), img.GetDirection()) and np.allclose(back.GetOrigin(), img.GetOrigin())
+    assert nib.load(tmp_path / "a.nii.gz").shape == (13, 11, 9)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nii.gz", "b.nii.gz", "itk.nii"]  # no temporaries
+    with pytest.raises(TypeError):
+        write_image_atomic(tmp_path / "c.nii.gz", "not an image")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nii.gz", "b.nii.gz", "itk.nii"]

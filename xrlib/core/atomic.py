@@ -86,12 +86,40 @@ def save_torch_atomic(path: str | Path, obj) -> None:
         tmp.write_bytes(buf.getvalue())
 
 
+#: gzip level of the ``.nii.gz`` files :func:`write_image_atomic` writes (ISA-L's levels are 0–3).
+NIFTI_GZIP_LEVEL = 2
+
+
 def write_image_atomic(path: str | Path, image, compress: bool = True) -> None:
-    """A SimpleITK image (format from the suffix, e.g. ``.nii.gz``) through :func:`atomic_write`."""
+    """A SimpleITK image (format from the suffix, e.g. ``.nii.gz``) through :func:`atomic_write`.
+
+    A compressed NIfTI (``.nii.gz``) is written by ITK uncompressed, next to the target, and then
+    gzip-compressed by ISA-L (:mod:`isal.igzip`, level :data:`NIFTI_GZIP_LEVEL`): the same header and
+    voxels as ITK's own ``.nii.gz`` in a standard gzip stream that every NIfTI reader opens, written
+    about 6× faster (0.26 s instead of 1.5 s for the example CT as int16, the file 3 % larger; see
+    ``benchmarks/profile_stages.py --parts cohort``). The gzip header holds no name and no time,
+    so equal images give equal bytes.
+    """
+    import shutil
+
     import SimpleITK as sitk
 
+    path = Path(path)
     with atomic_write(path) as tmp:
-        sitk.WriteImage(image, str(tmp), compress)
+        if not (compress and path.name.lower().endswith(".nii.gz")):
+            sitk.WriteImage(image, str(tmp), compress)
+            return
+        from isal import igzip
+
+        raw = tmp.with_name(tmp.name[: -len(".gz")])  # a name the stale-temporary sweeps also match
+        try:
+            sitk.WriteImage(image, str(raw), False)
+            with open(raw, "rb") as src, open(tmp, "wb") as fh, igzip.IGzipFile(
+                filename="", mode="wb", compresslevel=NIFTI_GZIP_LEVEL, fileobj=fh, mtime=0
+            ) as gz:
+                shutil.copyfileobj(src, gz, 1 << 22)
+        finally:
+            raw.unlink(missing_ok=True)
 
 
 def sha256_file(path: str | Path) -> str:
