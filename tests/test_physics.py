@@ -293,8 +293,20 @@ def test_blockwise_volume_maps_equal_the_whole_array_formulas():
         rel = np.maximum(np.float32(0.0), np.float32(1.0) + vol / np.float32(1000.0))
         naive = rel * np.float32(P.mu_water_per_mm(60.0))
         np.testing.assert_array_equal(P.naive_mu(vol), naive)
+        np.testing.assert_array_equal(P.naive_mu(vol.astype(np.float64)), naive)  # converted to float32 first
         np.testing.assert_array_equal(P.heuristic_mu(vol), np.where(vol < np.float32(-800.0), np.float32(0.0), naive))
         label = np.searchsorted(np.asarray(P.DEFAULT_THRESHOLDS, np.float32), vol, side="right")
         rho = np.interp(vol, P._SCHNEIDER_HU, P._SCHNEIDER_RHO).astype(np.float32)
         for i, m in enumerate(P.MATERIALS):
             np.testing.assert_array_equal(P.material_densities(vol)[m], np.where(label == i, rho, np.float32(0.0)))
+    # an int16 CT (as stored) gives its float32 values' μ, without a float32 copy; threads change nothing
+    import torch
+
+    np.testing.assert_array_equal(P.naive_mu(hu.astype(np.int16)), P.naive_mu(hu))
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = P.naive_mu(frac)
+    finally:
+        torch.set_num_threads(previous)
+    np.testing.assert_array_equal(one, P.naive_mu(frac))

@@ -30,13 +30,12 @@ code next to this module (or in its user cache where that is read-only), so late
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
-
 import numba
 import numpy as np
 import SimpleITK as sitk
 
 from xrlib.core.ct import Volume
+from xrlib.core.threads import run_ranges
 
 
 def _itk_matrices(spacing, direction) -> tuple[np.ndarray, np.ndarray]:
@@ -283,10 +282,7 @@ def warp(
         args = (src_arr, s_to_index, s_origin, fld, f_to_index, f_origin, o_to_world, o_origin, lo)
         kernel = _slab_general
     n = int(threads or sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() or 1)
-    bounds = np.linspace(0, target.shape[0], max(1, min(n, target.shape[0])) + 1).astype(int)
-    with ThreadPoolExecutor(len(bounds) - 1) as pool:  # the kernels release the GIL
-        for job in [pool.submit(kernel, *args, int(a), int(b), linear, fill_value, target) for a, b in zip(bounds[:-1], bounds[1:])]:
-            job.result()
+    run_ranges(lambda a, b: kernel(*args, a, b, linear, fill_value, target), target.shape[0], n)  # slabs of k
     if not whole:
         out[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] = target
     return out

@@ -1,0 +1,31 @@
+"""Splitting a GIL-free loop (a numba ``nogil`` kernel) over contiguous index ranges on threads."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+
+def index_ranges(n: int, parts: int) -> list[tuple[int, int]]:
+    """``[a, b)`` ranges that cover ``range(n)`` in order, ``min(parts, n)`` of them (at least one), of
+    sizes that differ by at most 1."""
+    bounds = np.linspace(0, n, max(1, min(int(parts), n)) + 1).astype(int)
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def run_ranges(fn: Callable[[int, int], None], n: int, threads: int) -> None:
+    """Call ``fn(a, b)`` for each of :func:`index_ranges` ``(n, threads)``, one thread per range.
+
+    ``fn`` must release the GIL (a compiled ``nogil`` loop) for the threads to run at once, and
+    must write disjoint parts of its output for each range; the result then does not depend on
+    ``threads``. Exceptions are raised in the caller.
+    """
+    ranges = index_ranges(n, threads)
+    if len(ranges) == 1:
+        fn(*ranges[0])
+        return
+    with ThreadPoolExecutor(len(ranges)) as pool:
+        for job in [pool.submit(fn, a, b) for a, b in ranges]:
+            job.result()
