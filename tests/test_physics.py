@@ -303,10 +303,14 @@ def test_blockwise_volume_maps_equal_the_whole_array_formulas():
     import torch
 
     np.testing.assert_array_equal(P.naive_mu(hu.astype(np.int16)), P.naive_mu(hu))
+    dens, dens16 = P.material_densities(hu), P.material_densities(hu.astype(np.int16))
     previous = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = P.naive_mu(frac)
+        one, dens1 = P.naive_mu(frac), P.material_densities(hu)
     finally:
         torch.set_num_threads(previous)
     np.testing.assert_array_equal(one, P.naive_mu(frac))
+    for m in P.MATERIALS:
+        np.testing.assert_array_equal(dens16[m], dens[m])
+        np.testing.assert_array_equal(dens1[m], dens[m])

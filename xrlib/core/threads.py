@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -15,8 +16,9 @@ def index_ranges(n: int, parts: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def run_ranges(fn: Callable[[int, int], None], n: int, threads: int) -> None:
-    """Call ``fn(a, b)`` for each of :func:`index_ranges` ``(n, threads)``, one thread per range.
+def run_ranges(fn: Callable[[int, int], Any], n: int, threads: int) -> list:
+    """Call ``fn(a, b)`` for each of :func:`index_ranges` ``(n, threads)``, one thread per range, and
+    return the results in range order.
 
     ``fn`` must release the GIL (a compiled ``nogil`` loop) for the threads to run at once, and
     must write disjoint parts of its output for each range; the result then does not depend on
@@ -24,8 +26,7 @@ def run_ranges(fn: Callable[[int, int], None], n: int, threads: int) -> None:
     """
     ranges = index_ranges(n, threads)
     if len(ranges) == 1:
-        fn(*ranges[0])
-        return
+        return [fn(*ranges[0])]
     with ThreadPoolExecutor(len(ranges)) as pool:
-        for job in [pool.submit(fn, a, b) for a, b in ranges]:
-            job.result()
+        jobs = [pool.submit(fn, a, b) for a, b in ranges]
+        return [job.result() for job in jobs]
