@@ -4,12 +4,14 @@ The virtual cohort (:mod:`xrlib.anatomy.deformation`) pulls every voxel of a CT 
 label map (nearest neighbour) through a displacement field sampled on a coarse grid (4 mm).
 :func:`SimpleITK.Warp` (ITK's ``WarpImageFilter``) does this at about 100 ns per voxel and thread,
 most of it generic per-voxel machinery (iterators, virtual interpolator calls); the two warps were
-45 % of a subject's time. :func:`warp` performs the same operations, in the same order and in
-double precision, in one compiled loop (numba, ``nogil``; the output's slices are split between
-threads), about 5× faster on the example CT (``benchmarks/profile_stages.py --parts cohort``).
-Its output equals ``sitk.Warp``'s voxel for voxel on every case compared (``tests/test_warp.py``:
-constructed volumes, oblique grids, points outside the source and the field, and the example
-CT's virtual subjects), so the cohort's files are unchanged. Per output voxel with index ``n``:
+about 40 % of a subject's time. :func:`warp` performs the same operations, in the same order and
+in double precision, in one compiled loop (numba, ``nogil``; the output's slices are split between
+threads), 3–5× faster on the example CT on 2 threads (the CT 0.4–0.6 s instead of 1.9–2.2 s, the
+labels' box 0.2 s instead of 0.9–1.0 s). Its output equals ``sitk.Warp``'s voxel for voxel on every
+case compared (``tests/test_warp.py``: random float and integer volumes, LPS, identity and oblique
+grids, fields that cover part of the grid, points that leave the source, half-voxel ties;
+``benchmarks/bench_stages.py --stages cohort``: the example CT's virtual subjects against the
+previous code), so the cohort's voxels are unchanged. Per output voxel with index ``n``:
 
 1. its centre ``x = o + M n`` with ``M = D · diag(spacing)``, summed in ITK's order;
 2. the displacement ``u(x)``: trilinear in the field's nodes as ``WarpImageFilter`` evaluates it
