@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from xrlib.anatomy import cohort, deformation, sources
 from xrlib.anatomy.cohort import CohortConfig
 from xrlib.anatomy.deformation import DeformationParams, deform, deformation_transform, sample_params
-from xrlib.anatomy.warp import warp
+from xrlib.anatomy.warp import reach_box, warp
 from xrlib.core.ct import CLAVICLE_LEFT_LABEL as LEFT
 from xrlib.core.ct import CLAVICLE_RIGHT_LABEL as RIGHT
 from xrlib.core.atomic import sha256_file
@@ -267,7 +267,7 @@ def _rotated_z(deg: float) -> np.ndarray:
 @pytest.mark.parametrize("direction", [np.eye(3), _rotated_z(25.0)])
 def test_labels_are_warped_only_where_they_can_land_with_the_whole_grid_result(outside, direction):
     """deform() warps the label map inside the output box its non-zero voxels can reach through the
-    coarse field (deformation._label_region, then xrlib.anatomy.warp.warp with that box) and fills 0 elsewhere: voxel for voxel the warp of the
+    coarse field (xrlib.anatomy.warp.reach_box, then warp with that box) and fills 0 elsewhere: voxel for voxel the warp of the
     whole grid, with a box smaller than the grid when the labels are small."""
     ct, lab = make_torso(direction)
     clavicles = lab.with_array(np.where(np.isin(lab.array, (LEFT, RIGHT)), lab.array, 0).astype(np.uint8))
@@ -280,16 +280,16 @@ def test_labels_are_warped_only_where_they_can_land_with_the_whole_grid_result(o
         for labels in (clavicles, lab):
             src = deformation._continued(labels, axes, u)
             whole = sitk.GetArrayFromImage(sitk.Warp(src.to_sitk(), field, sitk.sitkNearestNeighbor, *grid, 0.0))
-            region = deformation._label_region(field, u, src, ct)
+            region = reach_box(field, u, src, ct)
             boxed = warp(src, field, u, ct, linear=False, fill=0, box=region)
             assert np.array_equal(boxed, whole) and whole.any() and boxed.dtype == labels.array.dtype
-        first, last = deformation._label_region(field, u, deformation._continued(clavicles, axes, u), ct)
+        first, last = reach_box(field, u, deformation._continued(clavicles, axes, u), ct)
         assert np.prod(last - first) < 0.6 * np.prod(ct.shape_ijk)  # the bars' box, not the whole grid
         assert np.array_equal(deform(ct, clavicles, p, cfg, check=False)[1].array,
                               sitk.GetArrayFromImage(sitk.Warp(deformation._continued(clavicles, axes, u).to_sitk(),
                                                                field, sitk.sitkNearestNeighbor, *grid, 0.0)))
     empty = clavicles.with_array(np.zeros_like(clavicles.array))
-    assert deformation._label_region(field, u, empty, ct) is None
+    assert reach_box(field, u, empty, ct) is None
     assert not deform(ct, empty, p, cfg, check=False)[1].array.any()
 
 

@@ -303,6 +303,7 @@ def test_blockwise_volume_maps_equal_the_whole_array_formulas():
     import torch
 
     np.testing.assert_array_equal(P.naive_mu(hu.astype(np.int16)), P.naive_mu(hu))
+    np.testing.assert_array_equal(P.heuristic_mu(hu.astype(np.int16)), P.heuristic_mu(hu))
     dens, dens16 = P.material_densities(hu), P.material_densities(hu.astype(np.int16))
     previous = torch.get_num_threads()
     try:

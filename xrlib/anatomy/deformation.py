@@ -50,7 +50,7 @@ interpolated linearly between nodes: :func:`deformation_transform` returns it as
 centimetres, so the coarse field reproduces them to a small fraction of a millimetre; the affine part
 is reproduced exactly. A dense float64 field for the example would need 0.8 GB; the coarse one needs
 16 MB. The label map is warped only inside the output box its non-zero voxels can reach through the
-field (:func:`_label_region`; about half the example's grid), with the whole-grid warp's value in
+field (:func:`xrlib.anatomy.warp.reach_box`; about half the example's grid), with the whole-grid warp's value in
 every voxel of it.
 
 No folding
@@ -107,7 +107,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from xrlib.core.ct import CLAVICLE_LEFT_LABEL, CLAVICLE_RIGHT_LABEL, Volume, support_box
+from xrlib.core.ct import CLAVICLE_LEFT_LABEL, CLAVICLE_RIGHT_LABEL, Volume
 from xrlib.core.errors import InputError
 
 #: Air in HU: the value of output voxels whose source point lies outside the source grid.
@@ -509,50 +509,6 @@ def _clavicle_ml(labels: np.ndarray, label: int, voxel_ml: float) -> float:
     return float(np.count_nonzero(labels == label)) * voxel_ml
 
 
-def _label_region(field_img: sitk.Image, u: np.ndarray, src: Volume, out: Volume):
-    """Index box ``(lo, hi)`` (``(i, j, k)``, ``hi`` exclusive) of ``out``'s grid outside which a
-    nearest-neighbour warp of ``src`` through the coarse field (``field_img``, its values ``u`` as
-    ``[k, j, i, 3]``) gives 0 everywhere, or ``None`` if ``src`` is all zero.
-
-    The warp samples ``src`` at ``x + u(x)``, with ``u`` trilinear between field nodes; ``x`` is
-    trilinear in the node positions too, so the source points of a field cell lie in the bounding
-    box of its 8 nodes' source points. A cell can reach a non-zero label only if that box meets the
-    world box of ``src``'s support, widened by half a voxel (nearest-neighbour rounding). The
-    answer is the output-grid box around every such cell, with one voxel to spare.
-    """
-    box = support_box(src.array)
-    if box is None:
-        return None
-    lo = np.array(box[0][::-1], float) - 0.5  # (i, j, k)
-    hi = np.array(box[1][::-1], float) + 0.5
-    size, origin, spacing = field_img.GetSize(), field_img.GetOrigin(), field_img.GetSpacing()[0]
-    corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
-    m = src.index_to_world
-    world = corners @ m[:3, :3].T + m[:3, 3]
-    box_lo, box_hi = world.min(0), world.max(0)
-    q = _grid_points(size, origin, spacing) + u  # source point of every node, [k, j, i, 3]
-    views = [q[a:a + q.shape[0] - 1, b:b + q.shape[1] - 1, c:c + q.shape[2] - 1] for a in (0, 1) for b in (0, 1) for c in (0, 1)]
-    q_lo, q_hi = views[0].copy(), views[0].copy()
-    for v in views[1:]:
-        np.minimum(q_lo, v, out=q_lo)
-        np.maximum(q_hi, v, out=q_hi)
-    reach = np.all((q_hi >= box_lo) & (q_lo <= box_hi), axis=-1)  # cells [k, j, i]
-    if not reach.any():
-        return np.zeros(3, int), np.zeros(3, int)
-    cells = [np.flatnonzero(reach.any(axis=tuple(x for x in range(3) if x != a))) for a in (2, 1, 0)]  # i, j, k
-    cell_lo = np.array([c[0] for c in cells], float)
-    cell_hi = np.array([c[-1] + 1 for c in cells], float)
-    w_lo = np.asarray(origin, float) + spacing * cell_lo  # world box of the reaching cells
-    w_hi = np.asarray(origin, float) + spacing * cell_hi
-    wc = np.array([[a, b, c] for a in (w_lo[0], w_hi[0]) for b in (w_lo[1], w_hi[1]) for c in (w_lo[2], w_hi[2])])
-    inv = np.linalg.inv(out.index_to_world)
-    idx = wc @ inv[:3, :3].T + inv[:3, 3]
-    shape = np.asarray(out.shape_ijk)
-    first = np.clip(np.floor(idx.min(0)).astype(int) - 1, 0, shape)
-    last = np.clip(np.ceil(idx.max(0)).astype(int) + 2, 0, shape)
-    return first, last
-
-
 def deform(
     ct: Volume,
     labels: Volume,
@@ -582,11 +538,11 @@ def deform(
 
     axes = {"air": [], "edge": [0, 1, 2], "continue_si": [ct.si_axis]}[config.outside]
     src_ct, src_lab = (_continued(v, axes, u) for v in (ct, labels))
-    from xrlib.anatomy.warp import warp  # imports numba: only where subjects are built
+    from xrlib.anatomy.warp import reach_box, warp  # imports numba: only where subjects are built
 
     new_ct = ct.with_array(warp(src_ct, field_img, u, ct, linear=True, fill=AIR_HU),
                            source=f"{ct.source} [virtual seed {params.seed}]")  # float32 HU
-    box = _label_region(field_img, u, src_lab, ct)  # None: no label at all
+    box = reach_box(field_img, u, src_lab, ct)  # None: no label at all
     warped_lab = np.zeros_like(labels.array) if box is None else warp(src_lab, field_img, u, ct, linear=False, fill=0, box=box)
     new_lab = labels.with_array(warped_lab, source=f"{labels.source} [virtual seed {params.seed}]")
 

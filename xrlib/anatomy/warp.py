@@ -15,8 +15,8 @@ previous code), so the cohort's voxels are unchanged. Per output voxel with inde
 
 1. its centre ``x = o + M n`` with ``M = D · diag(spacing)``, summed in ITK's order;
 2. the displacement ``u(x)``: trilinear in the field's nodes as ``WarpImageFilter`` evaluates it
-   (the base node clamped into the field with zero weight above it, neighbours of zero weight
-   skipped, the sum stopped once the weights reach exactly 1);
+   (the base node clamped into the field with zero weight above it, the sum stopped once the
+   weights reach exactly 1; a neighbour of zero weight, which ITK skips, adds exactly 0);
 3. the source point ``x + u(x)`` as a continuous index of the source (ITK's physical-to-index
    matrix, read back from SimpleITK, so oblique grids are handled as ITK handles them); a point
    outside ``[−½, n − ½)`` on any axis gives the fill value;
@@ -24,6 +24,9 @@ previous code), so the cohort's voxels are unchanged. Per output voxel with inde
    and a negative distance (the half voxel before the first) as 0 — ``LinearInterpolateImageFunction``'s
    branches in one formula — stored as float32; nearest: ITK's round-half-up of the index
    (``⌊(2c + ½)⌉ >> 1``, exact where ``⌊c + ½⌋`` in floating point is not).
+
+:func:`reach_box` bounds where a nearest-neighbour warp of a sparse volume (a label map) can be
+non-zero, so that only that box is computed.
 
 The first call in a fresh environment compiles the loop (a few seconds); numba caches the machine
 code next to this module (or in its user cache where that is read-only), so later processes load it.
@@ -36,7 +39,7 @@ import numba
 import numpy as np
 import SimpleITK as sitk
 
-from xrlib.core.ct import Volume
+from xrlib.core.ct import Volume, support_box
 from xrlib.core.threads import run_ranges
 
 
@@ -68,35 +71,36 @@ def _base(c, end):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, inline="always")
-def _displacement(field, b0, b1, b2, d0, d1, d2):  # pragma: no cover - compiled
-    """WarpImageFilter::EvaluateDisplacementAtPhysicalPoint's weighted sum over the 8 nodes."""
+def _load_nodes(field, b0, b1, b2, node):  # pragma: no cover - compiled
+    """The displacements of the 8 nodes of the field cell with base node ``(b0, b1, b2)`` into ``node``
+    (``[8, 3]``, neighbour ``c`` upper along axis ``a`` where bit ``a`` of ``c`` is set). A neighbour beyond
+    the field's last node is clamped to it; :func:`_base` gives it weight 0 there."""
+    nz, ny, nx = field.shape[0], field.shape[1], field.shape[2]
+    for c in range(8):
+        n0 = min(b0 + (c & 1), nx - 1)
+        n1 = min(b1 + ((c >> 1) & 1), ny - 1)
+        n2 = min(b2 + ((c >> 2) & 1), nz - 1)
+        for q in range(3):
+            node[c, q] = field[n2, n1, n0, q]
+
+
+@numba.njit(cache=True, inline="always")
+def _node_sum(node, d0, d1, d2):  # pragma: no cover - compiled
+    """WarpImageFilter::EvaluateDisplacementAtPhysicalPoint's weighted sum over the 8 nodes: the weights
+    ``((w0·w1)·w2)`` (``w = d`` or ``1 − d``) and the sums in ITK's neighbour order, stopped once the
+    weights reach exactly 1. ITK skips a neighbour of weight 0; adding ``0 · value`` changes no sum,
+    so it is not tested for here."""
+    e0, e1, e2 = 1.0 - d0, 1.0 - d1, 1.0 - d2
     u0 = 0.0
     u1 = 0.0
     u2 = 0.0
     total = 0.0
-    for counter in range(8):
-        overlap = 1.0
-        n0, n1, n2 = b0, b1, b2
-        if counter & 1:
-            n0 += 1
-            overlap *= d0
-        else:
-            overlap *= 1.0 - d0
-        if counter & 2:
-            n1 += 1
-            overlap *= d1
-        else:
-            overlap *= 1.0 - d1
-        if counter & 4:
-            n2 += 1
-            overlap *= d2
-        else:
-            overlap *= 1.0 - d2
-        if overlap != 0.0:
-            u0 += overlap * field[n2, n1, n0, 0]
-            u1 += overlap * field[n2, n1, n0, 1]
-            u2 += overlap * field[n2, n1, n0, 2]
-            total += overlap
+    for c in range(8):
+        w = ((d0 if c & 1 else e0) * (d1 if c & 2 else e1)) * (d2 if c & 4 else e2)
+        u0 += w * node[c, 0]
+        u1 += w * node[c, 1]
+        u2 += w * node[c, 2]
+        total += w
         if total == 1.0:
             break
     return u0, u1, u2
@@ -140,42 +144,17 @@ def _slab_axis_aligned(src, s_scale, s_origin, field, px, py, pz, fb0, fd0, fb1,
     The output points (``px``, ``py``, ``pz``) and the field's base nodes and distances (``fb*``,
     ``fd*``) are then per axis, computed once by the caller with ITK's formulas (the zero
     off-diagonal terms ITK adds change nothing). Along a row the 8 nodes' displacements are loaded
-    once per field cell; the weights and sums are ``_displacement``'s, in its order (a neighbour
-    of zero weight adds exactly 0, so it is not skipped here; the stop at a total of 1 is kept).
+    once per field cell.
     """
-    nz, ny, nx = field.shape[0], field.shape[1], field.shape[2]
     node = np.empty((8, 3))
     for kk in range(k_from, k_to):
-        b2, d2 = fb2[kk], fd2[kk]
-        e2 = 1.0 - d2
         for jj in range(out.shape[1]):
-            b1, d1 = fb1[jj], fd1[jj]
-            e1 = 1.0 - d1
             cell = -1
             for ii in range(out.shape[2]):
-                b0 = fb0[ii]
-                if b0 != cell:
-                    cell = b0
-                    for c in range(8):
-                        n0 = min(b0 + (c & 1), nx - 1)  # a clamped neighbour has weight 0
-                        n1 = min(b1 + ((c >> 1) & 1), ny - 1)
-                        n2 = min(b2 + ((c >> 2) & 1), nz - 1)
-                        for q in range(3):
-                            node[c, q] = field[n2, n1, n0, q]
-                d0 = fd0[ii]
-                e0 = 1.0 - d0
-                u0 = 0.0
-                u1 = 0.0
-                u2 = 0.0
-                total = 0.0
-                for c in range(8):
-                    w = ((d0 if c & 1 else e0) * (d1 if c & 2 else e1)) * (d2 if c & 4 else e2)
-                    u0 += w * node[c, 0]
-                    u1 += w * node[c, 1]
-                    u2 += w * node[c, 2]
-                    total += w
-                    if total == 1.0:
-                        break
+                if fb0[ii] != cell:  # the next field cell along the row
+                    cell = fb0[ii]
+                    _load_nodes(field, cell, fb1[jj], fb2[kk], node)
+                u0, u1, u2 = _node_sum(node, fd0[ii], fd1[jj], fd2[kk])
                 c0 = s_scale[0] * ((px[ii] + u0) - s_origin[0])
                 c1 = s_scale[1] * ((py[jj] + u1) - s_origin[1])
                 c2 = s_scale[2] * ((pz[kk] + u2) - s_origin[2])
@@ -189,6 +168,7 @@ def _slab_general(src, s_to_index, s_origin, field, f_to_index, f_origin, o_to_w
     f_end = (field.shape[2] - 1, field.shape[1] - 1, field.shape[0] - 1)
     p = np.empty(3)
     c = np.empty(3)
+    node = np.empty((8, 3))
     for kk in range(k_from, k_to):
         for jj in range(out.shape[1]):
             for ii in range(out.shape[2]):
@@ -206,7 +186,8 @@ def _slab_general(src, s_to_index, s_origin, field, f_to_index, f_origin, o_to_w
                 b0, d0 = _base(c[0], f_end[0])
                 b1, d1 = _base(c[1], f_end[1])
                 b2, d2 = _base(c[2], f_end[2])
-                u0, u1, u2 = _displacement(field, b0, b1, b2, d0, d1, d2)
+                _load_nodes(field, b0, b1, b2, node)
+                u0, u1, u2 = _node_sum(node, d0, d1, d2)
                 p[0] += u0
                 p[1] += u1
                 p[2] += u2
@@ -230,12 +211,56 @@ def _axis_terms(lo, hi, o_origin, o_to_world, f_origin, f_to_index, f_size):
         n = np.arange(lo[a], hi[a], dtype=float)
         p = o_origin[a] + o_to_world[a, a] * n
         c = f_to_index[a, a] * (p - f_origin[a])
-        b = np.floor(c)
-        end = f_size[a] - 1
-        d = np.where((b >= 0) & (b < end), c - b, 0.0)
-        b = np.clip(b, 0, end).astype(np.int64)
-        terms.append((p, b, d))
+        base = [_base(float(x), int(f_size[a]) - 1) for x in c]  # a few hundred calls per axis
+        terms.append((p, np.array([b for b, _ in base], np.int64), np.array([d for _, d in base], float)))
     return terms
+
+
+def reach_box(field: sitk.Image, field_array: np.ndarray, src: Volume, grid: Volume):
+    """Index box ``(lo, hi)`` (``(i, j, k)``, ``hi`` exclusive) of ``grid`` outside which a
+    nearest-neighbour :func:`warp` of ``src`` through ``field`` (values ``field_array``, ``[z, y, x, 3]``)
+    gives 0 everywhere, or ``None`` if ``src`` is all zero; pass it as ``warp(..., box=...)``.
+
+    The warp samples ``src`` at ``x + u(x)``, with ``u`` trilinear between field nodes; ``x`` is
+    trilinear in the node positions too, so the source points of a field cell lie in the bounding
+    box of its 8 nodes' source points. A cell can reach a non-zero voxel only if that box meets the
+    world box of ``src``'s support, widened by half a voxel (nearest-neighbour rounding). The
+    answer is the grid's box around every such cell, with one voxel to spare.
+    """
+    box = support_box(src.array)
+    if box is None:
+        return None
+    lo = np.array(box[0][::-1], float) - 0.5  # (i, j, k)
+    hi = np.array(box[1][::-1], float) + 0.5
+    world = _box_corners(lo, hi) @ src.index_to_world[:3, :3].T + src.index_to_world[:3, 3]
+    box_lo, box_hi = world.min(0), world.max(0)
+    f_to_world, _ = _itk_matrices(field.GetSpacing(), field.GetDirection())
+    f_origin = np.asarray(field.GetOrigin(), float)
+    k, j, i = np.meshgrid(*(np.arange(n, dtype=float) for n in field.GetSize()[::-1]), indexing="ij")
+    q = np.stack([i, j, k], axis=-1) @ f_to_world.T + f_origin + field_array  # source point of every node
+    views = [q[a:a + q.shape[0] - 1, b:b + q.shape[1] - 1, c:c + q.shape[2] - 1] for a in (0, 1) for b in (0, 1) for c in (0, 1)]
+    q_lo, q_hi = views[0].copy(), views[0].copy()
+    for v in views[1:]:
+        np.minimum(q_lo, v, out=q_lo)
+        np.maximum(q_hi, v, out=q_hi)
+    reach = np.all((q_hi >= box_lo) & (q_lo <= box_hi), axis=-1)  # cells [z, y, x]
+    if not reach.any():
+        return np.zeros(3, int), np.zeros(3, int)
+    cells = [np.flatnonzero(reach.any(axis=tuple(x for x in range(3) if x != a))) for a in (2, 1, 0)]  # x, y, z
+    cell_lo = np.array([c[0] for c in cells], float)
+    cell_hi = np.array([c[-1] + 1 for c in cells], float)
+    wc = _box_corners(cell_lo, cell_hi) @ f_to_world.T + f_origin  # world corners of the reaching cells
+    inv = np.linalg.inv(grid.index_to_world)
+    idx = wc @ inv[:3, :3].T + inv[:3, 3]
+    shape = np.asarray(grid.shape_ijk)
+    first = np.clip(np.floor(idx.min(0)).astype(int) - 1, 0, shape)
+    last = np.clip(np.ceil(idx.max(0)).astype(int) + 2, 0, shape)
+    return first, last
+
+
+def _box_corners(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The 8 corners of the box ``[lo, hi]`` (3-vectors), as rows."""
+    return np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])], float)
 
 
 def warp(

@@ -32,6 +32,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from xrlib.core.errors import InputError
+from xrlib.core.memory import cache_blocks
 
 log = logging.getLogger(__name__)
 
@@ -412,8 +413,6 @@ def block_mean(vol: Volume, factors_ijk: tuple[int, int, int]) -> Volume:
     src = np.asarray(vol.array, np.float32)
     if f == [1, 1, 1]:
         return vol.with_array(src)
-    from xrlib.core.memory import cache_blocks
-
     out = np.empty(tuple(-(-n // m) for n, m in zip(src.shape, (fk, fj, fi))), np.float32)
     for rows in cache_blocks(src.shape, multiple=fk):  # whole blocks of fk slices, about 1 MiB each
         slab = src[rows]

@@ -1,12 +1,33 @@
-"""Splitting a GIL-free loop (a numba ``nogil`` kernel) over contiguous index ranges on threads."""
+"""Compiled loops on the task's threads: numba ``nogil`` kernels, split over contiguous index ranges.
+
+numba is imported when a kernel is first compiled (:func:`compiled`), not with this module; it
+caches the machine code on disk, so later processes load it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 
 import numpy as np
+
+
+@lru_cache(maxsize=None)
+def compiled(fn: Callable) -> Callable:
+    """``fn`` (a module-level function) compiled by numba as a GIL-free kernel, once per process."""
+    import numba
+
+    return numba.njit(nogil=True, cache=True)(fn)
+
+
+def task_threads() -> int:
+    """The running task's thread count: torch's intra-op threads, which
+    :func:`xrlib.exec.local.run_task` sets for every task (all cores outside one)."""
+    import torch
+
+    return max(1, torch.get_num_threads())
 
 
 def index_ranges(n: int, parts: int) -> list[tuple[int, int]]:

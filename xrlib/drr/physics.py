@@ -30,7 +30,7 @@ import xraydb
 from scipy import ndimage
 
 from xrlib.core.memory import cache_blocks
-from xrlib.core.threads import run_ranges
+from xrlib.core.threads import compiled, run_ranges, task_threads
 
 MATERIALS = ("air", "lung", "soft_tissue", "bone")
 
@@ -88,20 +88,6 @@ def _naive_mu_range(hu, mu_w, out, a, b):  # pragma: no cover - runs compiled (n
         out[n] = o * mu_w
 
 
-@lru_cache(maxsize=1)
-def _naive_mu_kernel():
-    import numba  # compiled on first use; numba caches the machine code on disk
-
-    return numba.njit(nogil=True, cache=True)(_naive_mu_range)
-
-
-def _task_threads() -> int:
-    """The thread count of the running task (:func:`xrlib.exec.local.run_task` sets torch's)."""
-    import torch
-
-    return max(1, torch.get_num_threads())
-
-
 def naive_mu(hu: np.ndarray, energy_kev: float = 60.0) -> np.ndarray:
     """Monochromatic μ (1/mm, float32): μ_water(E)·max(0, 1 + HU/1000).
 
@@ -114,8 +100,8 @@ def naive_mu(hu: np.ndarray, energy_kev: float = 60.0) -> np.ndarray:
     mu_w = np.float32(mu_water_per_mm(energy_kev))
     out = np.empty(hu.shape, np.float32)
     flat_hu, flat_out = hu.reshape(-1), out.reshape(-1)
-    kernel = _naive_mu_kernel()
-    run_ranges(lambda a, b: kernel(flat_hu, mu_w, flat_out, a, b), flat_hu.size, _task_threads())
+    kernel = compiled(_naive_mu_range)
+    run_ranges(lambda a, b: kernel(flat_hu, mu_w, flat_out, a, b), flat_hu.size, task_threads())
     return out
 
 
@@ -126,7 +112,9 @@ def heuristic_mu(hu: np.ndarray, energy_kev: float = 60.0, air_threshold_hu: flo
     the lung) stops that low-density material from adding a haze to every ray, which raises the
     contrast of tissue against lung at the cost of dropping the lung parenchyma signal.
     """
-    hu = np.asarray(hu, np.float32)
+    hu = np.asarray(hu)
+    if not (hu.dtype.kind in "iu" and hu.dtype.itemsize <= 2):  # int16 HU compare exactly with a float32
+        hu = np.asarray(hu, np.float32)
     mu = naive_mu(hu, energy_kev)
     thr = np.float32(air_threshold_hu)
     for b in cache_blocks(hu.shape):
@@ -150,16 +138,16 @@ def material_densities(hu: np.ndarray, thresholds: tuple[float, float, float] = 
     out = {m: np.empty(hu.shape, np.float32) for m in MATERIALS}
     lo, hi = int(_SCHNEIDER_HU[0]) - 1024, 4096
     flat = hu.reshape(-1)
-    threads = _task_threads()
-    kernels = _material_kernels()
-    integral = hu.dtype.kind in "iu" or all(run_ranges(lambda a, b: kernels[0](flat, a, b), flat.size, threads))
-    if flat.size > 65536 and integral:
+    threads = task_threads()
+    integral = compiled(_integral_range)
+    if flat.size > 65536 and (hu.dtype.kind in "iu" or all(run_ranges(lambda a, b: integral(flat, a, b), flat.size, threads))):
         # Integer HU (CTs are stored as int16): look the density and the material up in tables over the
         # integer HU range (the same values as the interpolation below), in one compiled pass.
         grid = np.arange(lo, hi + 1, dtype=np.float32)
         rho_of, label_of = _density_table(grid), np.searchsorted(t32, grid, side="right").astype(np.uint8)
         channels = [out[m].reshape(-1) for m in MATERIALS]
-        run_ranges(lambda a, b: kernels[1](flat, lo, hi, rho_of, label_of, *channels, a, b), flat.size, threads)
+        table = compiled(_material_table_range)
+        run_ranges(lambda a, b: table(flat, lo, hi, rho_of, label_of, *channels, a, b), flat.size, threads)
         return out
     hu = np.asarray(hu, np.float32)
     for b in cache_blocks(hu.shape):  # block by block: see xrlib.core.memory.CACHE_BLOCK_VOXELS
@@ -197,14 +185,6 @@ def _material_table_range(hu, lo, hi, rho_of, label_of, air, lung, soft, bone, a
         lung[n] = rho if label == 1 else zero
         soft[n] = rho if label == 2 else zero
         bone[n] = rho if label == 3 else zero
-
-
-@lru_cache(maxsize=1)
-def _material_kernels():
-    import numba
-
-    jit = numba.njit(nogil=True, cache=True)
-    return jit(_integral_range), jit(_material_table_range)
 
 
 def _as_voxels(hu) -> np.ndarray:
