@@ -13,7 +13,9 @@ the measurements the README quotes (this checkout only, no "before"):
   with the default allocator, then three times inside :func:`xrlib.core.memory.reuse_heap`;
 - ``cohort``: one virtual subject of the example CT under ``cProfile``, after an untimed one (imports,
   the compiled warp loaded or compiled): its total and the share of the two warps
-  (:func:`xrlib.anatomy.warp.warp`), the NIfTI writes and the displacement field;
+  (:func:`xrlib.anatomy.warp.warp`), the NIfTI writes and the displacement field; then subject 0's
+  two warps and its CT file against the ITK calls they replaced (``sitk.Warp``, ITK's own gzip):
+  times, ratio, and whether the voxels (for the file: the decompressed bytes) are identical;
 - ``rendering``: one realistic shard (the surrogate's jittered poses) after an untimed one, with the
   time of each channel the RTK projector projects; with ``--prefilter`` also with the profile's
   ``render.prefilter`` switched on (:func:`xrlib.drr.render.detector_prefilter`).
@@ -154,6 +156,61 @@ def cohort(profile_name: str) -> None:
     _shares(pstats.Stats(pr), total, {"warps (CT linear, labels nearest; xrlib.anatomy.warp)": "warp",
                                       "NIfTI writes (ITK header and voxels, ISA-L gzip)": "write_image_atomic",
                                       "displacement field and folding guard": "_displacement_field"})
+    _cohort_against_itk(ct, labels, cfg, os.cpu_count() or 1)
+
+
+def _median_time(fn, repeats: int = 3) -> tuple[float, object]:
+    """Median wall time of ``repeats`` calls of ``fn`` (after one untimed call) and its last result."""
+    result, times = fn(), []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), result
+
+
+def _cohort_against_itk(ct, labels, cfg, threads: int) -> None:
+    """Subject 0's two warps and its CT file, each against the ITK call it replaced, on ``threads`` threads."""
+    import gzip
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    from xrlib.anatomy import deformation as D
+    from xrlib.anatomy.cohort import _ct_to_int16
+    from xrlib.anatomy.warp import reach_box, warp
+    from xrlib.core.atomic import write_image_atomic
+
+    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    try:
+        params = D.sample_params(D.subject_seed(cfg.seed, "example", 0, 0), cfg)
+        field, u, _ = D._displacement_field(ct, labels, params, cfg)
+        axes = {"air": [], "edge": [0, 1, 2], "continue_si": [ct.si_axis]}[cfg.outside]
+        src_ct, src_lab = (D._continued(v, axes, u) for v in (ct, labels))
+        grid = (ct.shape_ijk, ct.origin, ct.spacing, tuple(float(d) for d in np.asarray(ct.direction).ravel()))
+        ct_img, lab_img = sitk.Cast(src_ct.to_sitk(), sitk.sitkFloat32), src_lab.to_sitk()
+        box = reach_box(field, u, src_lab, ct)
+        rows = []
+        ours, warped = _median_time(lambda: warp(src_ct, field, u, ct, linear=True, fill=D.AIR_HU))
+        itk, b = _median_time(lambda: sitk.GetArrayFromImage(sitk.Warp(ct_img, field, sitk.sitkLinear, *grid, D.AIR_HU)))
+        rows.append(("CT, linear, whole grid: warp vs sitk.Warp", ours, itk, np.array_equal(warped, b)))
+        ours, a = _median_time(lambda: warp(src_lab, field, u, ct, linear=False, fill=0, box=box))
+        itk, b = _median_time(lambda: sitk.GetArrayFromImage(sitk.Warp(lab_img, field, sitk.sitkNearestNeighbor, *grid, 0.0)))
+        rows.append(("labels, nearest: warp in reach_box vs sitk.Warp of the grid", ours, itk, np.array_equal(a, b)))
+        img = _ct_to_int16(ct.with_array(warped))  # the subject's CT file
+        with tempfile.TemporaryDirectory() as d:
+            ours, _ = _median_time(lambda: write_image_atomic(Path(d) / "a.nii.gz", img))
+            itk, _ = _median_time(lambda: sitk.WriteImage(img, str(Path(d) / "b.nii.gz"), True))
+            same = gzip.decompress((Path(d) / "a.nii.gz").read_bytes()) == gzip.decompress((Path(d) / "b.nii.gz").read_bytes())
+            sizes = [(Path(d) / n).stat().st_size / 1e6 for n in ("a.nii.gz", "b.nii.gz")]
+        rows.append((f"CT as int16 .nii.gz: ISA-L ({sizes[0]:.1f} MB) vs ITK's gzip ({sizes[1]:.1f} MB)", ours, itk, same))
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
+    print(f"\nsubject 0 against the ITK calls it replaced ({threads} threads, medians of 3 after one untimed call)\n")
+    print("| step | xrlib s | ITK s | ratio | identical |\n|---|---:|---:|---:|---|")
+    for name, ours, itk, same in rows:
+        print(f"| {name} | {ours:.2f} | {itk:.2f} | {itk / ours:.2f}× | {'yes' if same else 'NO'} |")
 
 
 def rendering(profile_name: str, prefilter: bool = False) -> None:

@@ -71,6 +71,10 @@ def test_stage_profile_reports_every_part():
                  "displacement field and folding guard"):
         found = re.search(rf"^\| {re.escape(part)} \| ([\d.]+) \| \d+ % \|$", res.stdout, re.M)
         assert found and float(found.group(1)) > 0, res.stdout  # the profiled function was found
+    # the compiled warps and the ISA-L file against the ITK calls they replaced: same voxels / bytes
+    for step in (r"CT, linear, whole grid: warp vs sitk\.Warp", r"labels, nearest: warp in reach_box vs sitk\.Warp of the grid",
+                 r"CT as int16 \.nii\.gz: ISA-L \([\d.]+ MB\) vs ITK's gzip \([\d.]+ MB\)"):
+        assert re.search(rf"^\| {step} \| [\d.]+ \| [\d.]+ \| [\d.]+× \| yes \|$", res.stdout, re.M), res.stdout
     # 4 material channels and the 2 clavicle masks of the realistic chain, each projected once, without
     # and with the prefilter; with it the material channels are block means (smoke: 8 × 8 × 2 voxels)
     shapes = re.findall(r"^\| \((\d+), (\d+), (\d+)\) \| [\d.]+ \|$", res.stdout, re.M)

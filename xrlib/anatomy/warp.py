@@ -6,8 +6,9 @@ label map (nearest neighbour) through a displacement field sampled on a coarse g
 most of it generic per-voxel machinery (iterators, virtual interpolator calls); the two warps were
 about 40 % of a subject's time. :func:`warp` performs the same operations, in the same order and
 in double precision, in one compiled loop (numba, ``nogil``; the output's slices are split between
-threads), 3–5× faster on the example CT on 2 threads (the CT 0.4–0.6 s instead of 1.9–2.2 s, the
-labels' box 0.2 s instead of 0.9–1.0 s). Its output equals ``sitk.Warp``'s voxel for voxel on every
+threads), several times faster: ``benchmarks/profile_stages.py --parts cohort`` times both on a
+subject of the example CT (2 threads: the CT 0.6 s against ``sitk.Warp``'s 2.1 s, the labels in
+:func:`reach_box` 0.2 s against 1.7 s for ITK's warp of the grid). Its output equals ``sitk.Warp``'s voxel for voxel on every
 case compared (``tests/test_warp.py``: random float and integer volumes, LPS, identity and oblique
 grids, fields that cover part of the grid, points that leave the source, half-voxel ties;
 ``benchmarks/bench_stages.py --stages cohort``: the example CT's virtual subjects against the
@@ -85,12 +86,11 @@ def _load_nodes(field, b0, b1, b2, node):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, inline="always")
-def _node_sum(node, d0, d1, d2):  # pragma: no cover - compiled
+def _node_sum(node, d0, e0, d1, e1, d2, e2):  # pragma: no cover - compiled
     """WarpImageFilter::EvaluateDisplacementAtPhysicalPoint's weighted sum over the 8 nodes: the weights
-    ``((w0·w1)·w2)`` (``w = d`` or ``1 − d``) and the sums in ITK's neighbour order, stopped once the
+    ``((w0·w1)·w2)`` (``w = d`` or ``e = 1 − d``) and the sums in ITK's neighbour order, stopped once the
     weights reach exactly 1. ITK skips a neighbour of weight 0; adding ``0 · value`` changes no sum,
     so it is not tested for here."""
-    e0, e1, e2 = 1.0 - d0, 1.0 - d1, 1.0 - d2
     u0 = 0.0
     u1 = 0.0
     u2 = 0.0
@@ -146,15 +146,39 @@ def _slab_axis_aligned(src, s_scale, s_origin, field, px, py, pz, fb0, fd0, fb1,
     off-diagonal terms ITK adds change nothing). Along a row the 8 nodes' displacements are loaded
     once per field cell.
     """
+    nz, ny, nx = field.shape[0], field.shape[1], field.shape[2]
     node = np.empty((8, 3))
     for kk in range(k_from, k_to):
+        d2 = fd2[kk]
+        e2 = 1.0 - d2
         for jj in range(out.shape[1]):
+            d1 = fd1[jj]
+            e1 = 1.0 - d1
             cell = -1
             for ii in range(out.shape[2]):
                 if fb0[ii] != cell:  # the next field cell along the row
                     cell = fb0[ii]
-                    _load_nodes(field, cell, fb1[jj], fb2[kk], node)
-                u0, u1, u2 = _node_sum(node, fd0[ii], fd1[jj], fd2[kk])
+                    for c in range(8):  # _load_nodes, written out for the same reason
+                        n0 = min(cell + (c & 1), nx - 1)
+                        n1 = min(fb1[jj] + ((c >> 1) & 1), ny - 1)
+                        n2 = min(fb2[kk] + ((c >> 2) & 1), nz - 1)
+                        for q in range(3):
+                            node[c, q] = field[n2, n1, n0, q]
+                d0 = fd0[ii]
+                e0 = 1.0 - d0
+                # _node_sum written out: as a call (even with inline="always") this loop ran markedly slower
+                u0 = 0.0
+                u1 = 0.0
+                u2 = 0.0
+                total = 0.0
+                for c in range(8):
+                    w = ((d0 if c & 1 else e0) * (d1 if c & 2 else e1)) * (d2 if c & 4 else e2)
+                    u0 += w * node[c, 0]
+                    u1 += w * node[c, 1]
+                    u2 += w * node[c, 2]
+                    total += w
+                    if total == 1.0:
+                        break
                 c0 = s_scale[0] * ((px[ii] + u0) - s_origin[0])
                 c1 = s_scale[1] * ((py[jj] + u1) - s_origin[1])
                 c2 = s_scale[2] * ((pz[kk] + u2) - s_origin[2])
@@ -187,7 +211,7 @@ def _slab_general(src, s_to_index, s_origin, field, f_to_index, f_origin, o_to_w
                 b1, d1 = _base(c[1], f_end[1])
                 b2, d2 = _base(c[2], f_end[2])
                 _load_nodes(field, b0, b1, b2, node)
-                u0, u1, u2 = _node_sum(node, d0, d1, d2)
+                u0, u1, u2 = _node_sum(node, d0, 1.0 - d0, d1, 1.0 - d1, d2, 1.0 - d2)
                 p[0] += u0
                 p[1] += u1
                 p[2] += u2
