@@ -2,9 +2,10 @@
 
 "Before" is the code of a git revision (``--before``, default :data:`BEFORE`, main before the speed-ups), checked out as a
 temporary git worktree (or an existing checkout, ``--before-tree``); "after" is this checkout.
-``--before-env KEY=VALUE`` sets environment variables for the "before" side only: with
-``--before-tree .`` it measures one switch of this checkout (``XRLIB_REUSE_HEAP=0``: the allocator
-left alone, :mod:`xrlib.core.memory`).
+``--before-env KEY=VALUE`` and ``--after-env KEY=VALUE`` set environment variables for one side
+only: with ``--before-tree .`` they measure one switch of this checkout (``--before-env
+XRLIB_REUSE_HEAP=0``: the allocator left alone, :mod:`xrlib.core.memory`; ``--after-env
+XRLIB_BENCH_COMPILE=1``: the training stage with ``TrainConfig.compile``).
 Each timed run is a fresh Python subprocess that imports ``xrlib`` from one of the two trees
 (``PYTHONPATH=<tree>``) and runs one stage on the same inputs, which the parent builds once. The
 cohort, training and rendering stages run their work as the book does — tasks of the in-process
@@ -27,7 +28,11 @@ function that times one run in the worker):
 - ``training``: :func:`xrlib.training.loop.train_model` of the profile's U-Net(Real+Syn_all) for
   ``--epochs`` epochs (after an untimed 1-epoch training) including every validation pass and checkpoint, on synthetic shards of the
   quick study's training-set sizes (124 train / 31 val images at ``--size``²); the per-epoch ratio is
-  the stage's ratio. Identical means the same loss and validation Dice in every epoch.
+  the stage's ratio. Identical means the same loss and validation Dice in every epoch. A second row,
+  ``training per epoch``, is the median of the epochs after the first (each epoch's ``seconds`` in
+  the model's history: its steps, validation and checkpoints), and the first epoch's median is
+  printed below the table: a compiled training (``XRLIB_BENCH_COMPILE=1`` in a side's environment)
+  pays its compilation (from Inductor's cache, warmed by the untimed training) in its first epoch.
 
 - ``evaluation``: prediction and Dice/HD/HD95 of every test image for every model
   (:func:`xrlib.eval.predict.evaluate_model` on each test set), the models loaded from disk.
@@ -315,6 +320,8 @@ def run_training(folder: Path, out: Path) -> float:
     profile = load_profile(spec["profile"])
     cfg = next(c for c in study_configs(profile, threads=os.cpu_count()) if c.name == "U-Net(Real+Syn_all)")
     cfg = dataclasses.replace(cfg, epochs=int(spec["epochs"]), patience=int(spec["epochs"]) + 1)
+    if os.environ.get("XRLIB_BENCH_COMPILE") == "1":  # only on a tree whose TrainConfig has the field
+        cfg = dataclasses.replace(cfg, compile=True)
     models = Path(tempfile.mkdtemp(prefix="bench_training_"))
     warm = dataclasses.replace(cfg, name="warm-up", epochs=1)
     try:
@@ -324,6 +331,7 @@ def run_training(folder: Path, out: Path) -> float:
     finally:
         shutil.rmtree(models, ignore_errors=True)
     hist[["epoch", "train_loss", "val_loss", "val_dice"]].to_pickle(out)
+    out.with_suffix(".epochs.json").write_text(json.dumps([float(t) for t in hist["seconds"]]))
     return seconds
 
 
@@ -410,16 +418,27 @@ def measure(stages: list[str], before: Path, repeats: int, args: argparse.Namesp
         folder.mkdir()
         STAGES[stage].build(args, folder)
         times = {"before": [], "after": []}
+        epochs = {"before": [], "after": []}  # per-epoch seconds of each run (the training stage)
         trees = {"before": before, "after": REPO}
         for r in range(repeats):
             for side in (("before", "after") if r % 2 == 0 else ("after", "before")):
-                env = args.before_env if side == "before" else None
-                times[side].append(_time_once(trees[side], stage, folder, work / f"{stage}-{side}.pkl", env))
+                env = args.before_env if side == "before" else args.after_env
+                out = work / f"{stage}-{side}.pkl"
+                times[side].append(_time_once(trees[side], stage, folder, out, env))
+                if out.with_suffix(".epochs.json").is_file():
+                    epochs[side].append(json.loads(out.with_suffix(".epochs.json").read_text()))
                 print(f"{stage} {side} run {r + 1}: {times[side][-1]:.2f} s", file=sys.stderr, flush=True)
         b, a = statistics.median(times["before"]), statistics.median(times["after"])
+        same = _same_result(work / f"{stage}-before.pkl", work / f"{stage}-after.pkl")
         rows.append({"stage": stage, "before": b, "after": a, "ratio": b / a if a > 0 else float("nan"),
-                     "same": _same_result(work / f"{stage}-before.pkl", work / f"{stage}-after.pkl"),
-                     "times": times})
+                     "same": same, "times": times})
+        if all(len(e) == repeats and all(len(run) > 1 for run in e) for e in epochs.values()):
+            later = {k: statistics.median(t for run in e for t in run[1:]) for k, e in epochs.items()}
+            first = {k: statistics.median(run[0] for run in e) for k, e in epochs.items()}
+            rows.append({"stage": f"{stage} per epoch", "before": later["before"], "after": later["after"],
+                         "ratio": later["before"] / later["after"] if later["after"] > 0 else float("nan"),
+                         "same": same, "times": {k: [t for run in e for t in run[1:]] for k, e in epochs.items()},
+                         "first": first})
     return rows
 
 
@@ -436,6 +455,9 @@ def main(argv=None) -> None:
     ap.add_argument("--before-env", nargs="+", default=[], metavar="KEY=VALUE",
                     help="environment of the 'before' side only, e.g. --before-tree . --before-env XRLIB_REUSE_HEAP=0 "
                          "to measure one switch of this checkout")
+    ap.add_argument("--after-env", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="environment of the 'after' side only, e.g. --before-tree . --after-env XRLIB_BENCH_COMPILE=1 "
+                         "(the training stage compiled)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
     ap.add_argument("--size", type=int, default=128, help="image side (synthetic evaluation inputs)")
@@ -451,10 +473,12 @@ def main(argv=None) -> None:
     ap.add_argument("--inputs", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    bad = [kv for kv in args.before_env if "=" not in kv or kv.startswith("=")]
-    if bad:
-        ap.error(f"--before-env: expected KEY=VALUE, got {bad[0]!r}")
-    args.before_env = dict(kv.split("=", 1) for kv in args.before_env)
+    for name in ("before_env", "after_env"):
+        pairs = getattr(args, name)
+        bad = [kv for kv in pairs if "=" not in kv or kv.startswith("=")]
+        if bad:
+            ap.error(f"--{name.replace('_', '-')}: expected KEY=VALUE, got {bad[0]!r}")
+        setattr(args, name, dict(kv.split("=", 1) for kv in pairs))
     if args.worker:
         return _worker(args.worker, args.inputs, args.out)
 
@@ -473,17 +497,21 @@ def main(argv=None) -> None:
             label = str(tree)
         if args.before_env:
             label += " with " + " ".join(f"{k}={v}" for k, v in args.before_env.items())
+        after_label = "this checkout" + ("".join(f" with {k}={v}" for k, v in args.after_env.items()))
         rows = measure(args.stages, Path(tree).resolve(), args.repeats, args, work)
     finally:
         if added:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
-    print(f"Stage wall time, before = {label}, after = this checkout; medians over {args.repeats} "
+    print(f"Stage wall time, before = {label}, after = {after_label}; medians over {args.repeats} "
           f"interleaved runs{'' if not args.run else f' on {args.run}'}.\n")
     print(table(rows))
     for r in rows:
         print(f"\n{r['stage']}: results {'identical' if r['same'] else 'DIFFER'}; "
               + "; ".join(f"{k} " + ", ".join(f"{t:.2f}" for t in v) for k, v in r["times"].items()))
+        if "first" in r:
+            print(f"{r['stage']}: the first epoch (median) took {r['first']['before']:.2f} s before, "
+                  f"{r['first']['after']:.2f} s after")
 
 
 if __name__ == "__main__":

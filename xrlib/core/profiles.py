@@ -33,7 +33,8 @@ Schema (all keys required unless marked optional)::
       prefilter: false               # optional: physics channels averaged to the detector pitch (xrlib.drr.render)
     image_size: 256                  # S: network input S×S
     real: {folder: null}             # optional: folder of real radiographs replacing the surrogate
-    train: {...}                     # optional, used by the training stage
+    train: {...}                     # optional, used by the training stage; its optional
+                                     # compile: true trains the study's models through torch.compile
 """
 
 from __future__ import annotations
@@ -183,6 +184,8 @@ def _normalise(cfg: dict, source: str | Path) -> dict:
         for key in ("epochs", "batch_size", "patience"):
             _int(cfg, f"train.{key}", source, 1)
         train["lr"] = _float(cfg, "train.lr", source)
+        if "compile" in train and not isinstance(train["compile"], bool):
+            raise InputError(source, f"train.compile must be true or false, got {train['compile']!r}")
         subset = train.get("ablation_subset")
         if subset is not None and not (isinstance(subset, int) and not isinstance(subset, bool)
                                        or isinstance(subset, list) and all(isinstance(n, int) for n in subset)):
@@ -292,7 +295,8 @@ class RenderSection:
 
 @dataclass(frozen=True)
 class TrainSection:
-    """Training budget; ``depth``/``loss``/``base_channels`` are optional model overrides."""
+    """Training budget; ``depth``/``loss``/``base_channels`` are optional model overrides; ``compile``
+    trains the study's models through ``torch.compile`` (:class:`xrlib.training.config.TrainConfig`)."""
 
     epochs: int
     batch_size: int
@@ -302,6 +306,7 @@ class TrainSection:
     loss: str | None = None
     base_channels: int = 16
     ablation_subset: int | tuple[int, ...] | None = None
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -336,7 +341,8 @@ class Profile:
             train = TrainSection(epochs=int(t["epochs"]), batch_size=int(t["batch_size"]), patience=int(t["patience"]),
                                  lr=float(t["lr"]), depth=t.get("depth"), loss=t.get("loss"),
                                  base_channels=int(t.get("base_channels", 16)),
-                                 ablation_subset=tuple(subset) if isinstance(subset, list) else subset)
+                                 ablation_subset=tuple(subset) if isinstance(subset, list) else subset,
+                                 compile=bool(t.get("compile", False)))
         r = cfg["render"]
         return cls(
             name=str(cfg["name"]), path=cfg.get("path"), seed=int(cfg["seed"]),

@@ -15,6 +15,14 @@ Legacy hash
     Those models are the ``standard`` recipe without parameters; :meth:`TrainConfig.legacy_hash`
     recomputes their hash so that :func:`xrlib.training.checkpoint.cached_result` can adopt them
     instead of retraining (see there for when).
+
+Compiled training
+    ``compile=True`` runs the training steps' forward and backward through ``torch.compile``
+    (:func:`xrlib.training.loop.train_model`), which rounds differently from eager PyTorch: the
+    weights after the first Adam step already differ in the last bits, so after a training the
+    models differ as a retraining would. The field joins the hash only when it is true, so an eager
+    configuration keeps the hash (and the cached model) it had before the field existed, and a
+    compiled one never adopts an eager model or the other way round.
 """
 
 from __future__ import annotations
@@ -63,6 +71,9 @@ class TrainConfig:
             :func:`xrlib.core.runs.default_threads` (``XRLIB_THREADS``, else the machine's core count),
             fixed when the configuration is made — never the process's current torch setting, which
             executors and libraries change.
+        compile: train through ``torch.compile`` (module docstring; a profile's ``train.compile``);
+            hashed only when true. Not for recipes that tap the network's intermediate features
+            (:attr:`xrlib.training.recipes.Recipe.compilable`).
     """
 
     name: str
@@ -81,6 +92,7 @@ class TrainConfig:
     recipe: str = STANDARD_RECIPE
     recipe_params: dict = field(default_factory=dict)
     threads: int | None = None
+    compile: bool = False
 
     def __post_init__(self):
         if self.threads is None:
@@ -115,7 +127,12 @@ class TrainConfig:
             json.dumps(self.recipe_params, sort_keys=True)
         except (TypeError, ValueError):
             raise ValueError(f"{self.name}: recipe_params must be a JSON mapping, got {self.recipe_params!r}") from None
-        get_recipe(self.recipe, self.recipe_params)  # unknown recipe or bad parameters → ValueError
+        recipe = get_recipe(self.recipe, self.recipe_params)  # unknown recipe or bad parameters → ValueError
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"{self.name}: compile must be true or false, got {self.compile!r}")
+        if self.compile and not recipe.compilable:
+            raise ValueError(f"{self.name}: recipe {self.recipe!r} reads the network's intermediate features, "
+                             "which torch.compile does not keep; train it with compile=False")
         return self
 
     def as_dict(self) -> dict:
@@ -131,16 +148,18 @@ class TrainConfig:
         return hashlib.sha256(text.encode()).hexdigest()
 
     def config_hash(self, datasets_dir: str | Path | None = None) -> str:
-        """SHA-256 (hex) of the configuration (less ``num_workers``), the dataset build hash read
-        from ``<datasets_dir>/build.json`` and :data:`TRAIN_VERSION`."""
+        """SHA-256 (hex) of the configuration (less ``num_workers``, and less ``compile`` when it is
+        false), the dataset build hash read from ``<datasets_dir>/build.json`` and :data:`TRAIN_VERSION`."""
         d = self.as_dict()
         d.pop("num_workers")
+        if not d["compile"]:
+            d.pop("compile")
         return self._hash(d, datasets_dir)
 
     def is_legacy_recipe(self) -> bool:
         """Whether models of this configuration could have been trained before recipes existed
-        (the standard recipe without parameters)."""
-        return self.recipe == STANDARD_RECIPE and not self.recipe_params
+        (the standard recipe without parameters, eager)."""
+        return self.recipe == STANDARD_RECIPE and not self.recipe_params and not self.compile
 
     def legacy_hash(self, datasets_dir: str | Path | None = None) -> str | None:
         """The hash that training computed before recipes and thread counts (the same payload
@@ -149,7 +168,7 @@ class TrainConfig:
         if not self.is_legacy_recipe():
             return None
         d = self.as_dict()
-        for key in ("num_workers", *_NEW_FIELDS):
+        for key in ("num_workers", "compile", *_NEW_FIELDS):
             d.pop(key)
         return self._hash(d, datasets_dir)
 

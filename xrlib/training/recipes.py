@@ -20,7 +20,11 @@ its hooks in this order:
 Randomness inside hooks must come from ``ctx.generator`` (seeded by seed, epoch and batch), so a
 resumed training equals an uninterrupted one. Recipe state that changes during training belongs
 in :meth:`Recipe.state_dict` (saved in every checkpoint). The ``standard`` recipe has no hooks and
-is today's plain training. A recipe defined outside :mod:`xrlib.training` must be registered in the
+is today's plain training. With a compiled configuration (``TrainConfig.compile``) only the
+loop's own forward (the logits the loss is taken of) is compiled; the hooks receive the eager
+network, so whatever they run on it (attacks, a second forward) stays eager. A recipe that reads
+the network's intermediate features through module hooks sets :attr:`Recipe.compilable` false.
+A recipe defined outside :mod:`xrlib.training` must be registered in the
 process that trains (e.g. :class:`xrlib.training.tasks.TrainTask` ``imports``).
 """
 
@@ -59,6 +63,9 @@ class Recipe:
     all with defaults, are the recipe's parameters."""
 
     name: ClassVar[str] = "standard"
+    #: Whether the loop may compile the network's forward for this recipe: false for a recipe whose
+    #: hooks read intermediate features through forward hooks, which a compiled forward does not run.
+    compilable: ClassVar[bool] = True
     #: Folder of a cached model to start from (absolute, or a folder name under the models root).
     warm_start: str | None = None
 

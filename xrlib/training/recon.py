@@ -35,6 +35,7 @@ class ReconHeadTraining(Recipe):
     """Train a reconstruction head with an L1 loss (module docstring); ``hidden``: the head's channels."""
 
     name: ClassVar[str] = "recon-head"
+    compilable: ClassVar[bool] = False  # the head reads the U-Net's features through a forward hook
     frozen: bool = True
     weight: float = 1.0
     hidden: int = 16

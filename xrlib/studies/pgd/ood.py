@@ -70,12 +70,14 @@ def auroc(ind_scores: Sequence[float], ood_scores: Sequence[float]) -> float:
 def head_config(profile: Profile, run: Path, s: PGDSettings) -> TrainConfig:
     """U-Net(Real+Syn_all)'s configuration with the ``recon-head`` recipe (frozen U-Net, warm start).
 
-    ``ood.head_epochs`` epochs (patience the same, so all run), the profile's training lr.
+    ``ood.head_epochs`` epochs (patience the same, so all run), the profile's training lr; always eager
+    (the head reads the U-Net's features through a forward hook, which a compiled forward skips).
     """
     base = {c.name: c for c in study_configs(profile)}[BASE_MODEL]
     params = {"frozen": True, "hidden": s.ood.head_hidden, "weight": 1.0, "warm_start": base_folder(profile, run)}
     return dataclasses.replace(base, name=BASE_MODEL + "+recon-head", epochs=s.ood.head_epochs,
-                               patience=s.ood.head_epochs, recipe="recon-head", recipe_params=params)
+                               patience=s.ood.head_epochs, recipe="recon-head", recipe_params=params,
+                               compile=False)
 
 
 def train_head(profile: Profile, run: Path, s: PGDSettings, progress: bool = True) -> tuple[TrainResult, SegRecon]:

@@ -37,13 +37,15 @@ def study_configs(profile: Profile, threads: int | None = None) -> list[TrainCon
     from ``train.depth`` / ``train.loss`` when present, else the paper's ablation winner
     (:data:`STUDY_DEPTH` = 5, Dice loss), which the paper used for all its U-Nets. All three use the
     profile seed, so they differ only in their training sets. ``threads``: torch threads of the
-    training (default: the current count, see :class:`TrainConfig`).
+    training (default: the current count, see :class:`TrainConfig`). ``train.compile`` (default
+    false) trains them through ``torch.compile``; the chapters' models derived from these
+    configurations inherit it.
     """
     t = profile.require_train()
     depth = STUDY_DEPTH if t.depth is None else int(t.depth)
     loss = STUDY_LOSS if t.loss is None else str(t.loss)
     return [TrainConfig(name=name, train_sets=list(sets), depth=depth, loss=loss, batch_size=int(t.batch_size),
-                        **_common(profile, threads))
+                        compile=bool(t.compile), **_common(profile, threads))
             for name, sets in STUDY_MODELS.items()]
 
 
@@ -57,6 +59,8 @@ def ablation_configs(profile: Profile, subset=None, threads: int | None = None) 
     """The 18 U-Net(Real) configurations of Table 3, named ``Exp01-d3-dice-b8`` … ``Exp18-d5-dice_bce-b32``.
 
     Epochs, patience, lr and seed come from the profile (its batch size is replaced by the grid's).
+    Always eager: each configuration is another network or batch size, trained once, so a
+    compilation (tens of seconds each) would not pay off (``train.compile`` is for the study's models).
     ``subset``: ``None`` for all 18; an ``int`` n for n experiments spread evenly over the table
     (``numpy.linspace`` over the experiment numbers, always including the first and last when
     n ≥ 2); or a list of experiment numbers (1-based, as in the table).

@@ -71,7 +71,8 @@ def _config(profile: Profile, s: SimSettings, name: str, run: Path) -> tuple[Tra
     t = profile.require_train()
     common = dict(train_sets=["Real"], depth=STUDY_DEPTH if t.depth is None else int(t.depth),
                   loss=STUDY_LOSS if t.loss is None else str(t.loss), base_channels=int(t.base_channels),
-                  lr=s.lr, batch_size=s.batch_size, epochs=s.epochs, patience=s.patience, seed=int(profile.seed))
+                  lr=s.lr, batch_size=s.batch_size, epochs=s.epochs, patience=s.patience, seed=int(profile.seed),
+                  compile=bool(t.compile))
     if method == "plain":
         return TrainConfig(name=name, recipe="domain_randomization", recipe_params={"level": level, "version": DR_VERSION}, **common), \
             domain_dir(run, domain)
