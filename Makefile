@@ -31,7 +31,8 @@ bench: setup
 	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/bench_diffrender.py
 	$(PY) benchmarks/bench_stages.py
-	$(PY) benchmarks/profile_stages.py
+	$(PY) benchmarks/bench_stages.py --stages training --before-tree . --after-env XRLIB_BENCH_COMPILE=1
+	$(PY) benchmarks/profile_stages.py --compile
 	$(PY) benchmarks/bench_ray.py
 
 # Execute the notebooks with papermill (cached) and build the HTML book: book/_build/html/index.html.

@@ -4,11 +4,12 @@
 the measurements the README quotes (this checkout only, no "before"):
 
 - ``train-step``: one optimiser step of the profile's study U-Net (depth 5, Dice loss, Adam) at its
-  batch and input size on random inputs, median over interleaved rounds, for the settings the
-  training loop uses (deterministic algorithms, which also fill new tensors with NaN) and the
-  alternatives: no NaN fill, channels-last memory format, non-deterministic algorithms and, with
-  ``--compile``, ``torch.compile`` (its first step, the compilation, printed apart; set
-  ``TORCHINDUCTOR_CACHE_DIR`` to an empty folder for a cold compile);
+  batch and input size on random inputs, median over interleaved rounds, for the eager settings the
+  training loop uses (deterministic algorithms without their NaN fill of new tensors) and the
+  alternatives: the NaN fill, channels-last memory format, non-deterministic algorithms and, with
+  ``--compile``, ``torch.compile`` alone and as a profile's ``train.compile`` trains (compiled,
+  channels-last, fused Adam); each compiled variant's first step, the compilation, is printed apart
+  (set ``TORCHINDUCTOR_CACHE_DIR`` to an empty folder for a cold compile);
 - ``first-touch``: :func:`xrlib.drr.physics.material_densities` of the example CT three times in a row
   with the default allocator, then three times inside :func:`xrlib.core.memory.reuse_heap`;
 - ``cohort``: one virtual subject of the example CT under ``cProfile``, after an untimed one (imports,
@@ -54,33 +55,36 @@ def train_step(profile_name: str, rounds: int, compile_too: bool) -> None:
     x = torch.rand(cfg.batch_size, 1, size, size, generator=g)
     y = (torch.rand(x.shape, generator=g) > 0.7).float()
     loss_fn = make_loss(cfg.loss)
-    # name -> (deterministic, NaN fill, channels-last, compiled)
-    variants = {"as the loop trains (deterministic)": (True, True, False, False),
-                "no NaN fill of new tensors": (True, False, False, False),
-                "channels-last": (True, True, True, False),
-                "non-deterministic algorithms": (False, False, False, False)}
+    # name -> (deterministic, NaN fill, channels-last, compiled, fused Adam)
+    variants = {"as the loop trains eagerly (deterministic, no NaN fill)": (True, False, False, False, False),
+                "NaN fill of new tensors (the loop before)": (True, True, False, False, False),
+                "channels-last": (True, False, True, False, False),
+                "non-deterministic algorithms": (False, False, False, False, False)}
     if compile_too:
-        variants["torch.compile"] = (True, True, False, True)
+        variants["torch.compile"] = (True, False, False, True, False)
+        variants["train.compile: torch.compile, channels-last, fused Adam"] = (True, False, True, True, True)
     state = {}
-    for name, (_, _, cl, comp) in variants.items():
+    prev = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    for name, (_, _, cl, comp, fused) in variants.items():
         torch.manual_seed(0)
         model = build_unet(cfg.depth, cfg.base_channels)
         if cl:
             model = model.to(memory_format=torch.channels_last)
-        opt = torch.optim.Adam(model.parameters(), lr=float(cfg.lr))
+        opt = torch.optim.Adam(model.parameters(), lr=float(cfg.lr), fused=fused)
+        xx = x.contiguous(memory_format=torch.channels_last) if cl else x
         fwd = model
         if comp:
             t0 = time.perf_counter()
-            fwd = torch.compile(model)
+            fwd = torch.compile(model, dynamic=False)
             opt.zero_grad()
-            loss_fn(fwd(x), y).backward()
-            print(f"torch.compile: first step (compilation) {time.perf_counter() - t0:.1f} s", flush=True)
-        state[name] = (fwd, opt, x.contiguous(memory_format=torch.channels_last) if cl else x)
+            loss_fn(fwd(xx), y).backward()
+            print(f"{name}: first step (compilation) {time.perf_counter() - t0:.1f} s", flush=True)
+        state[name] = (fwd, opt, xx)
     times = {k: [] for k in variants}
-    prev = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
     try:
         for r in range(rounds):
-            for name, (det, fill, _, _) in variants.items():
+            for name, (det, fill, *_) in variants.items():
                 torch.use_deterministic_algorithms(det, warn_only=True)
                 torch.utils.deterministic.fill_uninitialized_memory = fill
                 fwd, opt, xx = state[name]

@@ -12,7 +12,7 @@ def test_stage_bench_prints_the_table_and_compares_results():
     # "before" is HEAD in a temporary git worktree, "after" this checkout: both must give the same table.
     res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_stages.py"), "--before", "HEAD",
                           "--repeats", "1", "--size", "32", "--subjects", "1", "--real", "2", "--models", "1",
-                          "--epochs", "1", "--cohort-subjects", "1",
+                          "--epochs", "2", "--cohort-subjects", "1",
                           "--stages", "evaluation", "rendering-synthetic", "training", "cohort", "--profile", "smoke"],
                          cwd=REPO, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -24,5 +24,15 @@ def test_stage_bench_prints_the_table_and_compares_results():
     for stage in ("training", "cohort"):  # same losses per epoch; same voxels
         assert re.search(rf"^\| {stage} \| [\d.]+ \| [\d.]+ \| [\d.]+× \|$", res.stdout, re.M), res.stdout
         assert f"{stage}: results identical" in res.stdout, res.stdout
+    # the epochs after the first, from the models' histories
+    assert re.search(r"^\| training per epoch \| [\d.]+ \| [\d.]+ \| [\d.]+× \|$", res.stdout, re.M), res.stdout
+    assert re.search(r"^training per epoch: the first epoch \(median\) took [\d.]+ s before, [\d.]+ s after$", res.stdout, re.M)
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=REPO, capture_output=True, text=True, encoding="utf-8", errors="replace").stdout
     assert "bench_stages_" not in worktrees  # the temporary checkout is removed
+
+
+def test_stage_bench_rejects_a_bad_environment_pair():
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_stages.py"), "--after-env", "XRLIB_BENCH_COMPILE"],
+                         cwd=REPO, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120)
+    assert res.returncode == 2
+    assert "--after-env: expected KEY=VALUE, got 'XRLIB_BENCH_COMPILE'" in res.stderr

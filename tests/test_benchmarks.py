@@ -61,10 +61,10 @@ def test_stage_profile_reports_every_part():
     rendering breakdowns (smoke sizes; only the reported structure is asserted)."""
     res = _run("profile_stages.py", "--profile", "smoke", "--rounds", 3, "--prefilter")
     assert res.returncode == 0, res.stderr[-3000:]
-    for setting in ("as the loop trains (deterministic)", "no NaN fill of new tensors", "channels-last",
-                    "non-deterministic algorithms"):
+    for setting in ("as the loop trains eagerly (deterministic, no NaN fill)", "NaN fill of new tensors (the loop before)",
+                    "channels-last", "non-deterministic algorithms"):
         assert re.search(rf"^\| {re.escape(setting)} \| [\d.]+ \| [\d.]+× \|$", res.stdout, re.M), res.stdout
-    assert re.search(r"^\| as the loop trains \(deterministic\) \| [\d.]+ \| 1\.00× \|$", res.stdout, re.M)
+    assert re.search(r"^\| as the loop trains eagerly \(deterministic, no NaN fill\) \| [\d.]+ \| 1\.00× \|$", res.stdout, re.M)
     assert re.search(r"^default allocator: [\d.]+, [\d.]+, [\d.]+$", res.stdout, re.M), res.stdout
     assert re.search(r"^inside reuse_heap \(took effect: True\): [\d.]+, [\d.]+, [\d.]+$", res.stdout, re.M)
     for part in ("warps (CT linear, labels nearest; xrlib.anatomy.warp)", "NIfTI writes (ITK header and voxels, ISA-L gzip)",

@@ -78,6 +78,17 @@ def _numbers(result):
     return result.history.drop(columns=["seconds", "images_per_s"])
 
 
+def train_interrupted(cfg, toy, out, after_epoch: int = 2) -> None:
+    """Train ``cfg`` into ``out`` until an interruption (``KeyboardInterrupt``) after ``after_epoch``."""
+
+    def interrupt(epoch, row):
+        if epoch == after_epoch:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_model(cfg, toy, out, progress=False, _after_epoch=interrupt)
+
+
 # ---------------------------------------------------------------------------------------------- models
 
 
@@ -165,12 +176,7 @@ def test_determinism_and_resume(toy, tmp_path):
     b = train_model(cfg, toy, tmp_path / "b", progress=False)
     pd.testing.assert_frame_equal(_numbers(a), _numbers(b))
 
-    def interrupt(epoch, row):
-        if epoch == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train_model(cfg, toy, tmp_path / "c", progress=False, _after_epoch=interrupt)
+    train_interrupted(cfg, toy, tmp_path / "c")
     folder = tmp_path / "c" / Path(a.folder).name
     assert (folder / "last.pt").is_file() and not (folder / "result.json").exists()
     seen = []

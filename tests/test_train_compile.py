@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from test_train import _cfg, _numbers, _toy_datasets
+from test_train import _cfg, _numbers, _toy_datasets, train_interrupted
 from xrlib.core.errors import InputError
 from xrlib.core.profiles import load_profile, validate_profile
 from xrlib.studies.rotation.models import ablation_configs, study_configs
@@ -65,12 +65,7 @@ def test_compiled_training_is_deterministic_resumable_and_close_to_eager(toy, tm
     b = train_model(cfg, toy, tmp_path / "b", progress=False)
     pd.testing.assert_frame_equal(_numbers(a), _numbers(b))
 
-    def interrupt(epoch, row):
-        if epoch == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train_model(cfg, toy, tmp_path / "c", progress=False, _after_epoch=interrupt)
+    train_interrupted(cfg, toy, tmp_path / "c")
     c = train_model(cfg, toy, tmp_path / "c", progress=False)
     pd.testing.assert_frame_equal(_numbers(a), _numbers(c))
     # the checkpoints hold the plain network's weights (no torch.compile wrapper in the keys)

@@ -17,7 +17,7 @@ import torch
 from xrlib.training import Recipe, TrainConfig, TrainTask, register_recipe, train_all, train_model
 from xrlib.training.config import hashed_folder_name
 
-from test_train import _cfg, _numbers, _toy_datasets  # noqa: F401  (the tiny task)
+from test_train import _cfg, _numbers, _toy_datasets, train_interrupted  # noqa: F401  (the tiny task)
 
 
 @pytest.fixture(scope="module")
@@ -87,12 +87,7 @@ def test_a_resumed_recipe_training_equals_an_uninterrupted_one(toy, tmp_path):
     cfg = _cfg(epochs=3, recipe="test-noise-head", recipe_params={"sigma": 0.1})
     a = train_model(cfg, toy, tmp_path / "a", progress=False)
 
-    def interrupt(epoch, row):
-        if epoch == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train_model(cfg, toy, tmp_path / "b", progress=False, _after_epoch=interrupt)
+    train_interrupted(cfg, toy, tmp_path / "b")
     b = train_model(cfg, toy, tmp_path / "b", progress=False)
     pd.testing.assert_frame_equal(_numbers(a), _numbers(b))
     wa, wb = _weights(a.folder), _weights(b.folder)
