@@ -9,7 +9,9 @@ the measurements the README quotes (this checkout only, no "before"):
   alternatives: the NaN fill, channels-last memory format, non-deterministic algorithms and, with
   ``--compile``, ``torch.compile`` alone and as a profile's ``train.compile`` trains (compiled,
   channels-last, fused Adam); each compiled variant's first step, the compilation, is printed apart
-  (set ``TORCHINDUCTOR_CACHE_DIR`` to an empty folder for a cold compile);
+  (set ``TORCHINDUCTOR_CACHE_DIR`` to an empty folder for a cold compile); then what bounds the eager
+  step: the convolutions' share of its CPU time (``torch.profiler``) and its time on 1 thread, on the
+  training's threads and as two 1-thread trainings side by side;
 - ``first-touch``: :func:`xrlib.drr.physics.material_densities` of the example CT three times in a row
   with the default allocator, then three times inside :func:`xrlib.core.memory.reuse_heap`;
 - ``cohort``: one virtual subject of the example CT under ``cProfile``, after an untimed one (imports,
@@ -104,6 +106,60 @@ def train_step(profile_name: str, rounds: int, compile_too: bool) -> None:
     for name in variants:
         m = statistics.median(times[name][2:])
         print(f"| {name} | {1000 * m:.1f} | {ref / m:.2f}× |")
+    _eager_step_limits(cfg, x, y, loss_fn, rounds)
+
+
+def _eager_step_limits(cfg, x, y, loss_fn, rounds: int) -> None:
+    """What bounds the eager step: the convolutions' share of its CPU time (``torch.profiler``), and
+    its time on 1 thread, on ``cfg.threads`` and as two trainings side by side on 1 thread each
+    (two Python threads; torch releases the GIL inside its operators)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from xrlib.nets.unet import build_unet
+
+    def make():
+        torch.manual_seed(0)
+        model = build_unet(cfg.depth, cfg.base_channels)
+        return model, torch.optim.Adam(model.parameters(), lr=float(cfg.lr))
+
+    def steps(pair, n: int = 3) -> None:
+        model, opt = pair
+        for _ in range(n):
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+            opt.step()
+
+    a, b = make(), make()
+    prev = torch.get_num_threads()
+    labels = ("1 thread", f"{cfg.threads} threads", "2 trainings side by side, 1 thread each")
+    times = {k: [] for k in labels}
+    try:
+        torch.set_num_threads(cfg.threads)
+        steps(a)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            steps(a)
+        events = prof.key_averages()
+        conv = sum(e.self_cpu_time_total for e in events if "convolution" in e.key)
+        total = sum(e.self_cpu_time_total for e in events)
+        with ThreadPoolExecutor(2) as pool:
+            for label, threads in zip(labels, (1, cfg.threads, 1)):  # in blocks: a thread-count change respins the pool
+                torch.set_num_threads(threads)
+                for _ in range(rounds):
+                    t0 = time.perf_counter()
+                    if label.startswith("2 trainings"):
+                        list(pool.map(steps, (a, b)))
+                    else:
+                        steps(a)
+                    times[label].append((time.perf_counter() - t0) / 3)
+    finally:
+        torch.set_num_threads(prev)
+    print(f"\neager step: convolutions (forward and backward) {100 * conv / total:.0f} % of its CPU time (torch.profiler)\n")
+    print(f"| eager step (median of {rounds - 2} rounds of 3 steps after 2) | ms per step of each training |\n|---|---:|")
+    for label in labels:
+        print(f"| {label} | {1000 * statistics.median(times[label][2:]):.1f} |")
 
 
 def first_touch() -> None:

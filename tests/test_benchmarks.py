@@ -65,6 +65,11 @@ def test_stage_profile_reports_every_part():
                     "channels-last", "non-deterministic algorithms"):
         assert re.search(rf"^\| {re.escape(setting)} \| [\d.]+ \| [\d.]+× \|$", res.stdout, re.M), res.stdout
     assert re.search(r"^\| as the loop trains eagerly \(deterministic, no NaN fill\) \| [\d.]+ \| 1\.00× \|$", res.stdout, re.M)
+    # what bounds the eager step: the convolutions' share and the thread layouts
+    share = re.search(r"^eager step: convolutions \(forward and backward\) (\d+) % of its CPU time", res.stdout, re.M)
+    assert share and 0 < int(share.group(1)) <= 100, res.stdout
+    for layout in ("1 thread", r"\d+ threads", "2 trainings side by side, 1 thread each"):
+        assert re.search(rf"^\| {layout} \| [\d.]+ \|$", res.stdout, re.M), res.stdout
     assert re.search(r"^default allocator: [\d.]+, [\d.]+, [\d.]+$", res.stdout, re.M), res.stdout
     assert re.search(r"^inside reuse_heap \(took effect: True\): [\d.]+, [\d.]+, [\d.]+$", res.stdout, re.M)
     for part in ("warps (CT linear, labels nearest; xrlib.anatomy.warp)", "NIfTI writes (ITK header and voxels, ISA-L gzip)",
