@@ -315,3 +315,55 @@ def test_blockwise_volume_maps_equal_the_whole_array_formulas():
     for m in P.MATERIALS:
         np.testing.assert_array_equal(dens16[m], dens[m])
         np.testing.assert_array_equal(dens1[m], dens[m])
+
+
+@pytest.mark.parametrize("margin", [0, 1, 3])
+def test_material_density_crops_equal_the_cropped_full_volumes(margin):
+    """material_density_crops gives crop_to_support of each material_densities volume, bit for bit, with
+    the origin of that crop: on both compiled passes (integer HU, integral float32 HU over several
+    threads' ranges), the interpolation path (fractional HU) and a small volume; a material with no voxel
+    is None, a material at the grid's faces keeps the margin the grid allows."""
+    import torch
+
+    from xrlib.core.ct import Volume, crop_to_support
+
+    rng = np.random.default_rng(11)
+    hu = np.full((23, 70, 90), -1000, np.int16)  # air, and boxes of the other materials
+    hu[3:9, 10:31, 40:88] = -600  # lung
+    hu[0:23, 50:70, 0:5] = 40  # soft tissue touching three faces
+    hu[12, 33, 61] = 900  # one bone voxel
+    noisy = rng.integers(-1100, 2500, size=hu.shape).astype(np.int16)
+    no_bone = np.minimum(hu, 200).astype(np.float32)
+    cases = [hu, hu.astype(np.float32), noisy, noisy.astype(np.float32) + np.float32(0.25), no_bone,
+             hu[:4, :8, :8]]
+    grid = dict(spacing=(0.7, 0.8, 2.5), origin=(-10.0, 20.0, 5.0), direction=np.eye(3)[[1, 0, 2]])
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for case in cases:
+                full, crops = P.material_densities(case), P.material_density_crops(case, margin=margin)
+                ct = Volume(np.asarray(case, np.float32), **grid)
+                for m in P.MATERIALS:
+                    want = crop_to_support(ct.with_array(full[m]), margin)
+                    if want is None:
+                        assert crops[m] is None, m
+                        continue
+                    array, start = crops[m]
+                    assert array.dtype == np.float32 and array.flags.c_contiguous
+                    np.testing.assert_array_equal(array, want.array)
+                    np.testing.assert_allclose(ct.sub_grid(array, start).origin, want.origin, rtol=0, atol=1e-9)
+    finally:
+        torch.set_num_threads(previous)
+    assert P.material_density_crops(no_bone)["bone"] is None
+    soft, start = P.material_density_crops(hu, margin=2)["soft_tissue"]
+    assert start == (0, 48, 0) and soft.shape == (23, 22, 7)
+
+
+def test_material_density_crops_bad_input():
+    with pytest.raises(ValueError, match=r"need a 3-D HU volume, got shape \(4, 5\)"):
+        P.material_density_crops(np.zeros((4, 5)))
+    with pytest.raises(ValueError, match=r"margin must be a whole number of voxels ≥ 0, got -1"):
+        P.material_density_crops(np.zeros((2, 2, 2)), margin=-1)
+    with pytest.raises(ValueError, match="thresholds must be three increasing HU values"):
+        P.material_density_crops(np.zeros((2, 2, 2)), thresholds=(0.0, -1.0, 5.0))

@@ -282,14 +282,44 @@ def test_prefilter_turns_sub_pixel_stripes_into_their_mean_instead_of_aliasing()
     assert np.ptp(raw[inner]) / raw[inner].mean() > 0.05 and np.ptp(filtered[inner]) / filtered[inner].mean() < 1e-3
 
 
+def test_physics_channels_on_their_supports_are_the_crops_of_the_full_channels(example):
+    from xrlib.core.ct import crop_to_support
+    from xrlib.drr.render import pad_superior, physics_channels
+
+    from xrlib.core.ct import Volume
+
+    ct = example[0]  # every other slice and third voxel: 1.5 M voxels, the compiled passes still
+    ct = pad_superior(Volume(ct.array[::2, ::3, ::3].copy(), (2.1, 2.1, 5.0), ct.origin, ct.direction), [])[0]
+    for level in ("naive", "heuristic", "realistic"):
+        full, names = physics_channels(ct, level)
+        for margin in (1, 2):
+            crops, crop_names = physics_channels(ct, level, support_margin=margin)
+            assert crop_names == names
+            for f, c in zip(full, crops):
+                want = crop_to_support(f, margin)
+                np.testing.assert_array_equal(c.array, want.array)
+                np.testing.assert_allclose(c.origin, want.origin, rtol=0, atol=1e-9)
+                assert c.spacing == f.spacing and np.array_equal(c.direction, f.direction)
+
+
 def test_by_default_the_physics_channels_are_projected_as_they_are(example):
     from xrlib.drr.projector import get_projector
     from xrlib.drr.render import pad_superior, physics_channels, project_levels
 
     ct, _ = example
     geom, poses = Geometry(height=48, width=48, pitch=432.0 / 256), [Pose(alpha=5.0)]  # the quick pitch
+    from xrlib.core.ct import Volume
+
+    rtk = get_projector("rtk")
+    small = Volume(ct.array[::2, ::3, ::3].copy(), (2.1, 2.1, 5.0), ct.origin, ct.direction)
+    levels = ("naive", "heuristic", "realistic")
+    got = project_levels(small, None, geom, poses, levels, "rtk").stack  # channels made on their supports
+    padded = pad_superior(small, [])[0]
+    want = np.concatenate([rtk.project(physics_channels(padded, lv)[0], geom, poses, small.center) for lv in levels], 1)
+    assert got.shape == (1, 6, 48, 48)
+    np.testing.assert_array_equal(got, want)
     got = project_levels(ct, None, geom, poses, ("naive",), "rtk").stack
-    want = get_projector("rtk").project(physics_channels(pad_superior(ct, [])[0], "naive")[0], geom, poses, ct.center)
+    want = rtk.project(physics_channels(pad_superior(ct, [])[0], "naive")[0], geom, poses, ct.center)
     np.testing.assert_array_equal(got, want)
     filtered = project_levels(ct, None, geom, poses, ("naive",), "rtk", prefilter=True).stack
     assert 0 < np.abs(filtered - want).max() and np.linalg.norm(filtered - want) / np.linalg.norm(want) < 0.05

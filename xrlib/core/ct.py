@@ -88,6 +88,13 @@ class Volume:
             raise ValueError(f"array shape {array.shape} differs from grid shape {self.array.shape}")
         return replace(self, array=array, source=self.source if source is None else source)
 
+    def sub_grid(self, array: np.ndarray, start_kji: tuple[int, int, int]) -> "Volume":
+        """``array`` as the sub-grid of this grid whose first voxel is this grid's voxel ``start_kji``
+        (NumPy order ``(k, j, i)``): same spacing and direction, origin moved to that voxel's centre."""
+        start_ijk = np.array(start_kji[::-1], float)
+        origin = self.index_to_world[:3, :3] @ start_ijk + np.asarray(self.origin, float)
+        return Volume(array, self.spacing, tuple(origin), self.direction, self.source)
+
     @property
     def si_axis(self) -> int:
         """Index axis (0 = i, 1 = j, 2 = k; NumPy axis ``2 - si_axis``) that runs closest to superior–inferior (z)."""
@@ -381,17 +388,27 @@ def crop_to_support(vol: Volume, margin: int = 1) -> Volume | None:
 
     Line integrals through the crop equal those through ``vol`` (the removed voxels are zero), so
     projectors use it to skip empty space, e.g. for clavicle masks. Returns ``None`` if ``vol`` is
-    all zero.
+    all zero. For RTK's Joseph projector, whose handling of a ray's ends depends on where the grid
+    ends, "equal" is exact only to float rounding, and only from ``margin=2`` (measured on the
+    material channels of the example CT, 256² detector, 10 poses: at most 1.2e-7 of a channel's
+    maximum). With the default one voxel the lung and bone channels differed from the uncropped
+    projection by up to 1.5e-5 and 1.7e-4 of their maximum on 1 % and 0.1 % of the pixels. The study's
+    images are made with the default, so it is kept.
     """
     box = support_box(vol.array)
     if box is None:
         return None
-    lo = [max(a - margin, 0) for a in box[0]]  # (k, j, i) order
-    hi = [min(b + margin + 1, n) for b, n in zip(box[1], vol.array.shape)]
+    lo, hi = margin_box(box, vol.array.shape, margin)
     sub = vol.array[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-    start_ijk = np.array(lo[::-1], float)
-    origin = vol.index_to_world[:3, :3] @ start_ijk + np.asarray(vol.origin, float)
-    return Volume(np.ascontiguousarray(sub), vol.spacing, tuple(origin), vol.direction, vol.source)
+    return vol.sub_grid(np.ascontiguousarray(sub), tuple(lo))
+
+
+def margin_box(box: tuple[list[int], list[int]], shape: tuple[int, ...], margin: int) -> tuple[list[int], list[int]]:
+    """``box`` (first and last index ``(k, j, i)``, inclusive, as :func:`support_box` gives it) grown by
+    ``margin`` voxels per side within a grid of ``shape``, as half-open bounds ``(lo, hi)``."""
+    lo = [max(a - margin, 0) for a in box[0]]
+    hi = [min(b + margin + 1, n) for b, n in zip(box[1], shape)]
+    return lo, hi
 
 
 def block_mean(vol: Volume, factors_ijk: tuple[int, int, int]) -> Volume:

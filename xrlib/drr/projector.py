@@ -18,7 +18,9 @@ Backends
     memory-hungry; kept as an independent reference for cross-checks.
 
 Every channel is first cropped to its non-zero support (:func:`xrlib.core.ct.crop_to_support`), which
-leaves line integrals unchanged and makes sparse channels such as clavicle masks cheap.
+leaves line integrals unchanged (for ``rtk`` up to a difference at the crop's faces that the function
+documents) and makes sparse channels such as clavicle masks cheap. Channels that arrive cropped (as
+:func:`xrlib.drr.render.project_levels` makes them) are cropped again without a copy.
 """
 
 from __future__ import annotations

@@ -97,16 +97,34 @@ class Radiograph:
         return (self.mask_left | self.mask_right).astype(np.uint8)
 
 
-def physics_channels(ct: Volume, physics: str, energy_kev: float = 60.0) -> tuple[list[Volume], list[str]]:
-    """Volumes to project for a physics level, with their names."""
-    if physics == "naive":
-        return [ct.with_array(phys.naive_mu(ct.array, energy_kev))], ["mu"]
-    if physics == "heuristic":
-        return [ct.with_array(phys.heuristic_mu(ct.array, energy_kev))], ["mu"]
+def physics_channels(ct: Volume, physics: str, energy_kev: float = 60.0,
+                     support_margin: int | None = None) -> tuple[list[Volume], list[str]]:
+    """Volumes to project for a physics level, with their names.
+
+    By default each channel is on ``ct``'s grid. With ``support_margin`` each is cropped to its non-zero
+    voxels plus that many zero voxels per side (:func:`xrlib.core.ct.crop_to_support`), what a projector
+    integrates; the realistic level's material densities are then made on their boxes directly
+    (:func:`xrlib.drr.physics.material_density_crops`), without CT-sized copies, and a material with no
+    voxel is one zero voxel (it integrates to zero).
+    """
+    if physics in ("naive", "heuristic"):
+        mu = (phys.naive_mu if physics == "naive" else phys.heuristic_mu)(ct.array, energy_kev)
+        vol = ct.with_array(mu)
+        if support_margin is not None:
+            vol = crop_to_support(vol, support_margin) or _zero_voxel(ct)
+        return [vol], ["mu"]
     if physics == "realistic":
-        dens = phys.material_densities(ct.array)
-        return [ct.with_array(dens[m]) for m in phys.MATERIALS], list(phys.MATERIALS)
+        if support_margin is None:
+            dens = phys.material_densities(ct.array)
+            return [ct.with_array(dens[m]) for m in phys.MATERIALS], list(phys.MATERIALS)
+        crops = phys.material_density_crops(ct.array, margin=support_margin)
+        return [ct.sub_grid(*crops[m]) if crops[m] else _zero_voxel(ct) for m in phys.MATERIALS], list(phys.MATERIALS)
     raise ValueError(f"unknown physics {physics!r}; expected one of {', '.join(PHYSICS)}")
+
+
+def _zero_voxel(vol: Volume) -> Volume:
+    """One float32 zero voxel at ``vol``'s first voxel: the channel of an empty crop (it integrates to zero)."""
+    return vol.sub_grid(np.zeros((1, 1, 1), np.float32), (0, 0, 0))
 
 
 def detector_prefilter_factors(vol: Volume, geometry: Geometry) -> tuple[int, int, int]:
@@ -178,11 +196,9 @@ def mask_channel(mask: Volume, fov: str = "pad", pad_mm: float = PAD_MM) -> Volu
     the same channel as padding and converting the whole CT-sized mask, without two CT-sized copies.
     An all-zero mask gives one zero voxel (it integrates to zero).
     """
-    from xrlib.core.ct import crop_to_support
-
     sub = crop_to_support(mask)
     if sub is None:
-        return Volume(np.zeros((1, 1, 1), np.float32), mask.spacing, mask.origin, mask.direction, mask.source)
+        return _zero_voxel(mask)
     sub = sub.with_array(sub.array.astype(np.float32))
     return pad_zeros_superior(sub, pad_mm) if fov == "pad" else sub
 
@@ -280,8 +296,11 @@ def project_levels(ct: Volume, clavicles: ClavicleMasks | None, geometry: Geomet
     if fov == "pad":
         ct, _ = pad_superior(ct, [], pad_mm)
     channels, names = [], []
-    for lv in levels:  # each level's channels as physics_channels makes them, named per level
-        level = physics_channels(ct, lv)[0]
+    # Each level's channels on their supports, with the margin the crops below keep (the projector's
+    # one voxel, or the prefilter's block), so cropping them again is a view, not a CT-sized copy.
+    margin = max(detector_prefilter_factors(ct, geometry)) if prefilter else 1
+    for lv in levels:
+        level = physics_channels(ct, lv, support_margin=margin)[0]
         channels += [detector_prefilter(c, geometry) for c in level] if prefilter else level
         names += list(LEVEL_CHANNELS[lv])
     channels += masks
