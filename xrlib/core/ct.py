@@ -395,12 +395,18 @@ def crop_to_support(vol: Volume, margin: int = 1) -> Volume | None:
     projection by up to 1.5e-5 and 1.7e-4 of their maximum on 1 % and 0.1 % of the pixels. The study's
     images are made with the default, so it is kept.
     """
-    box = support_box(vol.array)
+    crop = crop_array(vol.array, margin)
+    return None if crop is None else vol.sub_grid(*crop)
+
+
+def crop_array(array: np.ndarray, margin: int = 1) -> tuple[np.ndarray, tuple[int, int, int]] | None:
+    """:func:`crop_to_support` of a bare 3-D array: ``(crop, start)``, ``start`` the crop's first index
+    ``(k, j, i)``, the crop C-contiguous (a view where it already is); ``None`` if ``array`` is all zero."""
+    box = support_box(array)
     if box is None:
         return None
-    lo, hi = margin_box(box, vol.array.shape, margin)
-    sub = vol.array[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-    return vol.sub_grid(np.ascontiguousarray(sub), tuple(lo))
+    lo, hi = margin_box(box, array.shape, margin)
+    return np.ascontiguousarray(array[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]), tuple(lo)
 
 
 def margin_box(box: tuple[list[int], list[int]], shape: tuple[int, ...], margin: int) -> tuple[list[int], list[int]]:

@@ -130,21 +130,15 @@ def material_densities(hu: np.ndarray, thresholds: tuple[float, float, float] = 
     ``t_lung``, lung up to ``t_soft``, soft tissue up to ``t_bone``, bone above. Its density is
     the Schneider 2000 HU→density curve (see ``_SCHNEIDER_HU``) and it is 0 in the other channels.
     """
-    t = [float(x) for x in thresholds]
-    if len(t) != 3 or not t[0] < t[1] < t[2]:
-        raise ValueError(f"thresholds must be three increasing HU values, got {thresholds}")
+    t32 = _threshold_array(thresholds)
     hu = _as_voxels(hu)
-    t32 = np.asarray(t, np.float32)
     out = {m: np.empty(hu.shape, np.float32) for m in MATERIALS}
-    lo, hi = int(_SCHNEIDER_HU[0]) - 1024, 4096
     flat = hu.reshape(-1)
     threads = task_threads()
-    integral = compiled(_integral_range)
-    if flat.size > 65536 and (hu.dtype.kind in "iu" or all(run_ranges(lambda a, b: integral(flat, a, b), flat.size, threads))):
+    if _takes_table_path(hu, threads):
         # Integer HU (CTs are stored as int16): look the density and the material up in tables over the
         # integer HU range (the same values as the interpolation below), in one compiled pass.
-        grid = np.arange(lo, hi + 1, dtype=np.float32)
-        rho_of, label_of = _density_table(grid), np.searchsorted(t32, grid, side="right").astype(np.uint8)
+        lo, hi, rho_of, label_of = _material_tables(t32)
         channels = [out[m].reshape(-1) for m in MATERIALS]
         table = compiled(_material_table_range)
         run_ranges(lambda a, b: table(flat, lo, hi, rho_of, label_of, *channels, a, b), flat.size, threads)
@@ -158,6 +152,30 @@ def material_densities(hu: np.ndarray, thresholds: tuple[float, float, float] = 
             o.fill(0.0)
             np.copyto(o, rho, where=label == i)
     return out
+
+
+def _threshold_array(thresholds) -> np.ndarray:
+    """``thresholds`` as float32 HU, checked to be three increasing values."""
+    t = [float(x) for x in thresholds]
+    if len(t) != 3 or not t[0] < t[1] < t[2]:
+        raise ValueError(f"thresholds must be three increasing HU values, got {thresholds}")
+    return np.asarray(t, np.float32)
+
+
+def _takes_table_path(hu: np.ndarray, threads: int) -> bool:
+    """Whether the material maps of ``hu`` (from :func:`_as_voxels`) take the compiled table lookup:
+    more than 65536 voxels, all integral."""
+    flat = hu.reshape(-1)
+    integral = compiled(_integral_range)
+    return flat.size > 65536 and (hu.dtype.kind in "iu" or all(run_ranges(lambda a, b: integral(flat, a, b), flat.size, threads)))
+
+
+def _material_tables(t32: np.ndarray) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """``(lo, hi, rho_of, label_of)``: the density (g/cm³) and material index of every integer HU in
+    ``lo … hi`` (entry ``idx`` is HU ``lo + idx``), for the thresholds ``t32``."""
+    lo, hi = int(_SCHNEIDER_HU[0]) - 1024, 4096
+    grid = np.arange(lo, hi + 1, dtype=np.float32)
+    return lo, hi, _density_table(grid), np.searchsorted(t32, grid, side="right").astype(np.uint8)
 
 
 def material_density_crops(
@@ -176,32 +194,18 @@ def material_density_crops(
     into its crop: for the example CT the soft-tissue and bone channels hold 76 % and 43 % of the grid.
     Other input takes :func:`material_densities` and crops its volumes.
     """
-    from xrlib.core.ct import crop_to_support, margin_box, support_box
+    from xrlib.core.ct import crop_array, margin_box
 
-    t = [float(x) for x in thresholds]
-    if len(t) != 3 or not t[0] < t[1] < t[2]:
-        raise ValueError(f"thresholds must be three increasing HU values, got {thresholds}")
+    t32 = _threshold_array(thresholds)
     if int(margin) != margin or margin < 0:
         raise ValueError(f"margin must be a whole number of voxels ≥ 0, got {margin}")
     hu = _as_voxels(hu)
     if hu.ndim != 3:
         raise ValueError(f"need a 3-D HU volume, got shape {hu.shape}")
-    flat, threads = hu.reshape(-1), task_threads()
-    integral = compiled(_integral_range)
-    if hu.size <= 65536 or not (hu.dtype.kind in "iu" or all(run_ranges(lambda a, b: integral(flat, a, b), flat.size, threads))):
-        out = {}
-        for m, vol in material_densities(hu, thresholds).items():
-            box = support_box(vol)
-            if box is None:
-                out[m] = None
-                continue
-            lo, hi = margin_box(box, vol.shape, int(margin))
-            out[m] = (np.ascontiguousarray(vol[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]), tuple(lo))
-        return out
-    lo_hu, hi_hu = int(_SCHNEIDER_HU[0]) - 1024, 4096
-    grid = np.arange(lo_hu, hi_hu + 1, dtype=np.float32)
-    rho_of = _density_table(grid)
-    label_of = np.searchsorted(np.asarray(t, np.float32), grid, side="right").astype(np.uint8)
+    threads = task_threads()
+    if not _takes_table_path(hu, threads):
+        return {m: crop_array(vol, int(margin)) for m, vol in material_densities(hu, thresholds).items()}
+    lo_hu, hi_hu, rho_of, label_of = _material_tables(t32)
     run_of = np.where(rho_of != 0, label_of, len(MATERIALS)).astype(np.uint8)
     boxes_of = compiled(_material_boxes_range)
     parts = run_ranges(lambda a, b: boxes_of(hu, lo_hu, hi_hu, run_of, len(MATERIALS), a, b), hu.shape[0], threads)
