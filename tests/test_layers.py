@@ -69,3 +69,67 @@ def test_layers_below_studies_name_no_model_set_or_alpha_group():
             text = path.read_text(encoding="utf-8")
             hits += [f"{name}: {w}" for w in STUDY_WORDS if w in text]
     assert not hits, hits
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module → the xrlib modules it imports (lazy imports inside functions included; an imported name
+    counts as the most specific module that exists, e.g. ``xrlib.exec.base.Task`` → ``xrlib.exec.base``)."""
+    names = {name for _, name in _modules()}
+
+    def module_of(target: str) -> str:
+        while target not in names:
+            target = target.rpartition(".")[0]
+        return target
+
+    graph = {}
+    for path, name in _modules():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                # the names, not the bare module: ``from xrlib.drr import physics`` needs drr/physics.py
+                # (a package's __init__ runs before any of its modules, which is not a dependency of theirs)
+                targets |= {f"{node.module}.{a.name}" for a in node.names}
+        graph[name] = {module_of(t) for t in targets if t.startswith("xrlib.")} - {name, "xrlib"}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan), each sorted."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while not comp or comp[-1] != v:
+                comp.append(stack.pop())
+                on_stack.discard(comp[-1])
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_cycle_finder_finds_a_constructed_circle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert _cycles(graph) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles_between_modules():
+    """Not even through lazy imports: a module that needs another's code imports it, never the reverse too
+    (the executor contract sits in ``exec.base`` below ``exec.local`` and ``exec.ray``)."""
+    assert _cycles(_module_graph()) == []

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from xrlib.attacks.acquisition import AcquisitionThreat
-from xrlib.attacks.base import TestImages, score_threat
+from xrlib.attacks.base import score_threat
 from xrlib.core.errors import InputError
 from xrlib.data.shards import MANIFEST_COLUMNS, ShardDataset
 from xrlib.drr.acquisition import ACQUISITION_RANGES, Acquisition, default_acquisition, sample_acquisition, tone_curve

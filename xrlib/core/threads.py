@@ -24,7 +24,7 @@ def compiled(fn: Callable) -> Callable:
 
 def task_threads() -> int:
     """The running task's thread count: torch's intra-op threads, which
-    :func:`xrlib.exec.local.run_task` sets for every task (all cores outside one)."""
+    :func:`xrlib.exec.base.run_task` sets for every task (all cores outside one)."""
     import torch
 
     return max(1, torch.get_num_threads())

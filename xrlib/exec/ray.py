@@ -1,13 +1,13 @@
 """The Ray executor: run the same picklable tasks on a Ray cluster (optional: ``pip install xrlib[ray]``).
 
 Imported only when asked for (``get_executor("ray", address=...)``, ``--executor ray``). What it does
-on top of the :class:`~xrlib.exec.local.Executor` contract (tasks in, ``(task, result)`` pairs out in
+on top of the :class:`~xrlib.exec.base.Executor` contract (tasks in, ``(task, result)`` pairs out in
 plan order, the driver alone writes manifests):
 
 Resources
     A task asks Ray for ``num_cpus = task.threads`` and ``num_gpus = task.num_gpus`` (default 0;
-    a training task whose device is CUDA asks for one GPU), see :func:`~xrlib.exec.local.task_resources`.
-    Inside the worker :func:`~xrlib.exec.local.run_task` sets torch's thread count to ``task.threads``
+    a training task whose device is CUDA asks for one GPU), see :func:`~xrlib.exec.base.task_resources`.
+    Inside the worker :func:`~xrlib.exec.base.run_task` sets torch's thread count to ``task.threads``
     (Ray starts workers with one thread, which would change floating-point results); Ray sets
     ``OMP_NUM_THREADS`` to the task's CPUs. A task asking for more CPUs or GPUs than any node of the
     cluster has is refused before anything runs (Ray would wait for it forever).
@@ -36,7 +36,7 @@ from typing import Any
 
 from xrlib.core.errors import UsageError
 from xrlib.core.runs import default_threads
-from xrlib.exec.local import Executor, Task, run_task, task_resources
+from xrlib.exec.base import Executor, Task, run_task, task_resources
 
 #: Ray re-runs a task whose worker (or node) died up to this many times.
 MAX_RETRIES = 3

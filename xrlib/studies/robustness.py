@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-import numpy as np
 import pandas as pd
 
 from xrlib.attacks.base import TestImages, Threat, score_threat
@@ -24,20 +23,10 @@ from xrlib.core.profiles import Profile, load_profile
 from xrlib.eval.robustness import write_robustness
 from xrlib.studies.rotation import study
 from xrlib.studies.rotation.groups import GROUP_ORDER, alpha_group
+from xrlib.studies.rotation.study import syn_test_images
 from xrlib.training import TrainResult, load_best
 
 __all__ = ["THREATS", "ScoreTask", "ThreatRun", "run_threat", "syn_test_images", "threat_summary"]
-
-
-def syn_test_images(profile: Profile, run: Path, alphas: Sequence[float] | None = None) -> TestImages:
-    """The Syn_test images of the run (all angles, or only ``alphas``)."""
-    test = TestImages.from_manifest(study.test_sets(run, profile.synthetic.cen_alphas)["Syn_test"], study.datasets_dir(run))
-    if alphas is None:
-        return test
-    keep = np.isclose(test.rows["alpha"].to_numpy(float)[:, None], np.asarray(alphas, float)[None, :]).any(1)
-    if not keep.any():
-        raise InputError(None, f"no Syn_test image at the angles {list(alphas)}")
-    return test.subset(keep)
 
 
 def _rotation(profile: Profile, run: Path) -> tuple[Threat, TestImages]:

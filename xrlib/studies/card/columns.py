@@ -96,7 +96,7 @@ def _at(df: pd.DataFrame, budget: float) -> pd.DataFrame:
 
 def _clean_syn(profile, run, s, victims):
     from xrlib.attacks.rotation import RotationThreat
-    from xrlib.studies.robustness import syn_test_images
+    from xrlib.studies.rotation.study import syn_test_images
 
     return _score(RotationThreat((0.0,)), victims, syn_test_images(profile, run, [0.0]), profile, None)
 
@@ -115,7 +115,7 @@ def _moderate(df: pd.DataFrame, profile=None, s=None) -> pd.DataFrame:
 
 def _rotation(profile, run, s, victims):
     from xrlib.attacks.rotation import RotationThreat
-    from xrlib.studies.robustness import syn_test_images
+    from xrlib.studies.rotation.study import syn_test_images
 
     alphas = [a for a in profile.synthetic.alphas if alpha_group(a).startswith("Moderate")]
     return _score(RotationThreat((0.0, *alphas)), victims, syn_test_images(profile, run, [0.0, *alphas]), profile, None)
@@ -170,7 +170,7 @@ def _input_attack(kind: str):
     def compute(profile, run, s, victims):
         from xrlib.attacks.pgd import PGDThreat, SegPGDThreat
         from xrlib.studies.pgd.settings import pgd_settings
-        from xrlib.studies.robustness import syn_test_images
+        from xrlib.studies.rotation.study import syn_test_images
 
         p = pgd_settings(profile)
         cls = PGDThreat if kind == "pgd" else SegPGDThreat
@@ -190,7 +190,7 @@ def _deformation_rows(df, profile, s):
 def _deformation(profile, run, s, victims):
     from xrlib.attacks.deformation import DeformationThreat
     from xrlib.studies.learned.config import learned_settings
-    from xrlib.studies.robustness import syn_test_images
+    from xrlib.studies.rotation.study import syn_test_images
 
     ls = learned_settings(profile)
     th = DeformationThreat(grid=(0.0, s.xi), method="per-image", fields=ls.variant("DV"), generator=ls.generator,

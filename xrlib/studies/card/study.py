@@ -83,7 +83,6 @@ def build_card(profile: Profile | str | Path, run: str | Path, rows: tuple[RowSp
 
 def card_table(card: Card) -> pd.DataFrame:
     """The card as one row per model × column (the CSV), the not-built rows and columns included as such."""
-    by_col = {c.key: c for c in card.columns}
     val = card.cells.set_index(["model", "column"])
     out = []
     for v in [*card.victims, *card.floor_victims]:

@@ -41,7 +41,7 @@ DEFENDED_SUFFIX = "+DV-adv"
 
 def test_images(profile, run: Path, s: LearnedSettings) -> TestImages:
     """The attacked Syn_test images (angles ``learned.alphas``, all when null)."""
-    from xrlib.studies.robustness import syn_test_images
+    from xrlib.studies.rotation.study import syn_test_images
 
     return syn_test_images(profile, Path(run), s.alphas)
 

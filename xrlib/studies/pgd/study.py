@@ -30,7 +30,7 @@ from xrlib.eval.predict import predict
 from xrlib.eval.robustness import robustness_curve, write_robustness
 from xrlib.eval.stats import bootstrap_by_group
 from xrlib.studies.pgd.settings import PGDSettings
-from xrlib.studies.robustness import syn_test_images
+from xrlib.studies.rotation.study import syn_test_images
 from xrlib.studies.rotation import study
 from xrlib.studies.rotation.groups import GROUP_ORDER, alpha_group
 from xrlib.studies.rotation.models import study_configs

@@ -12,6 +12,7 @@ subjects are virtual subjects of one CT: every table built from these results mu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,19 @@ def test_sets(run: Path, cen_alphas) -> dict[str, pd.DataFrame]:
     manifest = read_manifest(datasets_dir(run))
     return {"Syn_test": select(manifest, "Syn_test", cen_alphas=cen_alphas),
             "Real_test": select(manifest, "Real", "test", cen_alphas=cen_alphas)}
+
+
+def syn_test_images(profile: Profile, run: Path, alphas: Sequence[float] | None = None) -> TestImages:
+    """The Syn_test images of the run: all angles, or only those at one of ``alphas`` (degrees, compared
+    with ``np.isclose``). The test set of every threat on synthetic images (:mod:`xrlib.studies.robustness`);
+    raises :class:`InputError` when no image is at one of ``alphas``."""
+    test = TestImages.from_manifest(test_sets(run, profile.synthetic.cen_alphas)["Syn_test"], datasets_dir(run))
+    if alphas is None:
+        return test
+    keep = np.isclose(test.rows["alpha"].to_numpy(float)[:, None], np.asarray(alphas, float)[None, :]).any(1)
+    if not keep.any():
+        raise InputError(None, f"no Syn_test image at the angles {list(alphas)}")
+    return test.subset(keep)
 
 
 def baseline_model():

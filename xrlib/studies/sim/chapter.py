@@ -66,7 +66,7 @@ def cyclegan_examples(run: Path, n: int = 3) -> list[tuple[np.ndarray, np.ndarra
         before, after = ShardDataset(rows, root=domain_dir(run, tdir.name)), ShardDataset(rows, root=translated_dir(run, tdir.name))
         for i in range(len(rows)):
             out.append((before[i][0][0].numpy(), before[i][1][0].numpy(), f"{tdir.name} · {rows.iloc[i].subject}"))
-            out.append((after[i][0][0].numpy(), after[i][1][0].numpy(), f"→ CycleGAN (Real-like)"))
+            out.append((after[i][0][0].numpy(), after[i][1][0].numpy(), "→ CycleGAN (Real-like)"))
     return out
 
 

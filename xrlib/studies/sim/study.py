@@ -20,7 +20,7 @@ import pandas as pd
 from xrlib.attacks.base import TestImages
 from xrlib.core.errors import InputError
 from xrlib.core.profiles import Profile
-from xrlib.data.shards import ShardDataset, read_manifest
+from xrlib.data.shards import read_manifest
 from xrlib.eval.predict import evaluate_predictions, predict
 from xrlib.eval.stats import bootstrap_by_group
 from xrlib.studies.rotation.groups import alpha_group
