@@ -9,7 +9,7 @@ XRLIB_BENCH_COMPILE=1``: the training stage with ``TrainConfig.compile``).
 Each timed run is a fresh Python subprocess that imports ``xrlib`` from one of the two trees
 (``PYTHONPATH=<tree>``) and runs one stage on the same inputs, which the parent builds once. The
 cohort, training and rendering stages run their work as the book does — tasks of the in-process
-executor, one after another — after one untimed task of the same kind (the warm-up: imports, caches,
+executor, one after another, on every core (``XRLIB_THREADS`` if set, as in the book) — after one untimed task of the same kind (the warm-up: imports, caches,
 the process's first use of CT-sized memory), so the time is the stage's cost per further item.
 Runs of the two sides are interleaved (before, after, after, before, …) so that a shared machine's
 load falls on both; the table gives the median over ``--repeats`` of each and the ratio
@@ -69,7 +69,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -149,13 +149,20 @@ def build_evaluation(args: argparse.Namespace, folder: Path) -> None:
         torch.save(build_unet(5, 16).state_dict(), folder / "models" / f"model{m}.pt")
 
 
+def _threads() -> int:
+    """Threads of every timed task, as the book's local executor gives them: ``XRLIB_THREADS`` if set,
+    else every core (read here, not from either tree, so both sides run on the same count)."""
+    value = os.environ.get("XRLIB_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else (os.cpu_count() or 1)
+
+
 @dataclass
 class _Call:
     """A task for the book's in-process executor: ``key``, ``threads`` and ``fn()`` as its work."""
 
     key: str
     fn: Callable[[], object]
-    threads: int = os.cpu_count() or 1
+    threads: int = field(default_factory=_threads)
 
     def run(self):
         return self.fn()
@@ -318,7 +325,7 @@ def run_training(folder: Path, out: Path) -> float:
     pd.DataFrame(rows).reindex(columns=MANIFEST_COLUMNS).to_csv(data / "manifest.csv", index=False)
     (data / "build.json").write_text(json.dumps({"hash": "bench-training", "complete": True}))
     profile = load_profile(spec["profile"])
-    cfg = next(c for c in study_configs(profile, threads=os.cpu_count()) if c.name == "U-Net(Real+Syn_all)")
+    cfg = next(c for c in study_configs(profile, threads=_threads()) if c.name == "U-Net(Real+Syn_all)")
     cfg = dataclasses.replace(cfg, epochs=int(spec["epochs"]), patience=int(spec["epochs"]) + 1)
     if os.environ.get("XRLIB_BENCH_COMPILE") == "1":  # only on a tree whose TrainConfig has the field
         cfg = dataclasses.replace(cfg, compile=True)
@@ -360,7 +367,7 @@ def run_cohort(folder: Path, out: Path) -> float:
     cfg = cohort.CohortConfig.from_profile(load_profile(spec["profile"]))
     target = Path(tempfile.mkdtemp(prefix="bench_cohort_"))
     try:
-        tasks = [cohort.SubjectTask("example", i, ct, labels, cfg, target, "bench", "bench", threads=os.cpu_count() or 1)
+        tasks = [cohort.SubjectTask("example", i, ct, labels, cfg, target, "bench", "bench", threads=_threads())
                  for i in range(int(spec["subjects"]) + 1)]  # subject 0: the untimed warm-up
         made, seconds = _as_the_book_runs(tasks)
         made = made[1:]

@@ -4,17 +4,22 @@
 notebook executed by papermill through ``xrlib book`` into a temporary run root and book folder,
 then the HTML — so that the notebook smoke tests (``test_notebooks.py``) and the browser checks
 (``test_book.py``) share one execution instead of running the notebooks twice.
+
+Under pytest-xdist every worker holds one core's worth of threads: the workers run torch on one
+thread (:func:`pytest_configure`) and the smoke book's notebooks too (``xdist_threads.one_core_env``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from xdist_threads import one_core_env
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
@@ -24,8 +29,6 @@ BOOK_SOURCES = ("_config.yml", "_toc.yml", "intro.md", "how_to_run.md", "data.md
 def _shared_folder(tmp_path_factory, name: str) -> Path:
     """A folder for an expensive session fixture, shared by all pytest-xdist workers of this session
     (``make test`` runs ``-n auto --dist loadfile``), so it is built once; without xdist, this session's."""
-    import os
-
     base = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         base = base.parent  # the session's folder, above the workers' own
@@ -33,8 +36,6 @@ def _shared_folder(tmp_path_factory, name: str) -> Path:
 
 
 def pytest_configure(config):
-    import os
-
     if os.environ.get("PYTEST_XDIST_WORKER"):  # workers share the cores: one torch thread each
         import torch
 
@@ -65,7 +66,7 @@ def _build_smoke_book(tmp: Path) -> dict:
     cmd = [sys.executable, "-m", "xrlib", "book", "--profile", "smoke", "--run-root", str(tmp / "runs"),
            "--book-dir", str(book), "--readme", str(tmp / "README.md")]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, encoding="utf-8", errors="replace",
-                         timeout=2400)
+                         timeout=2400, env={**os.environ, **one_core_env()})
     (ARTIFACTS / "book").mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "book" / "xrlib-book.log").write_text(res.stdout + "\n" + res.stderr, encoding="utf-8")
     executed = book / "executed" / "smoke"
@@ -81,7 +82,7 @@ def _build_smoke_book(tmp: Path) -> dict:
 def _smoke_book_result(tmp: Path, book: Path, stdout: str, stderr: str, returncode: int) -> dict:
     return {"book": book, "html": book / "_build" / "html", "stdout": stdout, "stderr": stderr,
             "returncode": returncode, "runs": tmp / "runs", "executed": book / "executed" / "smoke",
-            "readme": tmp / "README.md"}
+            "readme": tmp / "README.md", "env": one_core_env()}
 
 
 @pytest.fixture(scope="session")

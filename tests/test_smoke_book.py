@@ -268,13 +268,15 @@ def test_smoke_book_card_joins_every_row_with_every_column(smoke_book):
     assert "robustness card (chapter 13) — profile smoke" in section and "card.png" not in section
 
 
-def test_smoke_book_card_costs_every_defense_with_a_recorded_time(smoke_book):
+def test_smoke_book_card_costs_every_defense_with_a_recorded_time(smoke_book, monkeypatch):
     """Every defended row of the card has its extra training time from its chapter's record (the worst-pose
     fine-tuning and every round of adaptive training included), read from the caches the book made."""
     from xrlib.core.profiles import load_profile
     from xrlib.studies.card.rows import available_rows
 
     assert smoke_book["returncode"] == 0, smoke_book["stderr"][-3000:]
+    for key, value in smoke_book["env"].items():  # the book's thread count: its trainings' cache keys
+        monkeypatch.setenv(key, value)
     victims, _ = available_rows(load_profile("smoke"), smoke_book["runs"] / "smoke")
     extra = {v.name: v.extra_s for v in victims if v.base is not None}
     assert {"U-Net(Real)+worst-pose", "U-Net(Real+Syn_all)+PGD-AT"} <= set(extra)
