@@ -10,7 +10,7 @@ import pytest
 from xrlib.drr import physics as phys
 from xrlib.anatomy.annotate import clavicles_from_labels
 from xrlib.cli import main
-from xrlib.core.ct import Volume, load_example
+from xrlib.core.ct import Volume, crop_to_support, load_example
 from xrlib.drr.geometry import Geometry, Pose
 from xrlib.drr.render import render, render_batch
 
@@ -283,10 +283,7 @@ def test_prefilter_turns_sub_pixel_stripes_into_their_mean_instead_of_aliasing()
 
 
 def test_physics_channels_on_their_supports_are_the_crops_of_the_full_channels(example):
-    from xrlib.core.ct import crop_to_support
     from xrlib.drr.render import pad_superior, physics_channels
-
-    from xrlib.core.ct import Volume
 
     ct = example[0]  # every other slice and third voxel: 1.5 M voxels, the compiled passes still
     ct = pad_superior(Volume(ct.array[::2, ::3, ::3].copy(), (2.1, 2.1, 5.0), ct.origin, ct.direction), [])[0]
@@ -308,8 +305,6 @@ def test_by_default_the_physics_channels_are_projected_as_they_are(example):
 
     ct, _ = example
     geom, poses = Geometry(height=48, width=48, pitch=432.0 / 256), [Pose(alpha=5.0)]  # the quick pitch
-    from xrlib.core.ct import Volume
-
     rtk = get_projector("rtk")
     small = Volume(ct.array[::2, ::3, ::3].copy(), (2.1, 2.1, 5.0), ct.origin, ct.direction)
     levels = ("naive", "heuristic", "realistic")
