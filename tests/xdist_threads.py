@@ -2,8 +2,9 @@
 
 ``make test`` runs two workers on this 2-core machine. A subprocess that uses every core for torch
 (OpenMP), ITK or xrlib's compiled loops while the other worker keeps a core busy spends much of its
-time waiting in each parallel region for the thread that is not scheduled: the smoke book's torch
-steps ran about three times slower on two threads than on one beside a busy worker. Timings that a
+time waiting in each parallel region for the thread that is not scheduled. In one measurement (a
+script outside the repository, 2026-12-03) a smoke PGD-AT epoch beside a busy one-thread process took
+3.07 s on two threads and 1.06 s on one (0.94 s on two on an idle machine). Timings that a
 benchmark test prints are not asserted, so its subprocess runs on one thread too.
 """
 
