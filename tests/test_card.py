@@ -46,10 +46,13 @@ def test_constructed_tables_give_the_known_matrix():
     np.testing.assert_allclose(m.to_numpy(), [[0.4, 0.5], [0.7, 0.75]])
     pgd = t[t["column"] == "pgd"].set_index("model")
     assert pgd.loc["A", "strongest"] == "segpgd" and pgd.loc["B", "strongest"] == "pgd"
-    assert (t["n_images"] == 4).all() and (t["n_subjects"] == 2).all()
-    # B's PGD Dice is constant: its subject-bootstrap interval is the point; A's SegPGD subjects differ (0.4, 0.4)
-    assert pgd.loc["B", "lo"] == pytest.approx(0.7) and pgd.loc["B", "hi"] == pytest.approx(0.7)
-    assert pgd.loc["A", "lo"] <= 0.4 <= pgd.loc["A", "hi"]
+    assert (t["n_images"] == 4).all() and (t["n_subjects"] == 2).all() and (t["n_seeds"] == 1).all()
+    # two subjects: below the minimum for an interval, so none (never the spread of two values as a "CI")
+    assert t["lo"].isna().all() and t["hi"].isna().all()
+    three = {k: (pd.concat([df, df.assign(subject="s3")]), src) for k, (df, src) in _constructed().items()}
+    pgd3 = cells(three, cols).query("column == 'pgd'").set_index("model")
+    assert pgd3.loc["B", "lo"] == pytest.approx(0.7) and pgd3.loc["B", "hi"] == pytest.approx(0.7)  # constant: a point
+    assert pgd3.loc["A", "lo"] < pgd3.loc["A", "value"] < pgd3.loc["A", "hi"]
 
 
 def test_a_missing_or_empty_cell_is_an_error_never_a_blank():
@@ -78,20 +81,17 @@ def test_ranking_orients_each_statistic():
     assert analysis.ranking(tie, ["A", "B"], cols).query("column == 'pgd'")["rank"].tolist() == [1, 1]
 
 
-def test_transfer_verdicts_against_the_noise_floor():
-    cols = (BY_KEY["pgd"], BY_KEY["learned"])
-    t = cells(_constructed(), cols, n_boot=200)
-    victims = [Victim("A", "r", "none", "05", "a", lambda: None), Victim("B", "r", "a defense", "09", "b", lambda: None, base="A")]
-    floor = pd.DataFrame({"column": ["pgd", "learned"], "floor": [0.1, 0.1], "n_seeds": [2, 2]})
-    tr = analysis.transfer(t, victims, floor, cols).set_index("column")
-    assert tr.loc["pgd", "gain"] == pytest.approx(0.3) and tr.loc["pgd", "verdict"] == "helps"
-    assert tr.loc["learned", "gain"] == pytest.approx(-0.25) and tr.loc["learned", "verdict"] == "hurts"
-    floor["floor"] = 0.5
-    tr = analysis.transfer(t, victims, floor, cols)
-    assert set(tr["verdict"]) == {"within the seed spread"}
-    [sentence] = analysis.transfer_sentences(tr, cols)
-    assert sentence.startswith("**B** (a defense, vs A): more robust against no threat beyond the floor")
-    assert "PGD/SegPGD L∞ (+0.300 Dice)" in sentence and "(-25.0 pp)" in sentence
+def test_contrasts_use_controls_and_name_the_aa_row():
+    from xrlib.studies.card.evidence import NO_CONTROL
+    from xrlib.studies.card.study import contrasts
+
+    v = [Victim("A", "r", "none", "05", "a", lambda: None),
+         Victim("B", "r", "a defense", "09", "b", lambda: None, base="A"),
+         Victim("C", "r", "another", "09", "c", lambda: None, base="A", control="A+ft")]
+    floor = [Victim("A#1", "floor", "seed", "10", "f", lambda: None)]
+    got = [(c.defense, c.control, c.kind) for c in contrasts(v, floor)]
+    assert got == [("B", "A", NO_CONTROL), ("C", "A+ft", "defense"),
+                   ("U-Net(Real+Syn_all)", "U-Net(Real+Syn_all) [other seeds]", "A/A")]
 
 
 def test_noise_sar_is_conditional_on_good_clean_predictions():
@@ -118,9 +118,6 @@ def test_noise_sar_is_conditional_on_good_clean_predictions():
     left = analysis.unranked(table, ["good", "weak", "few"], (col,)).set_index("model")
     assert left.loc["weak", "reason"] == "images whose clean prediction has Dice ≥ 0.8: 0 of 4 images (none: not applicable)"
     assert left.loc["few", "reason"] == "images whose clean prediction has Dice ≥ 0.8: 1 of 4 images (< 50%)"
-    victims = [Victim("good", "r", "none", "05", "a", lambda: None), Victim("weak", "r", "d", "08", "b", lambda: None, base="good")]
-    tr = analysis.transfer(table, victims, pd.DataFrame(columns=["column", "floor", "n_seeds"]), (col,))
-    assert tr["verdict"].tolist() == ["n/a"]
 
 
 def test_few_subjects_note_names_each_column():
@@ -129,7 +126,7 @@ def test_few_subjects_note_names_each_column():
     cols = (BY_KEY["pgd"], BY_KEY["learned"])
     t = cells(_constructed(), cols, n_boot=200)
     assert few_subjects_note(t, cols) == (
-        "The confidence intervals resample few subjects — per column: PGD/SegPGD L∞ 2; learned deformation + bias 2 — "
+        "The intervals rest on few subjects — per column: PGD/SegPGD L∞ 2; learned deformation + bias 2 — "
         "virtual subjects of few CTs (and the Real surrogate's test subjects): rough indications, not population intervals.")
     t.loc[t["model"] == "B", "n_subjects"] = 25
     assert "PGD/SegPGD L∞ 2–25" in few_subjects_note(t, cols)
@@ -241,7 +238,7 @@ def test_card_on_the_toy_run_joins_every_row_with_every_column(toy_run, tmp_path
     fl = card.floor.set_index("column")
     spread = card.matrix.loc[["U-Net(Real+Syn_cen)", "U-Net(Real+Syn_all)"]]
     np.testing.assert_allclose(fl.loc[spread.columns, "floor"], (spread.max() - spread.min()).to_numpy())
-    assert (fl["n_seeds"] == 2).all() and "noise floor (max − min over 2 seeds)" in card_study.card_markdown(card)
+    assert (fl["n_seeds"] == 2).all() and "seed spread (max − min over 2 seeds)" in card_study.card_markdown(card)
     assert card.matrix.shape == (3, 4) and card.matrix.notna().all().all()
     c = card.cells.set_index(["model", "column"])
     assert c.loc[("U-Net(Real)", "rotation"), "source"] == "chapter 06 table (rotation.csv)"
@@ -262,6 +259,13 @@ def test_card_on_the_toy_run_joins_every_row_with_every_column(toy_run, tmp_path
     assert set(csv.loc[csv["status"] != "ok", "status"]) == {rows[1].missing, later.missing}
     head = paths["headline"].read_text(encoding="utf-8")
     assert "not in this build (chapter 08 not yet built: x)" in head and "| U-Net(Real+Syn_all) |" in head
+    # the curve card from the chapter's rotation table (it holds U-Net(Real) only) and the verdict rows
+    ev_cells = pd.read_csv(paths["cells"])
+    assert set(ev_cells["model"]) == {"U-Net(Real)"} and set(ev_cells["threat"]) == {"rotation"}
+    assert (ev_cells["n_seeds"] == 1).all() and (ev_cells["n_subjects"] >= 1).all()
+    verdicts = pd.read_csv(paths["verdicts"])
+    assert verdicts["verdict"].str.startswith(("n/a", "no verdict")).all()  # no control and no seeds: no verdict
+    assert "(A/A)" in head and "retained fraction" in head
 
 
 def test_cli_card_flags_exit_2_with_one_line(capsys):

@@ -129,3 +129,23 @@ def test_pgd_tables_combine_by_the_per_image_minimum_and_noise_dose_is_inverted(
                           for arm in ("rerendered", "other")])
     r = ce.threat_rows({"noise": noise}, next(t for t in ce.CURVE_THREATS if t.key == "noise"))
     assert sorted(r["severity"]) == [1.0, 4.0, 16.0]  # ref/dose: 0, 2 and 4 halvings; one arm only
+
+
+def test_a_defense_without_control_gets_an_interval_but_no_verdict(tables):
+    rows = {"rotation": ce.threat_rows(tables, ce.CURVE_THREATS[0])}
+    _, units = ce.curve_cells(rows)
+    v = ce.verdict_table(units, [ce.Contrast("defense", "base", ce.NO_CONTROL), ce.Contrast("defense", "control")])
+    nc = v[v["kind"] == ce.NO_CONTROL]
+    assert nc["verdict"].str.startswith("no verdict: no control trained").all()
+    assert nc["p"].notna().all() and nc["p_adjusted"].isna().all() and nc["lo"].notna().all()
+    from statsmodels.stats.multitest import multipletests
+
+    fam = v[v["kind"] == "defense"]
+    np.testing.assert_allclose(fam["p_adjusted"], multipletests(fam["p"], method="holm")[1])  # family: 2 rows only
+
+
+def test_unpaired_seeds_are_named_in_the_verdict(tables):
+    rows = {"rotation": ce.threat_rows(tables, ce.CURVE_THREATS[0])}
+    _, units = ce.curve_cells(rows)
+    v = ce.verdict_table(units, [ce.Contrast("defense", "base [other seeds]")])  # seeds 0–2 vs 3–5, paired by value
+    assert v["verdict"].str.startswith("n/a (a paired contrast needs the same subjects and seeds").all()

@@ -34,7 +34,7 @@ from xrlib.eval import evidence as ev
 from xrlib.eval.curves import beats_baseline, curve_table, curve_units
 from xrlib.eval.robustness import robustness_path
 
-__all__ = ["CELL_FIELDS", "CURVE_THREATS", "Contrast", "CurveThreat", "VERDICT_FIELDS", "aa_warning", "curve_cells",
+__all__ = ["CELL_FIELDS", "CURVE_THREATS", "NO_CONTROL", "Contrast", "CurveThreat", "VERDICT_FIELDS", "aa_warning", "curve_cells",
            "fixed_cells", "read_tables", "threat_rows", "verdict_table", "verdicts_markdown", "write_evidence"]
 
 CELL_FIELDS = ("model", "threat", "statistic", "value", "lo", "hi", "n_subjects", "n_seeds", "note")
@@ -174,11 +174,19 @@ def _rank_seeds(u: pd.DataFrame) -> pd.DataFrame:
     return u.assign(seed=u["seed"].map(ranks))
 
 
+#: Contrast kind of a defended model compared with its base because no control was trained: shown with its
+#: interval, never given a verdict (the base lacks the defended model's extra training) and not adjusted over.
+NO_CONTROL = "vs base (no control)"
+
+
 def verdict_table(units: pd.DataFrame, contrasts: Sequence[Contrast], method: str = "holm") -> pd.DataFrame:
     """Per contrast × threat × statistic of :data:`VERDICT_STATISTICS`: the paired difference (defense −
     control; for ``b50`` of log10 b50, i.e. a ratio of halving budgets in decades), its interval, p, p adjusted
-    over every row of the table (``method``), the MDD and the verdict. A contrast whose models are missing
-    from a threat, or that has no interval (too few subjects), gets a row with the reason and no p."""
+    over every verdict-carrying row of the table (``method``), the MDD and the verdict. A contrast whose models
+    are missing from a threat, whose subjects or seeds do not pair, or that has no interval (too few subjects)
+    gets a row with the reason and no p; a :data:`NO_CONTROL` contrast gets its interval and p, no verdict."""
+    from xrlib.core.errors import InputError
+
     rows = []
     for c in contrasts:
         for threat, u in units.groupby("threat", sort=False):
@@ -192,11 +200,20 @@ def verdict_table(units: pd.DataFrame, contrasts: Sequence[Contrast], method: st
                     continue
                 if c.kind == "A/A":
                     a, b = _rank_seeds(a), _rank_seeds(b)
-                iv = ev.paired_contrast(pd.concat([a, b]).rename(columns={col: "_v"}), c.defense, c.control, "_v")
-                rows.append({**rec, "difference": iv.mean, "lo": iv.lo, "hi": iv.hi, "p": iv.p, "mdd": iv.mdd,
-                             "n_subjects": iv.n_subjects, "n_seeds": iv.n_seeds, "note": iv.note})
+                try:
+                    iv = ev.paired_contrast(pd.concat([a, b]).rename(columns={col: "_v"}), c.defense, c.control, "_v")
+                except InputError as e:
+                    rows.append({**rec, "verdict": f"n/a ({e.problem})"})
+                    continue
+                rec.update(difference=iv.mean, lo=iv.lo, hi=iv.hi, p=iv.p, mdd=iv.mdd, n_subjects=iv.n_subjects,
+                           n_seeds=iv.n_seeds, note=iv.note)
+                if c.kind == NO_CONTROL:
+                    rec["verdict"] = "no verdict: no control trained (the difference includes the extra training)"
+                rows.append(rec)
     t = pd.DataFrame(rows).reindex(columns=[*VERDICT_FIELDS, "higher_better", "note"])
-    t["p_adjusted"] = ev.adjust(t["p"].to_numpy(float), method) if len(t) else []
+    family = (t["kind"] != NO_CONTROL).to_numpy() if len(t) else np.zeros(0, bool)
+    t["p_adjusted"] = np.where(family, ev.adjust(np.where(family, t["p"].to_numpy(float), np.nan), method), np.nan) \
+        if len(t) else []
     t["verdict"] = [v if isinstance(v, str) else ev.verdict(d, lo, hi, pa, m, hb)
                     for v, d, lo, hi, pa, m, hb in zip(t["verdict"], t["difference"], t["lo"], t["hi"], t["p_adjusted"],
                                                        t["mdd"], t["higher_better"])]
