@@ -16,7 +16,7 @@ from xrlib.studies.card.rows import ROWS, RowSpec, Victim
 from xrlib.studies.card.settings import CardSettings
 
 BY_KEY = {c.key: c for c in COLUMNS}
-S = CardSettings(pose_budget=10.0, pgd_eps=0.03, noise_dose_mas=4e-5, xi=2.0, n_boot=200, seed_floor=False)
+S = CardSettings(pose_budget=10.0, pgd_eps=0.03, noise_dose_mas=4e-5, xi=2.0, seed_floor=False)
 
 
 def _rows(model: str, threat: str, dice, subjects, budget=0.03, clean=None) -> pd.DataFrame:
@@ -40,7 +40,7 @@ def _constructed():
 
 def test_constructed_tables_give_the_known_matrix():
     cols = (BY_KEY["pgd"], BY_KEY["learned"])
-    t = cells(_constructed(), cols, n_boot=200)
+    t = cells(_constructed(), cols)
     m = matrix(t, ["A", "B"], cols)
     # PGD/SegPGD: the minimum mean Dice over the two attacks; learned: the success rate (Dice fell ≥ 30 %)
     np.testing.assert_allclose(m.to_numpy(), [[0.4, 0.5], [0.7, 0.75]])
@@ -60,10 +60,10 @@ def test_a_missing_or_empty_cell_is_an_error_never_a_blank():
     rows = _constructed()
     del rows[("B", "learned", "deformation")]
     with pytest.raises(CardError, match="model 'B' × column 'learned'"):
-        matrix(cells(rows, cols, n_boot=200), ["A", "B"], cols)
+        matrix(cells(rows, cols), ["A", "B"], cols)
     rows = _constructed()
     rows[("B", "pgd", "segpgd")] = (rows[("B", "pgd", "segpgd")][0].iloc[:0], "t")  # one attack without images
-    t = cells(rows, cols, n_boot=200)
+    t = cells(rows, cols)
     assert t.set_index(["model", "column"]).loc[("B", "pgd"), "n_images"] == 0
     with pytest.raises(CardError, match="model 'B' × column 'pgd'"):
         matrix(t, ["A", "B"], cols)
@@ -71,7 +71,7 @@ def test_a_missing_or_empty_cell_is_an_error_never_a_blank():
 
 def test_ranking_orients_each_statistic():
     cols = (BY_KEY["pgd"], BY_KEY["learned"])
-    t = cells(_constructed(), cols, n_boot=200)
+    t = cells(_constructed(), cols)
     r = analysis.ranking(t, ["A", "B"], cols)
     # Dice: higher is more robust (B first); success rate: lower is more robust (A 0.5 < B 0.75)
     assert r[r["column"] == "pgd"]["model"].tolist() == ["B", "A"]
@@ -106,7 +106,7 @@ def test_noise_sar_is_conditional_on_good_clean_predictions():
         ("weak", "noise", "noise"): (_rows("weak", "noise", [0.1, 0.2, 0.1, 0.3], subj, clean=[0.2, 0.3, 0.1, 0.3]), "t"),
         # few: one good clean prediction of four, it stays good: SAR 0 on 1 image (< 50 %: not ranked)
         ("few", "noise", "noise"): (_rows("few", "noise", [0.9, 0.2, 0.1, 0.6], subj, clean=[0.9, 0.3, 0.1, 0.7]), "t")}
-    t = cells(rows, (col,), n_boot=200).set_index("model")
+    t = cells(rows, (col,)).set_index("model")
     assert t.loc["good", "value"] == pytest.approx(0.25) and t.loc[["good", "weak", "few"], "n_rows"].tolist() == [4, 4, 4]
     assert t.loc["good", "n_images"] == 4 and t.loc["few", "n_images"] == 1 and t.loc["few", "value"] == 0.0
     assert np.isnan(t.loc["weak", "value"]) and t.loc["weak", "n_images"] == 0
@@ -124,7 +124,7 @@ def test_few_subjects_note_names_each_column():
     from xrlib.studies.card.card import few_subjects_note
 
     cols = (BY_KEY["pgd"], BY_KEY["learned"])
-    t = cells(_constructed(), cols, n_boot=200)
+    t = cells(_constructed(), cols)
     assert few_subjects_note(t, cols) == (
         "The intervals rest on few subjects — per column: PGD/SegPGD L∞ 2; learned deformation + bias 2 — "
         "virtual subjects of few CTs (and the Real surrogate's test subjects): rough indications, not population intervals.")

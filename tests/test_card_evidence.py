@@ -149,3 +149,16 @@ def test_unpaired_seeds_are_named_in_the_verdict(tables):
     _, units = ce.curve_cells(rows)
     v = ce.verdict_table(units, [ce.Contrast("defense", "base [other seeds]")])  # seeds 0–2 vs 3–5, paired by value
     assert v["verdict"].str.startswith("n/a (a paired contrast needs the same subjects and seeds").all()
+
+
+def test_a_model_with_one_subject_gets_named_na_cells_not_a_crash(tables):
+    rot = tables["rotation"]
+    one = rot[(rot["model"] == "control") & (rot["subject"] == "s0")]
+    rows = {"rotation": ce.threat_rows({"rotation": pd.concat([rot[rot["model"] == "defense"], one])},
+                                       ce.CURVE_THREATS[0])}
+    cells, units = ce.curve_cells(rows)
+    bad = cells[cells["model"] == "control"]
+    assert bad["value"].isna().all() and bad["note"].str.startswith("n/a (one subject").all()
+    assert set(units["model"]) == {"defense"}
+    v = ce.verdict_table(units, [ce.Contrast("defense", "control")])
+    assert v["verdict"].str.startswith("n/a (a model of the pair").all()

@@ -131,14 +131,13 @@ def _interval(model: str, df: pd.DataFrame, values: pd.Series) -> dict:
             "n_subjects": n_sub, "n_seeds": n_seeds}
 
 
-def cells(rows: Mapping[tuple[str, str, str], tuple[pd.DataFrame, str]], columns: Sequence[Column] = COLUMNS,
-          n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+def cells(rows: Mapping[tuple[str, str, str], tuple[pd.DataFrame, str]], columns: Sequence[Column] = COLUMNS) -> pd.DataFrame:
     """One statistic per model × column (:data:`CELL_COLUMNS`): the mean over (seed, subject) means of the
     column's per-image ``value`` with its seeds × subjects 95 % interval (:func:`xrlib.eval.evidence.summarise`;
     no interval below :data:`~xrlib.eval.evidence.MIN_SUBJECTS` subjects) — images the value leaves ``nan``
     (outside a conditional column's condition) are not scored: ``n_images`` of ``n_rows``; a column of several
     parts takes the part with the worst mean (``strongest`` names it). A cell whose rows are empty has ``n_rows``
-    0. ``n_boot`` and ``seed`` are accepted for callers of the former bootstrap and unused."""
+    0."""
     by_col = {c.key: c for c in columns}
     parts: dict[tuple[str, str], list] = {}
     for (model, col, part), (df, source) in rows.items():

@@ -115,28 +115,38 @@ def curve_cells(rows: Mapping[str, pd.DataFrame], baseline: float | None = None)
     """``(cells, units)``: the curve statistics of every model under every threat in ``rows`` (``{threat key:
     threat_rows}``) as :data:`CELL_FIELDS` rows, and the per-(model, seed, unit) summaries behind them (for the
     verdicts). With a ``baseline`` (the mean-mask Dice on clean images), a model whose clean Dice does not beat
-    it keeps only its ``clean`` cell; its curve cells are ``nan`` with the note saying why."""
+    it keeps only its ``clean`` cell; its curve cells are ``nan`` with the note saying why. A model whose curve
+    cannot be summarised (one subject, a budget of the grid missing) gets ``nan`` cells whose note names the
+    problem. The budget grid is each model's own (every model of a chapter table shares it)."""
+    from xrlib.core.errors import InputError
+    from xrlib.eval.curves import CURVE_STATISTICS
+
     cells, units = [], []
     for key, d in rows.items():
-        if not len(d):
-            continue
-        u = curve_units(d.rename(columns={"severity": "budget"}))
-        t = curve_table(u)
-        t["threat"] = key
-        if baseline is not None:
-            clean = t[t["statistic"] == "clean"].set_index("model")
-            for m, r in clean.iterrows():
+        for model, dm in d.groupby("model", sort=False):
+            try:
+                u = curve_units(dm.rename(columns={"severity": "budget"}))
+                t = curve_table(u)
+            except InputError as e:  # e.g. one subject, or a budget of the grid missing: named, not dropped
+                t = pd.DataFrame({"model": model, "statistic": list(CURVE_STATISTICS), "value": math.nan,
+                                  "lo": math.nan, "hi": math.nan, "n_subjects": dm["subject"].nunique(),
+                                  "n_seeds": dm["seed"].nunique(), "note": f"n/a ({e.problem})"})
+                u = None
+            t["threat"] = key
+            if baseline is not None and u is not None:
+                r = t[t["statistic"] == "clean"].iloc[0]
                 iv = ev.Interval(r["value"], r["lo"], r["hi"], r["se"], r["df"], r["n_subjects"], r["n_seeds"])
                 if not beats_baseline(iv, baseline):
-                    sel = (t["model"] == m) & (t["statistic"] != "clean")
+                    sel = t["statistic"] != "clean"
                     t.loc[sel, ["value", "lo", "hi"]] = math.nan
                     t.loc[sel, "note"] = f"clean Dice does not beat the mean-mask baseline ({baseline:.3f})"
-        cells.append(t)
-        units.append(u.assign(threat=key))
+            cells.append(t)
+            if u is not None:
+                units.append(u.assign(threat=key))
     if not cells:
         return pd.DataFrame(columns=list(CELL_FIELDS)), pd.DataFrame()
     out = pd.concat(cells, ignore_index=True)
-    return out[list(CELL_FIELDS)], pd.concat(units, ignore_index=True)
+    return out[list(CELL_FIELDS)], (pd.concat(units, ignore_index=True) if units else pd.DataFrame())
 
 
 def fixed_cells(rows: Mapping[str, pd.DataFrame], budgets: Mapping[str, float]) -> pd.DataFrame:

@@ -75,7 +75,7 @@ def build_card(profile: Profile | str | Path, run: str | Path, rows: tuple[RowSp
     t1 = time.perf_counter()
     got = gather(profile, run, s, victims + seeds, columns, progress)
     t2 = time.perf_counter()
-    table = cells(got, columns, n_boot=s.n_boot, seed=int(profile.seed))
+    table = cells(got, columns)
     names = [v.name for v in victims]
     mat = matrix(table, list(dict.fromkeys(names + [v.name for v in seeds])), columns).loc[names]
     fl = analysis.noise_floor(table, [v.name for v in seeds], columns)
@@ -278,6 +278,11 @@ def evidence_markdown(card: Card) -> str:
              "log-budget, relative to the clean Dice) and the budget at which mean Dice halves (b50; \"> b_max\" when "
              "it never does). Each cell: value [95 % interval over seeds and subjects] (subjects×seeds); virtual "
              "subjects of one CT, so the interval speaks about that CT's virtual cohort.", "", curve_markdown(card.evidence)]
+    have = set(card.evidence["threat"]) if len(card.evidence) else set()
+    left = [th.title for th in ce.CURVE_THREATS if th.key not in have]
+    if left:
+        lines += [f"Not summarised as curves in this build (no chapter table with a budget grid of at least two positive "
+                  f"budgets for the card's models): {', '.join(left)}.", ""]
     if len(card.verdicts):
         lines += ["**Verdicts.** A defense against its control (trained identically without it, same seeds): \"more/less "
                   "robust\" only where the interval excludes 0 and the Holm-adjusted p < 0.05; otherwise no evidence at "
