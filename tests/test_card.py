@@ -311,3 +311,13 @@ def test_heatmap_greys_out_and_marks_the_unranked_cells():
     assert texts == ["0.50", "n/a", "0.60", "0.00*"]
     assert "grey: not ranked" in fig.axes[0].get_xlabel()
     assert [t.get_text() for t in plots.card_heatmap(m, cols).axes[0].texts] == ["0.50", "–", "0.60", "0.00"]
+
+
+def test_learned_success_rate_counts_only_good_clean_predictions():
+    col = BY_KEY["learned"]
+    subj = ["s1", "s1", "s2", "s2"]
+    # two good clean predictions (0.9): one falls to 0.2 (success), one holds; two bad ones (0.5) are not scored
+    rows = {("m", "learned", "deformation"): (_rows("m", "deformation", [0.2, 0.9, 0.1, 0.1], subj,
+                                                     clean=[0.9, 0.9, 0.5, 0.5]), "t")}
+    t = cells(rows, (col,)).set_index("model")
+    assert t.loc["m", "value"] == pytest.approx(0.5) and t.loc["m", "n_images"] == 2 and t.loc["m", "n_rows"] == 4
