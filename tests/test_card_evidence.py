@@ -162,3 +162,15 @@ def test_a_model_with_one_subject_gets_named_na_cells_not_a_crash(tables):
     assert set(units["model"]) == {"defense"}
     v = ce.verdict_table(units, [ce.Contrast("defense", "control")])
     assert v["verdict"].str.startswith("n/a (a model of the pair").all()
+
+
+def test_one_seed_gets_an_interval_but_no_verdict_and_two_seeds_a_note(tables):
+    rot = tables["rotation"]
+    rows = {"rotation": ce.threat_rows({"rotation": rot[rot["seed"] == 0]}, ce.CURVE_THREATS[0])}
+    _, units = ce.curve_cells(rows)
+    v = ce.verdict_table(units, [ce.Contrast("defense", "control")])
+    assert v["verdict"].str.startswith("n/a (1 seed").all() and v["lo"].notna().all() and v["p"].isna().all()
+    rows = {"rotation": ce.threat_rows({"rotation": rot[rot["seed"] < 2]}, ce.CURVE_THREATS[0])}
+    v = ce.verdict_table(ce.curve_cells(rows)[1], [ce.Contrast("defense", "control")])
+    assert v["note"].str.startswith("2 seed(s), fewer than the design's 3").all()
+    assert (v.set_index("statistic").loc["rel_auc", "verdict"]) == "more robust"

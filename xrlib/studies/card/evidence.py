@@ -39,7 +39,13 @@ __all__ = ["CELL_FIELDS", "CURVE_THREATS", "NO_CONTROL", "Contrast", "CurveThrea
 
 CELL_FIELDS = ("model", "threat", "statistic", "value", "lo", "hi", "n_subjects", "n_seeds", "note")
 VERDICT_FIELDS = ("defense", "control", "threat", "statistic", "difference", "lo", "hi", "p", "p_adjusted", "mdd",
-                  "verdict", "n_subjects", "n_seeds", "kind")
+                  "verdict", "n_subjects", "n_seeds", "kind", "note")
+#: Fewest seeds per model for a verdict: with one, the interval omits training-seed variance (a verdict would
+#: compare two trainings, not two recipes).
+MIN_VERDICT_SEEDS = 2
+#: Seeds of the evidence design; fewer (2, the smoke profile's) under-cover when seed variance dominates
+#: (tests/test_evidence_calibration.py), and the row's note says so.
+DESIGN_SEEDS = 3
 #: Statistics that carry a verdict, with "higher is more robust".
 VERDICT_STATISTICS = {"rel_auc": True, "b50": True}
 
@@ -83,7 +89,7 @@ CURVE_THREATS: tuple[CurveThreat, ...] = (
                 select=lambda d: _keep(d, method="per-image", variant="DV")),
 )
 
-_IMAGE = ("model", "seed", "subject", "severity", "_image")
+_IMAGE = ("model", "seed", "subject", "severity", "_image")  # + alpha where the tables have it
 
 
 def threat_rows(tables: Mapping[str, pd.DataFrame], threat: CurveThreat) -> pd.DataFrame:
@@ -100,14 +106,16 @@ def threat_rows(tables: Mapping[str, pd.DataFrame], threat: CurveThreat) -> pd.D
             d["seed"] = 0
         d["subject"] = d["subject"].astype(str)
         d["severity"] = threat.severity(d).to_numpy(float)
-        d["_image"] = d.groupby(["model", "seed", "subject", "severity"], sort=False).cumcount()
-        keep = [c for c in (*_IMAGE, "dice", "dice_clean", "source") if c in d]
+        pos = ["model", "seed", "subject", "severity"] + (["alpha"] if "alpha" in d else [])
+        d["_image"] = d.groupby(pos, sort=False).cumcount()
+        keep = [c for c in (*_IMAGE, "alpha", "dice", "dice_clean", "source") if c in d]
         parts.append(d[keep])
     if not parts:
         return pd.DataFrame(columns=[*_IMAGE[:4], "dice", "dice_clean"])
     d = pd.concat(parts, ignore_index=True)
+    key = list(_IMAGE) + (["alpha"] if "alpha" in d else [])
     agg = {"dice": "min", "dice_clean": "first", **({"source": "first"} if "source" in d else {})}
-    d = d.groupby(list(_IMAGE), sort=False).agg(agg).reset_index()
+    d = d.groupby(key, sort=False, dropna=False).agg(agg).reset_index()
     return d.drop(columns="_image")
 
 
@@ -194,7 +202,8 @@ def verdict_table(units: pd.DataFrame, contrasts: Sequence[Contrast], method: st
     control; for ``b50`` of log10 b50, i.e. a ratio of halving budgets in decades), its interval, p, p adjusted
     over every verdict-carrying row of the table (``method``), the MDD and the verdict. A contrast whose models
     are missing from a threat, whose subjects or seeds do not pair, or that has no interval (too few subjects)
-    gets a row with the reason and no p; a :data:`NO_CONTROL` contrast gets its interval and p, no verdict."""
+    gets a row with the reason and no p; so does one with fewer than :data:`MIN_VERDICT_SEEDS` seeds (its interval
+    is shown); a :data:`NO_CONTROL` contrast gets its interval and p, no verdict."""
     from xrlib.core.errors import InputError
 
     rows = []
@@ -217,10 +226,15 @@ def verdict_table(units: pd.DataFrame, contrasts: Sequence[Contrast], method: st
                     continue
                 rec.update(difference=iv.mean, lo=iv.lo, hi=iv.hi, p=iv.p, mdd=iv.mdd, n_subjects=iv.n_subjects,
                            n_seeds=iv.n_seeds, note=iv.note)
+                if iv.n_seeds < DESIGN_SEEDS:
+                    rec["note"] = (f"{iv.n_seeds} seed(s), fewer than the design's {DESIGN_SEEDS}: the interval may "
+                                   "under-cover when seed variance dominates")
+                if iv.n_seeds < MIN_VERDICT_SEEDS and c.kind != NO_CONTROL:
+                    rec.update(p=math.nan, verdict=f"n/a ({iv.n_seeds} seed: no training-seed variance, no verdict)")
                 if c.kind == NO_CONTROL:
                     rec["verdict"] = "no verdict: no control trained (the difference includes the extra training)"
                 rows.append(rec)
-    t = pd.DataFrame(rows).reindex(columns=[*VERDICT_FIELDS, "higher_better", "note"])
+    t = pd.DataFrame(rows).reindex(columns=[*VERDICT_FIELDS, "higher_better"])
     family = (t["kind"] != NO_CONTROL).to_numpy() if len(t) else np.zeros(0, bool)
     t["p_adjusted"] = np.where(family, ev.adjust(np.where(family, t["p"].to_numpy(float), np.nan), method), np.nan) \
         if len(t) else []
@@ -255,8 +269,9 @@ def verdicts_markdown(verdicts: pd.DataFrame) -> str:
         name = f"{r.defense} − {r.control}" + (" (A/A)" if r.kind == "A/A" else "")
         ci = f"{_fmt(r.difference)} [{_fmt(r.lo)}, {_fmt(r.hi)}]" if not pd.isna(r.lo) else _fmt(r.difference)
         size = "–" if pd.isna(r.n_subjects) else f"{int(r.n_subjects)} × {int(r.n_seeds)}"
+        note = f" — {r.note}" if isinstance(r.note, str) and r.note else ""
         lines.append("| " + " | ".join([name, r.threat, r.statistic, ci, f"{_fmt(r.p)} ({_fmt(r.p_adjusted)})",
-                                         _fmt(r.mdd), size, r.verdict]) + " |")
+                                         _fmt(r.mdd), size, r.verdict + note]) + " |")
     warn = aa_warning(verdicts)
     return "\n".join(lines) + ("\n\n" + warn if warn else "") + "\n"
 
