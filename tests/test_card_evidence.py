@@ -174,3 +174,12 @@ def test_one_seed_gets_an_interval_but_no_verdict_and_two_seeds_a_note(tables):
     v = ce.verdict_table(ce.curve_cells(rows)[1], [ce.Contrast("defense", "control")])
     assert v["note"].str.startswith("2 seed(s), fewer than the design's 3").all()
     assert (v.set_index("statistic").loc["rel_auc", "verdict"]) == "more robust"
+
+
+def test_fixed_view_sits_at_the_base_models_b50(tables):
+    rows = {"rotation": ce.threat_rows(tables, ce.CURVE_THREATS[0])}
+    cells, _ = ce.curve_cells(rows)
+    got = ce.b50_budgets(cells, "control")
+    b = cells[(cells["model"] == "control") & (cells["statistic"] == "b50")]["value"].iloc[0]
+    assert got == {"rotation": pytest.approx(b)}
+    assert ce.b50_budgets(cells, "defense") == {}  # censored: "> b_max", no fixed budget from it

@@ -35,7 +35,7 @@ from xrlib.eval.curves import beats_baseline, curve_table, curve_units
 from xrlib.eval.robustness import robustness_path
 
 __all__ = ["CELL_FIELDS", "CURVE_THREATS", "NO_CONTROL", "Contrast", "CurveThreat", "VERDICT_FIELDS", "aa_warning", "curve_cells",
-           "fixed_cells", "read_tables", "threat_rows", "verdict_table", "verdicts_markdown", "write_evidence"]
+           "b50_budgets", "fixed_cells", "read_tables", "threat_rows", "verdict_table", "verdicts_markdown", "write_evidence"]
 
 CELL_FIELDS = ("model", "threat", "statistic", "value", "lo", "hi", "n_subjects", "n_seeds", "note")
 VERDICT_FIELDS = ("defense", "control", "threat", "statistic", "difference", "lo", "hi", "p", "p_adjusted", "mdd",
@@ -175,6 +175,14 @@ def fixed_cells(rows: Mapping[str, pd.DataFrame], budgets: Mapping[str, float]) 
     if not out:
         return pd.DataFrame(columns=list(CELL_FIELDS))
     return pd.concat(out, ignore_index=True)[list(CELL_FIELDS)]
+
+
+def b50_budgets(cells: pd.DataFrame, base: str) -> dict[str, float]:
+    """``{threat: b50}`` of the ``base`` model where its b50 is defined and not censored: the budgets of the
+    fixed-budget view (:func:`fixed_cells`), so that it sits where the base model has lost half its Dice."""
+    d = cells[(cells["model"] == base) & (cells["statistic"] == "b50")]
+    ok = d["value"].notna() & ~d["note"].fillna("").astype(str).str.startswith("> b_max")
+    return {t: float(v) for t, v in zip(d.loc[ok, "threat"], d.loc[ok, "value"]) if v > 0}
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,8 @@ def contrasts(victims: list[Victim], seeds: list[Victim]) -> list[ce.Contrast]:
 
 def card_evidence(run: Path, victims: list[Victim], seeds: list[Victim]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(cells, verdicts)`` from the chapters' robustness tables over their budget grids
-    (:mod:`xrlib.studies.card.evidence`), for the card's models; the floor models (the base retrained with
+    (:mod:`xrlib.studies.card.evidence`), for the card's models — plus, in ``cells``, mean Dice at the grid budget
+    nearest the A/A base's b50 per threat (statistic ``dice@<b>``, the fixed-budget rows); the floor models (the base retrained with
     other seeds) enter as one model ``<base> [other seeds]`` whose seeds are theirs. A threat whose table is not
     in this build, or holds none of the card's models, has no cells."""
     tables = ce.read_tables(run)
@@ -131,6 +132,8 @@ def card_evidence(run: Path, victims: list[Victim], seeds: list[Victim]) -> tupl
         if len(r) and (r["severity"] > 0).any() and r.loc[r["severity"] > 0, "severity"].nunique() >= 2:
             rows[th.key] = r
     cells_, units = ce.curve_cells(rows)
+    if len(cells_) and base:  # the fixed-budget rows of cells.csv: at the A/A base's own halving budget
+        cells_ = pd.concat([cells_, ce.fixed_cells(rows, ce.b50_budgets(cells_, base))], ignore_index=True)
     verdicts = ce.verdict_table(units, contrasts(victims, seeds)) if len(units) else pd.DataFrame(columns=ce.VERDICT_FIELDS)
     return cells_, verdicts
 
