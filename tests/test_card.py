@@ -16,7 +16,7 @@ from xrlib.studies.card.rows import ROWS, RowSpec, Victim
 from xrlib.studies.card.settings import CardSettings
 
 BY_KEY = {c.key: c for c in COLUMNS}
-S = CardSettings(pose_budget=10.0, pgd_eps=0.03, noise_dose_mas=4e-5, xi=2.0, n_boot=200, seed_floor=False)
+S = CardSettings(pose_budget=10.0, pgd_eps=0.03, noise_dose_mas=4e-5, xi=2.0, seed_floor=False)
 
 
 def _rows(model: str, threat: str, dice, subjects, budget=0.03, clean=None) -> pd.DataFrame:
@@ -40,16 +40,19 @@ def _constructed():
 
 def test_constructed_tables_give_the_known_matrix():
     cols = (BY_KEY["pgd"], BY_KEY["learned"])
-    t = cells(_constructed(), cols, n_boot=200)
+    t = cells(_constructed(), cols)
     m = matrix(t, ["A", "B"], cols)
     # PGD/SegPGD: the minimum mean Dice over the two attacks; learned: the success rate (Dice fell ≥ 30 %)
     np.testing.assert_allclose(m.to_numpy(), [[0.4, 0.5], [0.7, 0.75]])
     pgd = t[t["column"] == "pgd"].set_index("model")
     assert pgd.loc["A", "strongest"] == "segpgd" and pgd.loc["B", "strongest"] == "pgd"
-    assert (t["n_images"] == 4).all() and (t["n_subjects"] == 2).all()
-    # B's PGD Dice is constant: its subject-bootstrap interval is the point; A's SegPGD subjects differ (0.4, 0.4)
-    assert pgd.loc["B", "lo"] == pytest.approx(0.7) and pgd.loc["B", "hi"] == pytest.approx(0.7)
-    assert pgd.loc["A", "lo"] <= 0.4 <= pgd.loc["A", "hi"]
+    assert (t["n_images"] == 4).all() and (t["n_subjects"] == 2).all() and (t["n_seeds"] == 1).all()
+    # two subjects: below the minimum for an interval, so none (never the spread of two values as a "CI")
+    assert t["lo"].isna().all() and t["hi"].isna().all()
+    three = {k: (pd.concat([df, df.assign(subject="s3")]), src) for k, (df, src) in _constructed().items()}
+    pgd3 = cells(three, cols).query("column == 'pgd'").set_index("model")
+    assert pgd3.loc["B", "lo"] == pytest.approx(0.7) and pgd3.loc["B", "hi"] == pytest.approx(0.7)  # constant: a point
+    assert pgd3.loc["A", "lo"] < pgd3.loc["A", "value"] < pgd3.loc["A", "hi"]
 
 
 def test_a_missing_or_empty_cell_is_an_error_never_a_blank():
@@ -57,10 +60,10 @@ def test_a_missing_or_empty_cell_is_an_error_never_a_blank():
     rows = _constructed()
     del rows[("B", "learned", "deformation")]
     with pytest.raises(CardError, match="model 'B' × column 'learned'"):
-        matrix(cells(rows, cols, n_boot=200), ["A", "B"], cols)
+        matrix(cells(rows, cols), ["A", "B"], cols)
     rows = _constructed()
     rows[("B", "pgd", "segpgd")] = (rows[("B", "pgd", "segpgd")][0].iloc[:0], "t")  # one attack without images
-    t = cells(rows, cols, n_boot=200)
+    t = cells(rows, cols)
     assert t.set_index(["model", "column"]).loc[("B", "pgd"), "n_images"] == 0
     with pytest.raises(CardError, match="model 'B' × column 'pgd'"):
         matrix(t, ["A", "B"], cols)
@@ -68,7 +71,7 @@ def test_a_missing_or_empty_cell_is_an_error_never_a_blank():
 
 def test_ranking_orients_each_statistic():
     cols = (BY_KEY["pgd"], BY_KEY["learned"])
-    t = cells(_constructed(), cols, n_boot=200)
+    t = cells(_constructed(), cols)
     r = analysis.ranking(t, ["A", "B"], cols)
     # Dice: higher is more robust (B first); success rate: lower is more robust (A 0.5 < B 0.75)
     assert r[r["column"] == "pgd"]["model"].tolist() == ["B", "A"]
@@ -78,20 +81,17 @@ def test_ranking_orients_each_statistic():
     assert analysis.ranking(tie, ["A", "B"], cols).query("column == 'pgd'")["rank"].tolist() == [1, 1]
 
 
-def test_transfer_verdicts_against_the_noise_floor():
-    cols = (BY_KEY["pgd"], BY_KEY["learned"])
-    t = cells(_constructed(), cols, n_boot=200)
-    victims = [Victim("A", "r", "none", "05", "a", lambda: None), Victim("B", "r", "a defense", "09", "b", lambda: None, base="A")]
-    floor = pd.DataFrame({"column": ["pgd", "learned"], "floor": [0.1, 0.1], "n_seeds": [2, 2]})
-    tr = analysis.transfer(t, victims, floor, cols).set_index("column")
-    assert tr.loc["pgd", "gain"] == pytest.approx(0.3) and tr.loc["pgd", "verdict"] == "helps"
-    assert tr.loc["learned", "gain"] == pytest.approx(-0.25) and tr.loc["learned", "verdict"] == "hurts"
-    floor["floor"] = 0.5
-    tr = analysis.transfer(t, victims, floor, cols)
-    assert set(tr["verdict"]) == {"within the seed spread"}
-    [sentence] = analysis.transfer_sentences(tr, cols)
-    assert sentence.startswith("**B** (a defense, vs A): more robust against no threat beyond the floor")
-    assert "PGD/SegPGD L∞ (+0.300 Dice)" in sentence and "(-25.0 pp)" in sentence
+def test_contrasts_use_controls_and_name_the_aa_row():
+    from xrlib.studies.card.evidence import NO_CONTROL
+    from xrlib.studies.card.study import contrasts
+
+    v = [Victim("A", "r", "none", "05", "a", lambda: None),
+         Victim("B", "r", "a defense", "09", "b", lambda: None, base="A"),
+         Victim("C", "r", "another", "09", "c", lambda: None, base="A", control="A+ft")]
+    floor = [Victim("A#1", "floor", "seed", "10", "f", lambda: None)]
+    got = [(c.defense, c.control, c.kind) for c in contrasts(v, floor)]
+    assert got == [("B", "A", NO_CONTROL), ("C", "A+ft", "defense"),
+                   ("U-Net(Real+Syn_all)", "U-Net(Real+Syn_all) [other seeds]", "A/A")]
 
 
 def test_noise_sar_is_conditional_on_good_clean_predictions():
@@ -106,7 +106,7 @@ def test_noise_sar_is_conditional_on_good_clean_predictions():
         ("weak", "noise", "noise"): (_rows("weak", "noise", [0.1, 0.2, 0.1, 0.3], subj, clean=[0.2, 0.3, 0.1, 0.3]), "t"),
         # few: one good clean prediction of four, it stays good: SAR 0 on 1 image (< 50 %: not ranked)
         ("few", "noise", "noise"): (_rows("few", "noise", [0.9, 0.2, 0.1, 0.6], subj, clean=[0.9, 0.3, 0.1, 0.7]), "t")}
-    t = cells(rows, (col,), n_boot=200).set_index("model")
+    t = cells(rows, (col,)).set_index("model")
     assert t.loc["good", "value"] == pytest.approx(0.25) and t.loc[["good", "weak", "few"], "n_rows"].tolist() == [4, 4, 4]
     assert t.loc["good", "n_images"] == 4 and t.loc["few", "n_images"] == 1 and t.loc["few", "value"] == 0.0
     assert np.isnan(t.loc["weak", "value"]) and t.loc["weak", "n_images"] == 0
@@ -118,18 +118,15 @@ def test_noise_sar_is_conditional_on_good_clean_predictions():
     left = analysis.unranked(table, ["good", "weak", "few"], (col,)).set_index("model")
     assert left.loc["weak", "reason"] == "images whose clean prediction has Dice ≥ 0.8: 0 of 4 images (none: not applicable)"
     assert left.loc["few", "reason"] == "images whose clean prediction has Dice ≥ 0.8: 1 of 4 images (< 50%)"
-    victims = [Victim("good", "r", "none", "05", "a", lambda: None), Victim("weak", "r", "d", "08", "b", lambda: None, base="good")]
-    tr = analysis.transfer(table, victims, pd.DataFrame(columns=["column", "floor", "n_seeds"]), (col,))
-    assert tr["verdict"].tolist() == ["n/a"]
 
 
 def test_few_subjects_note_names_each_column():
     from xrlib.studies.card.card import few_subjects_note
 
     cols = (BY_KEY["pgd"], BY_KEY["learned"])
-    t = cells(_constructed(), cols, n_boot=200)
+    t = cells(_constructed(), cols)
     assert few_subjects_note(t, cols) == (
-        "The confidence intervals resample few subjects — per column: PGD/SegPGD L∞ 2; learned deformation + bias 2 — "
+        "The intervals rest on few subjects — per column: PGD/SegPGD L∞ 2; learned deformation + bias 2 — "
         "virtual subjects of few CTs (and the Real surrogate's test subjects): rough indications, not population intervals.")
     t.loc[t["model"] == "B", "n_subjects"] = 25
     assert "PGD/SegPGD L∞ 2–25" in few_subjects_note(t, cols)
@@ -241,7 +238,7 @@ def test_card_on_the_toy_run_joins_every_row_with_every_column(toy_run, tmp_path
     fl = card.floor.set_index("column")
     spread = card.matrix.loc[["U-Net(Real+Syn_cen)", "U-Net(Real+Syn_all)"]]
     np.testing.assert_allclose(fl.loc[spread.columns, "floor"], (spread.max() - spread.min()).to_numpy())
-    assert (fl["n_seeds"] == 2).all() and "noise floor (max − min over 2 seeds)" in card_study.card_markdown(card)
+    assert (fl["n_seeds"] == 2).all() and "seed spread (max − min over 2 seeds)" in card_study.card_markdown(card)
     assert card.matrix.shape == (3, 4) and card.matrix.notna().all().all()
     c = card.cells.set_index(["model", "column"])
     assert c.loc[("U-Net(Real)", "rotation"), "source"] == "chapter 06 table (rotation.csv)"
@@ -262,6 +259,13 @@ def test_card_on_the_toy_run_joins_every_row_with_every_column(toy_run, tmp_path
     assert set(csv.loc[csv["status"] != "ok", "status"]) == {rows[1].missing, later.missing}
     head = paths["headline"].read_text(encoding="utf-8")
     assert "not in this build (chapter 08 not yet built: x)" in head and "| U-Net(Real+Syn_all) |" in head
+    # the curve card from the chapter's rotation table (it holds U-Net(Real) only) and the verdict rows
+    ev_cells = pd.read_csv(paths["cells"])
+    assert set(ev_cells["model"]) == {"U-Net(Real)"} and set(ev_cells["threat"]) == {"rotation"}
+    assert (ev_cells["n_seeds"] == 1).all() and (ev_cells["n_subjects"] >= 1).all()
+    verdicts = pd.read_csv(paths["verdicts"])
+    assert verdicts["verdict"].str.startswith(("n/a", "no verdict")).all()  # no control and no seeds: no verdict
+    assert "(A/A)" in head and "retained fraction" in head
 
 
 def test_cli_card_flags_exit_2_with_one_line(capsys):
@@ -307,3 +311,13 @@ def test_heatmap_greys_out_and_marks_the_unranked_cells():
     assert texts == ["0.50", "n/a", "0.60", "0.00*"]
     assert "grey: not ranked" in fig.axes[0].get_xlabel()
     assert [t.get_text() for t in plots.card_heatmap(m, cols).axes[0].texts] == ["0.50", "–", "0.60", "0.00"]
+
+
+def test_learned_success_rate_counts_only_good_clean_predictions():
+    col = BY_KEY["learned"]
+    subj = ["s1", "s1", "s2", "s2"]
+    # two good clean predictions (0.9): one falls to 0.2 (success), one holds; two bad ones (0.5) are not scored
+    rows = {("m", "learned", "deformation"): (_rows("m", "deformation", [0.2, 0.9, 0.1, 0.1], subj,
+                                                     clean=[0.9, 0.9, 0.5, 0.5]), "t")}
+    t = cells(rows, (col,)).set_index("model")
+    assert t.loc["m", "value"] == pytest.approx(0.5) and t.loc["m", "n_images"] == 2 and t.loc["m", "n_rows"] == 4

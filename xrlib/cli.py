@@ -323,6 +323,82 @@ def _cmd_card(args, options: dict) -> int:
     return 0
 
 
+def _add_card(sub) -> None:
+    p = _profile_command(sub, "card", "the robustness card: the book's (chapter 13) or, with --model, your own network's",
+                         "Without --model: build the book's card of the profile's run (as `xrlib robustness --card`). "
+                         "With --model SPEC: run every threat of the card on your network and place it beside the "
+                         "book's models (writes card.md, card.html, cells.csv, placement.csv).")
+    p.add_argument("--model", metavar="SPEC", help="a torch.export program (.pt2), a TorchScript file, or "
+                   "module:function returning a torch.nn.Module (imported with the current folder on the path)")
+    p.add_argument("--description", type=Path, metavar="YAML", help="model description (input_size, in_channels, "
+                   "normalisation, mean, std, output, clavicle_channels, static_batch); flags override it")
+    p.add_argument("--input-size", type=_finite(int, "--input-size", positive=True), metavar="N",
+                   help="the network's input side in px (default: the profile's image size)")
+    p.add_argument("--in-channels", type=_finite(int, "--in-channels", positive=True), metavar="C",
+                   help="input channels; the grey radiograph is repeated (default 1)")
+    p.add_argument("--normalisation", choices=("unit", "symmetric", "imagenet"),
+                   help="input intensities: [0, 1] (unit, default), [-1, 1] (symmetric) or ImageNet mean/std")
+    p.add_argument("--output", choices=("logits", "probabilities"), help="what the network returns (default logits)")
+    p.add_argument("--clavicle-channels", metavar="I,J", help="output channels holding clavicle, comma-separated "
+                   "(their union is the mask; default 0)")
+    p.add_argument("--threats", nargs="+", metavar="T", help="the card's threats to run (default all: rotation, "
+                   "pose, acquisition, noise, pgd, learned)")
+    p.add_argument("--out", type=Path, help="output folder (default runs/<profile>/card/external/<model name>)")
+    p.add_argument("--name", help="the model's name on the card (default: from SPEC)")
+    p.add_argument("--run-root", type=Path, help="artifacts root (default <repo>/runs)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=_cmd_card_model)
+
+
+def _channels(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise UsageError("xrlib card", f"--clavicle-channels must be comma-separated integers, got {text!r}") from None
+
+
+def _cmd_card_model(args) -> int:
+    import os
+
+    from xrlib.core.profiles import load_profile
+    from xrlib.core.runs import run_dir
+
+    if args.model is None:
+        given = [f"--{k.replace('_', '-')}" for k in ("description", "input_size", "in_channels", "normalisation",
+                                                      "output", "clavicle_channels", "threats", "out", "name")
+                 if getattr(args, k) is not None]
+        if given:
+            raise UsageError("xrlib card", f"{given[0]} needs --model SPEC (without it the book's card is built)")
+        args.threat = args.models = args.budgets = args.save_examples = args.executor = args.address = None
+        return _cmd_card(args, {})
+    from xrlib.nets.external import ExternalModel, check_network, load_description, load_network, probe_gradients
+    from xrlib.studies.card.external import card_threats, external_card, write_external_card
+
+    profile = load_profile(args.profile)
+    card_threats(args.threats)  # a bad threat name fails before the model is loaded
+    desc = load_description(args.description, input_size=args.input_size, in_channels=args.in_channels,
+                            normalisation=args.normalisation, output=args.output,
+                            clavicle_channels=_channels(args.clavicle_channels))
+    if os.getcwd() not in sys.path:  # module:function SPECs from the user's folder
+        sys.path.insert(0, os.getcwd())
+    model = ExternalModel(load_network(args.model), desc, profile.image_size)
+    check_network(model, args.model)
+    ok, why = probe_gradients(model, profile.image_size)
+    run = run_dir(profile.name, args.run_root)
+    name = args.name or Path(args.model.split(":")[-1]).stem
+    print(f"card: {name} ({args.model}); input {model.input_size[0]}×{model.input_size[1]} px, "
+          f"{desc.in_channels} channel(s), {desc.normalisation}, {desc.output}; input gradients: {why}")
+    card = external_card(profile, run, model, name, args.model, args.threats, ok, why, progress=not args.no_progress)
+    out = args.out or run / "card" / "external" / name
+    paths = write_external_card(card, out)
+    print(paths["md"].read_text(encoding="utf-8"), end="")
+    print(f"wrote {paths['md']}, {paths['html']}, {paths['cells']} and {paths['placement']} "
+          f"in {sum(card.seconds.values()):.1f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="xrlib", description="Synthetic radiographs from CT for robust clavicle segmentation.")
     parser.add_argument("-v", "--verbose", action="store_true",
@@ -332,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset(sub)
     _add_book(sub)
     _add_robustness(sub)
+    _add_card(sub)
     return parser
 
 

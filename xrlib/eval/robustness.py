@@ -10,6 +10,9 @@ image with at least :data:`CONTRACT_COLUMNS` (plus its own columns). Per image:
 * ``success`` — Dice fell by ≥ 30 % of the clean Dice (:func:`success_flags`);
 * ``changed`` — ``dice_vs_clean_pred`` < 0.7, empty where that is empty.
 
+An optional ``seed`` column names the training seed of a model evaluated with several (absent: one
+seed); the card's intervals (:mod:`xrlib.eval.evidence`) use it as the unit of model variability.
+
 Summaries: :func:`robustness_curve` (mean Dice vs budget with subject-clustered CIs),
 :func:`halving_budget` (the budget at which mean Dice halves), :func:`cmr` and :func:`sar`
 (quality-band transitions between clean and threatened predictions).

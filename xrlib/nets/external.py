@@ -208,6 +208,12 @@ class ExternalModel(torch.nn.Module):
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
 
+    def train(self, mode: bool = True) -> "ExternalModel":
+        """Set this wrapper's flag only: the wrapped network stays as loaded (eval mode), since the card only
+        evaluates it, and ``torch.export`` programs refuse a mode switch."""
+        self.training = bool(mode)
+        return self
+
     def to_model_input(self, x: torch.Tensor) -> torch.Tensor:
         """Book images ``(B, 1, S, S)`` → the network's input ``(B, C, H, W)``, differentiably."""
         if tuple(x.shape[-2:]) != tuple(self.input_size):

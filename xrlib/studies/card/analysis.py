@@ -1,4 +1,6 @@
-"""What the card says: ranking per threat, the noise floor, the cost of each defense and which defenses transfer.
+"""The fixed-budget view of the card: ranking per threat, the seed spread and the cost of each defense.
+
+The verdicts (which defense is more or less robust than its control) are :mod:`xrlib.studies.card.evidence`'s.
 
 All functions read the cell table of :func:`xrlib.studies.card.card.cells` (one row per model ×
 column) and the victims' registry data; nothing here runs a model.
@@ -14,7 +16,7 @@ import pandas as pd
 from xrlib.studies.card.columns import COLUMNS, Column
 from xrlib.studies.card.rows import Victim
 
-__all__ = ["MIN_SCORED_SHARE", "costs", "noise_floor", "ranked", "ranking", "transfer", "transfer_sentences", "unranked"]
+__all__ = ["MIN_SCORED_SHARE", "costs", "noise_floor", "ranked", "ranking", "unranked"]
 
 #: A cell of a conditional column is ranked only when its statistic scores at least this share of its
 #: images (for the noise column: at least half of the clean predictions are good, Dice ≥ 0.8).
@@ -27,7 +29,7 @@ def _oriented(value, col: Column):
 
 
 def ranked(cell_table: pd.DataFrame) -> pd.Series:
-    """Whether each cell takes part in the ranking and the transfer verdicts: its value is defined and it
+    """Whether each cell takes part in the ranking: its value is defined and it
     scores at least :data:`MIN_SCORED_SHARE` of its images (always true outside conditional columns)."""
     v = cell_table["value"].to_numpy(float)
     n, rows = cell_table["n_images"].to_numpy(float), cell_table["n_rows"].to_numpy(float)
@@ -64,7 +66,7 @@ def ranking(cell_table: pd.DataFrame, models: Sequence[str], columns: Sequence[C
 
 def noise_floor(cell_table: pd.DataFrame, floor_models: Sequence[str], columns: Sequence[Column] = COLUMNS) -> pd.DataFrame:
     """Per available column, the spread (max − min) of the statistic over models that differ only by their
-    training seed: ``column``, ``floor``, ``n_seeds`` (``floor`` is ``nan`` with fewer than two)."""
+    training seed (descriptive; no verdict rests on it): ``column``, ``floor``, ``n_seeds`` (``floor`` is ``nan`` with fewer than two)."""
     rows = []
     cell_table = cell_table[ranked(cell_table)]
     for col in columns:
@@ -89,54 +91,3 @@ def costs(cell_table: pd.DataFrame, victims: Sequence[Victim]) -> pd.DataFrame:
             rec[f"Δ {col.title}"] = val.get((v.name, col.key), np.nan) - val.get((v.base, col.key), np.nan)
         rows.append(rec)
     return pd.DataFrame(rows)
-
-
-def transfer(cell_table: pd.DataFrame, victims: Sequence[Victim], floor: pd.DataFrame,
-             columns: Sequence[Column] = COLUMNS) -> pd.DataFrame:
-    """Per defended model (a victim with a base) and threat column: the gain over its base, oriented so that
-    positive = more robust, and the verdict against that column's noise floor: ``helps`` (gain > floor),
-    ``hurts`` (gain < −floor) or ``within the seed spread``. Without a floor the threshold is 0."""
-    val = cell_table[ranked(cell_table)].set_index(["model", "column"])["value"]  # unranked cells: no verdict (n/a)
-    fl = floor.set_index("column")["floor"] if len(floor) else pd.Series(dtype=float)
-    rows = []
-    for v in victims:
-        if v.base is None:
-            continue
-        for col in columns:
-            if col.missing or col.is_clean:
-                continue
-            gain = _oriented(val.get((v.name, col.key), np.nan) - val.get((v.base, col.key), np.nan), col)
-            f = fl.get(col.key, np.nan)
-            thr = 0.0 if np.isnan(f) else float(f)
-            verdict = ("n/a" if np.isnan(gain) else "helps" if gain > thr else "hurts" if gain < -thr
-                       else "within the seed spread")
-            rows.append({"model": v.name, "defense": v.defense, "base": v.base, "column": col.key, "gain": gain,
-                         "floor": f, "verdict": verdict})
-    return pd.DataFrame(rows, columns=["model", "defense", "base", "column", "gain", "floor", "verdict"])
-
-
-def _fmt_gain(col: Column, gain: float) -> str:
-    unit = "Dice" if col.higher_better else "pp"
-    g = gain if col.higher_better else gain * 100
-    g = float(g) + 0.0  # no "-0"
-    return f"{g:+.3f} {unit}" if col.higher_better else f"{g:+.1f} {unit}"
-
-
-def transfer_sentences(tr: pd.DataFrame, columns: Sequence[Column] = COLUMNS) -> list[str]:
-    """One sentence per defended model: the threats it helps against, those it does not, with the gains."""
-    by_col = {c.key: c for c in columns}
-    out = []
-    for model, g in tr.groupby("model", sort=False):
-        parts = {}
-        for verdict in ("helps", "within the seed spread", "hurts"):
-            d = g[g["verdict"] == verdict]
-            parts[verdict] = ", ".join(f"{by_col[c].title} ({_fmt_gain(by_col[c], x)})"
-                                       for c, x in zip(d["column"], d["gain"]))
-        words = [f"**{model}** ({g['defense'].iloc[0]}, vs {g['base'].iloc[0]}):"]
-        words.append(f"more robust against {parts['helps']}" if parts["helps"] else "more robust against no threat beyond the floor")
-        if parts["hurts"]:
-            words.append(f"; less robust against {parts['hurts']}")
-        if parts["within the seed spread"]:
-            words.append(f"; no change beyond the seed spread for {parts['within the seed spread']}")
-        out.append(" ".join(words[:2]) + "".join(words[2:]) + ".")
-    return out

@@ -4,8 +4,8 @@
 ``<run>/robustness/<threat>.csv`` where it holds that model at the card's budget, else computed with
 the chapter's threat code and cached as ``<run>/card/cells/<column>/<part>/<model>-<key>.csv`` (``key``:
 a hash of the card settings, the profile and the model's weights folder), so a rebuild is cheap.
-:func:`cells` turns the rows into one statistic per model × column with a subject-clustered CI and
-the number of images; :func:`matrix` checks that no row × column cell is missing.
+:func:`cells` turns the rows into one statistic per model × column with a seeds × subjects interval
+(:mod:`xrlib.eval.evidence`) and the number of images; :func:`matrix` checks that no row × column cell is missing.
 
 ``n_rows`` counts the threatened images behind a cell, ``n_images`` those its statistic is computed
 on: the same number except in a conditional column (:attr:`Column.scored`), where a cell may score
@@ -28,7 +28,7 @@ import pandas as pd
 from xrlib.core.atomic import write_csv_atomic
 from xrlib.core.profiles import Profile, profile_hash
 from xrlib.eval.robustness import FEW_SUBJECTS, robustness_path
-from xrlib.eval.stats import bootstrap_by_group
+from xrlib.eval import evidence as ev
 from xrlib.studies.card.columns import COLUMNS, Column, Part
 from xrlib.studies.card.rows import Victim
 from xrlib.studies.card.settings import CardSettings
@@ -37,7 +37,8 @@ from xrlib.training.config import safe_name
 __all__ = ["CELL_COLUMNS", "CardError", "cells", "gather", "matrix", "part_rows"]
 
 #: Columns of :func:`cells` (one row per model × column).
-CELL_COLUMNS = ("model", "column", "value", "lo", "hi", "n_images", "n_rows", "n_subjects", "strongest", "source")
+CELL_COLUMNS = ("model", "column", "value", "lo", "hi", "n_images", "n_rows", "n_subjects", "n_seeds", "strongest",
+                "source")
 #: Version of the cached cells (bump when the scoring of a computed cell changes).
 CACHE_VERSION = 1  # the cached rows are the contract rows; a new statistic over them needs no bump
 
@@ -108,12 +109,35 @@ def gather(profile: Profile, run: Path, s: CardSettings, victims: Sequence[Victi
     return out
 
 
-def cells(rows: Mapping[tuple[str, str, str], tuple[pd.DataFrame, str]], columns: Sequence[Column] = COLUMNS,
-          n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """One statistic per model × column (:data:`CELL_COLUMNS`): the mean over images of the column's
-    per-image ``value`` with a subject-clustered bootstrap CI (images the value leaves ``nan`` — outside a
-    conditional column's condition — are not scored: ``n_images`` of ``n_rows``); a column of several parts
-    takes the part with the worst mean (``strongest`` names it). A cell whose rows are empty has ``n_rows`` 0."""
+def _interval(model: str, df: pd.DataFrame, values: pd.Series) -> dict:
+    """Mean of the per-image ``values`` with its seeds × subjects interval (:mod:`xrlib.eval.evidence`):
+    per (seed, subject) means first; ``lo``/``hi`` ``nan`` below :data:`~xrlib.eval.evidence.MIN_SUBJECTS`
+    subjects (one subject included: no interval, never a zero-width one)."""
+    v = pd.DataFrame({"model": model, "subject": df["subject"].astype(str).to_numpy(), "v": values.to_numpy(float)})
+    if "seed" in df:
+        v["seed"] = df["seed"].to_numpy()
+    if "source" in df:
+        v["source"] = df["source"].to_numpy()
+    ok = v["v"].notna()
+    u = ev.unit_means(v, "v")
+    n_sub, n_seeds = int(u["unit"].nunique()), int(u["seed"].nunique())
+    if n_sub == 0:
+        return {"value": np.nan, "lo": np.nan, "hi": np.nan, "n_images": 0, "n_subjects": 0, "n_seeds": 0}
+    if n_sub == 1:
+        return {"value": float(v.loc[ok, "v"].mean()), "lo": np.nan, "hi": np.nan, "n_images": int(ok.sum()),
+                "n_subjects": 1, "n_seeds": n_seeds}
+    r = ev.interval_table(u, "value").iloc[0]
+    return {"value": float(r["value"]), "lo": float(r["lo"]), "hi": float(r["hi"]), "n_images": int(ok.sum()),
+            "n_subjects": n_sub, "n_seeds": n_seeds}
+
+
+def cells(rows: Mapping[tuple[str, str, str], tuple[pd.DataFrame, str]], columns: Sequence[Column] = COLUMNS) -> pd.DataFrame:
+    """One statistic per model × column (:data:`CELL_COLUMNS`): the mean over (seed, subject) means of the
+    column's per-image ``value`` with its seeds × subjects 95 % interval (:func:`xrlib.eval.evidence.summarise`;
+    no interval below :data:`~xrlib.eval.evidence.MIN_SUBJECTS` subjects) — images the value leaves ``nan``
+    (outside a conditional column's condition) are not scored: ``n_images`` of ``n_rows``; a column of several
+    parts takes the part with the worst mean (``strongest`` names it). A cell whose rows are empty has ``n_rows``
+    0."""
     by_col = {c.key: c for c in columns}
     parts: dict[tuple[str, str], list] = {}
     for (model, col, part), (df, source) in rows.items():
@@ -124,13 +148,10 @@ def cells(rows: Mapping[tuple[str, str, str], tuple[pd.DataFrame, str]], columns
         recs = []
         for part, df, source in items:
             if len(df):
-                v = pd.DataFrame({"model": model, "subject": df["subject"].astype(str).to_numpy(),
-                                  "v": c.value(df).to_numpy(float)})
-                b = bootstrap_by_group(v, "v", by=("model",), cluster="subject", n_boot=n_boot, seed=seed).iloc[0]
-                rec = {"value": b["mean"], "lo": b["lo"], "hi": b["hi"], "n_images": int(b["n"]), "n_rows": len(df),
-                       "n_subjects": int(b["n_clusters"])}
+                rec = {**_interval(model, df, c.value(df)), "n_rows": len(df)}
             else:
-                rec = {"value": np.nan, "lo": np.nan, "hi": np.nan, "n_images": 0, "n_rows": 0, "n_subjects": 0}
+                rec = {"value": np.nan, "lo": np.nan, "hi": np.nan, "n_images": 0, "n_rows": 0, "n_subjects": 0,
+                       "n_seeds": 0}
             recs.append({**rec, "model": model, "column": col, "strongest": part if len(items) > 1 else "",
                          "source": source})
         if any(r["n_rows"] == 0 for r in recs):  # a part without images: the cell is incomplete
@@ -175,7 +196,7 @@ def few_subjects_note(cell_table: pd.DataFrame, columns: Sequence[Column] = COLU
     if not few:
         return ""
     counts = "; ".join(f"{t} {lo}" if lo == hi else f"{t} {lo}–{hi}" for t, lo, hi in few)
-    return (f"The confidence intervals resample few subjects — per column: {counts} — virtual subjects of few CTs (and "
+    return (f"The intervals rest on few subjects — per column: {counts} — virtual subjects of few CTs (and "
             "the Real surrogate's test subjects): rough indications, not population intervals.")
 
 

@@ -26,6 +26,7 @@ import pandas as pd
 
 from xrlib.attacks.base import TestImages, Threat, Threatened, score_threat
 from xrlib.core.profiles import Profile
+from xrlib.eval.curves import good_clean
 from xrlib.eval.robustness import quality_band
 from xrlib.studies.card.settings import CardSettings
 from xrlib.studies.rotation import study
@@ -203,7 +204,9 @@ def _dice(df: pd.DataFrame) -> pd.Series:
 
 
 def _success(df: pd.DataFrame) -> pd.Series:
-    return df["success"].astype(float)
+    """``success`` per image whose clean prediction is good (Dice ≥ 0.8), ``nan`` (not scored) elsewhere: a
+    model that is already wrong on the clean image cannot be attacked into being wrong."""
+    return good_clean(df, "success")
 
 
 #: The card's columns, in the order they are shown.
@@ -225,5 +228,6 @@ COLUMNS: tuple[Column, ...] = (
            (Part("pgd", lambda d, p, s: _at(d, s.pgd_eps), _input_attack("pgd")),
             Part("segpgd", lambda d, p, s: _at(d, s.pgd_eps), _input_attack("segpgd")))),
     Column("learned", "learned deformation + bias", "11", lambda s: f"ξ = {s.xi:g}", "success rate (per-image D+V)",
-           _success, False, (Part("deformation", _deformation_rows, _deformation),)),
+           _success, False, (Part("deformation", _deformation_rows, _deformation),),
+           scored="images whose clean prediction has Dice ≥ 0.8"),
 )

@@ -25,7 +25,9 @@ class Victim:
     """One model of the card: ``identity`` names its weights (a folder with its configuration hash: the
     key of its cached cells); ``load()`` returns it in eval mode (loaded once); ``train_s`` is the
     training time its chapter recorded (``None``: not recorded), ``extra_s`` the training time it adds
-    to its ``base`` model (the model it is compared with for the cost and the transfer statement)."""
+    to its ``base`` model (the model it is compared with for the cost); ``control`` names the model trained
+    exactly as it but without the defense (same start, data, epochs, learning rate and seeds), against which
+    its verdicts are made (``None``: no control trained, no verdict)."""
 
     name: str
     row: str
@@ -36,6 +38,7 @@ class Victim:
     train_s: float | None = None
     extra_s: float | None = None
     base: str | None = None
+    control: str | None = None
     _model: object = field(default=None, repr=False)
 
     def load(self):

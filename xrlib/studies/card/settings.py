@@ -7,8 +7,7 @@ Block layout (``book/profiles/*.yml``; the profiles differ only in sizes)::
       pgd_eps: 0.03            # L∞ ε of PGD and SegPGD, [0, 1] image units
       noise_dose_mas: null     # dose of the noise column (null: the lowest of noise.doses_mas)
       xi: 2.0                  # target ξ of the learned deformation + bias-field attack (per-image search)
-      n_boot: 2000             # subject-bootstrap resamples per cell
-      seed_floor: true         # evaluate chapter 10's repeated-seed models as every column's noise floor
+      seed_floor: true         # chapter 10's repeated-seed models: the seed spread and the A/A row's other seeds
 
 Every error is an :class:`xrlib.core.errors.InputError` naming the profile file and the key.
 """
@@ -32,7 +31,6 @@ class CardSettings:
     pgd_eps: float
     noise_dose_mas: float
     xi: float
-    n_boot: int
     seed_floor: bool
 
 
@@ -45,7 +43,7 @@ def card_settings(profile: Profile) -> CardSettings:
     """The checked ``card:`` block of ``profile``."""
     where = profile.path or profile.name
     block = profile.section("card")
-    known = {"pose_budget", "pgd_eps", "noise_dose_mas", "xi", "n_boot", "seed_floor"}
+    known = {"pose_budget", "pgd_eps", "noise_dose_mas", "xi", "seed_floor"}
     extra = sorted(set(block) - known)
     if extra:
         raise InputError(where, f"card: unknown key(s) {extra}; known: {', '.join(sorted(known))}")
@@ -58,11 +56,8 @@ def card_settings(profile: Profile) -> CardSettings:
 
     dose = block.get("noise_dose_mas")
     dose = _lowest_dose(profile) if dose is None else num("noise_dose_mas", 0.0, math.inf)
-    boot = block.get("n_boot", 2000)
-    if isinstance(boot, bool) or not isinstance(boot, int) or boot < 100:
-        raise InputError(where, f"card.n_boot: expected an integer ≥ 100, got {boot!r}")
     floor = block.get("seed_floor", True)
     if not isinstance(floor, bool):
         raise InputError(where, f"card.seed_floor: expected true or false, got {floor!r}")
     return CardSettings(pose_budget=num("pose_budget", 0.0, 180.0), pgd_eps=num("pgd_eps", 0.0, 1.0), noise_dose_mas=dose,
-                        xi=num("xi", 0.0, math.inf), n_boot=int(boot), seed_floor=floor)
+                        xi=num("xi", 0.0, math.inf), seed_floor=floor)

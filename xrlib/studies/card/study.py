@@ -1,9 +1,11 @@
 """Chapter 13 end to end: :func:`build_card` joins every row with every column and writes the card.
 
-Outputs (``<run>`` = ``runs/<profile>``): ``<run>/robustness/card.csv`` (one row per model × column,
-including the rows and columns whose chapter is not in this build, marked as such),
-``<run>/robustness/card.md`` (the matrix as Markdown) and ``<run>/card/headline.md`` (the card, the
-noise floor and the generated transfer statements, for the book's introduction and the README).
+Outputs (``<run>`` = ``runs/<profile>``): ``<run>/card/cells.csv`` and ``<run>/card/verdicts.csv`` (the
+curve summaries per model × threat with seeds × subjects intervals, and the verdicts of each defense
+against its control, :mod:`xrlib.studies.card.evidence`), ``<run>/robustness/card.csv`` (the fixed-budget
+view: one row per model × column, including the rows and columns whose chapter is not in this build,
+marked as such), ``<run>/robustness/card.md`` (that matrix as Markdown) and ``<run>/card/headline.md``
+(the curve card, the verdicts and the fixed-budget view, for the book's introduction and the README).
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ import pandas as pd
 from xrlib.core.atomic import write_csv_atomic, write_text_atomic
 from xrlib.core.profiles import Profile, load_profile
 from xrlib.studies.card import analysis
+from xrlib.studies.card import evidence as ce
 from xrlib.studies.card.card import cells, few_subjects_note, gather, matrix
 from xrlib.studies.card.columns import COLUMNS, Column
 from xrlib.studies.card.rows import FLOOR, ROWS, RowSpec, Victim, available_rows, floor_victims
 from xrlib.studies.card.settings import CardSettings, card_settings
 
-__all__ = ["Card", "HEADLINE", "build_card", "card_markdown", "card_table", "columns_table", "headline_markdown", "rows_table",
-           "write_card"]
+__all__ = ["Card", "HEADLINE", "OTHER_SEEDS", "build_card", "card_evidence", "card_markdown", "card_table", "columns_table",
+           "contrasts", "curve_markdown", "evidence_markdown", "headline_markdown", "rows_table", "write_card"]
 
 #: Where the chapter writes its headline (and the notebook its heatmap, ``headline.png``), relative to the run.
 HEADLINE = Path("card") / "headline.md"
@@ -45,7 +48,8 @@ class Card:
     ranking: pd.DataFrame
     floor: pd.DataFrame
     costs: pd.DataFrame
-    transfer: pd.DataFrame
+    evidence: pd.DataFrame = field(default_factory=pd.DataFrame)
+    verdicts: pd.DataFrame = field(default_factory=pd.DataFrame)
     seconds: dict = field(default_factory=dict)
 
     @property
@@ -60,7 +64,7 @@ class Card:
 def build_card(profile: Profile | str | Path, run: str | Path, rows: tuple[RowSpec, ...] = ROWS,
                columns: tuple[Column, ...] = COLUMNS, floor: RowSpec | None = FLOOR, progress: bool = False) -> Card:
     """Every available row under every available column (cells from the chapters' tables or computed and
-    cached), the ranking, the noise floor, the costs and the transfer verdicts."""
+    cached), the ranking, the seed spread, the costs, and the curve cells and verdicts of :func:`card_evidence`."""
     if not isinstance(profile, Profile):
         profile = load_profile(profile)
     run = Path(run)
@@ -71,14 +75,67 @@ def build_card(profile: Profile | str | Path, run: str | Path, rows: tuple[RowSp
     t1 = time.perf_counter()
     got = gather(profile, run, s, victims + seeds, columns, progress)
     t2 = time.perf_counter()
-    table = cells(got, columns, n_boot=s.n_boot, seed=int(profile.seed))
+    table = cells(got, columns)
     names = [v.name for v in victims]
     mat = matrix(table, list(dict.fromkeys(names + [v.name for v in seeds])), columns).loc[names]
     fl = analysis.noise_floor(table, [v.name for v in seeds], columns)
+    ev_cells, verdicts = card_evidence(run, victims, seeds)
     return Card(profile.name, s, victims, seeds, missing, tuple(columns), table, mat,
-                analysis.ranking(table, names, columns), fl, analysis.costs(table, victims),
-                analysis.transfer(table, victims, fl, columns),
+                analysis.ranking(table, names, columns), fl, analysis.costs(table, victims), ev_cells, verdicts,
                 {"models (load/train)": t1 - t0, "cells (read/compute)": t2 - t1, "statistics": time.perf_counter() - t2})
+
+
+#: Name of the A/A row's second model: the base retrained with other seeds.
+OTHER_SEEDS = " [other seeds]"
+
+
+def contrasts(victims: list[Victim], seeds: list[Victim]) -> list[ce.Contrast]:
+    """The verdict-carrying pairs: each victim with a ``control`` against it; a victim with only a ``base``
+    against that base as a :data:`~xrlib.studies.card.evidence.NO_CONTROL` row (interval, no verdict); the A/A
+    row, the floor models' base against those models (``<base> [other seeds]``), when there are floor models."""
+    out = []
+    for v in victims:
+        if v.control:
+            out.append(ce.Contrast(v.name, v.control))
+        elif v.base:
+            out.append(ce.Contrast(v.name, v.base, ce.NO_CONTROL))
+    base = {v.base or "U-Net(Real+Syn_all)" for v in seeds}
+    for b in sorted(base):
+        out.append(ce.Contrast(b, b + OTHER_SEEDS, "A/A"))
+    return out
+
+
+def card_evidence(run: Path, victims: list[Victim], seeds: list[Victim]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(cells, verdicts)`` from the chapters' robustness tables over their budget grids
+    (:mod:`xrlib.studies.card.evidence`), for the card's models — plus, in ``cells``, mean Dice at the grid budget
+    nearest the A/A base's b50 per threat (statistic ``dice@<b>``, the fixed-budget rows); the floor models (the base retrained with
+    other seeds) enter as one model ``<base> [other seeds]`` whose seeds are theirs. A threat whose table is not
+    in this build, or holds none of the card's models, has no cells."""
+    tables = ce.read_tables(run)
+    names = {v.name for v in victims}
+    alias = {v.name: i + 1 for i, v in enumerate(seeds)}
+    base = (seeds[0].base or "U-Net(Real+Syn_all)") if seeds else ""
+    rows = {}
+    for th in ce.CURVE_THREATS:
+        sub = {}
+        for name, d in tables.items():
+            if name not in th.tables:
+                continue
+            d = d[d["model"].isin(names | set(alias))].copy()
+            if alias:
+                is_floor = d["model"].isin(alias)
+                d.loc[is_floor, "seed"] = d.loc[is_floor, "model"].map(alias)
+                d.loc[is_floor, "model"] = base + OTHER_SEEDS
+                d["seed"] = d["seed"].fillna(0).astype(int) if "seed" in d else 0
+            sub[name] = d
+        r = ce.threat_rows(sub, th)
+        if len(r) and (r["severity"] > 0).any() and r.loc[r["severity"] > 0, "severity"].nunique() >= 2:
+            rows[th.key] = r
+    cells_, units = ce.curve_cells(rows)
+    if len(cells_) and base:  # the fixed-budget rows of cells.csv: at the A/A base's own halving budget
+        cells_ = pd.concat([cells_, ce.fixed_cells(rows, ce.b50_budgets(cells_, base))], ignore_index=True)
+    verdicts = ce.verdict_table(units, contrasts(victims, seeds)) if len(units) else pd.DataFrame(columns=ce.VERDICT_FIELDS)
+    return cells_, verdicts
 
 
 def card_table(card: Card) -> pd.DataFrame:
@@ -94,7 +151,8 @@ def card_table(card: Card) -> pd.DataFrame:
                 rec["status"] = c.missing
             else:
                 r = val.loc[(v.name, c.key)]
-                rec.update({k: r[k] for k in ("value", "lo", "hi", "n_images", "n_rows", "n_subjects", "strongest", "source")})
+                rec.update({k: r[k] for k in ("value", "lo", "hi", "n_images", "n_rows", "n_subjects", "n_seeds", "strongest",
+                                             "source")})
                 rec["status"] = "ok"
             out.append(rec)
     for spec in card.missing_rows:
@@ -104,16 +162,19 @@ def card_table(card: Card) -> pd.DataFrame:
                         "budget": c.budget(card.settings), "statistic": c.statistic,
                         "higher_is_better": c.higher_better, "status": spec.missing})
     cols = ["row", "model", "defense", "model_chapter", "column", "threat", "threat_chapter", "budget", "statistic",
-            "higher_is_better", "value", "lo", "hi", "n_images", "n_rows", "n_subjects", "strongest", "source", "status"]
+            "higher_is_better", "value", "lo", "hi", "n_images", "n_rows", "n_subjects", "n_seeds", "strongest", "source",
+            "status"]
     df = pd.DataFrame(out).reindex(columns=cols)
-    return df.astype({"n_images": "Int64", "n_rows": "Int64", "n_subjects": "Int64"})
+    return df.astype({"n_images": "Int64", "n_rows": "Int64", "n_subjects": "Int64", "n_seeds": "Int64"})
 
 
 def _cell(r, col: Column) -> str:
     n = f"{int(r['n_images'])} of {int(r['n_rows'])}" if col.scored else f"{int(r['n_images'])}"
     if np.isnan(r["value"]):
         return f"n/a ({n})"
-    return f"{r['value']:.3f} [{r['lo']:.2f}, {r['hi']:.2f}] ({n})"
+    if np.isnan(r["lo"]):
+        return f"{r['value']:.3f}, n/a ({int(r['n_subjects'])} subjects) ({n})"
+    return f"{r['value']:.3f} [{r['lo']:.2f}, {r['hi']:.2f}] ({n}; {int(r['n_subjects'])}×{int(r['n_seeds'])})"
 
 
 def card_markdown(card: Card) -> str:
@@ -128,7 +189,7 @@ def card_markdown(card: Card) -> str:
     if card.floor_victims and len(card.floor):
         fl = card.floor.set_index("column")
         n = int(fl["n_seeds"].max()) if len(fl) else 0
-        lines.append("| " + " | ".join([f"*noise floor (max − min over {n} seeds)*"] + [
+        lines.append("| " + " | ".join([f"*seed spread (max − min over {n} seeds)*"] + [
             "–" if np.isnan(fl.loc[c.key, "floor"]) else f"{fl.loc[c.key, 'floor']:.3f}" for c in cols]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -140,12 +201,13 @@ def _not_built(card: Card) -> list[str]:
 
 
 def headline_markdown(card: Card) -> str:
-    """The card with its caveats, what is not in this build, and the generated transfer statements."""
+    """The curve card and the verdicts (:func:`evidence_markdown`), then the fixed-budget view with its caveats and
+    what is not in this build."""
     s = card.settings
     pgd = card.cells[(card.cells["column"] == "pgd") & (card.cells["model"].isin(card.models))]
     strongest = ", ".join(f"{k} {n}×" for k, n in pgd["strongest"].value_counts().items()) if len(pgd) else ""
-    lines = [f"**The robustness card (chapter 13) — profile {card.profile}.** Every model under every threat of this "
-             f"build at fixed budgets; each cell: the statistic, its 95 % subject-bootstrap CI and (the number of images). "
+    lines = [evidence_markdown(card), "", f"**Fixed-budget view — profile {card.profile}.** Every model under every threat of this "
+             f"build at fixed budgets; each cell: the statistic, its 95 % seeds × subjects interval (n/a below 3 subjects) and (the number of images). "
              f"Synthetic test subjects are virtual subjects of one CT (not independent patients); \"Real\" is the clinical "
              f"surrogate (rendered), not real radiographs. PGD/SegPGD: the minimum over the two attacks at ε = {s.pgd_eps:g} "
              f"(the strongest per model: {strongest or 'n/a'}); the attacks run with the chapters' profile steps, weak below "
@@ -157,7 +219,7 @@ def headline_markdown(card: Card) -> str:
         if c.scored and not c.missing:
             lines += ["", f"The {c.title} column is conditional: its statistic scores only the {c.scored} — (scored of "
                           f"all images) in its cells; a cell scoring fewer than {analysis.MIN_SCORED_SHARE:.0%} of its images "
-                          "is not ranked and gets no transfer verdict."]
+                          "is not ranked."]
     left = analysis.unranked(card.cells, card.models, card.columns)
     by_col = {c.key: c for c in card.columns}
     for key, g in left.groupby("column", sort=False):
@@ -167,33 +229,79 @@ def headline_markdown(card: Card) -> str:
         lines += ["", f"Not ranked under {c.title} (its statistic scores only the {c.scored or 'scored images'}, fewer "
                       f"than {analysis.MIN_SCORED_SHARE:.0%} of the cell's images): {who}."]
     if card.floor_victims:
-        lines += ["", f"Noise floor: the spread (max − min) of each statistic over {len(card.floor_victims)} retrainings of "
+        lines += ["", f"Seed spread (last row): max − min of each statistic over {len(card.floor_victims)} retrainings of "
                       f"U-Net(Real+Syn_all) with other seeds (chapter 10's repeats, shorter trainings than the study "
-                      f"models); differences below it are not read as effects."]
+                      f"models); descriptive only — the verdicts above come from the seeds × subjects intervals."]
     top = []
     for c in card.columns:
         r = card.ranking[(card.ranking["column"] == c.key) & (card.ranking["rank"] == 1)]
         if len(r) and not c.is_clean:
             top.append(f"{c.title}: {' = '.join(r['model'])} ({r['value'].iloc[0]:.3f})")
     if top:
-        lines += ["", "Most robust per threat (rank 1 of the ranking; overlapping CIs and differences below the floor "
-                      "do not make an order): " + "; ".join(top) + "."]
+        lines += ["", "Highest at the fixed budget per threat (rank 1; overlapping intervals do not make an order, "
+                      "the verdicts above do): " + "; ".join(top) + "."]
     nb = _not_built(card)
     if nb:
         lines += ["", "Not in this build (listed, not left blank or faked):", *nb]
-    sentences = analysis.transfer_sentences(card.transfer, card.columns)
-    if sentences:
-        why = ("gain over its base model beyond the seed spread" if card.floor_victims else
-               "gain over its base model; no seed floor in this build, so every difference counts — small ones are noise")
-        lines += ["", f"Which defense transfers to which threat ({why}):", ""]
-        lines += [f"- {x}" for x in sentences]
+    return "\n".join(lines) + "\n"
+
+
+def _iv(r) -> str:
+    if pd.isna(r["value"]):
+        return "–" if not isinstance(r["note"], str) or not r["note"] else f"n/a ({r['note']})"
+    size = f"{int(r['n_subjects'])}×{int(r['n_seeds'])}"
+    if r["statistic"] == "b50" and isinstance(r["note"], str) and r["note"].startswith("> b_max"):
+        return f"> {r['value']:.3g} ({size})"
+    fmt = ".3g" if r["statistic"] == "b50" else ".3f"
+    if pd.isna(r["lo"]):
+        return f"{r['value']:{fmt}}, n/a ({int(r['n_subjects'])} subjects)"
+    return f"{r['value']:{fmt}} [{r['lo']:{fmt}}, {r['hi']:{fmt}}] ({size})"
+
+
+def curve_markdown(cells_: pd.DataFrame) -> str:
+    """The curve card: per model × threat the relative AUC and b50, value [95 % interval] (subjects×seeds)."""
+    if not len(cells_):
+        return "No threat table of this build holds a budget grid for the card's models.\n"
+    lines = []
+    for stat, title in (("rel_auc", "retained fraction (relative AUC over log-budget) ↑"), ("b50", "halving budget b50 ↑")):
+        d = cells_[cells_["statistic"] == stat]
+        threats = list(dict.fromkeys(d["threat"]))
+        lines += [f"*{title}*", "", "| model | " + " | ".join(threats) + " |", "|---|" + "---|" * len(threats)]
+        val = d.set_index(["model", "threat"])
+        for m in dict.fromkeys(d["model"]):
+            lines.append(f"| {m} | " + " | ".join(_iv(val.loc[(m, t)]) if (m, t) in val.index else "–" for t in threats) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def evidence_markdown(card: Card) -> str:
+    """The curve card and the verdict table with their reading (and the A/A warning when it applies)."""
+    lines = [f"**The robustness card (chapter 13) — profile {card.profile}.** Per model and threat, summaries of the "
+             "whole robustness curve over the chapter's budget grid: the retained fraction (area under mean Dice over "
+             "log-budget, relative to the clean Dice) and the budget at which mean Dice halves (b50; \"> b_max\" when "
+             "it never does). Each cell: value [95 % interval over seeds and subjects] (subjects×seeds); virtual "
+             "subjects of one CT, so the interval speaks about that CT's virtual cohort.", "", curve_markdown(card.evidence)]
+    have = set(card.evidence["threat"]) if len(card.evidence) else set()
+    left = [th.title for th in ce.CURVE_THREATS if th.key not in have]
+    if left:
+        lines += [f"Not summarised as curves in this build (no chapter table with a budget grid of at least two positive "
+                  f"budgets for the card's models): {', '.join(left)}.", ""]
+    if len(card.verdicts):
+        lines += ["**Verdicts.** A defense against its control (trained identically without it, same seeds): \"more/less "
+                  "robust\" only where the interval excludes 0 and the Holm-adjusted p < 0.05; otherwise no evidence at "
+                  "this size, with the minimum detectable difference (MDD, α 0.05, power 0.8). b50 differences are in "
+                  "decades of budget. Rows \"vs base (no control)\" are descriptive: no control was trained, so the "
+                  "difference includes the extra training itself. The A/A row compares the base with itself retrained "
+                  "with other seeds and should get no verdict.", "", ce.verdicts_markdown(card.verdicts).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
 def write_card(card: Card, run: str | Path) -> dict[str, Path]:
-    """Write ``card.csv`` and ``card.md`` under ``<run>/robustness/`` and the headline; returns their paths."""
+    """Write ``cells.csv``, ``verdicts.csv`` and the headline under ``<run>/card/``, ``card.csv`` and ``card.md``
+    (the fixed-budget view) under ``<run>/robustness/``; returns their paths."""
     run = Path(run)
-    paths = {"csv": run / "robustness" / "card.csv", "md": run / "robustness" / "card.md", "headline": run / HEADLINE}
+    paths = {"csv": run / "robustness" / "card.csv", "md": run / "robustness" / "card.md", "headline": run / HEADLINE,
+             **ce.write_evidence(run, card.evidence, card.verdicts)}
     write_csv_atomic(paths["csv"], card_table(card))
     write_text_atomic(paths["md"], card_markdown(card))
     write_text_atomic(paths["headline"], headline_markdown(card))
