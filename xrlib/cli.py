@@ -114,6 +114,9 @@ def _add_dataset(sub) -> None:
     p.add_argument("--sources", type=Path, help="folder of source CTs with label maps for the virtual cohort "
                                                 "(default: the example CT)")
     p.add_argument("--real", type=Path, help="folder of real radiographs (images/, masks/) replacing the surrogate pool")
+    p.add_argument("--folds", type=_finite(int, "--folds"), metavar="K",
+                   help="cross-validation over patients: split the source CTs into K ≥ 2 folds, each fold once the "
+                        "test set, datasets in OUT/folds/<k>/datasets (default: the profile's folds, else none)")
     _add_executor(p)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=_cmd_dataset)
@@ -174,25 +177,37 @@ def _cmd_dataset(args) -> int:
     import pandas as pd
 
     from xrlib.anatomy.sources import sources_from_folder
-    from xrlib.data.build import build_datasets
-    from xrlib.data.pools import table1
+    from xrlib.data.build import build_datasets, build_folds, fold_dir
+    from xrlib.data.pools import leakage_note, table1
     from xrlib.data.subjects import cohort_subjects
     from xrlib.core.runs import run_dir
     from xrlib.core.profiles import load_profile
 
     t0 = time.perf_counter()
+    if args.folds is not None and args.folds < 2:
+        raise UsageError("xrlib dataset", f"--folds must be at least 2 (each fold once the test set), got {args.folds}")
     cfg = load_profile(args.profile)
+    folds = args.folds if args.folds is not None else cfg.folds
     executor = _make_executor(args, "xrlib dataset")
     run = args.out if args.out is not None else run_dir(cfg.name)
-    out = run / "datasets"
     sources = sources_from_folder(args.sources) if args.sources is not None else None
     subjects = cohort_subjects(cfg, run / "cohort", sources=sources, progress=not args.no_progress, executor=executor)
-    manifest = build_datasets(cfg, out, subjects=subjects, real_folder=args.real, progress=not args.no_progress,
-                              executor=executor)
-    with pd.option_context("display.width", 120):
-        print(table1(manifest, cfg.synthetic.cen_alphas).to_string(index=False))
-    print(f"datasets of profile {cfg.name!r} in {out} ({len(manifest)} images); "
-          f"wall time {time.perf_counter() - t0:.1f} s")
+    kwargs = dict(subjects=subjects, real_folder=args.real, progress=not args.no_progress, executor=executor)
+    if folds is None:
+        builds = [(run / "datasets", build_datasets(cfg, run / "datasets", **kwargs))]
+    else:
+        builds = [(fold_dir(run, i) / "datasets", m) for i, m in enumerate(build_folds(cfg, run, folds, **kwargs))]
+    for i, (out, manifest) in enumerate(builds):
+        if folds is not None:
+            test = sorted(set(manifest.loc[manifest["split"] == "test", "source"].astype(str)))
+            print(f"fold {i} of {folds}: test patients {', '.join(test)}")
+        with pd.option_context("display.width", 120):
+            print(table1(manifest, cfg.synthetic.cen_alphas).to_string(index=False))
+        note = leakage_note(manifest)
+        if note:
+            print(note)
+        print(f"datasets of profile {cfg.name!r} in {out} ({len(manifest)} images)")
+    print(f"wall time {time.perf_counter() - t0:.1f} s")
     return 0
 
 
