@@ -52,6 +52,25 @@ def dataset_hash(profile: Profile, subjects_fp: str) -> str:
     return hashlib.sha256(f"{profile_hash(profile, DATASET_KEYS)}|{subjects_fp}|v{DATASETS_VERSION}".encode()).hexdigest()
 
 
+def build_fingerprint(profile: Profile, subjects: SubjectSource, real_folder: str | Path | None = None,
+                      recipes_key: str | None = None, fold: tuple[int, int] | None = None) -> str:
+    """What :func:`dataset_hash` keys a build by besides the profile: the subjects' fingerprint, plus the real
+    folder, non-default recipes, the split mode when subjects are assigned by source
+    (:func:`xrlib.data.pools.split_mode`) and the cross-validation fold, each only when present — so a
+    one-source build (the example CT) keys exactly as before source-disjoint splits existed."""
+    fp = subjects.fingerprint
+    if real_folder:
+        fp += "|real:" + real_fingerprint(real_folder)
+    if recipes_key is not None:
+        fp += "|recipes:" + str(recipes_key)
+    mode = split_mode(subjects.ids, profile, subjects.source_of)
+    if mode != "subjects":  # assigned by source: not the permutation that older builds of these subjects used
+        fp += "|split:" + mode
+    if fold is not None:
+        fp += f"|fold:{int(fold[0])}/{int(fold[1])}"
+    return fp
+
+
 @dataclass
 class ShardResult:
     """What a shard task returns: the shard's manifest rows and its SHA-256."""
@@ -198,21 +217,12 @@ def build_datasets(
         profile = profile.with_real_folder(real_folder)
     if subjects is None:
         subjects = cohort_subjects(profile, out_dir.parent / "cohort", progress=progress)
-    fp = subjects.fingerprint
-    real_items = None
-    if real_folder:
-        real_items = load_real_folder(real_folder)
-        fp += "|real:" + real_fingerprint(real_folder)
-    if recipes_key is not None:
-        fp += "|recipes:" + str(recipes_key)
+    real_items = load_real_folder(real_folder) if real_folder else None
+    fp = build_fingerprint(profile, subjects, real_folder, recipes_key, fold)
     mode = split_mode(subjects.ids, profile, subjects.source_of)
-    if mode != "subjects":  # assigned by source: not the permutation that older builds of these subjects used
-        fp += "|split:" + mode
     folds = None
     if fold is not None:
-        i, k = (int(v) for v in fold)
-        folds = source_folds([subjects.source_of(s) for s in subjects.ids], profile.seed, k)
-        fp += f"|fold:{i}/{k}"
+        folds = source_folds([subjects.source_of(s) for s in subjects.ids], profile.seed, int(fold[1]))
     digest = dataset_hash(profile, fp)
     build_path, manifest_path = out_dir / BUILD_FILE, out_dir / MANIFEST_FILE
     executor = get_executor(executor)
