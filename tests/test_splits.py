@@ -241,3 +241,30 @@ def test_cli_folds_from_a_folder_of_three_patients(tmp_path, capsys):
 def test_validate_profile_with_folds_round_trips(tmp_path):
     cfg = dict(tiny_profile(folds=2).raw)
     assert validate_profile(cfg, "again.yml").folds == 2
+
+
+# ------------------------------------------------------------------------------ the study over folds
+
+
+def test_rotation_study_over_folds_pools_every_test_patient_once_with_its_fold(tmp_path, three_sources):
+    """Tiny sizes: three folds of the three-patient build, the three study models trained per fold with the
+    study's training code, the folds' test rows pooled; each test patient is scored in one fold only."""
+    from xrlib.studies.rotation.study import crossval_study
+
+    train = {"epochs": 1, "batch_size": 8, "patience": 1, "lr": 0.01, "depth": 3, "base_channels": 4}
+    cfg = tiny_profile(pools={"surrogate": {"train": 1, "val": 1, "test": 1}, "syn_train": {"train": 1},
+                              "syn_test": {"test": 1}},
+                       cohort={"n_subjects": 5}, synthetic={"alphas": [-2, 0, 2], "cen_alphas": [0]}, train=train,
+                       folds=3)
+    with pytest.raises(InputError, match="fold 0 of 3 is not built; run xrlib dataset --folds 3 first"):
+        crossval_study(cfg, tmp_path, progress=False)
+    build_folds(cfg, tmp_path, 3, subjects=three_sources, progress=False)
+    df = crossval_study(cfg, tmp_path, progress=False)
+    assert {"source", "fold", "subject", "dice", "test_set"} <= set(df.columns)
+    assert (df["split"] == "test").all() and df["dice"].between(0, 1).all()
+    per_source = df.groupby("source")["fold"].unique()
+    assert sorted(per_source.index) == ["A", "B", "C"] and all(len(f) == 1 for f in per_source)
+    assert sorted(int(f[0]) for f in per_source) == [0, 1, 2]
+    assert df["model"].nunique() == 3 and len(df) == 3 * 3 * (2 + 3)  # folds × models × (Real + 3 α of Syn_test)
+    for i in range(3):
+        assert (fold_dir(tmp_path, i) / "models").is_dir()
