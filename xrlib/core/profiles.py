@@ -12,7 +12,8 @@ Schema (all keys required unless marked optional)::
     seed: 0
     cohort:
       n_subjects: 14                 # virtual subjects per source CT (≥ sum of the pool sizes)
-    pools:                           # virtual subjects per pool and split (subject-disjoint)
+    pools:                           # virtual subjects per pool and split (subject-disjoint; in total over
+                                     # the source CTs, which split by patient: xrlib.data.pools)
       surrogate: {train: 4, val: 1, test: 1}   # clinical-surrogate "Real" domain
       syn_train: {train: 4, val: 1, test: 0}   # synthetic training pool
       syn_test:  {test: 3}                      # synthetic test pool

@@ -26,6 +26,9 @@ When the subjects come from several sources, :func:`assign_pools` makes the spli
 pools, so no test image shares a patient with a training or validation image. How the profile's
 counts (subjects, not sources) map onto sources:
 
+* The profile's ``pools`` counts are subjects in total, whatever the number of sources (the
+  profile still asks ``cohort.n_subjects`` per source to cover them all, so one source can fill
+  them alone); with several sources only these totals are drawn, spread over the sources.
 * The slots of a split are the profile's counts of that split summed over the pools (e.g. test =
   ``surrogate.test + syn_train.test + syn_test.test`` subjects).
 * Sources are ranked by ``sha256(seed, source name)`` (:func:`rank_sources`). Every source is
@@ -39,7 +42,8 @@ counts (subjects, not sources) map onto sources:
 
 A rank by hash rather than a permutation of the sorted names keeps the assignment stable: adding
 a patient inserts it into the ranking without reordering the others, and moves at most one
-existing source across each of the two block boundaries (a permutation would reshuffle them all).
+existing source across each of the two block boundaries when the sources have the same number of
+subjects, as a cohort makes them (a permutation of the sorted names would reshuffle them all).
 
 With too few sources for three source-disjoint splits, two sources or more still keep the test
 split on its own patients (validation and training then share sources, subjects stay disjoint);
