@@ -202,9 +202,12 @@ def _folder_and_profile(tmp_path, n_sources=3):
         ct, lab = tiny_subject(j)
         sitk.WriteImage(ct.to_sitk(), str(tmp_path / "src" / f"pat{j}.nii.gz"))
         sitk.WriteImage(lab.to_sitk(), str(tmp_path / "src" / f"pat{j}_labels.nii.gz"))
-    cfg = dict(tiny_profile(pools={"surrogate": {"train": 1}, "syn_train": {"train": 1}, "syn_test": {"test": 1}},
-                            cohort={"n_subjects": 3}, synthetic={"alphas": [-2, 0, 2], "cen_alphas": [0]}).raw)
-    cfg["render"] = {**cfg["render"], "detector": 32, "backend": "rtk"}
+    cfg = dict(tiny_profile(pools={"surrogate": {"train": 1, "val": 1}, "syn_train": {"train": 1}, "syn_test": {"test": 1}},
+                            cohort={"n_subjects": 4}, synthetic={"alphas": [-2, 0, 2], "cen_alphas": [0]},
+                            train={"epochs": 1, "batch_size": 8, "patience": 1, "lr": 0.01, "depth": 3,
+                                   "base_channels": 4}).raw)
+    cfg["render"] = {**cfg["render"], "detector": 16, "backend": "rtk"}
+    cfg.update(image_size=16, surrogate={**cfg["surrogate"], "poses_per_subject": 1})
     (tmp_path / "tiny.yml").write_text(yaml.safe_dump(cfg))
     return ["dataset", "--profile", str(tmp_path / "tiny.yml"), "--out", str(tmp_path / "out"),
             "--sources", str(tmp_path / "src"), "--no-progress"]
@@ -224,47 +227,44 @@ def test_cli_bad_folds_exit_2_with_one_line(tmp_path, capsys, k, message):
     assert not (tmp_path / "out" / "folds").exists()
 
 
-def test_cli_folds_from_a_folder_of_three_patients(tmp_path, capsys):
+def test_cli_folds_and_the_rotation_study_over_folds_from_a_folder_of_three_patients(tmp_path, capsys):
+    """``xrlib dataset --folds 3`` builds three folds whose test patients are apart from the others and rotate;
+    ``xrlib crossval --folds 3`` reuses them, trains the three study models per fold with the study's training
+    code (tiny sizes) and pools the folds' test rows: every test patient scored in one fold only."""
+    from xrlib.studies.rotation.study import crossval_study
+
     args = _folder_and_profile(tmp_path)
+    cfg = load_profile(tmp_path / "tiny.yml")
+    with pytest.raises(InputError, match="fold 0 of 3 is not built; run xrlib dataset --folds 3 first"):
+        crossval_study(cfg, tmp_path / "out", 3, progress=False)
     assert main(args + ["--folds", "3"]) == 0
     text = capsys.readouterr().out
-    assert text.count("fold ") >= 3 and "sources" in text and "Leakage" not in text
-    tested = set()
+    assert [line[:12] for line in text.splitlines() if line.startswith("fold ")] == [f"fold {i} of 3:" for i in range(3)]
+    assert "sources" in text and "Leakage" not in text
+    tested = []
     for i in range(3):
         man = pd.read_csv(tmp_path / "out" / "folds" / str(i) / "datasets" / "manifest.csv")
         test = set(man.loc[man.split == "test", "source"])
-        assert not test & set(man.loc[man.split != "test", "source"])
-        tested |= test
-    assert tested == {"pat0", "pat1", "pat2"}
+        assert not test & set(man.loc[man.split != "test", "source"]) and set(man.loc[man.split == "test", "fold"]) == {i}
+        tested += sorted(test)
+    assert sorted(tested) == ["pat0", "pat1", "pat2"]
+
+    crossval = ["crossval", "--profile", str(tmp_path / "tiny.yml"), "--out", str(tmp_path / "out"),
+                "--sources", str(tmp_path / "src"), "--no-progress", "--folds", "3"]
+    assert main(crossval) == 0
+    assert "3 folds, each test patient scored by the models of its fold only" in capsys.readouterr().out
+    df = pd.read_csv(tmp_path / "out" / "evaluation" / "crossval.csv")
+    assert {"source", "fold", "subject", "dice", "test_set"} <= set(df.columns)
+    assert (df["split"] == "test").all() and df["dice"].between(0, 1).all()
+    per_source = df.groupby("source")["fold"].unique()
+    assert sorted(per_source.index) == ["pat0", "pat1", "pat2"] and all(len(f) == 1 for f in per_source)
+    assert sorted(int(f[0]) for f in per_source) == [0, 1, 2]
+    assert df["model"].nunique() == 3 and len(df) == 3 * 3 * 3  # folds × models × Syn_test's 3 α (no Real test split)
+    assert main(crossval[:-2]) == 2  # no --folds and none in the profile
+    assert "xrlib crossval: give --folds K or set folds: K in the profile" in capsys.readouterr().err
 
 
 def test_validate_profile_with_folds_round_trips(tmp_path):
     cfg = dict(tiny_profile(folds=2).raw)
     assert validate_profile(cfg, "again.yml").folds == 2
 
-
-# ------------------------------------------------------------------------------ the study over folds
-
-
-def test_rotation_study_over_folds_pools_every_test_patient_once_with_its_fold(tmp_path, three_sources):
-    """Tiny sizes: three folds of the three-patient build, the three study models trained per fold with the
-    study's training code, the folds' test rows pooled; each test patient is scored in one fold only."""
-    from xrlib.studies.rotation.study import crossval_study
-
-    train = {"epochs": 1, "batch_size": 8, "patience": 1, "lr": 0.01, "depth": 3, "base_channels": 4}
-    cfg = tiny_profile(pools={"surrogate": {"train": 1, "val": 1, "test": 1}, "syn_train": {"train": 1},
-                              "syn_test": {"test": 1}},
-                       cohort={"n_subjects": 5}, synthetic={"alphas": [-2, 0, 2], "cen_alphas": [0]}, train=train,
-                       folds=3)
-    with pytest.raises(InputError, match="fold 0 of 3 is not built; run xrlib dataset --folds 3 first"):
-        crossval_study(cfg, tmp_path, progress=False)
-    build_folds(cfg, tmp_path, 3, subjects=three_sources, progress=False)
-    df = crossval_study(cfg, tmp_path, progress=False)
-    assert {"source", "fold", "subject", "dice", "test_set"} <= set(df.columns)
-    assert (df["split"] == "test").all() and df["dice"].between(0, 1).all()
-    per_source = df.groupby("source")["fold"].unique()
-    assert sorted(per_source.index) == ["A", "B", "C"] and all(len(f) == 1 for f in per_source)
-    assert sorted(int(f[0]) for f in per_source) == [0, 1, 2]
-    assert df["model"].nunique() == 3 and len(df) == 3 * 3 * (2 + 3)  # folds × models × (Real + 3 α of Syn_test)
-    for i in range(3):
-        assert (fold_dir(tmp_path, i) / "models").is_dir()

@@ -184,8 +184,7 @@ def _cmd_dataset(args) -> int:
     from xrlib.core.profiles import load_profile
 
     t0 = time.perf_counter()
-    if args.folds is not None and args.folds < 2:
-        raise UsageError("xrlib dataset", f"--folds must be at least 2 (each fold once the test set), got {args.folds}")
+    _check_folds(args, "xrlib dataset")
     cfg = load_profile(args.profile)
     folds = args.folds if args.folds is not None else cfg.folds
     executor = _make_executor(args, "xrlib dataset")
@@ -208,6 +207,55 @@ def _cmd_dataset(args) -> int:
             print(note)
         print(f"datasets of profile {cfg.name!r} in {out} ({len(manifest)} images)")
     print(f"wall time {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _check_folds(args, command: str) -> None:
+    if args.folds is not None and args.folds < 2:
+        raise UsageError(command, f"--folds must be at least 2 (each fold once the test set), got {args.folds}")
+
+
+def _add_crossval(sub) -> None:
+    p = _profile_command(sub, "crossval", "the rotation study as a cross-validation over patients (source CTs)",
+                         "Build the K fold datasets (as xrlib dataset --folds K), train the three study models per "
+                         "fold and score them on that fold's test patients; write the pooled per-image results "
+                         "(column fold) to OUT/evaluation/crossval.csv and print mean Dice per model and test set.")
+    p.add_argument("--folds", type=_finite(int, "--folds"), metavar="K",
+                   help="number of folds K ≥ 2, at most the number of source CTs (default: the profile's folds)")
+    p.add_argument("--out", type=Path, help="run folder (default runs/<profile>): folds in OUT/folds/<k>/")
+    p.add_argument("--sources", type=Path, help="folder of source CTs with label maps (default: the example CT, "
+                                                "one patient, too few for folds)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=_cmd_crossval)
+
+
+def _cmd_crossval(args) -> int:
+    import pandas as pd
+
+    from xrlib.anatomy.sources import sources_from_folder
+    from xrlib.core.profiles import load_profile
+    from xrlib.core.runs import run_dir
+    from xrlib.data.build import build_folds
+    from xrlib.data.subjects import cohort_subjects
+    from xrlib.eval.predict import save_results
+    from xrlib.studies.rotation.study import crossval_study
+
+    _check_folds(args, "xrlib crossval")
+    cfg = load_profile(args.profile)
+    k = args.folds if args.folds is not None else cfg.folds
+    if k is None:
+        raise UsageError("xrlib crossval", "give --folds K or set folds: K in the profile")
+    run = args.out if args.out is not None else run_dir(cfg.name)
+    sources = sources_from_folder(args.sources) if args.sources is not None else None
+    subjects = cohort_subjects(cfg, run / "cohort", sources=sources, progress=not args.no_progress)
+    build_folds(cfg, run, k, subjects=subjects, progress=not args.no_progress)
+    df = crossval_study(cfg, run, k, progress=not args.no_progress)
+    csv, _ = save_results(df, run / "evaluation" / "crossval")
+    summary = df.groupby(["model", "test_set"], sort=False).agg(
+        mean_dice=("dice", "mean"), images=("dice", "size"), patients=("source", "nunique"), folds=("fold", "nunique"))
+    with pd.option_context("display.width", 120):
+        print(summary.round(4).to_string())
+    print(f"wrote {csv} ({len(df)} rows: {k} folds, each test patient scored by the models of its fold only)")
     return 0
 
 
@@ -345,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_render(sub)
     _add_dataset(sub)
+    _add_crossval(sub)
     _add_book(sub)
     _add_robustness(sub)
     return parser
