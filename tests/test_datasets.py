@@ -349,7 +349,10 @@ def test_cli_builds_a_tiny_profile_from_a_sources_folder(tmp_path, capsys):
             "--sources", str(tmp_path / "src"), "--no-progress"]
     assert main(args) == 0
     text = capsys.readouterr().out
-    assert "Syn_all" in text and "wall time" in text
+    assert "Syn_all" in text and "wall time" in text and "subjects  sources" in text
+    # one source CT: the splits share the patient, and the command says so in one line
+    assert ("Leakage: test subjects share patients with training subjects (1 of 1 source CT(s) in both; virtual "
+            "subjects of one CT are one person), so test scores are optimistic.\n") in text
     man = read_manifest(tmp_path / "out" / "datasets")
     pools = cfg["pools"]
     expected = (sum(pools["surrogate"].values()) * cfg["surrogate"]["poses_per_subject"]

@@ -114,6 +114,9 @@ def _add_dataset(sub) -> None:
     p.add_argument("--sources", type=Path, help="folder of source CTs with label maps for the virtual cohort "
                                                 "(default: the example CT)")
     p.add_argument("--real", type=Path, help="folder of real radiographs (images/, masks/) replacing the surrogate pool")
+    p.add_argument("--folds", type=_finite(int, "--folds"), metavar="K",
+                   help="cross-validation over patients: split the source CTs into K ≥ 2 folds, each fold once the "
+                        "test set, datasets in OUT/folds/<k>/datasets (default: the profile's folds, else none)")
     _add_executor(p)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=_cmd_dataset)
@@ -174,25 +177,85 @@ def _cmd_dataset(args) -> int:
     import pandas as pd
 
     from xrlib.anatomy.sources import sources_from_folder
-    from xrlib.data.build import build_datasets
-    from xrlib.data.pools import table1
+    from xrlib.data.build import build_datasets, build_folds, fold_dir
+    from xrlib.data.pools import leakage_note, table1
     from xrlib.data.subjects import cohort_subjects
     from xrlib.core.runs import run_dir
     from xrlib.core.profiles import load_profile
 
     t0 = time.perf_counter()
+    _check_folds(args, "xrlib dataset")
     cfg = load_profile(args.profile)
+    folds = args.folds if args.folds is not None else cfg.folds
     executor = _make_executor(args, "xrlib dataset")
     run = args.out if args.out is not None else run_dir(cfg.name)
-    out = run / "datasets"
     sources = sources_from_folder(args.sources) if args.sources is not None else None
     subjects = cohort_subjects(cfg, run / "cohort", sources=sources, progress=not args.no_progress, executor=executor)
-    manifest = build_datasets(cfg, out, subjects=subjects, real_folder=args.real, progress=not args.no_progress,
-                              executor=executor)
+    kwargs = dict(subjects=subjects, real_folder=args.real, progress=not args.no_progress, executor=executor)
+    if folds is None:
+        builds = [(run / "datasets", build_datasets(cfg, run / "datasets", **kwargs))]
+    else:
+        builds = [(fold_dir(run, i) / "datasets", m) for i, m in enumerate(build_folds(cfg, run, folds, **kwargs))]
+    for i, (out, manifest) in enumerate(builds):
+        if folds is not None:
+            test = sorted(set(manifest.loc[manifest["split"] == "test", "source"].astype(str)))
+            print(f"fold {i} of {folds}: test patients {', '.join(test)}")
+        with pd.option_context("display.width", 120):
+            print(table1(manifest, cfg.synthetic.cen_alphas).to_string(index=False))
+        note = leakage_note(manifest)
+        if note:
+            print(note)
+        print(f"datasets of profile {cfg.name!r} in {out} ({len(manifest)} images)")
+    print(f"wall time {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _check_folds(args, command: str) -> None:
+    if args.folds is not None and args.folds < 2:
+        raise UsageError(command, f"--folds must be at least 2 (each fold once the test set), got {args.folds}")
+
+
+def _add_crossval(sub) -> None:
+    p = _profile_command(sub, "crossval", "the rotation study as a cross-validation over patients (source CTs)",
+                         "Build the K fold datasets (as xrlib dataset --folds K), train the three study models per "
+                         "fold and score them on that fold's test patients; write the pooled per-image results "
+                         "(column fold) to OUT/evaluation/crossval.csv and print mean Dice per model and test set.")
+    p.add_argument("--folds", type=_finite(int, "--folds"), metavar="K",
+                   help="number of folds K ≥ 2, at most the number of source CTs (default: the profile's folds)")
+    p.add_argument("--out", type=Path, help="run folder (default runs/<profile>): folds in OUT/folds/<k>/")
+    p.add_argument("--sources", type=Path, help="folder of source CTs with label maps (default: the example CT, "
+                                                "one patient, too few for folds)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=_cmd_crossval)
+
+
+def _cmd_crossval(args) -> int:
+    import pandas as pd
+
+    from xrlib.anatomy.sources import sources_from_folder
+    from xrlib.core.profiles import load_profile
+    from xrlib.core.runs import run_dir
+    from xrlib.data.build import build_folds
+    from xrlib.data.subjects import cohort_subjects
+    from xrlib.eval.predict import save_results
+    from xrlib.studies.rotation.study import crossval_study
+
+    _check_folds(args, "xrlib crossval")
+    cfg = load_profile(args.profile)
+    k = args.folds if args.folds is not None else cfg.folds
+    if k is None:
+        raise UsageError("xrlib crossval", "give --folds K or set folds: K in the profile")
+    run = args.out if args.out is not None else run_dir(cfg.name)
+    sources = sources_from_folder(args.sources) if args.sources is not None else None
+    subjects = cohort_subjects(cfg, run / "cohort", sources=sources, progress=not args.no_progress)
+    build_folds(cfg, run, k, subjects=subjects, progress=not args.no_progress)
+    df = crossval_study(cfg, run, k, progress=not args.no_progress)
+    csv, _ = save_results(df, run / "evaluation" / "crossval")
+    summary = df.groupby(["model", "test_set"], sort=False).agg(
+        mean_dice=("dice", "mean"), images=("dice", "size"), patients=("source", "nunique"), folds=("fold", "nunique"))
     with pd.option_context("display.width", 120):
-        print(table1(manifest, cfg.synthetic.cen_alphas).to_string(index=False))
-    print(f"datasets of profile {cfg.name!r} in {out} ({len(manifest)} images); "
-          f"wall time {time.perf_counter() - t0:.1f} s")
+        print(summary.round(4).to_string())
+    print(f"wrote {csv} ({len(df)} rows: {k} folds, each test patient scored by the models of its fold only)")
     return 0
 
 
@@ -406,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_render(sub)
     _add_dataset(sub)
+    _add_crossval(sub)
     _add_book(sub)
     _add_robustness(sub)
     _add_card(sub)

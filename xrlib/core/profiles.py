@@ -12,7 +12,8 @@ Schema (all keys required unless marked optional)::
     seed: 0
     cohort:
       n_subjects: 14                 # virtual subjects per source CT (≥ sum of the pool sizes)
-    pools:                           # virtual subjects per pool and split (subject-disjoint)
+    pools:                           # virtual subjects per pool and split (subject-disjoint; in total over
+                                     # the source CTs, which split by patient: xrlib.data.pools)
       surrogate: {train: 4, val: 1, test: 1}   # clinical-surrogate "Real" domain
       syn_train: {train: 4, val: 1, test: 0}   # synthetic training pool
       syn_test:  {test: 3}                      # synthetic test pool
@@ -33,6 +34,8 @@ Schema (all keys required unless marked optional)::
       prefilter: false               # optional: physics channels averaged to the detector pitch (xrlib.drr.render)
     image_size: 256                  # S: network input S×S
     real: {folder: null}             # optional: folder of real radiographs replacing the surrogate
+    folds: null                      # optional: K ≥ 2 splits the source CTs (patients) into K folds of a
+                                     # cross-validation, each fold once the test set (xrlib dataset --folds)
     train: {...}                     # optional, used by the training stage; its optional
                                      # compile: true trains the study's models through torch.compile
 """
@@ -174,6 +177,10 @@ def _normalise(cfg: dict, source: str | Path) -> dict:
     if "prefilter" in cfg["render"] and not isinstance(cfg["render"]["prefilter"], bool):
         raise InputError(source, f"render.prefilter must be true or false, got {cfg['render']['prefilter']!r}")
     _int(cfg, "image_size", source, 8)
+    # Optional and not filled in when absent; not a dataset key (each fold's build keys its own folder).
+    folds = cfg.get("folds")
+    if folds is not None and (isinstance(folds, bool) or not isinstance(folds, int) or folds < 2):
+        raise InputError(source, f"folds must be null or an integer ≥ 2 (source CTs split into K folds), got {folds!r}")
     real = cfg.setdefault("real", {"folder": None})
     if not isinstance(real, dict) or "folder" not in real:
         raise InputError(source, "real must be a mapping with a 'folder' key (null for the surrogate)")
@@ -329,6 +336,7 @@ class Profile:
     real_folder: str | None
     train: TrainSection | None
     raw: dict = field(repr=False, compare=False)
+    folds: int | None = None
 
     @classmethod
     def from_mapping(cls, cfg: dict, source: str | Path = "<profile>") -> "Profile":
@@ -352,7 +360,7 @@ class Profile:
             render=RenderSection(int(r["detector"]), float(r["field_mm"]), str(r["backend"]), str(r["fov"]),
                                  bool(r.get("prefilter", False))),
             image_size=int(cfg["image_size"]), real_folder=(cfg.get("real") or {}).get("folder") or None,
-            train=train, raw=cfg,
+            train=train, raw=cfg, folds=cfg.get("folds"),
         )
 
     def require_train(self) -> TrainSection:

@@ -1,13 +1,15 @@
 """The notebooks' stage header and stage timing.
 
 Each notebook is one study stage. It starts with :class:`Stage`, which prints what the stage reads
-and writes, the profile, the device and the package versions, and ends with
+and writes, the profile, the device and the package versions, the dataset build's patient-leakage
+line when its test subjects share patients with training subjects (:func:`dataset_note`), and ends with
 :meth:`Stage.summary`, which prints how long each step took on that device (also saved as
 ``<run>/<stage>.timings.json`` for the book's appendix).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +19,17 @@ import pandas as pd
 from xrlib.core.atomic import write_json_atomic
 from xrlib.core.profiles import load_profile
 from xrlib.core.runs import device_description, run_dir
+
+
+def dataset_note(run: str | Path) -> str:
+    """The one-line patient-leakage note that the run's dataset build recorded in ``<run>/datasets/build.json``
+    (``leakage_note``, written by :func:`xrlib.data.build.build_datasets`); "" when there is none or no build."""
+    try:
+        info = json.loads((Path(run) / "datasets" / "build.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    note = info.get("leakage_note") if isinstance(info, dict) else None
+    return " ".join(str(note).split()) if note else ""
 
 
 class Stage:
@@ -43,6 +56,9 @@ class Stage:
         print(f"run dir  : {self.run}")
         print("reads    : " + "; ".join(reads))
         print("writes   : " + "; ".join(writes))
+        note = dataset_note(self.run)
+        if note:
+            print(f"data     : {note}")
 
     @contextmanager
     def step(self, label: str):

@@ -32,7 +32,7 @@ from xrlib.core.runs import default_threads
 from xrlib.core.atomic import sha256_file, write_text_atomic
 from xrlib.core.errors import InputError
 from xrlib.core.profiles import DATASET_KEYS, Profile, profile_hash
-from xrlib.data.pools import POOLS, assign_pools, real_splits
+from xrlib.data.pools import POOLS, assign_pools, leakage_note, real_splits, source_folds, split_mode
 from xrlib.data.preprocess import preprocess
 from xrlib.data.real import RealItem, load_real_folder, real_fingerprint
 from xrlib.data.recipes import PoolRecipe, render_subject, study_recipes
@@ -50,6 +50,25 @@ BUILD_FILE = "build.json"
 def dataset_hash(profile: Profile, subjects_fp: str) -> str:
     """Hash of everything that determines the datasets: profile sizes, subjects, code version."""
     return hashlib.sha256(f"{profile_hash(profile, DATASET_KEYS)}|{subjects_fp}|v{DATASETS_VERSION}".encode()).hexdigest()
+
+
+def build_fingerprint(profile: Profile, subjects: SubjectSource, real_folder: str | Path | None = None,
+                      recipes_key: str | None = None, fold: tuple[int, int] | None = None) -> str:
+    """What :func:`dataset_hash` keys a build by besides the profile: the subjects' fingerprint, plus the real
+    folder, non-default recipes, the split mode when subjects are assigned by source
+    (:func:`xrlib.data.pools.split_mode`) and the cross-validation fold, each only when present — so a
+    one-source build (the example CT) keys exactly as before source-disjoint splits existed."""
+    fp = subjects.fingerprint
+    if real_folder:
+        fp += "|real:" + real_fingerprint(real_folder)
+    if recipes_key is not None:
+        fp += "|recipes:" + str(recipes_key)
+    mode = split_mode(subjects.ids, profile, subjects.source_of)
+    if mode != "subjects":  # assigned by source: not the permutation that older builds of these subjects used
+        fp += "|split:" + mode
+    if fold is not None:
+        fp += f"|fold:{int(fold[0])}/{int(fold[1])}"
+    return fp
 
 
 @dataclass
@@ -117,10 +136,12 @@ class RealShardTask(ShardTask):
 
 
 def plan_shards(profile: Profile, out_dir: str | Path, subjects: SubjectSource, recipes: Mapping[str, PoolRecipe],
-                real_items: list[RealItem] | None = None, threads: int = 1) -> list[ShardTask]:
-    """One task per shard, in manifest order: assigned subjects by pool then id, then real images."""
+                real_items: list[RealItem] | None = None, threads: int = 1,
+                fold: tuple[int, int] | None = None) -> list[ShardTask]:
+    """One task per shard, in manifest order: assigned subjects by pool then id, then real images.
+    ``fold=(i, k)``: the splits of fold ``i`` of a ``k``-fold cross-validation over sources."""
     out = str(out_dir)
-    assignment = assign_pools(subjects.ids, profile)
+    assignment = assign_pools(subjects.ids, profile, subjects.source_of, fold=fold)
     order = {p: i for i, p in enumerate((*POOLS, *recipes))}
     plan: list[ShardTask] = []
     for sid in sorted(assignment, key=lambda s: (order[assignment[s][0]], s)):
@@ -160,6 +181,7 @@ def build_datasets(
     threads: int | None = None,
     recipes: Mapping[str, PoolRecipe | None] | None = None,
     recipes_key: str | None = None,
+    fold: tuple[int, int] | None = None,
 ) -> pd.DataFrame:
     """Build (or resume, or verify) the datasets of ``profile`` under ``out_dir``.
 
@@ -178,6 +200,13 @@ def build_datasets(
             ``None`` for a pool leaves it out of this build (its subjects keep their assignment).
         recipes_key: a text that identifies non-default ``recipes``; it enters the build hash, so a
             folder built with other recipes is rebuilt (default: nothing added, the study's hash).
+        fold: ``(i, k)`` builds fold ``i`` of a ``k``-fold cross-validation over source CTs
+            (:func:`xrlib.data.pools.assign_pools`; :func:`build_folds` builds all ``k``); the manifest
+            then has a ``fold`` column, the fold of each row's source.
+
+    Subjects of several sources get source-disjoint splits (:func:`xrlib.data.pools.split_mode`), a
+    mode that enters the build hash; a one-source build (the example CT) hashes as before. ``build.json``
+    records the split mode and :func:`xrlib.data.pools.leakage_note` (read by every chapter's header).
 
     Returns the manifest (one row per image). See the module docstring for caching.
     """
@@ -188,13 +217,12 @@ def build_datasets(
         profile = profile.with_real_folder(real_folder)
     if subjects is None:
         subjects = cohort_subjects(profile, out_dir.parent / "cohort", progress=progress)
-    fp = subjects.fingerprint
-    real_items = None
-    if real_folder:
-        real_items = load_real_folder(real_folder)
-        fp += "|real:" + real_fingerprint(real_folder)
-    if recipes_key is not None:
-        fp += "|recipes:" + str(recipes_key)
+    real_items = load_real_folder(real_folder) if real_folder else None
+    fp = build_fingerprint(profile, subjects, real_folder, recipes_key, fold)
+    mode = split_mode(subjects.ids, profile, subjects.source_of)
+    folds = None
+    if fold is not None:
+        folds = source_folds([subjects.source_of(s) for s in subjects.ids], profile.seed, int(fold[1]))
     digest = dataset_hash(profile, fp)
     build_path, manifest_path = out_dir / BUILD_FILE, out_dir / MANIFEST_FILE
     executor = get_executor(executor)
@@ -212,7 +240,7 @@ def build_datasets(
     was_complete = bool(old) and json.loads(build_path.read_text(encoding="utf-8")).get("complete") is True
 
     plan = plan_shards(profile, out_dir, subjects, study_recipes(profile) if recipes is None else recipes,
-                       real_items, threads)
+                       real_items, threads, fold=fold)
     order = [t.rel for t in plan]
     rows: dict[str, list[dict]] = {}
     todo = []
@@ -230,17 +258,47 @@ def build_datasets(
     if todo and subjects.prepare is not None and any(isinstance(t, SubjectShardTask) for t in todo):
         subjects.prepare()
     for task, result in executor.map(todo, progress=progress, desc="datasets"):
-        rows[task.rel] = result.rows
+        rows[task.rel] = result.rows if folds is None else [
+            {**r, "fold": folds.get(str(r["source"]), -1)} for r in result.rows]
         _write_manifest(manifest_path, rows, order)
     if todo or not manifest_path.is_file() or set(old) != set(rows):
         _write_manifest(manifest_path, rows, order)
+    manifest = read_manifest(manifest_path)
+    note = leakage_note(manifest)
     if todo or not was_complete:
         write_text_atomic(build_path, json.dumps({
             **pending, "complete": True, "profile": profile.name,
             "images": sum(len(r) for r in rows.values()), "subjects": len(rows),
+            "split_mode": mode, **({} if fold is None else {"fold": list(fold)}), "leakage_note": note,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }, indent=1))
-    return read_manifest(manifest_path)
+    else:  # a complete build from before the note was recorded gets it once
+        info = json.loads(build_path.read_text(encoding="utf-8"))
+        if info.get("leakage_note") != note or "split_mode" not in info:
+            write_text_atomic(build_path, json.dumps({**info, "split_mode": mode, "leakage_note": note}, indent=1))
+    return manifest
+
+
+def fold_dir(run: str | Path, i: int) -> Path:
+    """The run folder of fold ``i`` of a cross-validation: ``<run>/folds/<i>`` (its datasets in ``datasets/``)."""
+    return Path(run) / "folds" / str(int(i))
+
+
+def build_folds(profile: Profile, run: str | Path, k: int, subjects: SubjectSource | None = None,
+                **kwargs) -> list[pd.DataFrame]:
+    """The ``k`` dataset builds of a cross-validation over source CTs, fold ``i`` in
+    ``<run>/folds/<i>/datasets`` (:func:`fold_dir`); each fold's sources are once the test split.
+
+    ``subjects`` default: the virtual cohort in ``<run>/cohort`` (shared by the folds); ``kwargs`` go to
+    :func:`build_datasets`. Bad ``k`` (< 2, more than the sources, a fold too small for the profile's
+    test subjects) raises :class:`InputError` before anything is built. Returns the folds' manifests.
+    """
+    if subjects is None:
+        subjects = cohort_subjects(profile, Path(run) / "cohort", progress=kwargs.get("progress", True))
+    for i in range(int(k) if isinstance(k, int) and k >= 2 else 1):  # check every fold first: no half-built set
+        assign_pools(subjects.ids, profile, subjects.source_of, fold=(i, k))
+    return [build_datasets(profile, fold_dir(run, i) / "datasets", subjects=subjects, fold=(i, k), **kwargs)
+            for i in range(k)]
 
 
 def _write_manifest(path: Path, rows: dict[str, list[dict]], order: list[str]) -> None:

@@ -28,9 +28,15 @@ MANIFEST_COLUMNS = [
 ACQ_PREFIX = "acq_"
 
 
+#: Optional column of a cross-validation fold's manifest: the fold of the row's source CT.
+FOLD_COLUMN = "fold"
+
+
 def extra_columns(rows) -> list[str]:
-    """The optional per-image columns (``acq_*``) present in manifest ``rows`` (dicts), in first-seen order."""
-    return list(dict.fromkeys(k for r in rows for k in r if k.startswith(ACQ_PREFIX)))
+    """The optional per-image columns (``fold``, then ``acq_*``) present in manifest ``rows`` (dicts), in
+    first-seen order."""
+    fold = [FOLD_COLUMN] if any(FOLD_COLUMN in r for r in rows) else []
+    return fold + list(dict.fromkeys(k for r in rows for k in r if k.startswith(ACQ_PREFIX)))
 
 
 def shard_arrays(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], masks_left: Sequence[np.ndarray],

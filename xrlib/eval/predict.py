@@ -27,8 +27,9 @@ from xrlib.eval.metrics import stack_metrics
 
 __all__ = ["HD_METRICS", "ID_COLUMNS", "evaluate_model", "evaluate_predictions", "predict", "save_results"]
 
-#: Manifest columns copied into the per-image results (those present).
-ID_COLUMNS = ("subject", "source", "pool", "split", "alpha", "tilt", "shift_x", "shift_y", "shift_z",
+#: Manifest columns copied into the per-image results (those present): ``source`` (the patient, the outer
+#: unit of the statistics when there are several) and ``fold`` (a cross-validation fold's manifest) included.
+ID_COLUMNS = ("subject", "source", "fold", "pool", "split", "alpha", "tilt", "shift_x", "shift_y", "shift_z",
               "physics", "dose_mas", "shard", "index")
 HD_METRICS = ("hd_mm", "hd95_mm", "hd_px", "hd95_px")
 

@@ -142,6 +142,34 @@ def evaluate_all(profile: Profile, run: Path, results: dict[str, TrainResult], i
     return pd.concat(frames, ignore_index=True), status
 
 
+def crossval_study(profile: Profile, run: Path, k: int | None = None, progress: bool = True,
+                   executor=None) -> pd.DataFrame:
+    """The rotation study as a ``k``-fold cross-validation over source CTs (patients), pooled.
+
+    Fold ``i``'s datasets must be built in ``<run>/folds/<i>/datasets`` (:func:`xrlib.data.build.build_folds`,
+    ``xrlib dataset --folds K``). Per fold the three study models are trained (or loaded) in
+    ``<run>/folds/<i>/models`` with the same code as the single split (:func:`train_study`) and scored on that
+    fold's test sets (:func:`evaluate_all`, without the baseline); the folds' per-image rows are concatenated,
+    so every test patient is scored once, by models that never saw it. The ``fold`` column (from the fold's
+    manifest) says which fold each test patient came from. ``k`` default: ``profile.folds``.
+    """
+    from xrlib.data.build import fold_dir
+
+    k = profile.folds if k is None else int(k)
+    if k is None:
+        raise InputError(profile.path or profile.name, "no folds: give k or set folds: K in the profile")
+    frames = []
+    for i in range(k):
+        frun = fold_dir(run, i)
+        if not (datasets_dir(frun) / "manifest.csv").is_file():
+            raise InputError(datasets_dir(frun), f"fold {i} of {k} is not built; run xrlib dataset --folds {k} first")
+        df, _ = evaluate_all(profile, frun, train_study(profile, frun, progress, executor), include_baseline=False)
+        if "fold" not in df.columns or set(df["fold"].astype(int)) != {i}:
+            raise InputError(datasets_dir(frun), f"the test rows of fold {i} are not all from fold {i}'s patients")
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
 def overlay_examples(profile: Profile, run: Path, results: dict[str, TrainResult], n_subjects: int = 3,
                      alphas=(-20.0, 0.0, 20.0)) -> dict:
     """Images, masks and each model's probabilities for a few synthetic test subjects at ``alphas``."""
