@@ -31,7 +31,8 @@ import numpy as np
 
 from xrlib.drr import physics as phys
 
-__all__ = ["ACQUISITION_RANGES", "Acquisition", "Range", "default_acquisition", "sample_acquisition", "tone_curve"]
+__all__ = ["ACQUISITION_RANGES", "Acquisition", "Range", "clamped_parameters", "default_acquisition", "sample_acquisition",
+           "tone_curve"]
 
 
 @dataclass(frozen=True)
@@ -154,3 +155,39 @@ def sample_acquisition(rng: np.random.Generator, scale: float | tuple[float, ...
         raise ValueError(f"acquisition scale must be a non-negative finite number, got {scale!r}")
     out = [replace(default, **{n: _scaled(getattr(default, n), u[n], float(s), ranges[n]) for n in u}) for s in scales]
     return out if isinstance(scale, tuple) else out[0]
+
+
+def clamped_parameters(budgets, ranges: dict[str, Range] | None = None) -> list[dict]:
+    """Which parameters clamp at their physical bounds at each budget (scale), and for what fraction of draws.
+
+    At scale ``s`` a draw ``u ~ U(lo, hi)`` gives ``default + s·(u − default)`` (log space for a multiplicative
+    parameter), clamped to :attr:`Range.bounds`; so the draws below the threshold
+    ``u* = default + (bound − default)/s`` (``default·(bound/default)^(1/s)`` in log space) clamp at the lower bound,
+    those above the upper threshold at the upper one. The fraction is the uniform measure of those draws
+    (exact, no sampling). Returns one dict per (budget, parameter, side) that clamps with a positive fraction:
+    ``budget``, ``parameter``, ``side`` (``lower``/``upper``), ``bound``, ``unit``, ``fraction`` (of images).
+    """
+    ranges = ACQUISITION_RANGES if ranges is None else ranges
+    default = default_acquisition()
+    out = []
+    for b in budgets:
+        s = float(b)
+        if not (s >= 0 and math.isfinite(s)):
+            raise ValueError(f"acquisition scale must be a non-negative finite number, got {b!r}")
+        if s == 0:
+            continue
+        for name, rg in ranges.items():
+            d = float(getattr(default, name))
+            for side, bound in (("lower", rg.bounds[0]), ("upper", rg.bounds[1])):
+                if rg.log:
+                    if bound <= 0:
+                        continue
+                    thr = d * (bound / d) ** (1.0 / s)
+                else:
+                    thr = d + (bound - d) / s
+                frac = (thr - rg.lo) / (rg.hi - rg.lo) if side == "lower" else (rg.hi - thr) / (rg.hi - rg.lo)
+                frac = min(max(frac, 0.0), 1.0)
+                if frac > 0:
+                    out.append({"budget": s, "parameter": name, "side": side, "bound": float(bound), "unit": rg.unit,
+                                "fraction": float(frac)})
+    return out
