@@ -160,6 +160,21 @@ def test_varied_recipe_at_scale_zero_is_the_realistic_simulator_only_without_the
         assert np.abs(varied["image"].astype(float) - rung["image"].astype(float)).mean() > 2  # uint8 grey levels
 
 
+def test_distance_table_and_effects_gallery_on_the_matched_domains(domains):
+    """Every rung is measurably away from the surrogate; the gallery shows each enabled effect and their sum."""
+    from xrlib.drr.surrogate import EFFECTS
+    from xrlib.studies.sim.chapter import distance_table, effects_gallery
+
+    cfg, run, man = domains
+    t = distance_table(run)
+    assert set(t["domain"]) == {"naive", "heuristic", "realistic"} and (t["mean"] > 0).all()
+    assert (t["pairs"] == ((man["real"].split == "train") & (man["real"].pool == "surrogate")).sum()).all()
+    g = effects_gallery(cfg, run)
+    assert [label for _, _, label in g] == ["no effect", *EFFECTS, "all effects"]
+    assert all(im.shape == g[0][0].shape and 0 <= im.min() and im.max() <= 1 for im, _, _ in g)
+    assert all(not np.array_equal(im, g[0][0]) for im, _, label in g[1:] if label != "falloff")
+
+
 def test_scaled_domain_has_the_factor_times_the_poses_of_the_same_subjects(domains, source):
     from xrlib.studies.sim.sources import build_domain
 
@@ -265,7 +280,8 @@ def test_sim_configs_train_each_row_on_its_domain_from_scratch(tmp_path):
 
     cfg = load_profile("quick")
     confs = {c.name: (c, d) for c, d in sim_configs(cfg, tmp_path)}
-    assert set(confs) == {"Real/strong", "Naive/strong", "Realistic/strong", "Naive-ADDA/strong", "Realistic-Scaled/strong"}
+    assert set(confs) == {"Real/strong", "Naive/strong", "Realistic/strong", "Naive-ADDA/strong", "Realistic-Scaled/strong",
+                          "Naive-Cyc/strong"}
     assert confs["Naive/strong"][1] == tmp_path / "sim" / "datasets" / "naive"
     assert confs["Realistic-Scaled/strong"][1].name == "realistic-scaled"
     adda = confs["Naive-ADDA/strong"][0]
@@ -290,7 +306,8 @@ def test_unknown_model_names_and_bad_sim_blocks_are_input_errors(tmp_path):
     (tmp_path / "p.yml").write_text(yaml.safe_dump(raw), encoding="utf-8")
     with pytest.raises(InputError, match=r"sim: acquisition.budgets must include 0 .* and 1"):
         sim_settings(load_profile(tmp_path / "p.yml"))
-    del raw["sim"]["epochs"]
+    raw["sim"]["acquisition"]["budgets"] = [0, 1, 3]
+    del raw["sim"]["steps"]  # neither a step budget nor epochs
     (tmp_path / "p.yml").write_text(yaml.safe_dump(raw), encoding="utf-8")
     with pytest.raises(InputError, match="sim: missing key 'epochs'"):
         sim_settings(load_profile(tmp_path / "p.yml"))
@@ -335,7 +352,7 @@ def test_the_paper_plan_is_the_whole_table4_grid_without_running_anything(tmp_pa
     assert list(tmp_path.iterdir()) == []
     quick = study.sim_plan(load_profile("quick"))["models"]
     assert list(quick["model"]) == ["Real/strong", "Naive/strong", "Realistic/strong", "Naive-ADDA/strong",
-                                    "Realistic-Scaled/strong"]  # the issue's quick rows
+                                    "Realistic-Scaled/strong", "Naive-Cyc/strong"]  # every adaptation row of paper 001
 
 
 # ------------------------------------------------------------------------------ one projection for every simulator

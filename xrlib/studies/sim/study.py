@@ -6,8 +6,8 @@ train split, CycleGAN translation) and the scale. All are the rotation study's U
 from the profile's ``train:`` section), trained with the ``sim:`` block's epochs, patience, lr and batch
 size, from scratch (a Sim2Real model never starts from weights that saw the Real domain), cached under
 ``<run>/sim/models``. Every model is tested on the Real surrogate's test split (*Sim2Real* vs *Real2Real*)
-and on the Syn_test subjects at the chosen angles rendered with the Real surrogate's chain (the acquisition
-threat's images at scale 1).
+and on the Syn_test subjects at the chosen angles rendered with the realistic chain at the Real surrogate's
+acquisition variability (the acquisition threat's images at scale 1; without the surrogate's room effects).
 """
 
 from __future__ import annotations
