@@ -386,3 +386,47 @@ def test_matched_domains_share_one_projection_and_give_the_unshared_images(monke
     shared_calls = [c for c in calls if len(c) == 3]
     assert len(shared_calls) == 1 and tuple(shared_calls[0]) == ("naive", "heuristic", "realistic")
     assert len(calls) == 1 + len(DOMAINS)  # the shared projection once, then each unshared render
+
+
+# ------------------------------------------------------------------------------ baseline, steps, headline
+
+
+def test_mean_mask_baseline_on_the_real_domains_train_masks(domains):
+    from xrlib.eval.metrics import dice
+    from xrlib.studies.sim.fairness import mean_mask_baseline
+    from xrlib.studies.sim.study import real_test_images, real_train_masks
+
+    cfg, run, man = domains
+    m = real_train_masks(run)
+    assert len(m) == ((man["real"].pool == "surrogate") & (man["real"].split == "train")).sum() and m.any()
+    constant, t = mean_mask_baseline(m)
+    test = real_test_images(run)
+    assert constant.shape == test.masks.shape[-2:] and 0 <= t < 1
+    train = lambda p: np.mean([dice(p.astype(float), y) for y in m])  # noqa: E731
+    assert train(constant) >= train(mean_mask_baseline(m, "half")[0])  # the best level is at least the 0.5 one
+
+
+def test_training_table_and_headline_name_steps_plateaus_and_unlearned_rows():
+    from types import SimpleNamespace
+
+    from xrlib.core.profiles import load_profile
+    from xrlib.studies.sim.chapter import headline_markdown, training_table
+    from xrlib.studies.sim.fairness import BASELINE
+
+    cfg = load_profile("smoke")
+    ep = np.arange(1, 9)
+    flat = SimpleNamespace(train_images=4, best_epoch=8, best_val_dice=0.8, epochs_run=8,
+                           history=pd.DataFrame({"epoch": ep, "val_dice": np.full(8, 0.8), "train_loss": 1.0 / ep}))
+    rising = SimpleNamespace(train_images=4, best_epoch=8, best_val_dice=0.5, epochs_run=8,
+                             history=pd.DataFrame({"epoch": ep, "val_dice": 0.1 * ep - 0.3, "train_loss": 1.0 / ep}))
+    curves, steps = training_table(cfg, {"Real/strong": flat, "Naive-ADDA/strong": rising})
+    assert steps["steps"].tolist() == [8, 8] and steps["plateaued"].tolist() == [True, False]
+    table = pd.DataFrame({"row": ["Real", "Naive-ADDA", BASELINE], "DR": ["strong", "strong", "—"],
+                          "dice": [0.8, 0.31, 0.30], "dice_lo": [0.7, 0.2, 0.25], "dice_hi": [0.9, 0.4, 0.35],
+                          "hd95_mm": [5.0, 20.0, 22.0], "paper_dice_360": [0.759, 0.662, np.nan],
+                          "learned": [True, False, pd.NA], "rank": pd.array([1, pd.NA, pd.NA], dtype="Int64")})
+    acq = pd.DataFrame({"model": ["Real/strong"] * 2, "budget": [0.0, 3.0], "dice": [0.8, 0.4]})
+    text = headline_markdown(cfg, table, acq, 4, 3, steps)
+    assert "| Naive-ADDA | strong | 0.310" in text and "| not learned |" in text and "| rank 1 |" in text
+    assert "still changing over the last quarter: Naive-ADDA/strong" in text and "2 optimisation steps" in text
+    assert "scale 0 → 3" in text and "Best learned row here: Real" in text
