@@ -186,3 +186,30 @@ def test_profiles_reach_budget_three_and_a_lower_top_budget_is_an_input_error(tm
     (tmp_path / "p.yml").write_text(yaml.safe_dump(raw), encoding="utf-8")
     with pytest.raises(InputError, match=r"p.yml: surrogate.effects: heel must be a range"):
         sim_settings(load_profile(tmp_path / "p.yml"))
+
+
+# ------------------------------------------------------------------------------ figures
+
+
+def test_chapter_figures_label_their_axes_and_mark_unlearned_rows():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from xrlib.plots import sim as splots
+    from xrlib.studies.sim.fairness import BASELINE
+
+    curves = pd.DataFrame({"model": ["A"] * 4, "step": [2, 4, 6, 8], "val_dice": [0.1, 0.5, 0.6, 0.6]})
+    fig = splots.plot_learning_curves(curves, pd.DataFrame({"model": ["A"], "plateaued": [True]}))
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "optimisation step" and ax.get_ylabel() == "validation Dice"
+    assert "A (plateaued)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    dist = pd.DataFrame({"domain": ["naive", "naive"], "measure": ["histogram_w1", "spectrum_log_l2"],
+                         "mean": [0.1, 0.5], "sd": [0.01, 0.05], "pairs": [3, 3]})
+    fig = splots.plot_distances(dist)
+    assert len(fig.axes) == 2 and all(a.get_ylabel() and a.get_xlabel() == "simulator" for a in fig.axes)
+    table = pd.DataFrame({"row": ["Real", "Naive-ADDA", BASELINE], "DR": ["strong", "strong", "—"],
+                          "dice": [0.8, 0.31, 0.30], "dice_lo": [0.7, 0.2, 0.25], "dice_hi": [0.9, 0.4, 0.35],
+                          "paper_dice_360": [0.759, 0.662, np.nan], "learned": [True, False, pd.NA]})
+    fig = splots.plot_dice_bars(table, "t")
+    hatches = [p.get_hatch() for p in fig.axes[0].patches]
+    assert hatches[:3] == [None, "//", None] and fig.axes[0].get_ylabel() == "Dice"

@@ -235,7 +235,7 @@ def evaluate_sim(profile: Profile, run: Path, results: dict[str, TrainResult], d
     constant, _ = mean_mask_baseline(real_train_masks(run))
     frames = []
     for label, t in sets.items():
-        p = np.broadcast_to(constant.astype(np.float32), t.masks.shape[:1] + constant.shape[-2:])
+        p = np.repeat(constant[None].astype(np.float32), len(t.masks), axis=0)
         df = evaluate_predictions(BASELINE, p, t.masks, t.rows, pixel_mm(profile), groups=alpha_group)
         df.insert(1, "test_set", label)
         frames.append(df)
