@@ -16,9 +16,12 @@ deviates exactly twice as far as at scale 1 (common random numbers).
 
 :meth:`Acquisition.realistic_params` gives the realistic chain's parameters (:mod:`xrlib.drr.physics`);
 :meth:`Acquisition.display` applies the detector's residual gain ramp in the log domain and the
-post-processing (:func:`xrlib.drr.physics.postprocess`, then the tone curve). What it cannot stand
-for: other anatomy than the CT's, real detector artefacts (dead lines, ghosting, grid lines, stitching),
-markers, text overlays or vendor-specific multi-frequency processing.
+post-processing (:func:`xrlib.drr.physics.postprocess`, then the tone curve). The varied settings alone
+add no effect the realistic simulator lacks (at scale 0 they are that simulator); the Real surrogate's
+room effects that no simulator models — grid lines, heel and off-axis fall-off, gain/offset
+non-uniformity and defects, collimation, side markers, multi-frequency processing — are
+:mod:`xrlib.drr.surrogate`. :func:`clamped_parameters` names, per scale, the parameters whose draws
+reach a physical bound and for what fraction of images (exact, from the ranges).
 """
 
 from __future__ import annotations

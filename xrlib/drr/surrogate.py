@@ -53,8 +53,8 @@ the field):
     blacked out as by electronic shuttering (assumption: some vendors leave it white). A margin never
     enters the clavicles' bounding box, so the mask stays the image's ground truth.
 ``marker``
-    A burned-in lead side marker ("R" or "L", a 5 × 7 bitmap scaled to ``marker_mm`` tall, white as lead
-    is) in a corner of the collimated field whose box does not touch the clavicles (dilated); the mask
+    A burned-in lead side marker ("R" or "L", a 5 × 7 bitmap scaled by a whole factor to about ``marker_mm``
+    tall — lead letters of 1.5–2.5 cm are usual (assumption) —, white as lead is) in a corner of the collimated field whose box does not touch the clavicles (dilated); the mask
     is never changed. Skipped, and recorded so, when no corner is free.
 
 Every effect's parameters are drawn per image from ``rng`` (:func:`effects_rng`: the profile seed, the
@@ -126,7 +126,7 @@ class SurrogateEffects:
     pyramid_gains: tuple[float, float] = (1.0, 2.0)
     pyramid_residual: tuple[float, float] = (0.5, 1.0)
     collimation_margin: tuple[float, float] = (0.0, 0.06)
-    marker_mm: float = 15.0
+    marker_mm: float = 20.0
 
     def __post_init__(self):
         unknown = sorted(set(self.enabled) - set(EFFECTS))
