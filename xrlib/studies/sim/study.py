@@ -3,7 +3,8 @@
 Models are named ``"<row>/<DR level>"`` (e.g. ``Realistic/strong``), rows as in :data:`ROWS`: the training
 domain (:mod:`xrlib.studies.sim.sources`), the method (plain, ADDA towards the Real surrogate's unlabelled
 train split, CycleGAN translation) and the scale. All are the rotation study's U-Net (depth, loss, width
-from the profile's ``train:`` section), trained with the ``sim:`` block's epochs, patience, lr and batch
+from the profile's ``train:`` section), trained with the ``sim:`` block's step budget (every row the same
+number of optimisation steps, its epochs from its training-set size, no early stopping), lr and batch
 size, from scratch (a Sim2Real model never starts from weights that saw the Real domain), cached under
 ``<run>/sim/models``. Every model is tested on the Real surrogate's test split (*Sim2Real* vs *Real2Real*)
 and on the Syn_test subjects at the chosen angles rendered with the realistic chain at the Real surrogate's
@@ -116,7 +117,7 @@ def sim_plan(profile: Profile) -> dict[str, pd.DataFrame]:
     Nothing is rendered or trained, so this is how the ``paper`` grid is checked on a machine that cannot run it.
     Returns ``domains`` (one row per dataset domain: physics, acquisition, surrogate subjects per split,
     poses per subject, images) and ``models`` (one row per model: its Table 4 row, DR level, training domain,
-    method, recipe, epochs, patience, batch size, lr, training images; CycleGAN steps and generator blocks
+    method, recipe, epochs, patience, batch size, optimisation steps, lr, training images; CycleGAN steps and generator blocks
     for ``-Cyc`` rows). Raises :class:`InputError` for a bad ``sim:`` block or model name.
     """
     from xrlib.studies.sim.sources import SIMULATORS
