@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from xrlib.core.errors import InputError
-from xrlib.drr.surrogate import (DEAD_FLOOR, EFFECTS, SurrogateEffects, aliased_frequency, effects_rng,
+from xrlib.drr.surrogate import (DEFECT_DEAD, DEFECT_HOT, EFFECTS, SurrogateEffects, aliased_frequency, effects_rng,
                                  laplacian_pyramid, pyramid_process, surrogate_effects)
 
 FLAT = np.zeros((120, 240), np.float32)  # −log(I/I0) = 0: the unattenuated flat field
@@ -72,7 +72,9 @@ def test_defect_pixel_count_is_the_fraction_half_dead_half_hot_plus_dead_lines()
     i, info = intensity(fx)
     k = round(0.01 * FLAT.size)
     assert info["defect_pixels"] == k and info["defect_lines"] == []
-    assert np.isclose(i, DEAD_FLOOR, rtol=1e-4).sum() == (k + 1) // 2 and (i > 1.5).sum() == k // 2
+    assert np.isclose(i, DEFECT_DEAD, rtol=1e-5).sum() == (k + 1) // 2  # flat field: half its signal
+    assert np.isclose(i, DEFECT_HOT, rtol=1e-5).sum() == k // 2          # twice its signal
+    assert np.isclose(i, 1.0, rtol=1e-5).sum() == FLAT.size - k
     j, info = intensity(only("defects", defect_fraction=0.0, defect_lines=3), seed=3)
     assert len(info["defect_lines"]) >= 1
     dead_cols = [int(s.split()[1]) for s in info["defect_lines"] if s.startswith("column")]
@@ -80,7 +82,7 @@ def test_defect_pixel_count_is_the_fraction_half_dead_half_hot_plus_dead_lines()
     expect = np.zeros(FLAT.shape, bool)
     expect[:, dead_cols] = True
     expect[dead_rows, :] = True
-    np.testing.assert_array_equal(np.isclose(j, DEAD_FLOOR, rtol=1e-4), expect)
+    np.testing.assert_array_equal(np.isclose(j, DEFECT_DEAD, rtol=1e-5), expect)
 
 
 def test_gain_and_noise_have_their_stated_spread_on_a_flat_field():

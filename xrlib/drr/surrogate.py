@@ -31,8 +31,9 @@ Detector signal (relative intensity ``I = exp(−image)`` of the realistic chain
     (fractions of the unattenuated signal; magnitudes are an assumption, of the order of IEC 62220-1
     residual-structure measurements).
 ``defects``
-    Defect pixels (``defect_fraction`` of the field: half dead, signal 0; half hot, saturated) and
-    up to ``defect_lines`` dead rows or columns (a failed gate or readout line). Uncorrected defect maps
+    Defect pixels (``defect_fraction`` of the field: half dead, half hot — half the field's lowest
+    signal and twice its highest, :data:`DEFECT_DEAD`, :data:`DEFECT_HOT`) and up to ``defect_lines``
+    dead rows or columns (a failed gate or readout line). Uncorrected defect maps
     are an assumption: a real room interpolates most of them, not all.
 ``electronic_noise``
     Additive Gaussian readout noise of standard deviation ``electronic_noise_sd`` (fraction of the
@@ -88,8 +89,11 @@ GLYPHS = {
     "L": ("10000", "10000", "10000", "10000", "10000", "10000", "11111"),
 }
 
-#: Relative intensity a dead pixel reads (the log domain needs a positive floor).
+#: Positive floor of the relative intensity (the log domain needs one).
 DEAD_FLOOR = 1e-4
+#: A dead pixel (or line) reads this fraction of the field's lowest signal, a hot one this multiple of its highest:
+#: outliers just beyond the image's range, so a percentile window is not stretched by orders of magnitude.
+DEFECT_DEAD, DEFECT_HOT = 0.5, 2.0
 
 
 @dataclass(frozen=True)
@@ -193,19 +197,21 @@ class SurrogateEffects:
             k = int(round(self.defect_fraction * idx.size))
             pick = rng.choice(idx, size=k, replace=False) if k else np.zeros(0, int)
             dead, hot = pick[: (k + 1) // 2], pick[(k + 1) // 2:]
+            lo, hi = (float(intensity[f].min()), float(intensity[f].max())) if f.any() else (1.0, 1.0)
+            dead_value, hot_value = max(DEFECT_DEAD * lo, DEAD_FLOOR), DEFECT_HOT * hi
             flat = intensity.reshape(-1)
-            flat[dead] = DEAD_FLOOR
-            flat[hot] = float(intensity[f].max()) * 4.0 if f.any() else 4.0
+            flat[dead] = dead_value
+            flat[hot] = hot_value
             n_lines = int(rng.integers(self.defect_lines + 1))
             lines = []
             for _ in range(n_lines):
                 if rng.integers(2):
                     j = int(rng.integers(w))
-                    intensity[:, j] = DEAD_FLOOR
+                    intensity[:, j] = dead_value
                     lines.append(f"column {j}")
                 else:
                     i = int(rng.integers(h))
-                    intensity[i, :] = DEAD_FLOOR
+                    intensity[i, :] = dead_value
                     lines.append(f"row {i}")
             info["defect_pixels"] = k
             info["defect_lines"] = lines
