@@ -139,7 +139,8 @@ def test_matched_sets_share_subjects_poses_splits_and_masks_and_differ_in_the_im
         assert not np.array_equal(data[d][0][0].numpy(), data["real"][0][0].numpy())
 
 
-def test_varied_recipe_at_scale_zero_renders_the_realistic_simulator_exactly(domains, source):
+def test_varied_recipe_at_scale_zero_is_the_realistic_simulator_only_without_the_room_effects(domains, source):
+    """Without its room effects the surrogate at scale 0 is the realistic rung exactly; with them no rung reproduces it."""
     from xrlib.data.recipes import VariedRecipe, render_subject
     from xrlib.studies.sim.sources import domain_recipe
 
@@ -148,10 +149,30 @@ def test_varied_recipe_at_scale_zero_renders_the_realistic_simulator_exactly(dom
     ct, lab = source.load(sid)
     fixed = render_subject(ct, lab, cfg, domain_recipe(cfg, "realistic", SETTINGS), sid)
     zero = dataclasses.replace(domain_recipe(cfg, "real", SETTINGS), acquisition_scale=0.0)
-    assert isinstance(zero, VariedRecipe)
+    assert isinstance(zero, VariedRecipe) and zero.effects is not None
+    bare = render_subject(ct, lab, cfg, dataclasses.replace(zero, effects=None), sid)
+    np.testing.assert_array_equal(bare["image"], fixed["image"])
+    np.testing.assert_array_equal(bare["acq_kvp"], 120.0)
     varied = render_subject(ct, lab, cfg, zero, sid)
-    np.testing.assert_array_equal(varied["image"], fixed["image"])
-    np.testing.assert_array_equal(varied["acq_kvp"], 120.0)
+    np.testing.assert_array_equal(varied["mask"], fixed["mask"])  # the effects never move the ground truth
+    for physics in ("naive", "heuristic", "realistic"):
+        rung = render_subject(ct, lab, cfg, domain_recipe(cfg, physics, SETTINGS), sid)
+        assert np.abs(varied["image"].astype(float) - rung["image"].astype(float)).mean() > 2  # uint8 grey levels
+
+
+def test_distance_table_and_effects_gallery_on_the_matched_domains(domains):
+    """Every rung is measurably away from the surrogate; the gallery shows each enabled effect and their sum."""
+    from xrlib.drr.surrogate import EFFECTS
+    from xrlib.studies.sim.chapter import distance_table, effects_gallery
+
+    cfg, run, man = domains
+    t = distance_table(run)
+    assert set(t["domain"]) == {"naive", "heuristic", "realistic"} and (t["mean"] > 0).all()
+    assert (t["pairs"] == ((man["real"].split == "train") & (man["real"].pool == "surrogate")).sum()).all()
+    g = effects_gallery(cfg, run)
+    assert [label for _, _, label in g] == ["no effect", *EFFECTS, "all effects"]
+    assert all(im.shape == g[0][0].shape and 0 <= im.min() and im.max() <= 1 for im, _, _ in g)
+    assert all(not np.array_equal(im, g[0][0]) for im, _, label in g[1:] if label != "falloff")
 
 
 def test_scaled_domain_has_the_factor_times_the_poses_of_the_same_subjects(domains, source):
@@ -259,7 +280,8 @@ def test_sim_configs_train_each_row_on_its_domain_from_scratch(tmp_path):
 
     cfg = load_profile("quick")
     confs = {c.name: (c, d) for c, d in sim_configs(cfg, tmp_path)}
-    assert set(confs) == {"Real/strong", "Naive/strong", "Realistic/strong", "Naive-ADDA/strong", "Realistic-Scaled/strong"}
+    assert set(confs) == {"Real/strong", "Naive/strong", "Realistic/strong", "Naive-ADDA/strong", "Realistic-Scaled/strong",
+                          "Naive-Cyc/strong"}
     assert confs["Naive/strong"][1] == tmp_path / "sim" / "datasets" / "naive"
     assert confs["Realistic-Scaled/strong"][1].name == "realistic-scaled"
     adda = confs["Naive-ADDA/strong"][0]
@@ -284,7 +306,8 @@ def test_unknown_model_names_and_bad_sim_blocks_are_input_errors(tmp_path):
     (tmp_path / "p.yml").write_text(yaml.safe_dump(raw), encoding="utf-8")
     with pytest.raises(InputError, match=r"sim: acquisition.budgets must include 0 .* and 1"):
         sim_settings(load_profile(tmp_path / "p.yml"))
-    del raw["sim"]["epochs"]
+    raw["sim"]["acquisition"]["budgets"] = [0, 1, 3]
+    del raw["sim"]["steps"]  # neither a step budget nor epochs
     (tmp_path / "p.yml").write_text(yaml.safe_dump(raw), encoding="utf-8")
     with pytest.raises(InputError, match="sim: missing key 'epochs'"):
         sim_settings(load_profile(tmp_path / "p.yml"))
@@ -329,7 +352,7 @@ def test_the_paper_plan_is_the_whole_table4_grid_without_running_anything(tmp_pa
     assert list(tmp_path.iterdir()) == []
     quick = study.sim_plan(load_profile("quick"))["models"]
     assert list(quick["model"]) == ["Real/strong", "Naive/strong", "Realistic/strong", "Naive-ADDA/strong",
-                                    "Realistic-Scaled/strong"]  # the issue's quick rows
+                                    "Realistic-Scaled/strong", "Naive-Cyc/strong"]  # every adaptation row of paper 001
 
 
 # ------------------------------------------------------------------------------ one projection for every simulator
@@ -363,3 +386,47 @@ def test_matched_domains_share_one_projection_and_give_the_unshared_images(monke
     shared_calls = [c for c in calls if len(c) == 3]
     assert len(shared_calls) == 1 and tuple(shared_calls[0]) == ("naive", "heuristic", "realistic")
     assert len(calls) == 1 + len(DOMAINS)  # the shared projection once, then each unshared render
+
+
+# ------------------------------------------------------------------------------ baseline, steps, headline
+
+
+def test_mean_mask_baseline_on_the_real_domains_train_masks(domains):
+    from xrlib.eval.metrics import dice
+    from xrlib.studies.sim.fairness import mean_mask_baseline
+    from xrlib.studies.sim.study import real_test_images, real_train_masks
+
+    cfg, run, man = domains
+    m = real_train_masks(run)
+    assert len(m) == ((man["real"].pool == "surrogate") & (man["real"].split == "train")).sum() and m.any()
+    constant, t = mean_mask_baseline(m)
+    test = real_test_images(run)
+    assert constant.shape == test.masks.shape[-2:] and 0 <= t < 1
+    train = lambda p: np.mean([dice(p.astype(float), y) for y in m])  # noqa: E731
+    assert train(constant) >= train(mean_mask_baseline(m, "half")[0])  # the best level is at least the 0.5 one
+
+
+def test_training_table_and_headline_name_steps_plateaus_and_unlearned_rows():
+    from types import SimpleNamespace
+
+    from xrlib.core.profiles import load_profile
+    from xrlib.studies.sim.chapter import headline_markdown, training_table
+    from xrlib.studies.sim.fairness import BASELINE
+
+    cfg = load_profile("smoke")
+    ep = np.arange(1, 9)
+    flat = SimpleNamespace(train_images=4, best_epoch=8, best_val_dice=0.8, epochs_run=8,
+                           history=pd.DataFrame({"epoch": ep, "val_dice": np.full(8, 0.8), "train_loss": 1.0 / ep}))
+    rising = SimpleNamespace(train_images=4, best_epoch=8, best_val_dice=0.5, epochs_run=8,
+                             history=pd.DataFrame({"epoch": ep, "val_dice": 0.1 * ep - 0.3, "train_loss": 1.0 / ep}))
+    curves, steps = training_table(cfg, {"Real/strong": flat, "Naive-ADDA/strong": rising})
+    assert steps["steps"].tolist() == [8, 8] and steps["plateaued"].tolist() == [True, False]
+    table = pd.DataFrame({"row": ["Real", "Naive-ADDA", BASELINE], "DR": ["strong", "strong", "—"],
+                          "dice": [0.8, 0.31, 0.30], "dice_lo": [0.7, 0.2, 0.25], "dice_hi": [0.9, 0.4, 0.35],
+                          "hd95_mm": [5.0, 20.0, 22.0], "paper_dice_360": [0.759, 0.662, np.nan],
+                          "learned": [True, False, pd.NA], "rank": pd.array([1, pd.NA, pd.NA], dtype="Int64")})
+    acq = pd.DataFrame({"model": ["Real/strong"] * 2, "budget": [0.0, 3.0], "dice": [0.8, 0.4]})
+    text = headline_markdown(cfg, table, acq, 4, 3, steps)
+    assert "| Naive-ADDA | strong | 0.310" in text and "| not learned |" in text and "| rank 1 |" in text
+    assert "still changing over the last quarter: Naive-ADDA/strong" in text and "2 optimisation steps" in text
+    assert "scale 0 → 3" in text and "Best learned row here: Real" in text

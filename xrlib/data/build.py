@@ -43,7 +43,9 @@ from xrlib.exec import Executor, ProcessPoolExecutor, get_executor
 #: Bumped whenever the datasets code changes what it writes, so cached datasets are rebuilt.
 #: 2: the surrogate pool has per-image acquisition variability; the realistic chain draws its quantum
 #: noise before the detector blur (correlated noise).
-DATASETS_VERSION = 2
+#: 3: the surrogate pool has the room effects no simulator models (:mod:`xrlib.drr.surrogate`) and its own
+#: quantum-noise stream.
+DATASETS_VERSION = 3
 BUILD_FILE = "build.json"
 
 

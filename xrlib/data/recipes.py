@@ -5,7 +5,7 @@ its physics level and realistic-physics dose. :meth:`PoolRecipe.render` renders 
 :func:`xrlib.drr.render.render_batch` (post-processed for display) at the profile's detector;
 a pool with another renderer is a subclass that overrides it. :func:`study_recipes` is the
 study's plan (``surrogate``: realistic physics at jittered poses with per-image acquisition
-variability; ``syn_train``/``syn_test``:
+variability and the room effects of :mod:`xrlib.drr.surrogate`; ``syn_train``/``syn_test``:
 naive DRRs at every synthetic α), and :func:`render_subject` turns one subject into the arrays of
 its shard (every radiograph post-processed, then :func:`xrlib.data.preprocess.preprocess`).
 """
@@ -48,6 +48,10 @@ class PoolRecipe(ABC):
 
         return RealisticParams(dose_mas=float(self.dose_mas)) if self.physics == "realistic" else None
 
+    def noise_seed(self, profile: Profile, subject: str) -> int:
+        """Seed of this pool's quantum-noise stream for ``subject`` (:func:`noise_seed`; the ladder's stream)."""
+        return noise_seed(profile.seed, subject)
+
     def render(self, ct, labels, profile: Profile, subject: str, poses: list[Pose]) -> list:
         """:class:`xrlib.drr.render.Radiograph` s of ``subject`` at ``poses``, with ``display`` images."""
         return self._radiographs(ct, labels, profile, subject, poses, self.realistic(), display=True)
@@ -60,7 +64,7 @@ class PoolRecipe(ABC):
 
         r = profile.render
         return render_batch(ct, clavicles_from_labels(labels), Geometry.from_render(r), poses, physics=self.physics,
-                            backend=r.backend, seed=noise_seed(profile.seed, subject), fov=r.fov,
+                            backend=r.backend, seed=self.noise_seed(profile, subject), fov=r.fov,
                             realistic=realistic, display=display, prefilter=r.prefilter)
 
 
@@ -147,7 +151,7 @@ class JitteredRecipe(PoolRecipe):
         shared = self._shared(ct, labels, profile, subject, poses)
         if shared is None:
             return super()._radiographs(ct, labels, profile, subject, poses, realistic, display)
-        return radiographs(shared[0], self.physics, shared[1], seed=noise_seed(profile.seed, subject),
+        return radiographs(shared[0], self.physics, shared[1], seed=self.noise_seed(profile, subject),
                            realistic=realistic, display=display)
 
 
@@ -157,10 +161,16 @@ class VariedRecipe(JitteredRecipe):
     and display settings drawn from :data:`xrlib.drr.acquisition.ACQUISITION_RANGES` at ``acquisition_scale``
     (seeded by ``seed`` and the subject; :func:`xrlib.drr.acquisition.sample_acquisition`). The settings
     go into the shard and the manifest (columns ``acq_<parameter>``). ``dose_mas`` is the reference dose
-    the per-image dose factor multiplies."""
+    the per-image dose factor multiplies.
+
+    ``effects``: the room effects no simulator of the ladder models (:class:`xrlib.drr.surrogate.SurrogateEffects`,
+    drawn per image from :func:`xrlib.drr.surrogate.effects_rng`); with effects the quantum noise is drawn from a
+    stream of its own (:data:`SURROGATE_NOISE_STREAM`), not the ladder's, so no rung shares the surrogate's noise.
+    ``None``: no effects and the ladder's noise stream (the realistic chain at varied settings only)."""
 
     physics: str = "realistic"
     acquisition_scale: float = 1.0
+    effects: object | None = None  # xrlib.drr.surrogate.SurrogateEffects (data imports drr lazily)
 
     def acquisitions(self, subject: str, n: int) -> list:
         """The first ``n`` per-image settings of ``subject`` (one draw per image, in pose order)."""
@@ -169,17 +179,28 @@ class VariedRecipe(JitteredRecipe):
         rng = np.random.default_rng([int(self.seed), _subject_key(subject), 3])
         return [sample_acquisition(rng, float(self.acquisition_scale)) for _ in range(n)]
 
+    def noise_seed(self, profile: Profile, subject: str) -> int:
+        return noise_seed(profile.seed, subject, SURROGATE_NOISE_STREAM if self.effects is not None else LADDER_NOISE_STREAM)
+
     def render(self, ct, labels, profile: Profile, subject: str, poses: list[Pose]) -> list:
         if self.physics != "realistic":
             raise ValueError(f"a varied surrogate needs realistic physics, got {self.physics!r}")
+        from xrlib.drr.surrogate import effects_rng
+
         r = profile.render
         geom = Geometry.from_render(r)
         acqs = self.acquisitions(subject, len(poses))
         base = self.realistic()
         rgs = self._radiographs(ct, labels, profile, subject, poses, [a.realistic_params(base) for a in acqs],
                                 display=False)
-        for rg, acq in zip(rgs, acqs):
-            rg.display = acq.display(rg.image, rg.field, geom.pitch)
+        for i, (rg, acq) in enumerate(zip(rgs, acqs)):
+            if self.effects is None:
+                rg.display = acq.display(rg.image, rg.field, geom.pitch)
+            else:
+                rg.display, drawn = self.effects.apply(
+                    rg.image, rg.field, rg.mask, geom.pitch, geom.sdd,
+                    lambda img, acq=acq, rg=rg: acq.display(img, rg.field, geom.pitch), effects_rng(self.seed, subject, i))
+                rg.meta["effects"] = drawn
             rg.meta["acquisition"] = acq.to_dict()
         return rgs
 
@@ -194,19 +215,32 @@ def study_recipes(profile: Profile) -> dict[str, PoolRecipe]:
     synthetic = AnglesRecipe(physics="naive", alphas=tuple(profile.synthetic.alphas))
     return {
         "surrogate": VariedRecipe(dose_mas=profile.surrogate.dose_mas, seed=profile.seed, jitter=profile.surrogate,
-                                  acquisition_scale=1.0),
+                                  acquisition_scale=1.0, effects=profile_effects(profile)),
         "syn_train": synthetic,
         "syn_test": synthetic,
     }
+
+
+def profile_effects(profile: Profile):
+    """The profile's surrogate effects (:func:`xrlib.drr.surrogate.surrogate_effects` of ``surrogate.effects``)."""
+    from xrlib.drr.surrogate import surrogate_effects
+
+    return surrogate_effects((profile.raw.get("surrogate") or {}).get("effects"), str(profile.path or profile.name))
+
+
+#: Seed-stream tags of the quantum noise: the ladder's (every simulator) and the Real surrogate's own.
+LADDER_NOISE_STREAM = 2
+SURROGATE_NOISE_STREAM = 6
 
 
 def _subject_key(subject: str) -> int:
     return int.from_bytes(hashlib.sha256(subject.encode()).digest()[:4], "little")
 
 
-def noise_seed(seed: int, subject: str) -> int:
-    """Seed of a subject's noise streams, from the profile seed and the subject id."""
-    return int(np.random.SeedSequence([int(seed), _subject_key(subject), 2]).generate_state(1)[0])
+def noise_seed(seed: int, subject: str, stream: int = LADDER_NOISE_STREAM) -> int:
+    """Seed of a subject's noise streams, from the profile seed, the subject id and the ``stream`` tag
+    (default the ladder's; the Real surrogate with effects draws from :data:`SURROGATE_NOISE_STREAM`)."""
+    return int(np.random.SeedSequence([int(seed), _subject_key(subject), int(stream)]).generate_state(1)[0])
 
 
 def render_subject(ct, labels, profile: Profile, recipe: PoolRecipe, subject: str) -> dict:

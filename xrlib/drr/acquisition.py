@@ -16,9 +16,12 @@ deviates exactly twice as far as at scale 1 (common random numbers).
 
 :meth:`Acquisition.realistic_params` gives the realistic chain's parameters (:mod:`xrlib.drr.physics`);
 :meth:`Acquisition.display` applies the detector's residual gain ramp in the log domain and the
-post-processing (:func:`xrlib.drr.physics.postprocess`, then the tone curve). What it cannot stand
-for: other anatomy than the CT's, real detector artefacts (dead lines, ghosting, grid lines, stitching),
-markers, text overlays or vendor-specific multi-frequency processing.
+post-processing (:func:`xrlib.drr.physics.postprocess`, then the tone curve). The varied settings alone
+add no effect the realistic simulator lacks (at scale 0 they are that simulator); the Real surrogate's
+room effects that no simulator models — grid lines, heel and off-axis fall-off, gain/offset
+non-uniformity and defects, collimation, side markers, multi-frequency processing — are
+:mod:`xrlib.drr.surrogate`. :func:`clamped_parameters` names, per scale, the parameters whose draws
+reach a physical bound and for what fraction of images (exact, from the ranges).
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ import numpy as np
 
 from xrlib.drr import physics as phys
 
-__all__ = ["ACQUISITION_RANGES", "Acquisition", "Range", "default_acquisition", "sample_acquisition", "tone_curve"]
+__all__ = ["ACQUISITION_RANGES", "Acquisition", "Range", "clamped_parameters", "default_acquisition", "sample_acquisition",
+           "tone_curve"]
 
 
 @dataclass(frozen=True)
@@ -154,3 +158,39 @@ def sample_acquisition(rng: np.random.Generator, scale: float | tuple[float, ...
         raise ValueError(f"acquisition scale must be a non-negative finite number, got {scale!r}")
     out = [replace(default, **{n: _scaled(getattr(default, n), u[n], float(s), ranges[n]) for n in u}) for s in scales]
     return out if isinstance(scale, tuple) else out[0]
+
+
+def clamped_parameters(budgets, ranges: dict[str, Range] | None = None) -> list[dict]:
+    """Which parameters clamp at their physical bounds at each budget (scale), and for what fraction of draws.
+
+    At scale ``s`` a draw ``u ~ U(lo, hi)`` gives ``default + s·(u − default)`` (log space for a multiplicative
+    parameter), clamped to :attr:`Range.bounds`; so the draws below the threshold
+    ``u* = default + (bound − default)/s`` (``default·(bound/default)^(1/s)`` in log space) clamp at the lower bound,
+    those above the upper threshold at the upper one. The fraction is the uniform measure of those draws
+    (exact, no sampling). Returns one dict per (budget, parameter, side) that clamps with a positive fraction:
+    ``budget``, ``parameter``, ``side`` (``lower``/``upper``), ``bound``, ``unit``, ``fraction`` (of images).
+    """
+    ranges = ACQUISITION_RANGES if ranges is None else ranges
+    default = default_acquisition()
+    out = []
+    for b in budgets:
+        s = float(b)
+        if not (s >= 0 and math.isfinite(s)):
+            raise ValueError(f"acquisition scale must be a non-negative finite number, got {b!r}")
+        if s == 0:
+            continue
+        for name, rg in ranges.items():
+            d = float(getattr(default, name))
+            for side, bound in (("lower", rg.bounds[0]), ("upper", rg.bounds[1])):
+                if rg.log:
+                    if bound <= 0:
+                        continue
+                    thr = d * (bound / d) ** (1.0 / s)
+                else:
+                    thr = d + (bound - d) / s
+                frac = (thr - rg.lo) / (rg.hi - rg.lo) if side == "lower" else (rg.hi - thr) / (rg.hi - rg.lo)
+                frac = min(max(frac, 0.0), 1.0)
+                if frac > 0:
+                    out.append({"budget": s, "parameter": name, "side": side, "bound": float(bound), "unit": rg.unit,
+                                "fraction": float(frac)})
+    return out

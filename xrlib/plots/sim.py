@@ -8,7 +8,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-__all__ = ["plot_acquisition_curves", "plot_dice_bars", "plot_pairs", "plot_randomized", "plot_simulators"]
+__all__ = ["plot_acquisition_curves", "plot_dice_bars", "plot_distances", "plot_learning_curves", "plot_pairs",
+           "plot_randomized", "plot_simulators"]
 
 
 def _img(ax, im, mask=None, title=""):
@@ -67,12 +68,24 @@ def plot_simulators(images: Mapping[str, np.ndarray], reference: str, mask: np.n
 
 
 def plot_dice_bars(table: pd.DataFrame, title: str):
-    """Mean Dice per model with its subject-clustered 95 % CI (bars), paper 001's Table 4 Dice as black markers."""
+    """Mean Dice per model with its subject-clustered 95 % CI (bars), paper 001's Table 4 Dice as black markers.
+
+    With a ``learned`` column (:func:`xrlib.studies.sim.study.table4` with the mean-mask baseline): the rows
+    flagged not learned are hatched grey, the baseline is a grey bar and a dashed line."""
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(table)), 3.4))
     x = np.arange(len(table))
-    lab = [f"{r}\n{d} DR" for r, d in zip(table["row"], table["DR"])]
+    lab = [f"{r}\n{d} DR" if d != "—" else "mean mask\n(constant)" for r, d in zip(table["row"], table["DR"])]
     err = np.vstack([table["dice"] - table["dice_lo"], table["dice_hi"] - table["dice"]])
-    ax.bar(x, table["dice"], yerr=np.nan_to_num(err), capsize=3, color="tab:blue", alpha=0.8, label="this build (95 % CI)")
+    learned = table["learned"].astype("boolean").fillna(False).to_numpy(bool) if "learned" in table else np.ones(len(table), bool)
+    base = (table["DR"] == "—").to_numpy()
+    colors = ["tab:gray" if b else ("tab:blue" if ok else "lightgray") for b, ok in zip(base, learned)]
+    bars = ax.bar(x, table["dice"], yerr=np.nan_to_num(err), capsize=3, color=colors, alpha=0.8, label="this build (95 % CI)")
+    for bar, b, ok in zip(bars, base, learned):
+        if not b and not ok:
+            bar.set_hatch("//")
+    if base.any():
+        ax.axhline(float(table.loc[base, "dice"].iloc[0]), color="gray", ls="--", lw=1,
+                   label="mean-mask baseline (hatched: not learned)")
     ax.plot(x, table["paper_dice_360"], "k_", markersize=18, mew=2, label="paper 001, Table 4 (hip, 360 px)")
     ax.set_xticks(x, lab, fontsize=7)
     ax.set_ylabel("Dice")
@@ -89,9 +102,46 @@ def plot_acquisition_curves(results: pd.DataFrame):
     for model, g in results.groupby("model", sort=False):
         m = g.groupby("budget")["dice"].mean()
         ax.plot(m.index, m.values, "o-", label=model)
+    ax.axvline(1.0, color="gray", ls=":", lw=1, label="the Real surrogate's own variability (1)")
     ax.set_xlabel("acquisition shift (× the documented ranges; 0 = the simulator's setting)")
     ax.set_ylabel("mean Dice")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_learning_curves(curves: pd.DataFrame, plateau: pd.DataFrame | None = None):
+    """Validation Dice vs optimisation step per model (:func:`xrlib.studies.sim.fairness.learning_curves`); with
+    ``plateau`` (columns ``model``, ``plateaued``) the legend says which curves plateaued."""
+    fig, ax = plt.subplots(figsize=(6.0, 3.4))
+    flags = {} if plateau is None else dict(zip(plateau["model"], plateau["plateaued"]))
+    for model, g in curves.groupby("model", sort=False):
+        tag = "" if model not in flags else (" (plateaued)" if flags[model] else " (still changing)")
+        ax.plot(g["step"], g["val_dice"], "-", lw=1, label=f"{model}{tag}")
+    if len(curves):
+        last = curves["step"].max()
+        ax.axvspan(last * 0.75, last, color="0.9", zorder=0, label="last quarter (plateau check)")
+    ax.set_xlabel("optimisation step")
+    ax.set_ylabel("validation Dice")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_distances(table: pd.DataFrame):
+    """Each rung's distance to the Real surrogate (:func:`xrlib.studies.sim.distances.rung_distances`), one panel per
+    measure, bars with ± 1 sd over the matched image pairs."""
+    measures = list(dict.fromkeys(table["measure"]))
+    units = {"histogram_w1": "grey-level W1 distance ([0, 1] units)", "spectrum_log_l2": "log10 power-spectrum RMS (decades)"}
+    fig, axes = plt.subplots(1, len(measures), figsize=(3.4 * len(measures), 3.0), squeeze=False)
+    for ax, m in zip(axes[0], measures):
+        g = table[table["measure"] == m]
+        ax.bar(np.arange(len(g)), g["mean"], yerr=np.nan_to_num(g["sd"].to_numpy()), capsize=3, color="tab:green", alpha=0.8)
+        ax.set_xticks(np.arange(len(g)), g["domain"], fontsize=7)
+        ax.set_xlabel("simulator")
+        ax.set_ylabel(units.get(m, m), fontsize=7)
+        ax.set_title(f"distance to the Real surrogate: {m}", fontsize=8)
     fig.tight_layout()
     return fig

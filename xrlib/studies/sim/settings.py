@@ -8,7 +8,10 @@ from dataclasses import dataclass
 from xrlib.core.errors import InputError
 from xrlib.core.profiles import Profile
 
-__all__ = ["SimSettings", "sim_settings"]
+__all__ = ["MIN_TOP_BUDGET", "SimSettings", "sim_settings"]
+
+#: The acquisition threat's budgets reach at least this scale (the Real surrogate itself is drawn at 1).
+MIN_TOP_BUDGET = 3.0
 
 
 @dataclass(frozen=True)
@@ -23,7 +26,11 @@ class SimSettings:
         poses_per_subject: poses per surrogate subject in the chapter's datasets (the first ones of the
             surrogate's seeded pose sequence; ``None``: all of ``surrogate.poses_per_subject``).
         scaled_factor: Realistic-Scaled renders this many times those poses per subject.
-        epochs, patience, lr, batch_size: the chapter's trainings (every model alike).
+        steps: one optimisation-step budget for every row (``None``: ``epochs`` and ``patience`` as given);
+            each row's epochs are derived from its training-set size (:meth:`epochs_for`) and early
+            stopping is off (patience = epochs), so every row takes about the same number of steps.
+        epochs, patience, lr, batch_size: the chapter's trainings (every model alike; with ``steps``,
+            ``epochs`` and ``patience`` are not read).
         models: the rows of the Table 4 analog this profile trains (names as in
             :data:`xrlib.studies.sim.study.ROWS`, each with ``/regular`` or ``/strong`` DR).
     """
@@ -38,6 +45,21 @@ class SimSettings:
     lr: float
     batch_size: int
     models: tuple[str, ...]
+    steps: int | None = None
+
+    def epochs_for(self, train_images: int) -> int:
+        """Epochs of a row with ``train_images`` training images: ``ceil(steps / ceil(train_images / batch_size))``
+        (``epochs`` without a step budget)."""
+        if self.steps is None:
+            return self.epochs
+        if train_images < 1:
+            raise ValueError(f"a row needs at least one training image, got {train_images}")
+        per_epoch = math.ceil(train_images / self.batch_size)
+        return max(1, math.ceil(self.steps / per_epoch))
+
+    def steps_for(self, train_images: int) -> int:
+        """Optimisation steps a row with ``train_images`` training images takes at :meth:`epochs_for` epochs."""
+        return self.epochs_for(train_images) * math.ceil(train_images / self.batch_size)
 
 
 def sim_settings(profile: Profile) -> SimSettings:
@@ -58,9 +80,11 @@ def sim_settings(profile: Profile) -> SimSettings:
             acquisition_subjects=None if subjects is None else int(subjects),
             poses_per_subject=None if block.get("poses_per_subject") is None else int(block["poses_per_subject"]),
             scaled_factor=int(block["scaled_factor"]),
-            epochs=int(block["epochs"]), patience=int(block["patience"]), lr=float(block["lr"]),
-            batch_size=int(block["batch_size"]),
+            epochs=int(block.get("epochs", 1) if "steps" in block else block["epochs"]),
+            patience=int(block.get("patience", 1) if "steps" in block else block["patience"]),
+            lr=float(block["lr"]), batch_size=int(block["batch_size"]),
             models=tuple(str(m) for m in block["models"]),
+            steps=None if block.get("steps") is None else int(block["steps"]),
         )
     except KeyError as exc:
         raise bad(f"missing key {exc.args[0]!r}") from None
@@ -71,6 +95,14 @@ def sim_settings(profile: Profile) -> SimSettings:
                   f"got {list(s.acquisition_budgets)}")
     if any(not (b >= 0 and math.isfinite(b)) for b in s.acquisition_budgets):
         raise bad(f"acquisition.budgets must be non-negative scales, got {list(s.acquisition_budgets)}")
+    if max(s.acquisition_budgets) < MIN_TOP_BUDGET:
+        raise bad(f"acquisition.budgets must reach at least {MIN_TOP_BUDGET:g} (beyond the surrogate's own variability, "
+                  f"which is drawn at 1), got {list(s.acquisition_budgets)}")
+    if s.steps is not None and s.steps < 1:
+        raise bad(f"steps must be ≥ 1 or null, got {s.steps}")
+    from xrlib.data.recipes import profile_effects
+
+    profile_effects(profile)  # the Real surrogate's surrogate.effects block: checked before anything renders
     if s.acquisition_subjects is not None and s.acquisition_subjects < 1:
         raise bad("acquisition.subjects must be ≥ 1 or null")
     if s.poses_per_subject is not None and s.poses_per_subject < 1:

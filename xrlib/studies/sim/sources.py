@@ -6,7 +6,9 @@ Datasets (one cached build each, under ``<run>/sim/datasets/<domain>``, through
 ``real``
     The surrogate pool's subjects at its jittered poses (the first ``sim.poses_per_subject`` of them), realistic physics with per-image acquisition
     variability (:class:`xrlib.data.recipes.VariedRecipe` at scale 1; settings in the manifest's
-    ``acq_*`` columns). Chapter 08's "Real" domain; the rotation study's surrogate pool (chapters 04–07,
+    ``acq_*`` columns), the room effects no simulator models (:mod:`xrlib.drr.surrogate`: grid lines, heel
+    and off-axis fall-off, gain/offset non-uniformity and defects, collimation, a side marker, multi-frequency
+    processing) and a quantum-noise stream of its own. Chapter 08's "Real" domain; the rotation study's surrogate pool (chapters 04–07,
     :func:`xrlib.data.recipes.study_recipes`) is the same recipe, so these images are its first poses.
 ``naive``, ``heuristic``, ``realistic``
     *The same subjects and poses* rendered with each simulator of the ladder at its one fixed default
@@ -41,7 +43,7 @@ from xrlib.core.profiles import Profile
 from xrlib.data.build import build_datasets
 from xrlib.data.pools import POOLS
 from xrlib.data.preprocess import preprocess
-from xrlib.data.recipes import JitteredRecipe, PoolRecipe, VariedRecipe, _subject_key, noise_seed
+from xrlib.data.recipes import JitteredRecipe, PoolRecipe, VariedRecipe, _subject_key, noise_seed, profile_effects
 from xrlib.data.subjects import cohort_subjects
 from xrlib.drr.acquisition import ACQUISITION_RANGES, sample_acquisition
 from xrlib.drr.geometry import Geometry, Pose
@@ -56,7 +58,7 @@ __all__ = ["DOMAINS", "SIMULATORS", "acquisition_threat", "build_domain", "domai
 SIMULATORS = ("naive", "heuristic", "realistic")
 DOMAINS = ("real", *SIMULATORS, "realistic-scaled")
 #: Bumped when this module changes what it renders (enters every key below).
-SIM_VERSION = 1
+SIM_VERSION = 2
 
 
 def domain_dir(run: Path, domain: str) -> Path:
@@ -73,7 +75,8 @@ def domain_recipe(profile: Profile, domain: str, settings: SimSettings | None = 
     # the Realistic-Scaled poses, of which the others' poses are the first ones)
     share = {"shared_levels": SIMULATORS, "shared_poses": sur.poses_per_subject * s.scaled_factor}
     if domain == "real":
-        return VariedRecipe(dose_mas=sur.dose_mas, seed=profile.seed, jitter=sur, acquisition_scale=1.0, **share)
+        return VariedRecipe(dose_mas=sur.dose_mas, seed=profile.seed, jitter=sur, acquisition_scale=1.0,
+                            effects=profile_effects(profile), **share)
     if domain in SIMULATORS:
         return JitteredRecipe(physics=domain, dose_mas=sur.dose_mas if domain == "realistic" else None,
                               seed=profile.seed, jitter=sur, **share)

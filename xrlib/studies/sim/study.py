@@ -3,15 +3,17 @@
 Models are named ``"<row>/<DR level>"`` (e.g. ``Realistic/strong``), rows as in :data:`ROWS`: the training
 domain (:mod:`xrlib.studies.sim.sources`), the method (plain, ADDA towards the Real surrogate's unlabelled
 train split, CycleGAN translation) and the scale. All are the rotation study's U-Net (depth, loss, width
-from the profile's ``train:`` section), trained with the ``sim:`` block's epochs, patience, lr and batch
+from the profile's ``train:`` section), trained with the ``sim:`` block's step budget (every row the same
+number of optimisation steps, its epochs from its training-set size, no early stopping), lr and batch
 size, from scratch (a Sim2Real model never starts from weights that saw the Real domain), cached under
 ``<run>/sim/models``. Every model is tested on the Real surrogate's test split (*Sim2Real* vs *Real2Real*)
-and on the Syn_test subjects at the chosen angles rendered with the Real surrogate's chain (the acquisition
-threat's images at scale 1).
+and on the Syn_test subjects at the chosen angles rendered with the realistic chain at the Real surrogate's
+acquisition variability (the acquisition threat's images at scale 1; without the surrogate's room effects).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +35,8 @@ from xrlib.training import train_all as _train_all
 from xrlib.training.checkpoint import cached_result
 from xrlib.training.randomization import DR_VERSION
 
-__all__ = ["PAPER_TABLE4_DICE_360", "ROWS", "evaluate_sim", "parse_model", "sim_configs", "sim_models", "sim_plan",
-           "table4", "train_sim"]
+__all__ = ["PAPER_TABLE4_DICE_360", "ROWS", "evaluate_sim", "parse_model", "real_train_masks", "sim_configs",
+           "sim_models", "sim_plan", "table4", "train_images", "train_sim"]
 
 #: Table 4 rows → (training domain, method). Methods: ``plain``, ``adda``, ``cyc`` (CycleGAN-translated).
 ROWS = {
@@ -65,13 +67,21 @@ def parse_model(name: str) -> tuple[str, str]:
     return row, level
 
 
+def train_images(profile: Profile, s: SimSettings, domain: str) -> int:
+    """Training images of a row trained on ``domain``: surrogate train subjects × that domain's poses per subject."""
+    poses = profile.surrogate.poses_per_subject if s.poses_per_subject is None else s.poses_per_subject
+    return profile.pools.surrogate.train * poses * (s.scaled_factor if domain == "realistic-scaled" else 1)
+
+
 def _config(profile: Profile, s: SimSettings, name: str, run: Path) -> tuple[TrainConfig, Path]:
     row, level = parse_model(name)
     domain, method = ROWS[row]
     t = profile.require_train()
+    epochs = s.epochs_for(train_images(profile, s, domain))
+    patience = epochs if s.steps is not None else s.patience  # a step budget: no early stopping
     common = dict(train_sets=["Real"], depth=STUDY_DEPTH if t.depth is None else int(t.depth),
                   loss=STUDY_LOSS if t.loss is None else str(t.loss), base_channels=int(t.base_channels),
-                  lr=s.lr, batch_size=s.batch_size, epochs=s.epochs, patience=s.patience, seed=int(profile.seed),
+                  lr=s.lr, batch_size=s.batch_size, epochs=epochs, patience=patience, seed=int(profile.seed),
                   compile=bool(t.compile))
     if method == "plain":
         return TrainConfig(name=name, recipe="domain_randomization", recipe_params={"level": level, "version": DR_VERSION}, **common), \
@@ -107,7 +117,7 @@ def sim_plan(profile: Profile) -> dict[str, pd.DataFrame]:
     Nothing is rendered or trained, so this is how the ``paper`` grid is checked on a machine that cannot run it.
     Returns ``domains`` (one row per dataset domain: physics, acquisition, surrogate subjects per split,
     poses per subject, images) and ``models`` (one row per model: its Table 4 row, DR level, training domain,
-    method, recipe, epochs, patience, batch size, lr, training images; CycleGAN steps and generator blocks
+    method, recipe, epochs, patience, batch size, optimisation steps, lr, training images; CycleGAN steps and generator blocks
     for ``-Cyc`` rows). Raises :class:`InputError` for a bad ``sim:`` block or model name.
     """
     from xrlib.studies.sim.sources import SIMULATORS
@@ -136,6 +146,7 @@ def sim_plan(profile: Profile) -> dict[str, pd.DataFrame]:
             cyc = {**cyclegan_settings(profile), "blocks": generator_blocks(profile.image_size)}
         rows.append({"model": cfg.name, "row": row, "DR": level, "domain": domain, "method": method,
                      "recipe": cfg.recipe, "epochs": cfg.epochs, "patience": cfg.patience, "batch": cfg.batch_size,
+                     "steps": cfg.epochs * math.ceil(splits.train * per_domain[domain] / cfg.batch_size),
                      "lr": cfg.lr, "training images": splits.train * per_domain[domain],
                      "CycleGAN steps": cyc["steps"] if method == "cyc" else None,
                      "generator blocks": cyc["blocks"] if method == "cyc" else None})
@@ -200,13 +211,35 @@ def real_test_images(run: Path) -> TestImages:
     return TestImages.from_manifest(man[(man["pool"] == "surrogate") & (man["split"] == "test")], ddir)
 
 
+def real_train_masks(run: Path) -> np.ndarray:
+    """The masks ``(N, S, S)`` of the Real surrogate's train split (the mean-mask baseline's training data)."""
+    from xrlib.data.shards import ShardDataset
+
+    ddir = domain_dir(run, "real")
+    man = read_manifest(ddir)
+    rows = man[(man["pool"] == "surrogate") & (man["split"] == "train")]
+    ds = ShardDataset(rows, root=ddir)
+    return np.stack([ds[i][1][0].numpy() for i in range(len(rows))])
+
+
 def evaluate_sim(profile: Profile, run: Path, results: dict[str, TrainResult], device=None) -> pd.DataFrame:
-    """Per-image Dice/HD95 of every model on ``Real test`` and ``Syn_test (surrogate chain)``; column ``test_set``."""
+    """Per-image Dice/HD95 of every model on ``Real test`` and ``Syn_test (surrogate chain)``; column ``test_set``.
+
+    Also the constant mean-mask baseline (:func:`xrlib.studies.sim.fairness.mean_mask_baseline` of the Real train
+    split's masks, model :data:`~xrlib.studies.sim.fairness.BASELINE`) on the same images."""
+    from xrlib.studies.sim.fairness import BASELINE, mean_mask_baseline
+
     run = Path(run)
     th = acquisition_threat(profile, run)
     syn = TestImages(th.images[1.0], th.test.masks, th.test.rows)  # scale 1: the surrogate's own variability
     sets = {"Real test": real_test_images(run), "Syn_test (surrogate chain)": syn}
+    constant, _ = mean_mask_baseline(real_train_masks(run))
     frames = []
+    for label, t in sets.items():
+        p = np.repeat(constant[None].astype(np.float32), len(t.masks), axis=0)
+        df = evaluate_predictions(BASELINE, p, t.masks, t.rows, pixel_mm(profile), groups=alpha_group)
+        df.insert(1, "test_set", label)
+        frames.append(df)
     for name, res in results.items():
         model = load_best(res, device)
         for label, t in sets.items():
@@ -219,15 +252,27 @@ def evaluate_sim(profile: Profile, run: Path, results: dict[str, TrainResult], d
 
 def table4(per_image: pd.DataFrame, test_set: str = "Real test", seed: int = 0) -> pd.DataFrame:
     """Table 4 analog: per row and DR level, Dice and HD95 (mm) with subject-clustered 95 % CIs on ``test_set``,
-    and paper 001's Dice (360 px) beside them."""
+    and paper 001's Dice (360 px) beside them.
+
+    With the mean-mask baseline among the models (:func:`evaluate_sim`) it is the last row (``row`` =
+    :data:`~xrlib.studies.sim.fairness.BASELINE`, DR ``—``), and every row gets ``learned`` (its Dice exceeds the
+    baseline's by :data:`~xrlib.studies.sim.fairness.LEARNED_MARGIN`) and ``rank`` (among the learned rows only)."""
+    from xrlib.studies.sim.fairness import BASELINE, flag_learned
+
     df = per_image[per_image["test_set"] == test_set]
     d = bootstrap_by_group(df, "dice", by=["model"], seed=seed).set_index("model")
     h = bootstrap_by_group(df, "hd95_mm", by=["model"], seed=seed).set_index("model")
     rows = []
     for m in d.index:
-        row, level = parse_model(m)
+        row, level = (BASELINE, "—") if m == BASELINE else parse_model(m)
         paper = PAPER_TABLE4_DICE_360.get((row, level), (np.nan, np.nan))
         rows.append({"row": row, "DR": level, "dice": d.at[m, "mean"], "dice_lo": d.at[m, "lo"], "dice_hi": d.at[m, "hi"],
                      "hd95_mm": h.at[m, "mean"], "hd95_lo": h.at[m, "lo"], "hd95_hi": h.at[m, "hi"],
                      "subjects": int(d.at[m, "n_clusters"]), "paper_dice_360": paper[0], "paper_sd_360": paper[1]})
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    if BASELINE not in d.index:
+        return out
+    base = float(d.at[BASELINE, "mean"])
+    models = flag_learned(out[out["row"] != BASELINE], base)
+    last = out[out["row"] == BASELINE].assign(learned=pd.NA, rank=pd.array([pd.NA], dtype="Int64"))
+    return pd.concat([models, last], ignore_index=True)
