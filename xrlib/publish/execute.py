@@ -29,6 +29,11 @@ Failure
     ``<name>.failed.ipynb``, one line ``book: <notebook> cell <n>: <Exception>: <message>`` goes to
     stderr (``n`` is the execution count shown in the executed notebook) and the exit status is 1.
 
+Portability
+    The kernels are started by this process and inherit its environment, so with ``XRLIB_PORTABLE=1``
+    (set by :mod:`xrlib` on import, :mod:`xrlib.core.machine`) they start with torch, oneDNN and numpy
+    pinned, before the notebook imports any of them.
+
 Kernel transport
     The kernel talks to papermill over local IPC sockets (in a private temporary folder), not TCP on
     127.0.0.1: the kernel would otherwise warn, once per notebook, that it runs "over TCP without
