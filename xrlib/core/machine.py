@@ -83,19 +83,19 @@ def pinned_env(environ=None) -> dict[str, str]:
 def apply_portability(environ=None) -> dict[str, str]:
     """Set :func:`portable_env` in ``environ`` (default ``os.environ``) and return what was set.
 
-    Called when :mod:`xrlib` is imported. A library loaded before (torch or numpy already in
-    ``sys.modules``) has read its variables already: a ``RuntimeWarning`` says so.
+    Called when :mod:`xrlib` is imported. numpy reads its variable when it is imported (a
+    ``RuntimeWarning`` says so when it was imported first); torch and oneDNN read theirs at their
+    first CPU operation.
     """
     env = os.environ if environ is None else environ
     new = portable_env(env)
     env.update(new)
-    late = [m for m in ("torch", "numpy") if m in sys.modules]
-    if new and late and environ is None:
+    if new and environ is None and "numpy" in sys.modules:
         import warnings
 
-        warnings.warn(f"{PORTABLE_ENV}=1: {' and '.join(late)} {'was' if len(late) == 1 else 'were'} imported before xrlib, so its instruction set "
-                      "is not pinned in this process (import xrlib first, or set the variables in the shell)",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(f"{PORTABLE_ENV}=1: numpy was imported before xrlib, so its SIMD dispatch is not pinned in this "
+                      "process (torch and oneDNN read theirs at their first CPU operation); import xrlib first, or "
+                      "set the variables in the shell", RuntimeWarning, stacklevel=2)
     return new
 
 
