@@ -100,3 +100,21 @@ def test_appendix_machine_section():
     two = "\n".join(machine_markdown({fp["id"]: (fp, ["01_a"]), other["id"]: (other, ["02_b"])}))
     assert "Stages 01_a:" in two and "Stages 02_b:" in two
     assert "No stage of this run recorded" in "\n".join(machine_markdown({}))
+
+
+def test_portability_benchmark_reads_its_statements_off_the_rows():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_portability", REPO_ROOT / "benchmarks" / "bench_portability.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = [["this CPU", "off", 1, "AVX512", "aaa", 0.0, 1.0], ["this CPU", "on", 1, "AVX2", "bbb", 0.1, 1.0],
+            ["AVX2 CPU", "off", 1, "AVX2", "bbb", 0.1, 1.0], ["SSE4.1 CPU", "off", 1, "DEFAULT", "ccc", 0.2, 1.0],
+            ["this CPU", "off", 2, "AVX512", "ddd", 0.3, 1.0], ["this CPU", "on", 2, "AVX2", "bbb", 0.1, 1.0]]
+    notes = bench.notes(rows)
+    assert "1 thread(s): this CPU with the switch on and the AVX2 CPU give the same weights" in notes
+    assert "1 thread(s): this CPU with the switch off and the AVX2 CPU give different weights" in notes
+    assert "1 thread(s): this CPU with the switch on and the SSE4.1 CPU give different weights" in notes
+    assert "switch off: 1 and 2 threads give different weights on this CPU" in notes
+    assert "switch on: 1 and 2 threads give the same weights on this CPU" in notes
+    assert len(bench.COLUMNS) == len(rows[0])

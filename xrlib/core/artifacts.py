@@ -23,18 +23,19 @@ from pathlib import Path
 from xrlib.core.atomic import sha256_file
 
 #: Files of the run folder that are never artifacts: the stage records themselves (they hold wall
-#: times) and the temporary names of unfinished atomic writes.
+#: times) and hidden files, among them the temporary names of unfinished atomic writes
+#: (:func:`xrlib.core.atomic.atomic_write` names them ``.<name>.…``).
 RECORD_SUFFIX = ".timings.json"
 
 
 def _ignored(rel: str) -> bool:
     name = rel.rsplit("/", 1)[-1]
-    return ("/" not in rel and name.endswith(RECORD_SUFFIX)) or name.startswith(".") or ".part" in name
+    return ("/" not in rel and name.endswith(RECORD_SUFFIX)) or name.startswith(".")
 
 
 def snapshot(run: str | Path) -> dict[str, tuple[int, int]]:
     """``{relative POSIX path: (size in bytes, mtime in ns)}`` of every file under ``run`` (not the
-    stage records, hidden files or unfinished temporary files)."""
+    stage records or hidden files and folders)."""
     run = Path(run)
     out: dict[str, tuple[int, int]] = {}
     for root, dirs, files in os.walk(run):
