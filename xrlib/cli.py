@@ -326,7 +326,7 @@ def _cmd_card(args, options: dict) -> int:
 def _add_runs(sub) -> None:
     p = sub.add_parser("runs", help="work with run folders (compare two runs)",
                        description="Work with run folders (<run_root>/<profile>/).")
-    runs = p.add_subparsers(dest="runs_command", required=True, parser_class=_Parser)
+    runs = p.add_subparsers(dest="runs_command", metavar="COMMAND", required=True, parser_class=_Parser)
     c = runs.add_parser("compare", help="name the first stage whose artifacts differ between two runs",
                         description="Compare two run folders stage by stage (in book order): identical bytes, "
                                     "numbers equal within a tolerance (CSV, JSON, npz/npy, pt) or different; "
