@@ -34,6 +34,7 @@ bench: setup
 	$(PY) benchmarks/bench_stages.py --stages training --before-tree . --after-env XRLIB_BENCH_COMPILE=1
 	$(PY) benchmarks/profile_stages.py --compile
 	$(PY) benchmarks/bench_ray.py
+	$(PY) benchmarks/bench_portability.py
 
 # Execute the notebooks with papermill (cached) and build the HTML book: book/_build/html/index.html.
 # A quick build also rewrites the README's generated section (headline result and stage times).

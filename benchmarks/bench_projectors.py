@@ -30,7 +30,7 @@ import numpy as np
 def _channels():
     from xrlib.anatomy.annotate import clavicles_from_labels
     from xrlib.core.ct import load_example
-    from xrlib.drr.physics import naive_mu
+    from xrlib.drr.materials import naive_mu
 
     ct, labels = load_example()
     clav = clavicles_from_labels(labels)

@@ -12,7 +12,7 @@ the measurements the README quotes (this checkout only, no "before"):
   (set ``TORCHINDUCTOR_CACHE_DIR`` to an empty folder for a cold compile); then what bounds the eager
   step: the convolutions' share of its CPU time (``torch.profiler``) and its time on 1 thread, on the
   training's threads and as two 1-thread trainings side by side;
-- ``first-touch``: :func:`xrlib.drr.physics.material_densities` of the example CT three times in a row
+- ``first-touch``: :func:`xrlib.drr.materials.material_densities` of the example CT three times in a row
   with the default allocator, then three times inside :func:`xrlib.core.memory.reuse_heap`;
 - ``cohort``: one virtual subject of the example CT under ``cProfile``, after an untimed one (imports,
   the compiled warp loaded or compiled): its total and the share of the two warps
@@ -165,7 +165,7 @@ def _eager_step_limits(cfg, x, y, loss_fn, rounds: int) -> None:
 def first_touch() -> None:
     from xrlib.core.ct import load_example
     from xrlib.core.memory import reuse_heap
-    from xrlib.drr.physics import material_densities
+    from xrlib.drr.materials import material_densities
 
     ct, _ = load_example()
 
@@ -326,7 +326,7 @@ def _block_mean_against_skimage(ct, profile) -> None:
 
     from xrlib.core.ct import block_mean
     from xrlib.drr.geometry import Geometry
-    from xrlib.drr.physics import naive_mu
+    from xrlib.drr.materials import naive_mu
     from xrlib.drr.render import detector_prefilter_factors
 
     mu = ct.with_array(naive_mu(ct.array))

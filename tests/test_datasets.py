@@ -477,3 +477,26 @@ def test_profile_section_is_a_copy_and_names_the_file_when_missing(tmp_path):
         profile.section("nothere")
     with pytest.raises(InputError, match=r"p\.yml.*malformed broken: block"):
         profile.section("broken")
+
+
+def test_a_real_folder_enters_the_hashes_by_content_not_by_path(tmp_path):
+    import hashlib
+    import json as _json
+
+    quick = load_profile("quick")
+    folders = []
+    for name, mask in (("here", b"m1"), ("elsewhere/deeper", b"m1"), ("other", b"m2")):
+        f = tmp_path / name
+        (f / "images").mkdir(parents=True)
+        (f / "masks").mkdir()
+        (f / "images" / "r1.png").write_bytes(b"i1")
+        (f / "masks" / "r1.png").write_bytes(mask)
+        folders.append(f)
+    here, moved, changed = (profile_hash(quick.with_real_folder(f), DATASET_KEYS) for f in folders)
+    assert here == moved != changed
+    assert profile_hash(quick.with_real_folder(folders[0])) == profile_hash(quick.with_real_folder(folders[1]))
+    # without a real folder the hash is the canonical JSON of the profile, as it always was
+    d = {k: v for k, v in quick.raw.items() if k in DATASET_KEYS}
+    text = _json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    assert quick.raw["real"]["folder"] is None
+    assert profile_hash(quick, DATASET_KEYS) == hashlib.sha256(text.encode()).hexdigest()

@@ -24,7 +24,7 @@ def test_reuse_heap_can_be_switched_off(monkeypatch):
 
 
 def test_large_arrays_give_the_same_numbers_inside_and_outside():
-    from xrlib.drr.physics import material_densities
+    from xrlib.drr.materials import material_densities
 
     hu = np.random.default_rng(0).integers(-1100, 2000, (40, 120, 120)).astype(np.float32)
     outside = material_densities(hu)

@@ -7,6 +7,7 @@ import pytest
 import spekpy
 import xraydb
 
+from xrlib.drr import materials as Mt
 from xrlib.drr import physics as P
 
 PITCH, SDD = 0.24, 1800.0
@@ -27,21 +28,21 @@ def image(li, params=NOISELESS, seed=None, pitch=PITCH):
 
 def test_mu_water_matches_nist_xcom():
     # NIST XCOM: water at 60 keV, μ/ρ = 0.2059 cm²/g (with coherent) -> 0.02059 /mm at 1 g/cm³
-    assert P.mu_water_per_mm(60.0) == pytest.approx(0.02059, rel=0.02)
+    assert Mt.mu_water_per_mm(60.0) == pytest.approx(0.02059, rel=0.02)
 
 
 def test_naive_mu_water_air_bone():
-    mu = P.naive_mu(np.array([-1000.0, 0.0, 1000.0, -3024.0]))
-    w = P.mu_water_per_mm(60.0)
+    mu = Mt.naive_mu(np.array([-1000.0, 0.0, 1000.0, -3024.0]))
+    w = Mt.mu_water_per_mm(60.0)
     assert mu.dtype == np.float32
     np.testing.assert_allclose(mu, [0.0, w, 2 * w, 0.0], rtol=1e-6)
 
 
 def test_heuristic_zeroes_below_threshold():
     hu = np.array([-1000.0, -850.0, -800.0, -500.0, 40.0])
-    mu = P.heuristic_mu(hu, air_threshold_hu=-800.0)
+    mu = Mt.heuristic_mu(hu, air_threshold_hu=-800.0)
     np.testing.assert_array_equal(mu[:2], 0.0)
-    np.testing.assert_allclose(mu[2:], P.naive_mu(hu)[2:])
+    np.testing.assert_allclose(mu[2:], Mt.naive_mu(hu)[2:])
     assert (mu[2:] > 0).all()
 
 
@@ -64,20 +65,20 @@ def test_bone_attenuates_more_per_gram_at_low_energy():
 def test_material_densities_partition_and_values():
     rng = np.random.default_rng(0)
     hu = rng.uniform(-1100, 2500, size=(7, 9, 11)).astype(np.float32)
-    d = P.material_densities(hu)
-    assert set(d) == set(P.MATERIALS)
+    d = Mt.material_densities(hu)
+    assert set(d) == set(Mt.MATERIALS)
     assert all(v.dtype == np.float32 and v.shape == hu.shape for v in d.values())
-    present = np.stack([d[m] > 0 for m in P.MATERIALS])
+    present = np.stack([d[m] > 0 for m in Mt.MATERIALS])
     np.testing.assert_array_equal(present.sum(axis=0), 1)  # exactly one material per voxel
 
     known = np.array([-1000.0, -951.0, -950.0, -500.0, -121.0, -120.0, -98.0, 14.0, 299.0, 300.0, 1600.0])
-    d = P.material_densities(known)
+    d = Mt.material_densities(known)
     expected = {  # Schneider 2000 table; -500 HU interpolated between (-1000, 0.00121) and (-98, 0.93)
         0: ("air", 0.00121), 2: ("lung", 0.00121 + (0.93 - 0.00121) * 50 / 902),
         3: ("lung", 0.00121 + (0.93 - 0.00121) * 500 / 902), 5: ("soft_tissue", None),
         6: ("soft_tissue", 0.93), 7: ("soft_tissue", 1.03), 9: ("bone", None), 10: ("bone", 1.9642),
     }
-    labels = [P.MATERIALS[int(np.argmax([d[m][i] for m in P.MATERIALS]))] for i in range(len(known))]
+    labels = [Mt.MATERIALS[int(np.argmax([d[m][i] for m in Mt.MATERIALS]))] for i in range(len(known))]
     assert labels == ["air", "air", "lung", "lung", "lung", "soft_tissue", "soft_tissue", "soft_tissue",
                       "soft_tissue", "bone", "bone"]
     for i, (mat, rho) in expected.items():
@@ -85,7 +86,7 @@ def test_material_densities_partition_and_values():
             assert d[mat][i] == pytest.approx(rho, rel=1e-4)
 
     bone_hu = np.linspace(300, 3000, 50)
-    assert (np.diff(P.material_densities(bone_hu)["bone"]) > 0).all()
+    assert (np.diff(Mt.material_densities(bone_hu)["bone"]) > 0).all()
 
 
 # --- spectrum and detector --------------------------------------------------------------------
@@ -125,12 +126,12 @@ def test_material_densities_table_lookup_of_integer_hu_equals_the_interpolation(
     rng = np.random.default_rng(3)
     hu = rng.integers(-3500, 6000, size=(20, 64, 64)).astype(np.float32)  # beyond the table on both sides
     hu[0, 0, :8] = [-2024, -2025, 4096, 4097, -1000, -950, -120, 300]
-    d = P.material_densities(hu)  # > 65536 integral voxels: the table path
-    rho = np.interp(hu, P._SCHNEIDER_HU, P._SCHNEIDER_RHO).astype(np.float32)
-    label = np.searchsorted(np.asarray(P.DEFAULT_THRESHOLDS, np.float32), hu, side="right")
-    for i, m in enumerate(P.MATERIALS):
+    d = Mt.material_densities(hu)  # > 65536 integral voxels: the table path
+    rho = np.interp(hu, Mt._SCHNEIDER_HU, Mt._SCHNEIDER_RHO).astype(np.float32)
+    label = np.searchsorted(np.asarray(Mt.DEFAULT_THRESHOLDS, np.float32), hu, side="right")
+    for i, m in enumerate(Mt.MATERIALS):
         np.testing.assert_array_equal(d[m], np.where(label == i, rho, np.float32(0.0)))
-    frac = P.material_densities(hu + np.float32(0.25))  # not integral: the interpolation path
+    frac = Mt.material_densities(hu + np.float32(0.25))  # not integral: the interpolation path
     assert frac["bone"][0, 0, 2] == pytest.approx(2.8) and frac["air"][0, 0, 0] == pytest.approx(1.21e-3)
 
 
@@ -291,28 +292,28 @@ def test_blockwise_volume_maps_equal_the_whole_array_formulas():
     frac[0, 0, 3] = np.nan
     for vol in (hu, frac):  # integral HU: the table path; fractional (and NaN): the interpolation
         rel = np.maximum(np.float32(0.0), np.float32(1.0) + vol / np.float32(1000.0))
-        naive = rel * np.float32(P.mu_water_per_mm(60.0))
-        np.testing.assert_array_equal(P.naive_mu(vol), naive)
-        np.testing.assert_array_equal(P.naive_mu(vol.astype(np.float64)), naive)  # converted to float32 first
-        np.testing.assert_array_equal(P.heuristic_mu(vol), np.where(vol < np.float32(-800.0), np.float32(0.0), naive))
-        label = np.searchsorted(np.asarray(P.DEFAULT_THRESHOLDS, np.float32), vol, side="right")
-        rho = np.interp(vol, P._SCHNEIDER_HU, P._SCHNEIDER_RHO).astype(np.float32)
-        for i, m in enumerate(P.MATERIALS):
-            np.testing.assert_array_equal(P.material_densities(vol)[m], np.where(label == i, rho, np.float32(0.0)))
+        naive = rel * np.float32(Mt.mu_water_per_mm(60.0))
+        np.testing.assert_array_equal(Mt.naive_mu(vol), naive)
+        np.testing.assert_array_equal(Mt.naive_mu(vol.astype(np.float64)), naive)  # converted to float32 first
+        np.testing.assert_array_equal(Mt.heuristic_mu(vol), np.where(vol < np.float32(-800.0), np.float32(0.0), naive))
+        label = np.searchsorted(np.asarray(Mt.DEFAULT_THRESHOLDS, np.float32), vol, side="right")
+        rho = np.interp(vol, Mt._SCHNEIDER_HU, Mt._SCHNEIDER_RHO).astype(np.float32)
+        for i, m in enumerate(Mt.MATERIALS):
+            np.testing.assert_array_equal(Mt.material_densities(vol)[m], np.where(label == i, rho, np.float32(0.0)))
     # an int16 CT (as stored) gives its float32 values' μ, without a float32 copy; threads change nothing
     import torch
 
-    np.testing.assert_array_equal(P.naive_mu(hu.astype(np.int16)), P.naive_mu(hu))
-    np.testing.assert_array_equal(P.heuristic_mu(hu.astype(np.int16)), P.heuristic_mu(hu))
-    dens, dens16 = P.material_densities(hu), P.material_densities(hu.astype(np.int16))
+    np.testing.assert_array_equal(Mt.naive_mu(hu.astype(np.int16)), Mt.naive_mu(hu))
+    np.testing.assert_array_equal(Mt.heuristic_mu(hu.astype(np.int16)), Mt.heuristic_mu(hu))
+    dens, dens16 = Mt.material_densities(hu), Mt.material_densities(hu.astype(np.int16))
     previous = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one, dens1 = P.naive_mu(frac), P.material_densities(hu)
+        one, dens1 = Mt.naive_mu(frac), Mt.material_densities(hu)
     finally:
         torch.set_num_threads(previous)
-    np.testing.assert_array_equal(one, P.naive_mu(frac))
-    for m in P.MATERIALS:
+    np.testing.assert_array_equal(one, Mt.naive_mu(frac))
+    for m in Mt.MATERIALS:
         np.testing.assert_array_equal(dens16[m], dens[m])
         np.testing.assert_array_equal(dens1[m], dens[m])
 
@@ -342,9 +343,9 @@ def test_material_density_crops_equal_the_cropped_full_volumes(margin):
         for threads in (1, 2):
             torch.set_num_threads(threads)
             for case in cases:
-                full, crops = P.material_densities(case), P.material_density_crops(case, margin=margin)
+                full, crops = Mt.material_densities(case), Mt.material_density_crops(case, margin=margin)
                 ct = Volume(np.asarray(case, np.float32), **grid)
-                for m in P.MATERIALS:
+                for m in Mt.MATERIALS:
                     want = crop_to_support(ct.with_array(full[m]), margin)
                     if want is None:
                         assert crops[m] is None, m
@@ -355,15 +356,15 @@ def test_material_density_crops_equal_the_cropped_full_volumes(margin):
                     np.testing.assert_allclose(ct.sub_grid(array, start).origin, want.origin, rtol=0, atol=1e-9)
     finally:
         torch.set_num_threads(previous)
-    assert P.material_density_crops(no_bone)["bone"] is None
-    soft, start = P.material_density_crops(hu, margin=2)["soft_tissue"]
+    assert Mt.material_density_crops(no_bone)["bone"] is None
+    soft, start = Mt.material_density_crops(hu, margin=2)["soft_tissue"]
     assert start == (0, 48, 0) and soft.shape == (23, 22, 7)
 
 
 def test_material_density_crops_bad_input():
     with pytest.raises(ValueError, match=r"need a 3-D HU volume, got shape \(4, 5\)"):
-        P.material_density_crops(np.zeros((4, 5)))
+        Mt.material_density_crops(np.zeros((4, 5)))
     with pytest.raises(ValueError, match=r"margin must be a whole number of voxels ≥ 0, got -1"):
-        P.material_density_crops(np.zeros((2, 2, 2)), margin=-1)
+        Mt.material_density_crops(np.zeros((2, 2, 2)), margin=-1)
     with pytest.raises(ValueError, match="thresholds must be three increasing HU values"):
-        P.material_density_crops(np.zeros((2, 2, 2)), thresholds=(0.0, -1.0, 5.0))
+        Mt.material_density_crops(np.zeros((2, 2, 2)), thresholds=(0.0, -1.0, 5.0))

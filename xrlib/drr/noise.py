@@ -36,6 +36,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import ndimage
 
+from xrlib.drr import materials as mat
 from xrlib.drr import physics as phys
 
 __all__ = ["ExpectedSignal", "clean_log", "expected_signal", "noisy_log", "render_expected"]
@@ -142,7 +143,7 @@ def render_expected(ct, clavicles, geometry, poses: Sequence, params: phys.Reali
     col = {n: i for i, n in enumerate(pr.names)}
     out = []
     for stack, fld in zip(pr.stack, pr.fields):
-        es = expected_signal({m: stack[col[m]] for m in phys.MATERIALS}, geometry.pitch, geometry.sdd, params)
+        es = expected_signal({m: stack[col[m]] for m in mat.MATERIALS}, geometry.pitch, geometry.sdd, params)
         mask = None
         if clavicles is not None:
             left, right = (stack[col[c]] >= mask_threshold_mm for c in MASK_CHANNELS)

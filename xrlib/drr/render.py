@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from xrlib.drr import materials as mat
 from xrlib.drr import physics as phys
 from xrlib.core.ct import ClavicleMasks, Volume, block_mean, crop_to_support
 from xrlib.core.profiles import FOV_MODES, PHYSICS_CHAINS
@@ -104,21 +105,21 @@ def physics_channels(ct: Volume, physics: str, energy_kev: float = 60.0,
     By default each channel is on ``ct``'s grid. With ``support_margin`` each is cropped to its non-zero
     voxels plus that many zero voxels per side (:func:`xrlib.core.ct.crop_to_support`), what a projector
     integrates; the realistic level's material densities are then made on their boxes directly
-    (:func:`xrlib.drr.physics.material_density_crops`), without CT-sized copies, and a material with no
+    (:func:`xrlib.drr.materials.material_density_crops`), without CT-sized copies, and a material with no
     voxel is one zero voxel (it integrates to zero).
     """
     if physics in ("naive", "heuristic"):
-        mu = (phys.naive_mu if physics == "naive" else phys.heuristic_mu)(ct.array, energy_kev)
+        mu = (mat.naive_mu if physics == "naive" else mat.heuristic_mu)(ct.array, energy_kev)
         vol = ct.with_array(mu)
         if support_margin is not None:
             vol = crop_to_support(vol, support_margin) or _zero_voxel(ct)
         return [vol], ["mu"]
     if physics == "realistic":
         if support_margin is None:
-            dens = phys.material_densities(ct.array)
-            return [ct.with_array(dens[m]) for m in phys.MATERIALS], list(phys.MATERIALS)
-        crops = phys.material_density_crops(ct.array, margin=support_margin)
-        return [ct.sub_grid(*crops[m]) if crops[m] else _zero_voxel(ct) for m in phys.MATERIALS], list(phys.MATERIALS)
+            dens = mat.material_densities(ct.array)
+            return [ct.with_array(dens[m]) for m in mat.MATERIALS], list(mat.MATERIALS)
+        crops = mat.material_density_crops(ct.array, margin=support_margin)
+        return [ct.sub_grid(*crops[m]) if crops[m] else _zero_voxel(ct) for m in mat.MATERIALS], list(mat.MATERIALS)
     raise ValueError(f"unknown physics {physics!r}; expected one of {', '.join(PHYSICS)}")
 
 
@@ -238,7 +239,7 @@ def _project_unique(proj: Projector, channels, geometry: Geometry, poses: list[P
 
 
 #: Channel names of each physics level in a :class:`Projection` (naive and heuristic μ differ).
-LEVEL_CHANNELS = {"naive": ("mu_naive",), "heuristic": ("mu_heuristic",), "realistic": tuple(phys.MATERIALS)}
+LEVEL_CHANNELS = {"naive": ("mu_naive",), "heuristic": ("mu_heuristic",), "realistic": tuple(mat.MATERIALS)}
 MASK_CHANNELS = ("clavicle_left", "clavicle_right")
 
 
@@ -345,7 +346,7 @@ def radiographs(projection: Projection, physics: str, indices: Sequence[int] | N
     for params, b in zip(per_pose, idx):
         pose, fld, stack = projection.poses[b], projection.fields[b], projection.stack[b]
         if physics == "realistic":
-            integrals = {m: stack[col[m]] for m in phys.MATERIALS}
+            integrals = {m: stack[col[m]] for m in mat.MATERIALS}
             image = phys.realistic_image(integrals, geometry.pitch, geometry.sdd, params, np.random.default_rng(streams[b]))
         else:
             image = stack[col[LEVEL_CHANNELS[physics][0]]]

@@ -22,6 +22,9 @@ Retries
     re-run up to three times; an exception raised by the task itself is not retried (the code is
     deterministic: it would raise again). The other tasks go on; once all have ended, the failures
     are raised together as one :class:`TaskFailures` naming each failed task.
+Portability
+    With ``XRLIB_PORTABLE=1`` in the driver, every task gets the instruction-set pin's variables in its
+    Ray runtime environment (:func:`xrlib.core.machine.pinned_env`), so its worker starts pinned.
 Progress
     One tqdm bar over the tasks (completion order), with the failed tasks named in its postfix.
 """
@@ -35,6 +38,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from xrlib.core.errors import UsageError
+from xrlib.core.machine import pinned_env
 from xrlib.core.runs import default_threads
 from xrlib.exec.base import Executor, Task, run_task, task_resources
 
@@ -183,7 +187,9 @@ class RayExecutor(Executor):
             for n in names:
                 object.__setattr__(stripped, n, None)
             need = task_resources(t)
-            refs.append(self._remote.options(num_cpus=need["num_cpus"], num_gpus=need["num_gpus"],
+            pin = pinned_env()
+            extra = {"runtime_env": {"env_vars": pin}} if pin else {}
+            refs.append(self._remote.options(**extra, num_cpus=need["num_cpus"], num_gpus=need["num_gpus"],
                                              max_retries=self.max_retries, retry_exceptions=False,
                                              scheduling_strategy=self.scheduling_strategy,
                                              name=f"xrlib {t.key}")

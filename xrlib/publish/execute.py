@@ -9,7 +9,8 @@ Cache
     its stamp ``<name>.stamp.json`` matches the stage key: SHA-256 of the notebook source without
     outputs, the profile YAML text, the overrides, the run folder, the xrlib version and the stamps
     of all earlier stages. Each stamp also records *when* the stage ran, so re-running an upstream
-    stage changes its stamp and invalidates every later stage.
+    stage changes its stamp and invalidates every later stage, and the id of the machine fingerprint
+    the stage recorded (:mod:`xrlib.core.machine`; not part of the key).
 
 Executor
     ``--executor local|process|ray`` reaches the notebooks whose parameters cell declares
@@ -28,6 +29,11 @@ Failure
     On a cell error the run stops at once: the executed notebook is kept as
     ``<name>.failed.ipynb``, one line ``book: <notebook> cell <n>: <Exception>: <message>`` goes to
     stderr (``n`` is the execution count shown in the executed notebook) and the exit status is 1.
+
+Portability
+    The kernels are started by this process and inherit its environment, so with ``XRLIB_PORTABLE=1``
+    (set by :mod:`xrlib` on import, :mod:`xrlib.core.machine`) they start with torch, oneDNN and numpy
+    pinned, before the notebook imports any of them.
 
 Kernel transport
     The kernel talks to papermill over local IPC sockets (in a private temporary folder), not TCP on
@@ -282,7 +288,8 @@ def execute_stages(
         stamp = {"stage": nb.stem, "key": key, "ran_at": _dt.datetime.now(_dt.UTC).isoformat(),
                  "wall_s": res.wall_s, "profile": name, "overrides": overrides, "run": str(run),
                  "xrlib": __version__, "executor": nb_params.get(EXECUTOR_PARAM, "local"),
-                 "timings": (run / f"{nb.stem}.timings.json").is_file()}
+                 "timings": (run / f"{nb.stem}.timings.json").is_file(),
+                 "machine": (stage_timings(run, nb.stem).get("machine") or {}).get("id")}
         write_json_atomic(p["stamp"], stamp, indent=2)
         upstream.append(stamp_digest(stamp))
     return report

@@ -13,6 +13,7 @@ import os
 import platform
 from pathlib import Path
 
+from xrlib.core.machine import fingerprint_rows
 from xrlib.core.profiles import DATASET_KEYS, Profile, profile_hash
 from xrlib.core.runs import versions
 from xrlib.publish.execute import BOOK_DIR, executed_dir, read_stamp, stage_timings
@@ -76,6 +77,22 @@ def _versions() -> dict[str, str]:
     return {"python": platform.python_version(), **versions(VERSION_PACKAGES)}
 
 
+def machine_markdown(machines: dict[str, tuple[dict, list[str]]]) -> list[str]:
+    """The appendix's "Machine" section: one table per machine fingerprint the stages recorded
+    (``{id: (fingerprint, stage names)}``), lines followed by a blank line."""
+    out = ["## Machine", ""]
+    if not machines:
+        return out + ["No stage of this run recorded a machine fingerprint.", ""]
+    out += ["The machine fingerprint each stage recorded (`xrlib.core.machine`); stages with the same "
+            "fingerprint id ran on the same instruction sets, library builds and thread counts. "
+            "`xrlib runs compare RUN_A RUN_B` names the first stage whose artifacts differ between two runs.", ""]
+    for fid, (fp, stages) in machines.items():
+        if len(machines) > 1:
+            out += [f"Stages {', '.join(stages)}:", ""]
+        out += [md_table(["item", "value"], fingerprint_rows(fp)), ""]
+    return out
+
+
 def metadata_markdown(report: BookReport, run: Path, cfg: Profile, overrides: dict, book_dir: Path = BOOK_DIR) -> str:
     """The generated appendix: profile, hashes, versions, devices and stage times of this build."""
     when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -88,17 +105,24 @@ def metadata_markdown(report: BookReport, run: Path, cfg: Profile, overrides: di
                ["run folder", f"`{run.name}/`"],
                ["build host", f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores"],
            ]), "", "## Stages", ""]
-    rows, steps = [], []
+    rows, steps, machines = [], [], {}
     out_dir = executed_dir(book_dir, report.profile)
     for s in report.stages:
         t = stage_timings(run, s.name)
         stamp = read_stamp(out_dir, s.name)
         total = t.get("total_s")
+        fp = t.get("machine") if isinstance(t.get("machine"), dict) else {}
+        if fp.get("id"):
+            machines.setdefault(fp["id"], (fp, []))[1].append(s.name)
+        arts = t.get("artifacts") if isinstance(t.get("artifacts"), dict) else None
         rows.append([s.name, s.status, t.get("device", "-"), "-" if total is None else f"{total:.1f}",
+                     f"`{fp['id']}`" if fp.get("id") else "-", "-" if arts is None else str(len(arts)),
                      f"`{str(stamp.get('key', ''))[:12]}`", stamp.get("ran_at", "-")[:19]])
         for label, sec in (t.get("steps") or {}).items():
             steps.append([s.name, label, f"{sec:.2f}"])
-    out += [md_table(["stage", "status", "device", "notebook time (s)", "stage key", "executed at (UTC)"], rows), ""]
+    out += [md_table(["stage", "status", "device", "notebook time (s)", "machine", "artifacts", "stage key",
+                      "executed at (UTC)"], rows), ""]
+    out += machine_markdown(machines)
     if steps:
         out += ["## Step times", "", md_table(["stage", "step", "seconds"], steps), ""]
     out += ["## Package versions", "", md_table(["package", "version"], [[k, v] for k, v in _versions().items()]), ""]

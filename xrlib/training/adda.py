@@ -60,6 +60,9 @@ def adda_generator_loss(d_target_logits: torch.Tensor, recon: torch.Tensor, x_ta
 class ADDA(Recipe):
     """ADDA towards the unlabelled ``train`` images of the dataset folder ``target_dir`` (its ``target_pool``).
 
+    ``target_dir`` is relative to the models root (the folder that holds the model's folder; POSIX
+    separators, ``..`` allowed) or absolute. A relative one keeps the model's cache key (which hashes the
+    recipe parameters) the same wherever the run folder lives.
     ``level``: domain randomization of the source batch (``none``, ``regular``, ``strong``);
     ``adv_weight``/``recon_weight``: λ_adv, λ_recons; ``d_lr``: the discriminator's Adam lr; ``width``:
     channels of D and R."""
@@ -79,6 +82,21 @@ class ADDA(Recipe):
             raise ValueError(f"adda: unknown level {self.level!r}; expected none, regular or strong")
         self._target = None
         self._xt = None
+        self._root = None
+
+    def train_data(self, x, y, out_root):
+        """Remember the models root, against which a relative ``target_dir`` is resolved; the data are unchanged."""
+        self._root = out_root
+        return x, y
+
+    def target_path(self):
+        """``target_dir`` as a path: relative ones under the models root given to :meth:`train_data`."""
+        from pathlib import Path
+
+        path = Path(self.target_dir)
+        if path.is_absolute() or self._root is None:
+            return path
+        return Path(self._root) / path
 
     def target_images(self) -> torch.Tensor:
         """The target domain's ``train`` images ``(N, 1, S, S)`` (read once; no masks are used)."""
@@ -87,11 +105,12 @@ class ADDA(Recipe):
             from xrlib.data.shards import read_manifest
             from xrlib.training.data import load_tensors
 
-            man = read_manifest(self.target_dir)
+            target = self.target_path()
+            man = read_manifest(target)
             rows = man[(man["pool"] == self.target_pool) & (man["split"] == "train")]
             if rows.empty:
-                raise InputError(self.target_dir, f"adda: no {self.target_pool!r} train images to adapt to")
-            self._target = load_tensors(rows, self.target_dir)[0]
+                raise InputError(target, f"adda: no {self.target_pool!r} train images to adapt to")
+            self._target = load_tensors(rows, target)[0]
         return self._target
 
     def extra_modules(self, model):

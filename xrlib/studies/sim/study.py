@@ -14,6 +14,7 @@ acquisition variability (the acquisition threat's images at scale 1; without the
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,11 @@ PAPER_TABLE4_DICE_360 = {
 }
 
 
+def models_dir(run: Path) -> Path:
+    """The chapter's models root, ``<run>/sim/models`` (an ADDA model's target folder is given relative to it)."""
+    return Path(run) / "sim" / "models"
+
+
 def parse_model(name: str) -> tuple[str, str]:
     """``"Realistic/strong"`` → ``("Realistic", "strong")``; :class:`InputError` for an unknown row or level."""
     row, _, level = str(name).partition("/")
@@ -87,8 +93,10 @@ def _config(profile: Profile, s: SimSettings, name: str, run: Path) -> tuple[Tra
         return TrainConfig(name=name, recipe="domain_randomization", recipe_params={"level": level, "version": DR_VERSION}, **common), \
             domain_dir(run, domain)
     if method == "adda":
+        # the target relative to the models root (models_dir), so the key does not depend on where the run lives
+        target = os.path.relpath(domain_dir(run, "real"), models_dir(run))
         return TrainConfig(name=name, recipe="adda", recipe_params={"level": level, "version": DR_VERSION,
-                                                          "target_dir": str(domain_dir(run, "real"))},
+                                                          "target_dir": Path(target).as_posix()},
                            **common), domain_dir(run, domain)
     from xrlib.studies.sim.cyclegan import translated_dir
 
@@ -167,7 +175,7 @@ def train_sim(profile: Profile, run: Path, names=None, progress: bool = True) ->
             from xrlib.studies.sim.cyclegan import translate_domain
 
             translate_domain(profile, run, ddir.name, progress=progress)
-        out.update(_train_all([cfg], ddir, run / "sim" / "models", progress=progress))
+        out.update(_train_all([cfg], ddir, models_dir(run), progress=progress))
     return out
 
 
@@ -181,9 +189,9 @@ def sim_models(profile: Profile, run: Path, names=None, level: str | None = "str
         names = [n for n in s.models if level is None or parse_model(n)[1] == level]
     out = {}
     for cfg, ddir in sim_configs(profile, run, names):
-        res = cached_result(cfg, ddir, Path(run) / "sim" / "models") if (ddir / "build.json").is_file() else None
+        res = cached_result(cfg, ddir, models_dir(run)) if (ddir / "build.json").is_file() else None
         if res is None:
-            raise InputError(Path(run) / "sim" / "models", f"model {cfg.name!r} is not trained; run chapter 08 "
+            raise InputError(models_dir(run), f"model {cfg.name!r} is not trained; run chapter 08 "
                                                            "(xrlib book --only 08_simulation_realism) first")
         out[cfg.name] = res
     return out
