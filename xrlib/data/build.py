@@ -43,7 +43,8 @@ from xrlib.exec import Executor, ProcessPoolExecutor, get_executor
 #: Bumped whenever the datasets code changes what it writes, so cached datasets are rebuilt.
 #: 2: the surrogate pool has per-image acquisition variability; the realistic chain draws its quantum
 #: noise before the detector blur (correlated noise).
-DATASETS_VERSION = 2
+#: 3: electronic noise is set per native 0.24 mm detector element and scaled to the binned pixel.
+DATASETS_VERSION = 3
 BUILD_FILE = "build.json"
 
 

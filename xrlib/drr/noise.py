@@ -12,8 +12,9 @@ Chain of :func:`noisy_log` at a dose ``D`` (mAs), per pixel:
    the expected signal per mAs (keV, primary + scatter, before the blur) and ``q = v/m`` the keV
    per equivalent quantum (:func:`xrlib.drr.physics.expected_detector_signal`);
 2. detector blur: Gaussian, σ = ``blur_sigma_mm / pitch`` pixels (scintillator light spread);
-3. electronic noise: white Gaussian, std = ``electronic_noise``·q0 keV (read-out, after the light
-   spread, so not blurred);
+3. electronic noise: white Gaussian, std = ``electronic_quanta``·q0 keV (read-out, after the light
+   spread, so not blurred); ``electronic_quanta`` is the per-element std of the realistic chain
+   scaled to the pixel (:func:`xrlib.drr.physics.electronic_quanta_at`);
 4. zero-count clipping: the signal is clipped below at **0.5·q0** (half the signal of one detected
    flat-field photon) — at very low dose a pixel can receive no quanta and the electronic noise
    can make it negative; below one quantum the log carries no information — so −log saturates at
@@ -102,7 +103,7 @@ def expected_signal(line_integrals: dict[str, np.ndarray], pitch_mm: float, sdd_
     signal, q, m0, q0 = phys.expected_detector_signal(line_integrals, pitch * pitch, sdd_mm,
                                                       replace(params, dose_mas=1.0), pitch)
     return ExpectedSignal(signal, q, float(m0), float(q0), float(params.blur_sigma_mm) / pitch,
-                          float(params.electronic_noise))
+                          phys.electronic_quanta_at(params.electronic_noise, pitch))
 
 
 def clean_log(es: ExpectedSignal) -> np.ndarray:

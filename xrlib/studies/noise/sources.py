@@ -36,7 +36,7 @@ def syn_test_subjects(run: Path, profile: Profile) -> list[str]:
 
 
 def _key(profile: Profile, params: RealisticParams) -> str:
-    text = json.dumps({"render": profile.raw.get("render"), "params": params.to_dict(), "v": 1}, sort_keys=True, default=str)
+    text = json.dumps({"render": profile.raw.get("render"), "params": params.to_dict(), "v": 2}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
