@@ -143,9 +143,12 @@ def test_noise_threat_rows_are_seeded_and_carry_arm_and_realisation():
     clean = th.apply(None, th.test, math.inf)
     assert clean.images.shape == (2, 32, 32) and list(clean.extra["arm"]) == ["clean"] * 2
     x = th.apply(None, th.test, 0.1)
-    assert x.images.shape == (8, 32, 32)
-    assert list(x.extra["arm"]) == ["rerendered"] * 2 + ["inserted"] * 2 + ["rerendered"] * 2 + ["inserted"] * 2
-    assert list(x.extra["realisation"]) == [0, 1] * 4 and list(x.rows["subject"]) == ["a"] * 4 + ["b"] * 4
+    assert x.images.shape == (12, 32, 32)
+    arms = ["rerendered"] * 2 + ["inserted"] * 2 + ["clean-window"] * 2
+    assert list(x.extra["arm"]) == arms * 2
+    assert list(x.extra["realisation"]) == [0, 1] * 6 and list(x.rows["subject"]) == ["a"] * 6 + ["b"] * 6
+    # the window control shows the re-rendered arm's draws
+    np.testing.assert_array_equal(th.noisy_log(0, 0.1, "clean-window"), th.noisy_log(0, 0.1, "rerendered"))
     np.testing.assert_array_equal(_threat().apply(None, None, 0.1).images, x.images)
     assert not np.array_equal(x.images[0], x.images[1])
     with pytest.raises(InputError, match="not one of the doses"):

@@ -75,3 +75,51 @@ def test_dose_axis_bad_input_messages():
         dose_axis(es, np.zeros_like(mask), field, [1.0], 1.0, 1.0)
     with pytest.raises(ValueError, match="doses must be positive"):
         dose_axis(es, mask, field, [0.0], 1.0, 1.0)
+
+
+# --- the window control and count-domain insertion ----------------------------------------------
+
+def test_fixed_window_display_equals_postprocess_when_the_window_is_the_images_own():
+    from xrlib.attacks.noise import display_fixed_window
+
+    rng = np.random.default_rng(3)
+    img = rng.normal(1.0, 0.3, (40, 40))
+    field = np.zeros((40, 40), bool)
+    field[2:38, 4:36] = True
+    lo, hi = np.percentile(img[field], (0.5, 99.5))
+    np.testing.assert_allclose(display_fixed_window(img, field, lo, hi, 1.0), P.postprocess(img, field, pitch_mm=1.0),
+                               atol=1e-6)
+
+
+def test_clean_window_control_is_unmoved_by_saturated_pixels_the_own_window_is():
+    from xrlib.attacks.noise import NoiseSource
+
+    es, mask, field = _phantom()
+    src = NoiseSource(es, field, mask, 1.0)
+    clean = noisy_log(es, 1.0, np.random.default_rng(0), quantum=False)
+    hot = clean.copy()
+    hot[:3, :] = 12.0  # a few saturated (zero-count) rows stretch the image's own window
+    own, ctl = src.to_input(hot, 40)[0], src.to_input(hot, 40, clean_window=True)[0]
+    ref = src.to_input(clean, 40, clean_window=True)[0]
+    band = mask > 0
+    assert abs(ctl[band].mean() - ref[band].mean()) < 0.02  # the control keeps the clavicle's grey level
+    assert abs(own[band].mean() - ref[band].mean()) > 0.1   # the own window moves it
+
+
+def test_count_domain_insertion_matches_rerendered_moments_where_gaussian_cannot():
+    from xrlib.attacks.noise import NoiseSource, count_inserted_noise, gaussian_insertion_holds
+    from scipy import stats
+
+    es, mask, field = _phantom(electronic=1.0)  # 1000 quanta per mAs in the flat field, 500 behind the band
+    src = NoiseSource(es, field, mask, 1.0)
+    dose = 0.006  # ≈ 3 quanta behind the band, 6 in the open field
+    assert not gaussian_insertion_holds(src, dose) and gaussian_insertion_holds(src, 1.0)
+    clean = noisy_log(es, dose, np.random.default_rng(0), quantum=False, electronic=False)
+    re = noisy_log(es, dose, np.random.default_rng(1), 300).astype(float) - clean
+    ins = count_inserted_noise(src, dose, np.random.default_rng(2), 300).astype(float) - clean
+    for sel in (mask > 0, mask == 0):
+        a, b = re[:, sel].ravel(), ins[:, sel].ravel()
+        assert b.mean() == pytest.approx(a.mean(), abs=0.05 * a.std())  # the −log bias of few counts
+        assert b.std() == pytest.approx(a.std(), rel=0.05)
+        assert stats.skew(b) == pytest.approx(stats.skew(a), abs=0.1)
+        assert abs(stats.skew(a)) > 0.3  # the regime where Gaussian noise (skew 0) cannot match
