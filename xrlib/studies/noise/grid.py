@@ -26,8 +26,9 @@ from xrlib.core.atomic import write_csv_atomic, write_json_atomic
 from xrlib.core.errors import InputError
 from xrlib.core.profiles import Profile
 from xrlib.studies.noise.settings import GridSettings, NoiseSettings, noise_settings
+from xrlib.studies.noise.sources import noise_sources, noise_threat
 
-__all__ = ["DoseGrid", "figure_doses", "halving_grid", "validation_grid", "validation_subjects"]
+__all__ = ["DoseGrid", "figure_doses", "grid_threat", "halving_grid", "validation_grid", "validation_subjects"]
 
 STOP_HALVED = "every base model's validation Dice fell below half its clean Dice"
 STOP_FLOOR = "the next halving would leave fewer open-field quanta per input pixel than the floor"
@@ -106,7 +107,6 @@ def validation_grid(profile: Profile, run: Path, s: NoiseSettings | None = None)
     from xrlib.drr.noise import input_bin_side
     from xrlib.eval.metrics import dice
     from xrlib.eval.predict import predict
-    from xrlib.studies.noise.sources import noise_sources
     from xrlib.studies.rotation import study
     from xrlib.training import load_best
 
@@ -150,3 +150,10 @@ def validation_grid(profile: Profile, run: Path, s: NoiseSettings | None = None)
     write_json_atomic(folder / "grid.json", {"key": key, "doses": list(out.doses), "reason": out.reason,
                                              "subjects": subjects})
     return out
+
+
+def grid_threat(profile: Profile, run: Path, doses=None, **options):
+    """:func:`xrlib.studies.noise.sources.noise_threat` at ``doses`` (default: the validation grid's doses)."""
+    if doses is None:
+        doses = validation_grid(profile, run).doses
+    return noise_threat(profile, run, doses=doses, **options)

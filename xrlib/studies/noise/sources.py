@@ -87,13 +87,11 @@ def nps_patch(s: NoiseSettings, source: NoiseSource) -> int:
 
 def noise_threat(profile: Profile, run: Path, settings: NoiseSettings | None = None, arms=None, doses=None,
                  realisations: int | None = None, subjects=None) -> NoiseThreat:
-    """The chapter's :class:`xrlib.attacks.noise.NoiseThreat` at ``doses`` (mAs; default the validation grid,
-    :func:`xrlib.studies.noise.grid.validation_grid`), sizes from the profile's ``noise:`` block."""
+    """The chapter's :class:`xrlib.attacks.noise.NoiseThreat` at ``doses`` (mAs; required — the chapter's are its
+    validation grid, :func:`xrlib.studies.noise.grid.grid_threat`), sizes from the profile's ``noise:`` block."""
     s = settings or noise_settings(profile)
     if doses is None:
-        from xrlib.studies.noise.grid import validation_grid
-
-        doses = validation_grid(profile, run, s).doses
+        raise InputError(None, "noise: no doses given (the chapter's doses come from xrlib.studies.noise.grid.validation_grid)")
     sources, rows = noise_sources(profile, run, s.alphas, subjects=subjects)
     kw = {} if arms is None else {"arms": tuple(arms)}
     return NoiseThreat(sources, rows, profile.image_size, doses,
