@@ -123,3 +123,13 @@ def test_count_domain_insertion_matches_rerendered_moments_where_gaussian_cannot
         assert b.std() == pytest.approx(a.std(), rel=0.05)
         assert stats.skew(b) == pytest.approx(stats.skew(a), abs=0.1)
         assert abs(stats.skew(a)) > 0.3  # the regime where Gaussian noise (skew 0) cannot match
+
+
+def test_read_noise_counts_against_gaussian_insertion():
+    from xrlib.attacks.noise import NoiseSource, gaussian_insertion_holds
+
+    es, mask, field = _phantom(electronic=0.0)
+    dose = 0.2  # 100 quanta behind the band, 200 in the open field
+    assert gaussian_insertion_holds(NoiseSource(es, field, mask, 1.0), dose)
+    loud, _, _ = _phantom(electronic=15.0)  # 225 quanta² of read variance: 100²/(100 + 225) ≈ 31 effective quanta
+    assert not gaussian_insertion_holds(NoiseSource(loud, field, mask, 1.0), dose)

@@ -8,8 +8,8 @@ realisation costs a noise draw. Two arms make the noisy images at a dose:
     detector blur, electronic noise, zero-count clipping and −log (the physics order).
 ``inserted``
     Paper 003's noise insertion adapted to projections (needs no CT). Where every pixel of the field
-    still receives at least :data:`MIN_GAUSSIAN_QUANTA` expected quanta at the target dose (1st
-    percentile), Gaussian insertion with the local NPS (below); where fewer quanta arrive, Gaussian
+    still receives at least :data:`MIN_GAUSSIAN_QUANTA` effective quanta at the target dose (1st
+    percentile; read noise counted, :func:`gaussian_insertion_holds`), Gaussian insertion with the local NPS (below); where fewer quanta arrive, Gaussian
     noise cannot reproduce the Poisson statistics (skew, the −log bias, zero counts), and the arm
     inserts in the *count domain* instead (:func:`count_inserted_noise`): expected quanta from the
     clean image and the detector calibration, Poisson counts, blur, read noise, −log. Gaussian
@@ -58,7 +58,7 @@ __all__ = ["ARMS", "MIN_GAUSSIAN_QUANTA", "NoiseSource", "NoiseThreat", "count_i
 
 ARMS = ("rerendered", "inserted", "clean-window")
 
-#: Fewest expected quanta per detector pixel (1st percentile over the field) at which the inserted arm
+#: Fewest effective quanta per detector pixel (1st percentile over the field) at which the inserted arm
 #: uses Gaussian (NPS) insertion: −log of a Poisson count N has skew ≈ −1/√N and bias ≈ 1/(2N), so at
 #: 50 quanta the skew is ≈ −0.14 and the bias ≈ 7 % of the std. Below it the arm inserts in the count domain.
 MIN_GAUSSIAN_QUANTA = 50.0
@@ -131,11 +131,14 @@ def quantum_nps(src: NoiseSource, reference_dose: float, rng: np.random.Generato
 
 
 def gaussian_insertion_holds(src: NoiseSource, dose_mas: float, min_quanta: float = MIN_GAUSSIAN_QUANTA) -> bool:
-    """Whether Gaussian insertion is used at ``dose_mas``: the 1st percentile over the field of the expected
-    quanta per detector pixel (dose·blur(s)/q0, from the clean image and the calibration) is ≥ ``min_quanta``."""
+    """Whether Gaussian insertion is used at ``dose_mas``: the 1st percentile over the field of the effective
+    quanta per detector pixel is ≥ ``min_quanta``. Effective quanta N²/(N + σ_e²) — N = dose·blur(s)/q0 from
+    the clean image and the calibration, σ_e the read-noise std in quanta — make the signal's relative
+    variance 1/N_eff, so read noise counts against the Gaussian approximation as missing quanta do."""
     es = src.expected
-    quanta = dose_mas * es.flat * np.exp(-clean_log(es).astype(float)[src.field]) / es.quantum0_kev
-    return bool(np.percentile(quanta, 1.0) >= min_quanta)
+    n = dose_mas * es.flat * np.exp(-clean_log(es).astype(float)[src.field]) / es.quantum0_kev
+    n_eff = n * n / (n + es.electronic_quanta ** 2)
+    return bool(np.percentile(n_eff, 1.0) >= min_quanta)
 
 
 def count_inserted_noise(src: NoiseSource, dose_mas: float, rng: np.random.Generator, n: int) -> np.ndarray:
