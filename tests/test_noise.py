@@ -149,6 +149,8 @@ def test_noise_threat_rows_are_seeded_and_carry_arm_and_realisation():
     assert list(x.extra["realisation"]) == [0, 1] * 6 and list(x.rows["subject"]) == ["a"] * 6 + ["b"] * 6
     # the window control shows the re-rendered arm's draws
     np.testing.assert_array_equal(th.noisy_log(0, 0.1, "clean-window"), th.noisy_log(0, 0.1, "rerendered"))
+    sub = th.subset(("rerendered",), [0.1]).apply(None, None, 0.1)  # the same realisations, one arm
+    np.testing.assert_array_equal(sub.images, x.images[np.asarray(x.extra["arm"]) == "rerendered"])
     np.testing.assert_array_equal(_threat().apply(None, None, 0.1).images, x.images)
     assert not np.array_equal(x.images[0], x.images[1])
     with pytest.raises(InputError, match="not one of the doses"):

@@ -229,6 +229,12 @@ class NoiseThreat(Threat):
             return count_inserted_noise(self.sources[i], dose, rng, n)
         return inserted_noise(self.sources[i], self.local_nps(i), self.reference_dose, dose, rng, n)
 
+    def subset(self, arms: Sequence[str], doses: Sequence[float]) -> "NoiseThreat":
+        """The same threat (sources, seed, NPS settings) restricted to ``arms`` and ``doses``: the same realisations."""
+        return NoiseThreat(self.sources, self.rows, self.size, doses, arms=arms, realisations=self.realisations,
+                           reference_dose=self.reference_dose, nps_realisations=self.nps_realisations, patch=self.patch,
+                           overlap=self.overlap, seed=self.seed)
+
     def insertion(self, i: int, dose: float) -> str:
         """How the inserted arm makes image ``i``'s noise at ``dose``: ``"nps"`` (Gaussian) or ``"counts"``."""
         return "nps" if gaussian_insertion_holds(self.sources[i], dose) else "counts"
@@ -244,8 +250,12 @@ class NoiseThreat(Threat):
         if b not in self._cache:
             images, masks, rows, extra = [], [], [], []
             for i, src in enumerate(self.sources):
+                drawn: dict[str, np.ndarray] = {}
                 for arm in self.arms:
-                    images.append(src.to_input(self.noisy_log(i, b, arm), self.size, clean_window=arm == "clean-window"))
+                    key = "rerendered" if arm == "clean-window" else arm  # the control shows the re-rendered draws
+                    if key not in drawn:
+                        drawn[key] = self.noisy_log(i, b, key)
+                    images.append(src.to_input(drawn[key], self.size, clean_window=arm == "clean-window"))
                     masks += [self.test.masks[i]] * self.realisations
                     rows += [i] * self.realisations
                     extra += [(arm, r) for r in range(self.realisations)]

@@ -239,7 +239,8 @@ def seed_sar(profile: Profile, run: Path, threat: NoiseThreat, results: dict, do
     SAR of the best band (Dice ≥ 0.8) and the share of changed predictions.
     """
     victims = {name: load_best(res) for name, res in results.items()}
-    df = score_threat(threat, victims, threat.test, study.pixel_mm(profile), budgets=[math.inf, *doses],
+    rer = threat.subset(("rerendered",), doses)  # the same re-rendered realisations, no other arm computed
+    df = score_threat(rer, victims, rer.test, study.pixel_mm(profile), budgets=[math.inf, *doses],
                       groups=alpha_group)
     df = df[(df["arm"] == "rerendered") | ~np.isfinite(df["budget"].to_numpy(float))]
     write_csv_atomic(noise_dir(run) / "seeds.csv", df)
