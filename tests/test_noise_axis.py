@@ -133,3 +133,23 @@ def test_read_noise_counts_against_gaussian_insertion():
     assert gaussian_insertion_holds(NoiseSource(es, field, mask, 1.0), dose)
     loud, _, _ = _phantom(electronic=15.0)  # 225 quanta² of read variance: 100²/(100 + 225) ≈ 31 effective quanta
     assert not gaussian_insertion_holds(NoiseSource(loud, field, mask, 1.0), dose)
+
+
+def test_variance_modulation_keeps_the_variance_step_inside_a_patch():
+    from xrlib.attacks.noise import NoiseSource, inserted_noise, quantum_nps
+    from xrlib.drr import nps as N
+    from xrlib.drr.noise import clean_log
+
+    sig = np.full((64, 64), 3e3 * 60.0)
+    sig[:, 32:] = 3e2 * 60.0  # ten times fewer quanta right of column 32: a step inside the 32-px patches
+    es = ExpectedSignal(sig, np.full(sig.shape, 60.0), 6e3 * 60.0, 60.0, 0.0, 0.0)
+    src = NoiseSource(es, np.ones(sig.shape, bool), np.zeros(sig.shape, np.uint8), 1.0)
+    rng = np.random.default_rng(4)
+    lnps = quantum_nps(src, 2.0, rng, 16, 32)
+    clean = clean_log(es)
+    re = noisy_log(es, 2.0, rng, 40) - clean
+    ins = inserted_noise(src, lnps, 2.0, 2.0, rng, 40) - clean
+    smeared = N.synthesize(lnps, rng, 40)  # the patch NPS alone, without the modulation
+    for cols in (slice(24, 31), slice(33, 40)):  # next to the step, in the straddling patch
+        assert ins[:, :, cols].std() == pytest.approx(re[:, :, cols].std(), rel=0.1), cols
+        assert abs(smeared[:, :, cols].std() / re[:, :, cols].std() - 1) > 0.1, cols  # fails the same tolerance

@@ -16,7 +16,8 @@ realisation costs a noise draw. Two arms make the noisy images at a dose:
     insertion: the local NPS of the quantum
     noise is estimated from ``nps_realisations`` re-rendered images at ``reference_dose``
     (:func:`xrlib.drr.nps.estimate_local_nps`, ensemble mean subtracted, ``patch`` detector pixels, 30 %
-    overlap) after removing the white electronic part; the synthesised noise is scaled by
+    overlap) after removing the white electronic part; the synthesised noise is modulated per pixel by the
+    quantum variance's variation within a patch (:func:`variance_modulation`) and scaled by
     √(reference/dose) and added to the clean −log image. The electronic part is *not* scaled with
     the quantum part: its −log-domain std at the target dose is σ_e / Ī(dose) per pixel (σ_e from the
     detector's dark-frame calibration, Ī the clean intensity at that dose), drawn as white noise —
@@ -157,11 +158,30 @@ def count_inserted_noise(src: NoiseSource, dose_mas: float, rng: np.random.Gener
     return (-np.log(sig / (dose_mas * es.flat))).astype(np.float32)
 
 
+def variance_modulation(src: NoiseSource, lnps: nps_mod.LocalNPS) -> np.ndarray:
+    """Per-pixel std factor √(a/ā) that restores the quantum variance's variation *within* an NPS patch.
+
+    A patch's NPS carries the patch's mean variance, so on its own the synthesised noise smears the
+    variance over the patch (too much in the lungs next to bone, too little behind it). The quantum
+    variance of −log is ∝ a = 1/Ī (Ī = flat·exp(−clean), from the clean image and the calibration: no
+    CT); ā is a blended over the patches with the synthesis's own trapezoid weights, so the factor
+    averages to about 1 over each patch and the NPS's measured level and shape are kept.
+    """
+    es = src.expected
+    a = np.exp(clean_log(es).astype(float)) / es.flat
+    ys, xs, w = nps_mod.patch_weights(lnps.shape, lnps.patch, lnps.overlap)
+    p = lnps.patch
+    abar = np.zeros(lnps.shape)
+    for y, x, wt in zip(ys, xs, w):
+        abar[y:y + p, x:x + p] += wt * a[y:y + p, x:x + p].mean()
+    return np.sqrt(a / np.maximum(abar, 1e-300))
+
+
 def inserted_noise(src: NoiseSource, lnps: nps_mod.LocalNPS, reference_dose: float, dose_mas: float,
                    rng: np.random.Generator, n: int) -> np.ndarray:
     """``n`` Gaussian-inserted noisy −log images (n, H, W) at ``dose_mas`` (see the module docstring)."""
     es = src.expected
-    quantum = nps_mod.synthesize(lnps, rng, n) * math.sqrt(reference_dose / dose_mas)
+    quantum = nps_mod.synthesize(lnps, rng, n) * variance_modulation(src, lnps) * math.sqrt(reference_dose / dose_mas)
     electronic = rng.standard_normal(quantum.shape) * _electronic_std_log(es, dose_mas)
     ceiling = math.log(2.0 * es.flat_quanta(dose_mas))
     return np.minimum(clean_log(es) + quantum + electronic, ceiling).astype(np.float32)
