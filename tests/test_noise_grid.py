@@ -121,3 +121,29 @@ def test_window_effect_share_of_the_lost_dice():
     w = S.window_effect(pd.DataFrame(rows)).set_index("budget")
     assert w.loc[0.1, "window_share"] == pytest.approx(0.75)
     assert math.isnan(w.loc[1.0, "window_share"])  # under 0.01 Dice lost: no share
+
+
+def _threat_two_regions():
+    from xrlib.attacks.noise import NoiseSource, NoiseThreat
+    from xrlib.drr.noise import ExpectedSignal
+
+    sig = np.tile(3e3 * 60.0 * np.exp(-np.linspace(0.0, 2.3, 64)), (64, 1))  # 3000 → 300 quanta per mAs across
+    es = ExpectedSignal(sig, np.full(sig.shape, 60.0), 6e3 * 60.0, 60.0, 0.6, 1.0)
+    src = NoiseSource(es, np.ones(sig.shape, bool), np.zeros(sig.shape, np.uint8), 1.0)
+    return NoiseThreat([src], pd.DataFrame({"subject": ["a"], "alpha": [0.0]}), 32, [2.0, 0.5, 0.005],
+                       arms=("rerendered", "inserted"), realisations=1, nps_realisations=16, patch=16)
+
+
+def test_insertion_is_accepted_where_used_gaussian_and_count_domain():
+    th = _threat_two_regions()
+    assert [th.insertion(0, d) for d in th.doses] == ["nps", "nps", "counts"]  # ≈ 1.5 quanta at the dark edge
+    acc = S.acceptance_table(*S.validate_insertion(th, th.doses, 24))
+    assert acc["accepted"].all(), acc.to_string()
+
+
+def test_gaussian_insertion_at_few_quanta_fails_the_acceptance():
+    th = _threat_two_regions()
+    th.insertion = lambda i, d: "nps"  # force Gaussian insertion where only a few quanta arrive
+    acc = S.acceptance_table(*S.validate_insertion(th, [0.005], 24))
+    assert not acc["accepted"].all()
+    assert not acc[acc["region"] == "high attenuation"][["mean_ok", "skew_ok"]].all(axis=None)
