@@ -368,14 +368,15 @@ def test_cli_unknown_profile_exits_2_with_one_line(capsys):
 
 
 def test_dataset_hash_payload_is_that_of_the_original_code():
-    """The build hash changes only with the version: the payload form of commit dea4f93, at version 2 (the
-    varied surrogate and physics-order noise); a change of this value without a version bump is a bug."""
+    """The build hash changes only with the version: the payload form of commit dea4f93, at version 3 (the
+    varied surrogate, physics-order noise and electronic noise per native detector element); a change of this
+    value without a version bump is a bug."""
     import hashlib
 
     cfg = tiny_profile()
-    expected = hashlib.sha256(f"{profile_hash(cfg.raw, DATASET_KEYS)}|fp0|v2".encode()).hexdigest()
-    assert DATASETS_VERSION == 2
-    assert dataset_hash(cfg, "fp0") == expected == "61f3ad9d9d602c363aa6c1ed89c7e142d8d14b26b7ee8ac9282dde3e91437ab6"
+    expected = hashlib.sha256(f"{profile_hash(cfg.raw, DATASET_KEYS)}|fp0|v3".encode()).hexdigest()
+    assert DATASETS_VERSION == 3
+    assert dataset_hash(cfg, "fp0") == expected == "59132d95b36294da81c204fbc1553333273c1229622438316543020ab7420d87"
 
 
 def test_render_prefilter_is_an_optional_profile_switch_that_keys_the_datasets(source):
