@@ -372,7 +372,8 @@ def test_cli_unknown_profile_exits_2_with_one_line(capsys):
 
 def test_dataset_hash_payload_is_that_of_the_original_code():
     """The build hash changes only with the version: the payload form of commit dea4f93, at version 3 (the
-    varied surrogate, physics-order noise, the surrogate's room effects); a change of this value without a version bump is a bug."""
+    varied surrogate, physics-order noise, the surrogate's room effects, electronic noise per native detector
+    element); a change of this value without a version bump is a bug."""
     import hashlib
 
     cfg = tiny_profile()

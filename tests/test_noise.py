@@ -143,9 +143,14 @@ def test_noise_threat_rows_are_seeded_and_carry_arm_and_realisation():
     clean = th.apply(None, th.test, math.inf)
     assert clean.images.shape == (2, 32, 32) and list(clean.extra["arm"]) == ["clean"] * 2
     x = th.apply(None, th.test, 0.1)
-    assert x.images.shape == (8, 32, 32)
-    assert list(x.extra["arm"]) == ["rerendered"] * 2 + ["inserted"] * 2 + ["rerendered"] * 2 + ["inserted"] * 2
-    assert list(x.extra["realisation"]) == [0, 1] * 4 and list(x.rows["subject"]) == ["a"] * 4 + ["b"] * 4
+    assert x.images.shape == (12, 32, 32)
+    arms = ["rerendered"] * 2 + ["inserted"] * 2 + ["clean-window"] * 2
+    assert list(x.extra["arm"]) == arms * 2
+    assert list(x.extra["realisation"]) == [0, 1] * 6 and list(x.rows["subject"]) == ["a"] * 6 + ["b"] * 6
+    # the window control shows the re-rendered arm's draws
+    np.testing.assert_array_equal(th.noisy_log(0, 0.1, "clean-window"), th.noisy_log(0, 0.1, "rerendered"))
+    sub = th.subset(("rerendered",), [0.1]).apply(None, None, 0.1)  # the same realisations, one arm
+    np.testing.assert_array_equal(sub.images, x.images[np.asarray(x.extra["arm"]) == "rerendered"])
     np.testing.assert_array_equal(_threat().apply(None, None, 0.1).images, x.images)
     assert not np.array_equal(x.images[0], x.images[1])
     with pytest.raises(InputError, match="not one of the doses"):
@@ -198,10 +203,37 @@ def test_noise_settings_errors_name_the_profile(tmp_path):
 
     for name in ("smoke", "quick", "paper"):
         s = noise_settings(load_profile(name))
-        assert s.figure_doses_mas[1] < s.reference_dose_mas and min(s.doses_mas) < 2.0 / 40
+        assert s.grid.max_halvings >= 1 and s.nps_min_px >= 16 and 0 < s.tost_margin_dice < 1
+        assert s.seeds >= (5 if name == "paper" else 1)
     raw = yaml.safe_load(open(load_profile("smoke").path))
-    del raw["noise"]["patch_px"]
+    del raw["noise"]["nps_patch_mm"]
     path = tmp_path / "bad.yml"
     path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(InputError, match="bad.yml.*missing key 'patch_px'"):
+    with pytest.raises(InputError, match="bad.yml.*missing key 'nps_patch_mm'"):
         noise_settings(load_profile(path))
+    raw = yaml.safe_load(open(load_profile("smoke").path))
+    raw["noise"]["grid"]["max_halvings"] = 0
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(InputError, match="bad.yml: noise: grid needs above ≥ 0, max_halvings ≥ 1"):
+        noise_settings(load_profile(path))
+
+
+def test_nps_patch_is_stated_in_mm_with_a_pixel_minimum():
+    assert N.patch_px(15.0, 0.24, 16, 1800) == 63  # 15 mm at the paper's pitch
+    assert N.patch_px(15.0, 1.6875, 16, 256) == 16  # the minimum at the quick pitch (27 mm)
+    assert N.patch_px(15.0, 6.75, 16, 64) == 16
+    with pytest.raises(ValueError, match="smaller than the NPS patch minimum of 16 px"):
+        N.patch_px(15.0, 6.75, 16, 8)
+
+
+def test_vectorised_synthesis_filters_each_patch_with_its_own_kernel():
+    # two patches' worth of NPS: white on the left, zero on the right → the synthesised field is zero there
+    rng = np.random.default_rng(9)
+    lnps = N.estimate_local_nps(rng.standard_normal((4, 32, 64)), 16, 0.0)
+    right = np.array([x >= 32 for _, x in lnps.origins])
+    nps = lnps.nps.copy()
+    nps[right] = 0.0
+    nps[~right] = 1.0
+    out = N.synthesize(N.LocalNPS(lnps.shape, 16, 0.0, lnps.origins, nps), rng, 30)
+    assert np.abs(out[:, :, 32:]).max() == 0.0
+    assert out[:, :, :32].var() == pytest.approx(1.0, rel=0.05)

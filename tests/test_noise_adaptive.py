@@ -154,12 +154,12 @@ def test_adaptive_settings_errors_name_the_profile(tmp_path):
     for name in ("smoke", "quick", "paper"):
         p = load_profile(name)
         a = adaptive_settings(p)
-        assert a.iterations >= (2 if name != "smoke" else 1) and set(a.doses_mas) <= set(noise_settings(p).doses_mas)
+        assert a.iterations >= (2 if name != "smoke" else 1) and a.lowest_doses in (1, 2) and noise_settings(p).seeds >= 1
     raw = yaml.safe_load(open(load_profile("smoke").path, encoding="utf-8"))
-    raw["noise"]["adaptive"]["doses_mas"] = [0.5]
+    raw["noise"]["adaptive"]["lowest_doses"] = 3
     path = tmp_path / "bad.yml"
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    with pytest.raises(InputError, match=r"bad.yml: noise.adaptive: doses_mas must be some of noise.doses_mas"):
+    with pytest.raises(InputError, match=r"bad.yml: noise.adaptive: lowest_doses must be 1 or 2"):
         adaptive_settings(load_profile(path))
     del raw["noise"]["adaptive"]
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")

@@ -44,7 +44,8 @@ from xrlib.exec import Executor, ProcessPoolExecutor, get_executor
 #: 2: the surrogate pool has per-image acquisition variability; the realistic chain draws its quantum
 #: noise before the detector blur (correlated noise).
 #: 3: the surrogate pool has the room effects no simulator models (:mod:`xrlib.drr.surrogate`) and its own
-#: quantum-noise stream.
+#: quantum-noise stream; electronic noise is set per native 0.24 mm detector element and scaled to the
+#: binned pixel.
 DATASETS_VERSION = 3
 BUILD_FILE = "build.json"
 

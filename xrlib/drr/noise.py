@@ -12,8 +12,9 @@ Chain of :func:`noisy_log` at a dose ``D`` (mAs), per pixel:
    the expected signal per mAs (keV, primary + scatter, before the blur) and ``q = v/m`` the keV
    per equivalent quantum (:func:`xrlib.drr.physics.expected_detector_signal`);
 2. detector blur: Gaussian, σ = ``blur_sigma_mm / pitch`` pixels (scintillator light spread);
-3. electronic noise: white Gaussian, std = ``electronic_noise``·q0 keV (read-out, after the light
-   spread, so not blurred);
+3. electronic noise: white Gaussian, std = ``electronic_quanta``·q0 keV (read-out, after the light
+   spread, so not blurred); ``electronic_quanta`` is the per-element std of the realistic chain
+   scaled to the pixel (:func:`xrlib.drr.physics.electronic_quanta_at`);
 4. zero-count clipping: the signal is clipped below at **0.5·q0** (half the signal of one detected
    flat-field photon) — at very low dose a pixel can receive no quanta and the electronic noise
    can make it negative; below one quantum the log carries no information — so −log saturates at
@@ -30,6 +31,7 @@ and a re-rendered realisation here are the same random process.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -39,7 +41,7 @@ from scipy import ndimage
 from xrlib.drr import materials as mat
 from xrlib.drr import physics as phys
 
-__all__ = ["ExpectedSignal", "clean_log", "expected_signal", "noisy_log", "render_expected"]
+__all__ = ["ExpectedSignal", "clean_log", "dose_axis", "expected_signal", "input_bin_side", "noisy_log", "render_expected"]
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ def expected_signal(line_integrals: dict[str, np.ndarray], pitch_mm: float, sdd_
     signal, q, m0, q0 = phys.expected_detector_signal(line_integrals, pitch * pitch, sdd_mm,
                                                       replace(params, dose_mas=1.0), pitch)
     return ExpectedSignal(signal, q, float(m0), float(q0), float(params.blur_sigma_mm) / pitch,
-                          float(params.electronic_noise))
+                          phys.electronic_quanta_at(params.electronic_noise, pitch))
 
 
 def clean_log(es: ExpectedSignal) -> np.ndarray:
@@ -150,3 +152,55 @@ def render_expected(ct, clavicles, geometry, poses: Sequence, params: phys.Reali
             mask = ((left | right) & fld).astype(np.uint8)
         out.append({"expected": es, "field": fld, "mask": mask})
     return out
+
+
+def input_bin_side(detector_shape: tuple[int, int], input_size: int) -> float:
+    """Detector pixels per side of one network-input pixel: the datasets' resize maps the longer detector
+    side onto ``input_size`` pixels keeping the aspect ratio (:func:`xrlib.data.preprocess.fit`)."""
+    if input_size < 1 or min(detector_shape) < 1:
+        raise ValueError(f"need a positive input size and detector shape, got {input_size} and {detector_shape}")
+    return float(max(detector_shape)) / float(input_size)
+
+
+def dose_axis(es: ExpectedSignal, mask: np.ndarray, field: np.ndarray, doses_mas: Sequence[float], bin_side: float,
+              pitch_mm: float, ring_mm: float = 5.0) -> dict[str, np.ndarray]:
+    """The dose in units a reader knows: detected quanta per network-input pixel and clavicle CNR at the input.
+
+    An input pixel covers ``bin_side``² detector pixels (:func:`input_bin_side`); its signal is taken as
+    the sum over that area (an ideal area binning; the datasets' antialiased bilinear resize is close
+    to it). Per dose ``D`` (mAs):
+
+    * ``flat_quanta``: detected equivalent quanta per input pixel in the open field, D·flat/q0·bin²;
+    * ``clavicle_quanta``: the same behind the clavicles, mean over ``mask`` of D·s/q·bin² (s the
+      expected signal per mAs before the blur, q the local keV per equivalent quantum);
+    * ``cnr``: clavicle contrast-to-noise ratio at the input, ΔL/σ: ΔL the mean noise-free −log over the
+      clavicles minus that over a ring of ``ring_mm`` around them (inside ``field``); σ² the mean over
+      the clavicles of the −log variance of a binned pixel, (q·S + σ_e²)/(bin²·S²) with S = D·blur(s)
+      (keV) and σ_e the electronic std per detector pixel (keV): quantum variance q·S and electronic
+      variance add per detector pixel and sum over the bin. Windowing is affine, so the CNR holds for
+      the windowed image too (unsharp masking aside). Quantum limited (σ_e = 0) the CNR grows as √D.
+
+    Returns a dict of float arrays over ``doses_mas``: ``dose_mas``, ``flat_quanta``, ``clavicle_quanta``,
+    ``contrast`` (ΔL, dose independent), ``noise_std`` and ``cnr``.
+    """
+    m, f = np.asarray(mask) > 0, np.asarray(field, bool)
+    if m.shape != es.signal.shape or f.shape != es.signal.shape:
+        raise ValueError(f"mask {m.shape} and field {f.shape} must have the signal's shape {es.signal.shape}")
+    m &= f
+    if not m.any():
+        raise ValueError("the clavicle mask has no pixel inside the field")
+    ring = ndimage.binary_dilation(m, iterations=max(1, int(round(ring_mm / pitch_mm)))) & f & ~m
+    if not ring.any():
+        raise ValueError("no background pixel around the clavicles inside the field")
+    clean = clean_log(es).astype(float)
+    contrast = float(clean[m].mean() - clean[ring].mean())
+    area = float(bin_side) ** 2
+    doses = np.asarray([float(d) for d in doses_mas])
+    if not (doses > 0).all():
+        raise ValueError(f"doses must be positive mAs, got {list(doses)}")
+    s, q, sb = es.signal[m], es.quantum_kev[m], es.blurred(es.signal)[m]
+    e2 = es.electronic_kev ** 2
+    noise = np.array([math.sqrt(float(np.mean((q * d * sb + e2) / (area * (d * sb) ** 2)))) for d in doses])
+    return {"dose_mas": doses, "flat_quanta": doses * es.flat / es.quantum0_kev * area,
+            "clavicle_quanta": np.array([float(np.mean(d * s / q)) * area for d in doses]),
+            "contrast": np.full(len(doses), contrast), "noise_std": noise, "cnr": contrast / noise}

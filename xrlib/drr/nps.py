@@ -16,12 +16,13 @@ repeated exposures of an object are enough.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import signal
 
-__all__ = ["LocalNPS", "estimate_local_nps", "nps_2d", "patch_starts", "radial_nps", "synthesize", "trapezoid_weights"]
+__all__ = ["LocalNPS", "estimate_local_nps", "nps_2d", "patch_px", "patch_starts", "patch_weights", "radial_nps", "synthesize", "trapezoid_weights"]
 
 
 def patch_starts(n: int, patch: int, overlap: float) -> list[int]:
@@ -61,6 +62,19 @@ def trapezoid_weights(shape: tuple[int, int], patch: int, overlap: float) -> tup
     return origins, weights
 
 
+def patch_weights(shape: tuple[int, int], patch: int, overlap: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The blending weights of :func:`trapezoid_weights` restricted to each patch: ``(ys, xs, w)`` with the
+    patch origins and ``w`` ``(n_patches, P, P)`` (no full-image weight maps)."""
+    ys1, xs1 = patch_starts(shape[0], patch, overlap), patch_starts(shape[1], patch, overlap)
+    wy, wx = _ramp_1d(shape[0], ys1, patch), _ramp_1d(shape[1], xs1, patch)
+    py = np.stack([wy[i, y:y + patch] for i, y in enumerate(ys1)])
+    px = np.stack([wx[j, x:x + patch] for j, x in enumerate(xs1)])
+    w = (py[:, None, :, None] * px[None, :, None, :]).reshape(-1, patch, patch)
+    ys = np.repeat(np.asarray(ys1), len(xs1))
+    xs = np.tile(np.asarray(xs1), len(ys1))
+    return ys, xs, w
+
+
 @dataclass(frozen=True)
 class LocalNPS:
     """Local NPS per patch: ``nps`` ``(n_patches, P, P)`` (unshifted FFT order; mean = variance) at ``origins``."""
@@ -73,8 +87,11 @@ class LocalNPS:
 
     def variance_map(self) -> np.ndarray:
         """The blended local variance (mean of each patch's NPS), (H, W)."""
-        _, w = trapezoid_weights(self.shape, self.patch, self.overlap)
-        return np.tensordot(self.nps.mean(axis=(1, 2)), w, axes=1)
+        ys, xs, w = patch_weights(self.shape, self.patch, self.overlap)
+        out = np.zeros(self.shape)
+        for y, x, v, wt in zip(ys, xs, self.nps.mean(axis=(1, 2)), w):
+            out[y:y + self.patch, x:x + self.patch] += v * wt
+        return out
 
 
 def nps_2d(noise: np.ndarray) -> np.ndarray:
@@ -93,25 +110,44 @@ def estimate_local_nps(noise: np.ndarray, patch: int, overlap: float = 0.3) -> L
     n = np.asarray(noise, float)
     if n.ndim != 3 or len(n) < 1:
         raise ValueError(f"expected noise realisations (R, H, W), got shape {n.shape}")
-    origins, _ = trapezoid_weights(n.shape[1:], patch, overlap)
+    ys, xs, _ = patch_weights(n.shape[1:], patch, overlap)
+    origins = list(zip(ys.tolist(), xs.tolist()))
     nps = np.stack([nps_2d(n[:, y:y + patch, x:x + patch]) for y, x in origins])
     return LocalNPS(tuple(n.shape[1:]), int(patch), float(overlap), origins, nps)
 
 
 def synthesize(lnps: LocalNPS, rng: np.random.Generator, n: int = 1) -> np.ndarray:
-    """``n`` noise fields ``(n, H, W)`` with the local NPS of ``lnps`` (see the module docstring)."""
+    """``n`` noise fields ``(n, H, W)`` with the local NPS of ``lnps`` (see the module docstring).
+
+    Vectorised: every patch's ``(2P−1)²`` window of the white field is filtered with its kernel in one
+    batched FFT convolution per realisation.
+    """
     h, w = lnps.shape
     p = lnps.patch
-    origins, weights = trapezoid_weights(lnps.shape, p, lnps.overlap)
+    ys, xs, wpatch = patch_weights(lnps.shape, p, lnps.overlap)
+    if list(zip(ys.tolist(), xs.tolist())) != [tuple(o) for o in lnps.origins]:
+        raise ValueError("the local NPS's patch origins do not match its shape, patch and overlap")
     kernels = np.fft.fftshift(np.real(np.fft.ifft2(np.sqrt(np.maximum(lnps.nps, 0.0)))), axes=(1, 2))
     out = np.zeros((n, h, w))
     for k in range(n):
         white = rng.standard_normal((h + p, w + p))  # margin p//2 .. p: linear convolution, no wrap-around
-        for (y, x), kern, wt in zip(origins, kernels, weights):
-            region = white[y:y + 2 * p - 1, x:x + 2 * p - 1]
-            filt = signal.fftconvolve(region, kern, mode="valid")  # (p, p); one offset for every patch
-            out[k, y:y + p, x:x + p] += wt[y:y + p, x:x + p] * filt
+        win = np.lib.stride_tricks.sliding_window_view(white, (2 * p - 1, 2 * p - 1))[ys, xs]
+        filt = signal.fftconvolve(win, kernels, mode="valid", axes=(1, 2))  # (n_patches, P, P)
+        np.add.at(out[k], (ys[:, None, None] + np.arange(p)[None, :, None], xs[:, None, None] + np.arange(p)[None, None, :]),
+                  wpatch * filt)
     return out
+
+
+def patch_px(patch_mm: float, pitch_mm: float, min_px: int, image_px: int) -> int:
+    """NPS patch side in pixels: ``patch_mm`` at ``pitch_mm``, at least ``min_px`` pixels, at most the image.
+
+    Raises ``ValueError`` when the image is smaller than ``min_px`` (the NPS would rest on too few pixels).
+    """
+    if not (patch_mm > 0 and pitch_mm > 0 and min_px >= 2):
+        raise ValueError(f"need a positive patch size and pitch and min_px ≥ 2, got {patch_mm} mm, {pitch_mm} mm, {min_px}")
+    if image_px < min_px:
+        raise ValueError(f"the image ({image_px} px) is smaller than the NPS patch minimum of {min_px} px")
+    return int(min(image_px, max(int(min_px), int(math.ceil(patch_mm / pitch_mm - 1e-9)))))
 
 
 def radial_nps(nps: np.ndarray, n_bins: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -145,8 +145,12 @@ class RealisticParams:
         kvp, filtration_mm_al, filtration_mm_cu, anode_angle_deg: tube (see :func:`tube_spectrum`).
         dose_mas: tube current-time product (mAs); 2 mAs is typical of a PA chest at 120 kVp.
         quantum_noise: draw compound-Poisson quantum noise.
-        electronic_noise: std of additive Gaussian read noise in *equivalent quanta*, i.e. in
-            units of the mean signal of one detected photon of the unattenuated beam.
+        electronic_noise: std of additive Gaussian read noise of one native detector element
+            (:data:`NATIVE_ELEMENT_MM`) in *equivalent quanta*, i.e. in units of the mean signal of
+            one detected photon of the unattenuated beam. A coarser pixel sums (pitch/element)²
+            elements, whose read noise is independent, so its std is this times pitch/element
+            (:func:`electronic_quanta_at`). The value 3 is an assumption (the order of the additive
+            noise of indirect CsI/a-Si flat panels in equivalent quanta), not a measured panel.
         blur_sigma_mm: Gaussian detector PSF sigma at the detector (mm); ≈ light spread in CsI.
         scatter_to_primary: scatter-to-primary ratio (SPR). 0.3 is a typical value behind an
             anti-scatter grid for a PA chest at 120 kVp (literature range ≈ 0.2–0.5 behind the
@@ -176,6 +180,20 @@ class RealisticParams:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+#: Side of one native detector element (mm): the 0.24 mm pitch of the paper's 1800-pixel detector.
+#: Electronic noise is specified per element and scaled to the binned pixel (:func:`electronic_quanta_at`).
+NATIVE_ELEMENT_MM = 0.24
+
+
+def electronic_quanta_at(electronic_noise: float, pitch_mm: float) -> float:
+    """Electronic read-noise std of a ``pitch_mm`` pixel (equivalent quanta) from its std per native element.
+
+    A pixel of side ``pitch_mm`` bins (pitch/:data:`NATIVE_ELEMENT_MM`)² native elements whose read
+    noise is independent, so the variances add: std = ``electronic_noise``·pitch/element.
+    """
+    return float(electronic_noise) * float(pitch_mm) / NATIVE_ELEMENT_MM
 
 
 def _broad_blur(img: np.ndarray, sigma_px: float) -> np.ndarray:
@@ -298,8 +316,9 @@ def realistic_intensity(line_integrals: dict[str, np.ndarray], pixel_area_mm2: f
        I ← q·Poisson(I/q), which matches mean and variance of the energy-integrated signal.
     5. Detector blur: Gaussian with sigma blur_sigma_mm/pitch_mm pixels (the scintillator's light
        spread), which correlates the quantum noise, as in a real indirect detector.
-    6. Electronic noise: Gaussian, std = electronic_noise·q0, q0 the mean detected photon energy
-       of the flat field (after the light spread: white).
+    6. Electronic noise: Gaussian, std = e·q0, q0 the mean detected photon energy of the flat
+       field (after the light spread: white), e = :func:`electronic_quanta_at` (``electronic_noise``
+       per native element scaled to the pixel).
     7. Clipping below at 0.5·q0 (see :func:`detector_readout`, which does steps 4–7).
 
     Returns ``(intensity, flat_field)``: float64 (H, W) arrays in keV; the flat field is the
@@ -307,7 +326,8 @@ def realistic_intensity(line_integrals: dict[str, np.ndarray], pixel_area_mm2: f
     """
     p = params
     img, q, m0, q0 = expected_detector_signal(line_integrals, pixel_area_mm2, sdd_mm, params, pitch_mm)
-    out = detector_readout(img, q, q0, p.blur_sigma_mm / pitch_mm, p.electronic_noise, rng, quantum=p.quantum_noise)
+    out = detector_readout(img, q, q0, p.blur_sigma_mm / pitch_mm, electronic_quanta_at(p.electronic_noise, pitch_mm), rng,
+                           quantum=p.quantum_noise)
     return out, np.full(img.shape, m0)
 
 

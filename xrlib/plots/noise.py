@@ -1,4 +1,4 @@
-"""Figures of the noise chapter: std maps, SAR vs dose, CMR matrices, Z-test matrix, NPS, seed spread, adaptive rounds."""
+"""Figures of the noise chapter: the dose axis, the window control, std maps, SAR vs dose, CMR matrices, Z-test matrix, NPS, seed spread, adaptive rounds."""
 
 from __future__ import annotations
 
@@ -146,4 +146,46 @@ def adaptive_rounds(per_model: pd.DataFrame) -> plt.Figure:
     axes[-1].set_xticks(sorted(per_model["iteration"].unique()))
     axes[-1].legend(fontsize=7)
     axes[-1].grid(alpha=0.3)
+    return fig
+
+
+def dose_axis_figure(grid_table: pd.DataFrame, dose_tab: pd.DataFrame) -> plt.Figure:
+    """Dose, quanta per input pixel and CNR side by side: validation Dice per model vs dose (the grid's
+    search), quanta per network-input pixel (open field, behind the clavicle) and clavicle CNR at the input."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), constrained_layout=True)
+    for i, (model, g) in enumerate(grid_table.groupby("model", sort=False)):
+        axes[0].plot(g["dose"], g["dice"], "o-", color=f"C{i}", label=model)
+        axes[0].axhline(0.5 * g["clean_dice"].iloc[0], color=f"C{i}", ls=":", lw=1)
+    axes[0].set(xscale="log", ylim=(-0.03, 1.03), xlabel="dose (mAs, log scale)", ylabel="mean validation Dice",
+                title="grid search on validation subjects (dotted: half clean)")
+    axes[0].legend(fontsize=7)
+    axes[1].plot(dose_tab["dose_mas"], dose_tab["flat_quanta"], "o-", label="open field")
+    axes[1].plot(dose_tab["dose_mas"], dose_tab["clavicle_quanta"], "s-", label="behind the clavicle")
+    axes[1].set(xscale="log", yscale="log", xlabel="dose (mAs, log scale)",
+                ylabel="detected quanta per input pixel", title="quanta per network-input pixel (test images)")
+    axes[1].legend(fontsize=7)
+    axes[2].plot(dose_tab["dose_mas"], dose_tab["cnr"], "o-")
+    axes[2].set(xscale="log", yscale="log", xlabel="dose (mAs, log scale)", ylabel="clavicle CNR at the input",
+                title="clavicle contrast-to-noise ratio")
+    for ax in axes:
+        ax.invert_xaxis()
+        ax.grid(alpha=0.3, which="both")
+    fig.suptitle("The dose axis in detected quanta and CNR; dose decreases to the right")
+    return fig
+
+
+def window_control_figure(win: pd.DataFrame) -> plt.Figure:
+    """Mean test Dice vs dose per model: noisy image with its own window (solid) and with the noise-free
+    image's window (dashed, the control); the clean Dice dotted."""
+    fig, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)
+    for i, (model, g) in enumerate(win.groupby("model", sort=False)):
+        g = g.sort_values("budget")
+        ax.plot(g["budget"], g["dice_own_window"], "o-", color=f"C{i}", label=f"{model}: own window")
+        ax.plot(g["budget"], g["dice_clean_window"], "s--", color=f"C{i}", label=f"{model}: noise-free window")
+        ax.axhline(g["dice_clean"].iloc[0], color=f"C{i}", ls=":", lw=1)
+    ax.set(xscale="log", ylim=(-0.03, 1.03), xlabel="dose (mAs, log scale)", ylabel="mean test Dice",
+           title="window control: noise vs windowing (dotted: clean)")
+    ax.invert_xaxis()
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
     return fig

@@ -56,12 +56,13 @@ def _pose(profile: Profile, run: Path, steps: int | None = None, subjects: int |
 
 
 def _noise(profile: Profile, run: Path, **options) -> tuple[Threat, TestImages]:
-    """The noise threat (options: ``arms``, ``doses``, ``realisations``, ``subjects``; sizes from the profile's
-    ``noise:`` block) and its test images: the Syn_test subjects re-projected with the realistic chain."""
-    from xrlib.studies.noise.sources import noise_threat
+    """The noise threat (options: ``arms``, ``doses`` — default the chapter's validation grid —, ``realisations``,
+    ``subjects``; sizes from the profile's ``noise:`` block) and its test images: the Syn_test subjects
+    re-projected with the realistic chain."""
+    from xrlib.studies.noise.grid import grid_threat
 
     try:
-        th = noise_threat(profile, run, **options)
+        th = grid_threat(profile, run, **options)
     except TypeError as exc:
         raise InputError(None, f"threat 'noise': bad options {sorted(options)} ({exc})") from None
     return th, th.test

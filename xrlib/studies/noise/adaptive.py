@@ -8,7 +8,7 @@ Round k = 1 … ``iterations`` (:func:`run_adaptive`):
    expected signals like the test images (:func:`xrlib.studies.noise.sources.noise_sources`).
    Each round draws fresh *re-rendered* noise (the physics arm: it is the reference the inserted
    arm is validated against, and the training subjects have CTs, so insertion is not needed) at
-   ``adaptive.doses_mas``, ``realisations`` per image and dose (seed: profile seed + 1000 k).
+   the chapter grid's ``adaptive.lowest_doses`` lowest doses, ``realisations`` per image and dose (seed: profile seed + 1000 k).
 2. **Select.** The previous round's model (round 1: U-Net(Real+Syn_all)) predicts the clean and
    the noisy images; the noisy samples whose quality band (Dice vs the ground truth; ≥ 0.8 /
    0.5–0.8 / < 0.5) differs from the clean prediction's are added, with their ground truth, to the
@@ -20,7 +20,7 @@ Round k = 1 … ``iterations`` (:func:`run_adaptive`):
 The **control** (``+noise-aug``) runs the same schedule but adds, each round, as many noisy
 samples as adaptive training added, drawn at random from the same round's pool (plain noise
 augmentation at the same doses), continuing its own previous round. Both chains are scored on
-the test images under re-rendered noise at ``adaptive.doses_mas`` (:func:`adaptive_sar`).
+the test images under re-rendered noise at the same doses (:func:`adaptive_sar`).
 
 :func:`adaptive_model` gives the last adaptive round's model to other chapters.
 """
@@ -46,14 +46,14 @@ from xrlib.core.atomic import write_csv_atomic, write_json_atomic
 from xrlib.core.profiles import Profile
 from xrlib.eval.robustness import sar
 from xrlib.studies.noise.settings import AdaptiveSettings, NoiseSettings, adaptive_settings, noise_settings
-from xrlib.studies.noise.sources import noise_sources
+from xrlib.studies.noise.sources import noise_sources, nps_patch
 from xrlib.studies.rotation import study
 from xrlib.studies.rotation.groups import alpha_group
 from xrlib.studies.rotation.models import study_configs
 from xrlib.training import TrainConfig, TrainResult, load_best, save_added
 from xrlib.training.checkpoint import read_result
 
-__all__ = ["BASE_MODEL", "CHAINS", "AdaptiveRun", "adaptive_model", "adaptive_sar", "adaptive_seconds", "run_adaptive",
+__all__ = ["BASE_MODEL", "CHAINS", "AdaptiveRun", "adaptive_doses", "adaptive_model", "adaptive_sar", "adaptive_seconds", "run_adaptive",
            "training_subjects"]
 
 #: The study model adaptive training starts from.
@@ -98,10 +98,18 @@ def training_subjects(profile: Profile, run: Path, n: int | None = None) -> list
     return order if n is None else order[:n]
 
 
-def _key(profile: Profile, run: Path, s: NoiseSettings, a: AdaptiveSettings) -> str:
-    """What determines the rounds: the base model's folder (its hash), the chapter's settings and the seed."""
+def adaptive_doses(profile: Profile, run: Path, s: NoiseSettings, a: AdaptiveSettings) -> tuple[float, ...]:
+    """The doses (mAs) of adaptive training: the ``a.lowest_doses`` lowest of the chapter's validation grid."""
+    from xrlib.studies.noise.grid import figure_doses, validation_grid
+
+    return figure_doses(validation_grid(profile, Path(run), s), a.lowest_doses)
+
+
+def _key(profile: Profile, run: Path, s: NoiseSettings, a: AdaptiveSettings, doses) -> str:
+    """What determines the rounds: the base model's folder (its hash), the chapter's settings, doses and the seed."""
     base = study.study_models(profile, Path(run), [BASE_MODEL])[BASE_MODEL].folder.name
     text = json.dumps({"base": base, "noise": dataclasses.asdict(s), "adaptive": dataclasses.asdict(a),
+                       "doses": [float(d) for d in doses],
                        "seed": int(profile.seed), "render": profile.raw.get("render"), "v": 2}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -115,6 +123,7 @@ def run_adaptive(profile: Profile, run: Path, s: NoiseSettings | None = None, a:
     run = Path(run)
     s = s or noise_settings(profile)
     a = a or adaptive_settings(profile)
+    doses = adaptive_doses(profile, run, s, a)
     base_res = study.study_models(profile, run, [BASE_MODEL])[BASE_MODEL]
     base_cfg = _base_config(profile)
     sources, rows = noise_sources(profile, run, s.alphas, subjects=training_subjects(profile, run, a.subjects))
@@ -124,11 +133,11 @@ def run_adaptive(profile: Profile, run: Path, s: NoiseSettings | None = None, a:
     models, records, attacks = {BASE_MODEL: base_res}, [], []
     for k in range(1, a.iterations + 1):
         seed = int(profile.seed) + 1000 * k
-        threat = NoiseThreat(sources, rows, profile.image_size, a.doses_mas, arms=("rerendered",),
+        threat = NoiseThreat(sources, rows, profile.image_size, doses, arms=("rerendered",),
                              realisations=a.realisations, reference_dose=s.reference_dose_mas,
-                             nps_realisations=s.nps_realisations, patch=s.patch_px, seed=seed)
+                             nps_realisations=s.nps_realisations, patch=nps_patch(s, sources[0]), seed=seed)
         t_attack = time.perf_counter()
-        pool = band_changes(load_best(prev["adaptive"]), threat, threat.test, a.doses_mas)
+        pool = band_changes(load_best(prev["adaptive"]), threat, threat.test, doses)
         attack_s = time.perf_counter() - t_attack
         pool.table["iteration"] = k
         attacks.append(pool.table)
@@ -154,7 +163,7 @@ def run_adaptive(profile: Profile, run: Path, s: NoiseSettings | None = None, a:
     folder = run / _RECORD.parent
     write_csv_atomic(folder / "rounds.csv", out.rounds)
     write_csv_atomic(folder / "attacks.csv", out.attacks)
-    write_json_atomic(run / _RECORD, {"key": _key(profile, run, s, a), "rounds": records})
+    write_json_atomic(run / _RECORD, {"key": _key(profile, run, s, a, doses), "rounds": records, "doses": list(doses)})
     return out
 
 
@@ -172,7 +181,7 @@ def adaptive_model(profile: Profile, run: Path) -> tuple[str, TrainResult]:
         rec = json.loads((run / _RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         rec = None
-    if rec is not None and rec.get("key") == _key(profile, run, s, a):
+    if rec is not None and rec.get("key") == _key(profile, run, s, a, adaptive_doses(profile, run, s, a)):
         last = [r for r in rec.get("rounds", []) if r["chain"] == "adaptive" and r["iteration"] == a.iterations]
         res = read_result(run / "models" / last[0]["folder"]) if last else None
         if res is not None:

@@ -26,7 +26,7 @@ from xrlib.drr.physics import RealisticParams
 from xrlib.studies.noise.settings import NoiseSettings, noise_settings
 from xrlib.studies.rotation import study
 
-__all__ = ["noise_sources", "noise_threat", "syn_test_subjects"]
+__all__ = ["noise_sources", "noise_threat", "nps_patch", "syn_test_subjects"]
 
 
 def syn_test_subjects(run: Path, profile: Profile) -> list[str]:
@@ -36,7 +36,7 @@ def syn_test_subjects(run: Path, profile: Profile) -> list[str]:
 
 
 def _key(profile: Profile, params: RealisticParams) -> str:
-    text = json.dumps({"render": profile.raw.get("render"), "params": params.to_dict(), "v": 1}, sort_keys=True, default=str)
+    text = json.dumps({"render": profile.raw.get("render"), "params": params.to_dict(), "v": 2}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -78,13 +78,23 @@ def noise_sources(profile: Profile, run: Path, alphas, params: RealisticParams |
     return sources, pd.DataFrame(rows)
 
 
-def noise_threat(profile: Profile, run: Path, settings: NoiseSettings | None = None, arms=None,
-                 doses=None, realisations: int | None = None, subjects=None) -> NoiseThreat:
-    """The chapter's :class:`xrlib.attacks.noise.NoiseThreat` (profile's ``noise:`` block unless overridden)."""
+def nps_patch(s: NoiseSettings, source: NoiseSource) -> int:
+    """The NPS patch side (detector pixels) of the settings at a source's pitch (:func:`xrlib.drr.nps.patch_px`)."""
+    from xrlib.drr.nps import patch_px
+
+    return patch_px(s.nps_patch_mm, source.pitch_mm, s.nps_min_px, min(source.expected.signal.shape))
+
+
+def noise_threat(profile: Profile, run: Path, settings: NoiseSettings | None = None, arms=None, doses=None,
+                 realisations: int | None = None, subjects=None) -> NoiseThreat:
+    """The chapter's :class:`xrlib.attacks.noise.NoiseThreat` at ``doses`` (mAs; required — the chapter's are its
+    validation grid, :func:`xrlib.studies.noise.grid.grid_threat`), sizes from the profile's ``noise:`` block."""
     s = settings or noise_settings(profile)
+    if doses is None:
+        raise InputError(None, "noise: no doses given (the chapter's doses come from xrlib.studies.noise.grid.validation_grid)")
     sources, rows = noise_sources(profile, run, s.alphas, subjects=subjects)
     kw = {} if arms is None else {"arms": tuple(arms)}
-    return NoiseThreat(sources, rows, profile.image_size, s.doses_mas if doses is None else doses,
+    return NoiseThreat(sources, rows, profile.image_size, doses,
                        realisations=s.realisations if realisations is None else int(realisations),
-                       reference_dose=s.reference_dose_mas, nps_realisations=s.nps_realisations, patch=s.patch_px,
-                       seed=int(profile.seed), **kw)
+                       reference_dose=s.reference_dose_mas, nps_realisations=s.nps_realisations,
+                       patch=nps_patch(s, sources[0]), seed=int(profile.seed), **kw)
