@@ -159,7 +159,7 @@ def card_evidence(run: Path, victims: list[Victim], seeds: list[Victim],
                 d.loc[is_floor, "seed"] = d.loc[is_floor, "model"].map(alias)
                 d.loc[is_floor, "model"] = base + OTHER_SEEDS
             if "seed" in d:
-                d["seed"] = d["seed"].fillna(0).astype(int)
+                d["seed"] = pd.to_numeric(d["seed"], errors="coerce").fillna(0).astype(int)
             sub[name] = d
         r = ce.threat_rows(sub, th)
         if len(r) and (r["severity"] > 0).any() and r.loc[r["severity"] > 0, "severity"].nunique() >= 2:
