@@ -135,3 +135,21 @@ def test_card_trains_seeds_and_controls_and_its_verdicts_rest_on_them(toy3, monk
     again = card_study.build_card(profile, run, rows=rows, columns=cols, floor=None)
     assert {(v.model, v.seed, v.identity) for v in again.seed_victims} == {(v.model, v.seed, v.identity) for v in card.seed_victims}
     pd.testing.assert_frame_equal(again.verdicts, card.verdicts)
+
+
+def test_contrasts_pair_each_model_once_and_take_the_card_s_own_aa_seeds():
+    from xrlib.studies.card.rows import Victim
+    from xrlib.studies.card.seeds import AA_SUFFIX, CONTROL
+    from xrlib.studies.card.study import contrasts
+
+    def v(name, model=None, seed=0, **kw):
+        return Victim(name, "r", "d", "09", name, lambda: None, seed=seed, model=model or "", **kw)
+
+    victims = [v(PGD_AT, control=CONTROL, base=BASE_MODEL), v(PGD_AT + " [seed 1]", PGD_AT, 1, control=CONTROL),
+               v("U-Net(Real+Syn_cen)", base="U-Net(Real)"), v(CONTROL), v(BASE_MODEL + " [seed 2]", BASE_MODEL + AA_SUFFIX, 2)]
+    floor = [v("U-Net(Real+Syn_all) seed 1", base=BASE_MODEL)]
+    got = [(c.defense, c.control, c.kind) for c in contrasts(victims, floor)]
+    assert got == [(PGD_AT, CONTROL, "defense"), ("U-Net(Real+Syn_cen)", "U-Net(Real)", "vs base (no control)"),
+                   (BASE_MODEL, BASE_MODEL + AA_SUFFIX, "A/A")]
+    assert [c.kind for c in contrasts(victims[:4], floor)][-1] == "A/A"  # without its own seeds: the floor's A/A
+    assert victims[1].model == PGD_AT and victims[0].model == PGD_AT  # a seed-0 victim is its own model
