@@ -153,3 +153,31 @@ def test_contrasts_pair_each_model_once_and_take_the_card_s_own_aa_seeds():
                    (BASE_MODEL, BASE_MODEL + AA_SUFFIX, "A/A")]
     assert [c.kind for c in contrasts(victims[:4], floor)][-1] == "A/A"  # without its own seeds: the floor's A/A
     assert victims[1].model == PGD_AT and victims[0].model == PGD_AT  # a seed-0 victim is its own model
+
+
+def test_grid_rows_of_a_seed_match_the_chapter_table_s_grid_and_images(toy3, tmp_path):
+    """A seed model scored by the card under PGD has the chapter table's budgets, subjects and angles, with its
+    seed; a model the table holds at that seed is not scored again."""
+    import shutil
+
+    from xrlib.studies.card.rows import Victim
+    from xrlib.studies.card.seeds import grid_tables
+    from xrlib.studies.pgd.settings import pgd_settings
+    from xrlib.studies.robustness import run_threat
+    from xrlib.training import load_best
+
+    profile, run0 = toy3
+    run = tmp_path / "toyrot"  # a copy: the other tests' run has no PGD table
+    for sub in ("datasets", "models"):
+        shutil.copytree(run0 / sub, run / sub)
+    p = pgd_settings(profile)
+    chapter = run_threat(profile, run, "pgd", models=["U-Net(Real)"], alphas=p.alphas, grid=p.grid, steps=p.steps,
+                         step_fraction=p.step_fraction, seed=p.seed).results
+    res = study.study_models(profile, run)["U-Net(Real+Syn_cen)"]  # stands in for a seed of U-Net(Real)
+    seed1 = Victim("U-Net(Real) [seed 1]", "study", "d", "05", res.folder.name, lambda: load_best(res), seed=1,
+                   model="U-Net(Real)")
+    seed0 = Victim("U-Net(Real)", "study", "d", "05", "x", lambda: pytest.fail("seed 0 is in the chapter table"))
+    rows = grid_tables(profile, run, [seed0, seed1], tables=("pgd",))["pgd"]
+    assert set(rows["model"]) == {"U-Net(Real)"} and set(rows["seed"]) == {1}
+    key = ["budget", "subject", "alpha"]
+    assert sorted(map(tuple, rows[key].astype(str).to_numpy())) == sorted(map(tuple, chapter[key].astype(str).to_numpy()))
