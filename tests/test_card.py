@@ -219,7 +219,7 @@ def test_card_on_the_toy_run_joins_every_row_with_every_column(toy_run, tmp_path
     from xrlib.core.profiles import validate_profile
 
     profile, run0, _ = toy_run
-    profile = validate_profile({**profile.raw, "card": {**profile.raw["card"], "seed_floor": True}}, "toyrot.yml")
+    profile = validate_profile({**profile.raw, "card": {**profile.raw["card"], "seed_floor": True, "seeds": 1}}, "toyrot.yml")
     run = tmp_path / "toyrot"
     shutil.copytree(run0 / "datasets", run / "datasets")
     shutil.copytree(run0 / "models", run / "models")

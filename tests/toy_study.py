@@ -44,14 +44,14 @@ def _images(rng, alphas):
     return np.stack(imgs), np.stack(masks)
 
 
-def build_toy_run(base: Path):
-    """A run folder under ``base`` with a datasets build (2 Syn_test subjects at 5 α) and the three trained
-    study models. Building it again in the same folder rewrites identical shards and reuses the models."""
+def build_toy_run(base: Path, syn_test: int = 2):
+    """A run folder under ``base`` with a datasets build (``syn_test`` Syn_test subjects at 5 α) and the three
+    trained study models. Building it again in the same folder rewrites identical shards and reuses the models."""
     run = Path(base) / "toyrot"
     root = run / "datasets"
     rng = np.random.default_rng(0)
     plan = [("surrogate", "train"), ("surrogate", "val"), ("surrogate", "test"), ("syn_train", "train"),
-            ("syn_train", "val"), ("syn_test", "test"), ("syn_test", "test")]
+            ("syn_train", "val"), *[("syn_test", "test")] * int(syn_test)]
     rows = []
     for k, (pool, split) in enumerate(plan):
         sid = f"toy-v{k:03d}"

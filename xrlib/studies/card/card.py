@@ -48,7 +48,7 @@ class CardError(RuntimeError):
 
 
 def _key(profile: Profile, s: CardSettings, column: Column, part: Part, victim: Victim) -> str:
-    text = json.dumps({"v": CACHE_VERSION, "profile": profile_hash(profile), "card": asdict(s), "column": column.key,
+    text = json.dumps({"v": CACHE_VERSION, "profile": profile_hash(profile), "card": {k: v for k, v in asdict(s).items() if k != "seeds"}, "column": column.key,
                        "part": part.threat, "model": victim.name, "weights": victim.identity}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

@@ -211,7 +211,7 @@ def verdict_table(units: pd.DataFrame, contrasts: Sequence[Contrast], method: st
     over every verdict-carrying row of the table (``method``), the MDD and the verdict. A contrast whose models
     are missing from a threat, whose subjects or seeds do not pair, or that has no interval (too few subjects)
     gets a row with the reason and no p; so does one with fewer than :data:`MIN_VERDICT_SEEDS` seeds (its interval
-    is shown); a :data:`NO_CONTROL` contrast gets its interval and p, no verdict."""
+    is shown); a :data:`NO_CONTROL` contrast gets its interval and p over the seeds both models have, no verdict."""
     from xrlib.core.errors import InputError
 
     rows = []
@@ -227,6 +227,9 @@ def verdict_table(units: pd.DataFrame, contrasts: Sequence[Contrast], method: st
                     continue
                 if c.kind == "A/A":
                     a, b = _rank_seeds(a), _rank_seeds(b)
+                elif c.kind == NO_CONTROL:  # descriptive: over the seeds both models have (the base may have more)
+                    both = set(a["seed"]) & set(b["seed"])
+                    a, b = a[a["seed"].isin(both)], b[b["seed"].isin(both)]
                 try:
                     iv = ev.paired_contrast(pd.concat([a, b]).rename(columns={col: "_v"}), c.defense, c.control, "_v")
                 except InputError as e:

@@ -27,7 +27,9 @@ class Victim:
     training time its chapter recorded (``None``: not recorded), ``extra_s`` the training time it adds
     to its ``base`` model (the model it is compared with for the cost); ``control`` names the model trained
     exactly as it but without the defense (same start, data, epochs, learning rate and seeds), against which
-    its verdicts are made (``None``: no control trained, no verdict)."""
+    its verdicts are made (``None``: no control trained, no verdict); ``seed`` is its training seed index (0: the
+    chapter's model) and ``model`` the name of the model it is a seed of (default ``name``; the name of seed k ≥ 1
+    carries ``[seed k]``)."""
 
     name: str
     row: str
@@ -39,7 +41,13 @@ class Victim:
     extra_s: float | None = None
     base: str | None = None
     control: str | None = None
+    seed: int = 0
+    model: str = ""
     _model: object = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if not self.model:
+            self.model = self.name
 
     def load(self):
         if self._model is None:

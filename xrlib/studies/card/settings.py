@@ -7,7 +7,9 @@ Block layout (``book/profiles/*.yml``; the profiles differ only in sizes)::
       pgd_eps: 0.03            # L∞ ε of PGD and SegPGD, [0, 1] image units
       noise_dose_mas: null     # dose of the noise column (null: the lowest of noise.doses_mas)
       xi: 2.0                  # target ξ of the learned deformation + bias-field attack (per-image search)
-      seed_floor: true         # chapter 10's repeated-seed models: the seed spread and the A/A row's other seeds
+      seed_floor: true         # chapter 10's repeated-seed models: the fixed-budget view's seed spread
+      seeds: 3                 # seeds of every verdict-carrying model (defense, control, base; the A/A row's other
+                               # seeds are as many more); 1: the chapters' models only, no verdict
 
 Every error is an :class:`xrlib.core.errors.InputError` naming the profile file and the key.
 """
@@ -32,6 +34,7 @@ class CardSettings:
     noise_dose_mas: float
     xi: float
     seed_floor: bool
+    seeds: int = 1
 
 
 def _lowest_dose(profile: Profile) -> float:
@@ -43,7 +46,7 @@ def card_settings(profile: Profile) -> CardSettings:
     """The checked ``card:`` block of ``profile``."""
     where = profile.path or profile.name
     block = profile.section("card")
-    known = {"pose_budget", "pgd_eps", "noise_dose_mas", "xi", "seed_floor"}
+    known = {"pose_budget", "pgd_eps", "noise_dose_mas", "xi", "seed_floor", "seeds"}
     extra = sorted(set(block) - known)
     if extra:
         raise InputError(where, f"card: unknown key(s) {extra}; known: {', '.join(sorted(known))}")
@@ -59,5 +62,8 @@ def card_settings(profile: Profile) -> CardSettings:
     floor = block.get("seed_floor", True)
     if not isinstance(floor, bool):
         raise InputError(where, f"card.seed_floor: expected true or false, got {floor!r}")
+    seeds = block.get("seeds", 1)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise InputError(where, f"card.seeds: expected an integer ≥ 1, got {seeds!r}")
     return CardSettings(pose_budget=num("pose_budget", 0.0, 180.0), pgd_eps=num("pgd_eps", 0.0, 1.0), noise_dose_mas=dose,
-                        xi=num("xi", 0.0, math.inf), seed_floor=floor)
+                        xi=num("xi", 0.0, math.inf), seed_floor=floor, seeds=seeds)

@@ -24,6 +24,7 @@ from xrlib.studies.card import evidence as ce
 from xrlib.studies.card.card import cells, few_subjects_note, gather, matrix
 from xrlib.studies.card.columns import COLUMNS, Column
 from xrlib.studies.card.rows import FLOOR, ROWS, RowSpec, Victim, available_rows, floor_victims
+from xrlib.studies.card.seeds import AA_SUFFIX, grid_tables, seed_plans, train_seeds
 from xrlib.studies.card.settings import CardSettings, card_settings
 
 __all__ = ["Card", "HEADLINE", "OTHER_SEEDS", "build_card", "card_evidence", "card_markdown", "card_table", "columns_table",
@@ -51,6 +52,7 @@ class Card:
     evidence: pd.DataFrame = field(default_factory=pd.DataFrame)
     verdicts: pd.DataFrame = field(default_factory=pd.DataFrame)
     seconds: dict = field(default_factory=dict)
+    seed_victims: list[Victim] = field(default_factory=list)
 
     @property
     def models(self) -> list[str]:
@@ -62,9 +64,15 @@ class Card:
 
 
 def build_card(profile: Profile | str | Path, run: str | Path, rows: tuple[RowSpec, ...] = ROWS,
-               columns: tuple[Column, ...] = COLUMNS, floor: RowSpec | None = FLOOR, progress: bool = False) -> Card:
+               columns: tuple[Column, ...] = COLUMNS, floor: RowSpec | None = FLOOR, progress: bool = False,
+               executor=None) -> Card:
     """Every available row under every available column (cells from the chapters' tables or computed and
-    cached), the ranking, the seed spread, the costs, and the curve cells and verdicts of :func:`card_evidence`."""
+    cached), the ranking, the seed spread, the costs, and the curve cells and verdicts of :func:`card_evidence`.
+
+    With ``card.seeds`` n ≥ 2, the verdict-carrying models (:mod:`xrlib.studies.card.seeds`) get seeds 1 … n − 1,
+    their controls and the A/A row's other seeds — trained as independent tasks on ``executor`` (see
+    :func:`~xrlib.studies.card.seeds.train_seeds`) or read from the cache — and are scored over the chapters'
+    budget grids for the curve cells and verdicts (:attr:`Card.seed_victims`; the fixed-budget view keeps seed 0)."""
     if not isinstance(profile, Profile):
         profile = load_profile(profile)
     run = Path(run)
@@ -72,6 +80,13 @@ def build_card(profile: Profile | str | Path, run: str | Path, rows: tuple[RowSp
     t0 = time.perf_counter()
     victims, missing = available_rows(profile, run, rows)
     seeds = floor_victims(profile, run, floor if s.seed_floor else None)
+    seeded, extra = [], {}
+    if s.seeds >= 2:
+        plans = seed_plans(profile, run, [v.name for v in victims], s.seeds)
+        control = {p.model: p.control for p in plans}
+        for v in victims:
+            v.control = control.get(v.name, v.control)
+        seeded = train_seeds(profile, run, plans, s.seeds, executor=executor, progress=progress)
     t1 = time.perf_counter()
     got = gather(profile, run, s, victims + seeds, columns, progress)
     t2 = time.perf_counter()
@@ -79,42 +94,59 @@ def build_card(profile: Profile | str | Path, run: str | Path, rows: tuple[RowSp
     names = [v.name for v in victims]
     mat = matrix(table, list(dict.fromkeys(names + [v.name for v in seeds])), columns).loc[names]
     fl = analysis.noise_floor(table, [v.name for v in seeds], columns)
-    ev_cells, verdicts = card_evidence(run, victims, seeds)
+    if seeded:  # the verdict-carrying models over the grids: every seed, the chapters' seed 0 where a table lacks it
+        planned = {v.model for v in seeded}
+        extra = grid_tables(profile, run, [v for v in victims if v.name in planned] + seeded, progress=progress)
+    t3 = time.perf_counter()
+    ev_cells, verdicts = card_evidence(run, victims + seeded, seeds, extra)
     return Card(profile.name, s, victims, seeds, missing, tuple(columns), table, mat,
                 analysis.ranking(table, names, columns), fl, analysis.costs(table, victims), ev_cells, verdicts,
-                {"models (load/train)": t1 - t0, "cells (read/compute)": t2 - t1, "statistics": time.perf_counter() - t2})
+                {"models (load/train)": t1 - t0, "cells (read/compute)": t2 - t1, "seed models over the grids": t3 - t2,
+                 "statistics": time.perf_counter() - t3}, seeded)
 
 
 #: Name of the A/A row's second model: the base retrained with other seeds.
-OTHER_SEEDS = " [other seeds]"
+OTHER_SEEDS = AA_SUFFIX
 
 
 def contrasts(victims: list[Victim], seeds: list[Victim]) -> list[ce.Contrast]:
-    """The verdict-carrying pairs: each victim with a ``control`` against it; a victim with only a ``base``
-    against that base as a :data:`~xrlib.studies.card.evidence.NO_CONTROL` row (interval, no verdict); the A/A
-    row, the floor models' base against those models (``<base> [other seeds]``), when there are floor models."""
-    out = []
+    """The verdict-carrying pairs, one per model (its seeds together): each model with a ``control`` against it; a
+    model with only a ``base`` against that base as a :data:`~xrlib.studies.card.evidence.NO_CONTROL` row
+    (interval, no verdict); the A/A row — the base against ``<base> [other seeds]``: the victims of that name
+    (the base retrained with other seeds under its own recipe) when there are any, else the floor models."""
+    out, done = [], set()
+    aa = sorted({v.model.removesuffix(OTHER_SEEDS) for v in victims if v.model.endswith(OTHER_SEEDS)})
     for v in victims:
+        if v.model in done or v.model.endswith(OTHER_SEEDS):
+            continue
+        done.add(v.model)
         if v.control:
-            out.append(ce.Contrast(v.name, v.control))
+            out.append(ce.Contrast(v.model, v.control))
         elif v.base:
-            out.append(ce.Contrast(v.name, v.base, ce.NO_CONTROL))
-    base = {v.base or "U-Net(Real+Syn_all)" for v in seeds}
-    for b in sorted(base):
+            out.append(ce.Contrast(v.model, v.base, ce.NO_CONTROL))
+    for b in aa or sorted({v.base or "U-Net(Real+Syn_all)" for v in seeds}):
         out.append(ce.Contrast(b, b + OTHER_SEEDS, "A/A"))
     return out
 
 
-def card_evidence(run: Path, victims: list[Victim], seeds: list[Victim]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def card_evidence(run: Path, victims: list[Victim], seeds: list[Victim],
+                  extra: dict[str, pd.DataFrame] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(cells, verdicts)`` from the chapters' robustness tables over their budget grids
     (:mod:`xrlib.studies.card.evidence`), for the card's models — plus, in ``cells``, mean Dice at the grid budget
     nearest the A/A base's b50 per threat (statistic ``dice@<b>``, the fixed-budget rows); the floor models (the base retrained with
-    other seeds) enter as one model ``<base> [other seeds]`` whose seeds are theirs. A threat whose table is not
-    in this build, or holds none of the card's models, has no cells."""
+    other seeds) enter as one model ``<base> [other seeds]`` whose seeds are theirs, unless the victims hold that
+    model already (the card's own A/A seeds). ``extra`` (``{table: rows}``, :func:`~xrlib.studies.card.seeds.grid_tables`)
+    adds the seed models' rows to the chapters' tables (model = the victim's ``model``, with a ``seed`` column).
+    A threat whose table is not in this build, or holds none of the card's models, has no cells."""
     tables = ce.read_tables(run)
-    names = {v.name for v in victims}
-    alias = {v.name: i + 1 for i, v in enumerate(seeds)}
-    base = (seeds[0].base or "U-Net(Real+Syn_all)") if seeds else ""
+    for name, d in (extra or {}).items():
+        if name in tables:
+            tables[name] = pd.concat([tables[name], d], ignore_index=True)
+    names = {v.model for v in victims}
+    own_aa = any(n.endswith(OTHER_SEEDS) for n in names)
+    alias = {} if own_aa else {v.name: i + 1 for i, v in enumerate(seeds)}
+    base = next((n.removesuffix(OTHER_SEEDS) for n in names if n.endswith(OTHER_SEEDS)),
+                (seeds[0].base or "U-Net(Real+Syn_all)") if seeds else "")
     rows = {}
     for th in ce.CURVE_THREATS:
         sub = {}
@@ -126,7 +158,8 @@ def card_evidence(run: Path, victims: list[Victim], seeds: list[Victim]) -> tupl
                 is_floor = d["model"].isin(alias)
                 d.loc[is_floor, "seed"] = d.loc[is_floor, "model"].map(alias)
                 d.loc[is_floor, "model"] = base + OTHER_SEEDS
-                d["seed"] = d["seed"].fillna(0).astype(int) if "seed" in d else 0
+            if "seed" in d:
+                d["seed"] = pd.to_numeric(d["seed"], errors="coerce").fillna(0).astype(int)
             sub[name] = d
         r = ce.threat_rows(sub, th)
         if len(r) and (r["severity"] > 0).any() and r.loc[r["severity"] > 0, "severity"].nunique() >= 2:
@@ -314,6 +347,8 @@ def rows_table(card: Card) -> pd.DataFrame:
            for v in card.victims]
     out += [{"row": "floor", "chapter": v.chapter, "defense": v.defense, "model": v.name, "status": "noise floor only"}
             for v in card.floor_victims]
+    out += [{"row": v.row, "chapter": v.chapter, "defense": v.defense, "model": v.name,
+             "status": f"seed {v.seed} of {v.model} (curve cells and verdicts only)"} for v in card.seed_victims]
     out += [{"row": s.key, "chapter": s.chapter, "defense": s.defense, "model": "–", "status": s.missing}
             for s in card.missing_rows]
     return pd.DataFrame(out)
