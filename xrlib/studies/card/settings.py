@@ -5,7 +5,7 @@ Block layout (``book/profiles/*.yml``; the profiles differ only in sizes)::
     card:
       pose_budget: 10          # worst-case pose b (deg / mm); one of pose.budgets
       pgd_eps: 0.03            # L∞ ε of PGD and SegPGD, [0, 1] image units
-      noise_dose_mas: null     # dose of the noise column (null: the lowest of noise.doses_mas)
+      noise_dose_mas: null     # dose of the noise column (null: the lowest dose of chapter 10's validation grid)
       xi: 2.0                  # target ξ of the learned deformation + bias-field attack (per-image search)
       seed_floor: true         # chapter 10's repeated-seed models: the fixed-budget view's seed spread
       seeds: 3                 # seeds of every verdict-carrying model (defense, control, base; the A/A row's other
@@ -27,7 +27,8 @@ __all__ = ["CardSettings", "card_settings"]
 
 @dataclass(frozen=True)
 class CardSettings:
-    """The card's budgets (module docstring); ``noise_dose_mas`` is resolved (never null here)."""
+    """The card's budgets (module docstring); ``noise_dose_mas`` ``nan`` means the lowest dose of chapter 10's
+    dose grid, which the run's validation subjects decide (:func:`xrlib.studies.noise.grid.validation_grid`)."""
 
     pose_budget: float
     pgd_eps: float
@@ -35,11 +36,6 @@ class CardSettings:
     xi: float
     seed_floor: bool
     seeds: int = 1
-
-
-def _lowest_dose(profile: Profile) -> float:
-    doses = profile.section("noise").get("doses_mas") or []
-    return float(min(float(d) for d in doses)) if doses else math.nan
 
 
 def card_settings(profile: Profile) -> CardSettings:
@@ -58,7 +54,7 @@ def card_settings(profile: Profile) -> CardSettings:
         return float(v)
 
     dose = block.get("noise_dose_mas")
-    dose = _lowest_dose(profile) if dose is None else num("noise_dose_mas", 0.0, math.inf)
+    dose = math.nan if dose is None else num("noise_dose_mas", 0.0, math.inf)
     floor = block.get("seed_floor", True)
     if not isinstance(floor, bool):
         raise InputError(where, f"card.seed_floor: expected true or false, got {floor!r}")
