@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 #: TotalSegmentator class indices of the clavicles in the shipped label map (``structures.csv``).
 CLAVICLE_LEFT_LABEL = 73
+#: See :data:`CLAVICLE_LEFT_LABEL` (the right clavicle).
 CLAVICLE_RIGHT_LABEL = 74
 
 #: A body CT in HU always contains air (about −1000 HU). If no voxel is below this value the

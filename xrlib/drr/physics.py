@@ -10,11 +10,11 @@ Units and conventions
 
 Ladder
 ------
-*naive*      μ = μ_water(E)·max(0, 1 + HU/1000) at one energy (:func:`naive_mu`).
-*heuristic*  the same, with every voxel below an air threshold zeroed (:func:`heuristic_mu`).
-*realistic*  HU → (material, density) (:func:`material_densities`), polychromatic tube spectrum
-             (:func:`tube_spectrum`), energy-integrating CsI detector, scatter, blur, quantum and
-             electronic noise, −log (:func:`realistic_image`), then :func:`postprocess`.
+* *naive*: μ = μ_water(E)·max(0, 1 + HU/1000) at one energy (:func:`naive_mu`).
+* *heuristic*: the same, with every voxel below an air threshold zeroed (:func:`heuristic_mu`).
+* *realistic*: HU → (material, density) (:func:`material_densities`), polychromatic tube spectrum
+  (:func:`tube_spectrum`), energy-integrating CsI detector, scatter, blur, quantum and
+  electronic noise, −log (:func:`realistic_image`), then :func:`postprocess`.
 
 Attenuation data are xraydb's Elam tables (total cross-section including coherent scattering,
 which matches NIST XCOM "with coherent" to about 1 % in 20–150 keV).
