@@ -79,7 +79,9 @@ def test_smoke_book_builds_every_stage(smoke_book):
         center = 100 * syn[syn["group"] == "Center"]["dice"].mean()
         manifest = pd.read_csv(smoke_book["runs"] / "smoke" / "datasets" / "manifest.csv")
         n_train = int(((manifest["split"] == "train") & manifest["pool"].isin(["surrogate", "syn_train"])).sum())
-        assert f"| U-Net(Real+Syn_all) | {n_train} | {center:.1f} |" in section
+        findings = (smoke_book["book"] / "generated" / "findings.md").read_text(encoding="utf-8")
+        assert f"| U-Net(Real+Syn_all) | {n_train} | {center:.1f} |" in findings  # the chapters' sections: in the book
+    assert "The robustness card" in section and "Mean Dice (%)" not in section  # the README: the card alone
     for stem in notebooks:
         assert re.search(rf"\| {stem} \| ran \| [^|]+ \| \d+\.\d \|", section), stem
     assert "HTML (jupyter-book)" in section and "**total**" in section
