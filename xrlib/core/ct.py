@@ -392,10 +392,8 @@ def crop_to_support(vol: Volume, margin: int = 1) -> Volume | None:
     all zero. For RTK's Joseph projector, whose handling of a ray's ends depends on where the grid
     ends, "equal" is exact only to float rounding, and only from ``margin=2``. With the default one
     voxel, pixels whose rays leave the crop through a face differ slightly from the uncropped
-    projection (one measurement with a script outside the repository, on the material channels of the
-    example CT at 256², 10 poses: up to 1.5e-5 and 1.7e-4 of the lung and bone channels' maximum, on
-    1 % and 0.1 % of the pixels; no test pins these sizes). The study's images are made with the
-    default, so it is kept.
+    projection by a small fraction of the channel's maximum on a small share of the pixels (no test
+    pins these sizes). The study's images are made with the default, so it is kept.
     """
     crop = crop_array(vol.array, margin)
     return None if crop is None else vol.sub_grid(*crop)
