@@ -24,7 +24,7 @@ LAYERS = ("core", "drr", "anatomy", "data", "nets", "training", "eval", "attacks
 #: The folder of the generated pages, relative to the book.
 API_DIR = "api"
 
-_REF_WARNING = re.compile(r"WARNING: py:\w+ reference target not found: (~?xrlib[\w.]*)")
+_REF_WARNING = re.compile(r"WARNING: py:\w+ reference target not found: (~?xrlib(?:\.[\w.]+)?)(?!\w)")
 
 
 def layer_modules(layer: str) -> list[str]:
@@ -52,9 +52,9 @@ def layer_page(layer: str) -> str:
     return "\n".join(lines)
 
 
-def index_page() -> str:
+def index_page(layers: tuple[str, ...] = LAYERS) -> str:
     """The reference's first page: what it covers and one line per layer."""
-    rows = "\n".join(f"| [`xrlib.{layer}`]({layer}.md) | {_summary(f'xrlib.{layer}')} |" for layer in LAYERS)
+    rows = "\n".join(f"| [`xrlib.{layer}`]({layer}.md) | {_summary(f'xrlib.{layer}')} |" for layer in layers)
     return f"""# API reference
 
 `xrlib` is the library the chapters call; the command line (`xrlib render`, `xrlib dataset`,
@@ -76,13 +76,16 @@ is built: module docstrings first, then the public functions and classes with th
 """
 
 
-def write_api_pages(book_dir: str | Path) -> list[Path]:
-    """Write ``<book_dir>/api/index.md`` and one page per layer (replacing the folder); returns their paths."""
+def write_api_pages(book_dir: str | Path, layers: tuple[str, ...] = LAYERS) -> list[Path]:
+    """Write ``<book_dir>/api/index.md`` and one page per layer (replacing the folder); returns their paths.
+
+    ``layers``: all of :data:`LAYERS` for the book; fewer for a quick test build.
+    """
     out = Path(book_dir) / API_DIR
     shutil.rmtree(out, ignore_errors=True)
-    paths = [out / "index.md", *(out / f"{layer}.md" for layer in LAYERS)]
-    write_text_atomic(paths[0], index_page())
-    for layer, path in zip(LAYERS, paths[1:]):
+    paths = [out / "index.md", *(out / f"{layer}.md" for layer in layers)]
+    write_text_atomic(paths[0], index_page(layers))
+    for layer, path in zip(layers, paths[1:]):
         write_text_atomic(path, layer_page(layer))
     return paths
 

@@ -24,7 +24,7 @@ import nbformat
 from xrlib import __version__
 from xrlib.core.atomic import atomic_write, write_text_atomic
 from xrlib.core.profiles import Profile
-from xrlib.publish.api import write_api_pages, xrlib_reference_warnings
+from xrlib.publish.api import LAYERS, write_api_pages, xrlib_reference_warnings
 from xrlib.publish.errors import BookError
 from xrlib.publish.execute import BOOK_DIR, executed_dir
 from xrlib.publish.pages import findings_markdown, metadata_markdown, result_figures
@@ -57,11 +57,11 @@ def prepare_chapter(src: Path, dst: Path, banner: str) -> None:
         nbformat.write(nb, tmp)
 
 
-def write_reference_pages(book_dir: Path = BOOK_DIR, results: Path | None = None) -> None:
-    """Write the pages made from the code and the benchmark results: ``api/*.md`` and
-    ``generated/performance.md`` (from ``results``, default ``benchmarks/results/``)."""
+def write_reference_pages(book_dir: Path = BOOK_DIR, results: Path | None = None, layers: tuple[str, ...] = LAYERS) -> None:
+    """Write the pages made from the code and the benchmark results: ``api/*.md`` (``layers``: all for the
+    book) and ``generated/performance.md`` (from ``results``, default ``benchmarks/results/``)."""
     book_dir = Path(book_dir)
-    write_api_pages(book_dir)
+    write_api_pages(book_dir, layers)
     write_text_atomic(book_dir / "generated" / "performance.md", performance_markdown(results))
 
 
