@@ -10,17 +10,19 @@ the book. The pages are written to ``book/api/`` (not committed); ``_toc.yml`` l
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
+import ast
 import re
 import shutil
 from pathlib import Path
 
 from xrlib.core.atomic import write_text_atomic
 
-#: The layers of ``xrlib`` in import order (a layer imports only from layers before it).
-LAYERS = ("core", "drr", "anatomy", "data", "nets", "training", "eval", "attacks", "studies", "exec", "publish",
+#: The layers of ``xrlib`` from the bottom up (a module imports only from its own layer and those before
+#: it; ``tests/test_layers.py`` checks this).
+LAYERS = ("core", "exec", "drr", "anatomy", "data", "nets", "training", "eval", "attacks", "studies", "publish",
           "plots")
+#: The package's source folder (modules are found and summarised from their files, never imported here).
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
 #: The folder of the generated pages, relative to the book.
 API_DIR = "api"
 
@@ -28,18 +30,23 @@ _REF_WARNING = re.compile(r"WARNING: py:\w+ reference target not found: (~?xrlib
 
 
 def layer_modules(layer: str) -> list[str]:
-    """The public modules of ``xrlib.<layer>`` (the package first, then its modules in name order)."""
+    """The public modules of ``xrlib.<layer>`` (the package first, then its modules and subpackages in name order)."""
     if layer not in LAYERS:
         raise ValueError(f"unknown layer {layer!r}: one of {', '.join(LAYERS)}")
-    pkg = importlib.import_module(f"xrlib.{layer}")
-    names = [m.name for m in pkgutil.walk_packages(pkg.__path__, f"{pkg.__name__}.")
-             if not any(part.startswith("_") for part in m.name.split("."))]
-    return [pkg.__name__, *sorted(names)]
+    names = []
+    for path in (PACKAGE_DIR / layer).rglob("*.py"):
+        parts = path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if len(parts) > 2 and not any(p.startswith("_") for p in parts):
+            names.append(".".join(parts))
+    return [f"xrlib.{layer}", *sorted(names)]
 
 
-def _summary(module: str) -> str:
-    doc = (importlib.import_module(module).__doc__ or "").strip()
-    return doc.split("\n\n")[0].replace("\n", " ") if doc else ""
+def _summary(layer: str) -> str:
+    """The first paragraph of the layer package's docstring (read from its file)."""
+    doc = ast.get_docstring(ast.parse((PACKAGE_DIR / layer / "__init__.py").read_text(encoding="utf-8"))) or ""
+    return doc.split("\n\n")[0].replace("\n", " ").replace("|", "\\|")
 
 
 def layer_page(layer: str) -> str:
@@ -54,13 +61,13 @@ def layer_page(layer: str) -> str:
 
 def index_page(layers: tuple[str, ...] = LAYERS) -> str:
     """The reference's first page: what it covers and one line per layer."""
-    rows = "\n".join(f"| [`xrlib.{layer}`]({layer}.md) | {_summary(f'xrlib.{layer}')} |" for layer in layers)
+    rows = "\n".join(f"| [`xrlib.{layer}`]({layer}.md) | {_summary(layer)} |" for layer in layers)
     return f"""# API reference
 
 `xrlib` is the library the chapters call; the command line (`xrlib render`, `xrlib dataset`,
 `xrlib robustness`, `xrlib book`) is a thin layer over it (`xrlib.cli`). Its modules are grouped in
-layers, listed here in import order: a module imports only from its own layer and the layers above
-it in this table (a test checks this). Each page is generated from the installed code when the book
+layers, listed here from the bottom up: a module imports only from its own layer and the layers above
+it in this table (a test checks this; the [Architecture](../architecture.md) page says why). Each page is generated from the installed code when the book
 is built: module docstrings first, then the public functions and classes with their docstrings
 (units and conventions are stated there).
 
