@@ -1,5 +1,5 @@
 """Ray benchmark: the Ray executor's per-task overhead on this machine, and (``--costs``) the per-task
-costs that the README's scale projection uses.
+costs that the book's "Running at scale" page combines into an estimate of a cluster run.
 
 Overhead
     ``--tasks`` no-op tasks (each returns at once) through :class:`xrlib.exec.ray.RayExecutor` and through

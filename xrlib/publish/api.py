@@ -22,7 +22,7 @@ from xrlib.core.atomic import write_text_atomic
 LAYERS = ("core", "exec", "drr", "anatomy", "data", "nets", "training", "eval", "attacks", "studies", "publish",
           "plots")
 #: The package's source folder (modules are found and summarised from their files, never imported here).
-PACKAGE_DIR = Path(__file__).resolve().parent.parent
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent
 #: The folder of the generated pages, relative to the book.
 API_DIR = "api"
 
@@ -34,8 +34,8 @@ def layer_modules(layer: str) -> list[str]:
     if layer not in LAYERS:
         raise ValueError(f"unknown layer {layer!r}: one of {', '.join(LAYERS)}")
     names = []
-    for path in (PACKAGE_DIR / layer).rglob("*.py"):
-        parts = path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts
+    for path in (_PACKAGE_DIR / layer).rglob("*.py"):
+        parts = path.relative_to(_PACKAGE_DIR.parent).with_suffix("").parts
         if parts[-1] == "__init__":
             parts = parts[:-1]
         if len(parts) > 2 and not any(p.startswith("_") for p in parts):
@@ -45,7 +45,7 @@ def layer_modules(layer: str) -> list[str]:
 
 def _summary(layer: str) -> str:
     """The first paragraph of the layer package's docstring (read from its file)."""
-    doc = ast.get_docstring(ast.parse((PACKAGE_DIR / layer / "__init__.py").read_text(encoding="utf-8"))) or ""
+    doc = ast.get_docstring(ast.parse((_PACKAGE_DIR / layer / "__init__.py").read_text(encoding="utf-8"))) or ""
     return doc.split("\n\n")[0].replace("\n", " ").replace("|", "\\|")
 
 
