@@ -35,6 +35,7 @@ def test_projector_bench_reports_time_and_agreement_against_itk_rtk(tmp_path):
     assert rows["itk-rtk direct"] == (1.0, 0.0)
     assert rows["rtk"][1] < 0.01      # the backend is the same Joseph projector on cropped channels
     assert 0.0 < rows["torch"][1] < 5.0  # a different ray marcher: close, not identical
+    assert [r[1] for r in _result("projectors")["rows"]] == ["itk-rtk direct", "rtk", "torch"]  # the Performance page's
     for name in ("itk-rtk-direct", "rtk", "torch"):
         img = np.load(tmp_path / f"{name}_32.npy")
         assert img.shape == (32, 32) and img.sum() > 0
@@ -101,4 +102,8 @@ def test_stage_profile_reports_every_part():
     assert all(int(c) < int(a) / 4 for (_, _, a), (_, _, c) in zip(shapes[:4], shapes[6:10])), shapes
     assert re.search(r"^block mean of the example CT's μ in blocks of \(8, 8, 2\) voxels: xrlib\.core\.ct\.block_mean "
                      r"[\d.]+ s, skimage\.measure\.block_reduce [\d.]+ s \([\d.]+×\)$", res.stdout, re.M), res.stdout
+    written = {p.stem for p in Path(os.environ["XRLIB_BENCH_RESULTS"]).glob("profile-*.json")}
+    assert {"profile-train-step-U-Net-Real", "profile-thread-layouts-U-Net-Real", "profile-first-touch", "profile-cohort-smoke",
+            "profile-cohort-itk", "profile-rendering-smoke", "profile-rendering-smoke-prefilter"} <= written, written
+    assert len(_result("profile-rendering-smoke")["rows"]) == 6  # the 6 projected channels, as printed
 
