@@ -70,7 +70,9 @@ def main(argv=None) -> None:
     tiny = Geometry().resized(8)
     rb = _median_time(lambda: render_batch(ct, clav, tiny, poses[:1], backend="rtk", prefilter=False), args.repeats) * 1e3
     print(f"render_batch(backend='rtk') overhead per call (8², one pose): {rb:.0f} ms")
-    print("| size | renderer | step | overhead ms | fwd ms/pose | fwd+bwd ms/pose | ratio fwd/rtk | rel L2 vs rtk |")
+    columns = ["size", "renderer", "step", "overhead ms", "fwd ms/pose", "fwd+bwd ms/pose", "ratio fwd/rtk", "rel L2 vs rtk"]
+    table = []
+    print("| " + " | ".join(columns) + " |")
     print("|---|---|---|---|---|---|---|---|")
     padded, channels, _ = render_channels(ct, clav, "naive")
     proj = get_projector("rtk")
@@ -80,7 +82,8 @@ def main(argv=None) -> None:
         g = Geometry().resized(size)
         ref = render_batch(ct, clav, g, poses[:1], backend="rtk", prefilter=False)[0]
         rtk = (_median_time(lambda: rtk_call(g, poses), args.repeats) - rtk_overhead) / args.batch * 1e3
-        print(f"| {size}² | rtk (projector) | slice | {rtk_overhead * 1e3:.1f} | {rtk:.1f} | – | 1.00× | 0.00% |")
+        table.append([f"{size}²", "rtk (projector)", "slice", f"{rtk_overhead * 1e3:.1f}", f"{rtk:.1f}", "–", "1.00×", "0.00%"])
+        print("| " + " | ".join(table[-1]) + " |")
         for step in args.steps:
             step_mm = None if step == "slice" else float(step)
             small = DifferentiableRenderer(ct, clav, tiny, device=args.device, step_mm=step_mm, prefilter=False)
@@ -112,9 +115,17 @@ def main(argv=None) -> None:
             f = ref.field
             rel = np.linalg.norm(img[f] - ref.image[f]) / np.linalg.norm(ref.image[f]) * 100
             label = "slice" if step_mm is None else f"{step_mm:g} mm"
-            print(f"| {size}² | torch Joseph ({dev.type}) | {label} | {overhead * 1e3:.1f} | {fwd:.1f} | {bwd:.1f} | "
-                  f"{fwd / rtk:.2f}× | {rel:.2f}% |")
+            table.append([f"{size}²", f"torch Joseph ({dev.type})", label, f"{overhead * 1e3:.1f}", f"{fwd:.1f}", f"{bwd:.1f}",
+                          f"{fwd / rtk:.2f}×", f"{rel:.2f}%"])
+            print("| " + " | ".join(table[-1]) + " |")
             del r
+    from xrlib.publish.performance import write_result
+
+    write_result("diffrender", f"Differentiable renderer next to the rtk projector ({args.device}, {args.batch} poses per call)",
+                 columns, table, [f"render_batch(backend='rtk') overhead per call (8², one pose): {rb:.0f} ms",
+                                  f"marginal ms per pose: call time minus the per-call overhead of an 8² one-pose call, "
+                                  f"divided by the batch; medians of {args.repeats}; torch threads {torch.get_num_threads()}"],
+                 benchmark="bench_diffrender")
 
 
 if __name__ == "__main__":

@@ -151,7 +151,9 @@ def measure(args: argparse.Namespace, kinds: list[str], cuda: bool, save_dir: st
             print(f"  measured {kind:15s} {size:4d}²: {r['median_ms']:9.1f} ms/pose", flush=True)
 
     print()
-    print(f"| detector | backend | median ms/pose | ratio vs {kinds[0]} | μ rel. L2 vs {kinds[0]} | peak RSS (MB) |")
+    columns = ["detector", "backend", "median ms/pose", f"ratio vs {kinds[0]}", f"μ rel. L2 vs {kinds[0]}", "peak RSS (MB)"]
+    table = []
+    print("| " + " | ".join(columns) + " |")
     print("|---|---|---:|---:|---:|---:|")
     for size in args.sizes:
         ref = next(r for r in rows if r["size"] == size and r["backend"] == kinds[0])
@@ -159,8 +161,15 @@ def measure(args: argparse.Namespace, kinds: list[str], cuda: bool, save_dir: st
         for r in (r for r in rows if r["size"] == size):
             img = np.load(r["image"])
             rel = float(np.linalg.norm(img - ref_img) / np.linalg.norm(ref_img))
-            print(f"| {size}² | {r['backend']} | {r['median_ms']:.1f} | {r['median_ms'] / ref['median_ms']:.2f}× "
-                  f"| {100 * rel:.2f}% | {r['peak_rss_mb']:.0f} |")
+            table.append([f"{size}²", r["backend"], f"{r['median_ms']:.1f}", f"{r['median_ms'] / ref['median_ms']:.2f}×",
+                          f"{100 * rel:.2f}%", f"{r['peak_rss_mb']:.0f}"])
+            print("| " + " | ".join(table[-1]) + " |")
+    from xrlib.publish.performance import write_result
+
+    write_result("projectors" if args.batch == 1 else f"projectors-batch{args.batch}",
+                 f"Projector backends, {args.batch} pose(s) per call", columns, table,
+                 ["channels: μ + clavicle L + R of the example CT (432 mm field); each configuration in its own process",
+                  f"median of {args.repeats} calls ({args.slow_repeats} for torch/diffdrr on a CPU)"], benchmark="bench_projectors")
     return 0
 
 

@@ -1,5 +1,5 @@
 """Ray benchmark: the Ray executor's per-task overhead on this machine, and (``--costs``) the per-task
-costs that the README's scale projection uses.
+costs that the book's "Running at scale" page combines into an estimate of a cluster run.
 
 Overhead
     ``--tasks`` no-op tasks (each returns at once) through :class:`xrlib.exec.ray.RayExecutor` and through
@@ -143,11 +143,19 @@ def main() -> int:
     args = ap.parse_args()
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
     print("| measurement | value |\n| --- | --- |")
+    rows = []
     for name, value in overhead(args):
+        rows.append([name, str(value)])
         print(f"| {name} | {value} |", flush=True)
     if args.costs:
         for name, value in costs():
+            rows.append([name, str(value)])
             print(f"| {name} | {value} |", flush=True)
+    from xrlib.publish.performance import write_result
+
+    write_result("ray-costs" if args.costs else "ray", "Ray: per-task overhead" + (" and per-task costs" if args.costs else ""),
+                 ["measurement", "value"], rows, [f"load average {os.getloadavg()[0]:.1f} at the end of the run"],
+                 benchmark="bench_ray")
     return 0
 
 

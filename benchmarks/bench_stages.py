@@ -521,6 +521,16 @@ def main(argv=None) -> None:
         if "first" in r:
             print(f"{r['stage']}: the first epoch (median) took {r['first']['before']:.2f} s before, "
                   f"{r['first']['after']:.2f} s after")
+    from xrlib.publish.performance import write_result
+
+    suffix = "".join(f"-{k}-{v}" for k, v in {**args.before_env, **args.after_env}.items()).lower()
+    name = "stages" + "".join(c if c.isalnum() or c == "-" else "-" for c in suffix)
+    write_result(name, f"Stage wall time, before = {label}, after = {after_label}",
+                 ["stage", "before (median s)", "after (median s)", "ratio", "results"],
+                 [[r["stage"], f"{r['before']:.2f}", f"{r['after']:.2f}", f"{r['ratio']:.2f}×",
+                   "identical" if r["same"] else "DIFFER"] for r in rows],
+                 [f"medians over {args.repeats} interleaved runs" + (f" on {args.run}" if args.run else "")],
+                 benchmark="bench_stages")
 
 
 if __name__ == "__main__":

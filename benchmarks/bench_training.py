@@ -100,7 +100,7 @@ def main() -> int:
     print()
     print("| profile | input | depth | loss | batch | setting | median images/s | ratio |")
     print("|---|---|---:|---|---:|---|---:|---:|")
-    costs = []
+    costs, throughput = [], []
     for name in args.profile:
         cfg = load_profile(name)
         study = study_configs(cfg)[0]
@@ -109,17 +109,29 @@ def main() -> int:
         for mode in modes:
             rates[mode] = images_per_s(study.depth, study.loss, size, study.batch_size, dev, mode,
                                        args.steps, args.warmup)
-            print(f"| {name} | {size}² | {study.depth} | {study.loss} | {study.batch_size} | {mode} "
-                  f"| {rates[mode]:.1f} | {rates[mode] / rates['as train.py']:.2f}× |", flush=True)
+            throughput.append([name, f"{size}²", study.depth, study.loss, study.batch_size, mode, f"{rates[mode]:.1f}",
+                               f"{rates[mode] / rates['as train.py']:.2f}×"])
+            print("| " + " | ".join(map(str, throughput[-1])) + " |", flush=True)
         costs.append((name, study.epochs, rates["as train.py"], train_images(cfg)))
     print()
     print("Training cost at the 'as train.py' rate (no validation; early stopping ends sooner):")
     print()
     print("| profile | model | train images | s/epoch | max epochs | hours at max epochs |")
     print("|---|---|---:|---:|---:|---:|")
+    cost_rows = []
     for name, epochs, rate, counts in costs:
         for model, n in counts.items():
-            print(f"| {name} | {model} | {n} | {n / rate:.1f} | {epochs} | {n / rate * epochs / 3600:.2f} |")
+            cost_rows.append([name, model, n, f"{n / rate:.1f}", epochs, f"{n / rate * epochs / 3600:.2f}"])
+            print("| " + " | ".join(map(str, cost_rows[-1])) + " |")
+    from xrlib.publish.performance import write_result
+
+    steps = f"{args.steps} timed steps after {args.warmup} warm-up steps, random inputs; 'as train.py' is what the study runs"
+    write_result("training-throughput", "Training step throughput of the study U-Net",
+                 ["profile", "input", "depth", "loss", "batch", "setting", "median images/s", "ratio"], throughput, [steps],
+                 benchmark="bench_training")
+    write_result("training-cost", "Training time per epoch at the 'as train.py' rate",
+                 ["profile", "model", "train images", "s/epoch", "max epochs", "hours at max epochs"], cost_rows,
+                 ["no validation; early stopping ends sooner"], benchmark="bench_training")
     return 0
 
 

@@ -1,7 +1,8 @@
-"""Where the seconds of the CPU stages go: the profiles behind the stage benchmark's README notes.
+"""Where the seconds of the CPU stages go: the profiles behind the stage benchmark.
 
-``bench_stages.py`` says how much faster a stage became; this script says what is left in it, with
-the measurements the README quotes (this checkout only, no "before"):
+``bench_stages.py`` says how much faster a stage became; this script says what is left in it (this
+checkout only, no "before"; every table also goes to ``benchmarks/results/`` for the book's
+Performance page):
 
 - ``train-step``: one optimiser step of the profile's study U-Net (depth 5, Dice loss, Adam) at its
   batch and input size on random inputs, median over interleaved rounds, for the eager settings the
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import re
 import statistics
 import tempfile
 import time
@@ -103,9 +105,15 @@ def train_step(profile_name: str, rounds: int, compile_too: bool) -> None:
     print(f"\ntraining step of {cfg.name}'s U-Net, batch {cfg.batch_size} at {size}², {cfg.threads} threads "
           f"(median of {rounds - 2} interleaved rounds of 3 steps)\n")
     print("| setting | ms per step | speed vs the loop's setting |\n|---|---:|---:|")
+    table = []
     for name in variants:
         m = statistics.median(times[name][2:])
+        table.append([name, f"{1000 * m:.1f}", f"{ref / m:.2f}×"])
         print(f"| {name} | {1000 * m:.1f} | {ref / m:.2f}× |")
+    _save(f"profile-train-step-{cfg.name}" + ("-compile" if compile_too else ""),
+          f"Training step settings side by side ({cfg.name}: batch {cfg.batch_size} at {size}², {cfg.threads} threads)",
+          ["setting", "ms per step", "speed vs the loop's setting"], table,
+          [f"median of {rounds - 2} interleaved rounds of 3 steps"])
     _eager_step_limits(cfg, x, y, loss_fn, rounds)
 
 
@@ -158,8 +166,22 @@ def _eager_step_limits(cfg, x, y, loss_fn, rounds: int) -> None:
         torch.set_num_threads(prev)
     print(f"\neager step: convolutions (forward and backward) {100 * conv / total:.0f} % of its CPU time (torch.profiler)\n")
     print(f"| eager step (median of {rounds - 2} rounds of 3 steps after 2) | ms per step of each training |\n|---|---:|")
+    table = []
     for label in labels:
+        table.append([label, f"{1000 * statistics.median(times[label][2:]):.1f}"])
         print(f"| {label} | {1000 * statistics.median(times[label][2:]):.1f} |")
+    _save(f"profile-thread-layouts-{cfg.name}", f"Eager training step: thread layouts ({cfg.name})",
+          ["eager step layout", "ms per step of each training"], table,
+          [f"convolutions (forward and backward) {100 * conv / total:.0f} % of the eager step's CPU time (torch.profiler)",
+           f"median of {rounds - 2} rounds of 3 steps after 2"])
+
+
+def _save(name: str, title: str, columns: list[str], rows: list[list], notes: list[str] | None = None) -> None:
+    """Write one table to the benchmark results (``xrlib.publish.performance``: the book's Performance page)."""
+    from xrlib.publish.performance import write_result
+
+    name = re.sub(r"-+", "-", re.sub(r"[^A-Za-z0-9_-]", "-", name)).strip("-")  # e.g. a model name in it
+    write_result(name, title, columns, rows, notes, benchmark="profile_stages")
 
 
 def first_touch() -> None:
@@ -183,16 +205,22 @@ def first_touch() -> None:
     print(f"\nmaterial_densities of the example CT ({ct.array.size / 1e6:.0f} M voxels), three calls in a row, s:")
     print("default allocator:", ", ".join(f"{t:.2f}" for t in plain))
     print(f"inside reuse_heap (took effect: {took}):", ", ".join(f"{t:.2f}" for t in kept))
+    _save("profile-first-touch", "material_densities of the example CT, three calls in a row (s)",
+          ["allocator", "call 1", "call 2", "call 3"],
+          [["default", *(f"{t:.2f}" for t in plain)], [f"inside reuse_heap (took effect: {took})", *(f"{t:.2f}" for t in kept)]])
 
 
-def _shares(stats: pstats.Stats, total: float, parts: dict[str, str]) -> None:
+def _shares(stats: pstats.Stats, total: float, parts: dict[str, str]) -> list[list[str]]:
     found = {k: 0.0 for k in parts}
     for (_, _, func), (_, _, _, cum, _) in stats.stats.items():
         for label, name in parts.items():
             if func == name:
                 found[label] = max(found[label], cum)
+    rows = []
     for label, t in found.items():
+        rows.append([label, f"{t:.2f}", f"{100 * t / total:.0f} %"])
         print(f"| {label} | {t:.2f} | {100 * t / total:.0f} % |")
+    return rows
 
 
 def cohort(profile_name: str) -> None:
@@ -213,9 +241,11 @@ def cohort(profile_name: str) -> None:
         total = time.perf_counter() - t0
     print(f"\none virtual subject of the example CT ({profile_name} settings, {task.threads} threads) after an untimed one: {total:.2f} s\n")
     print("| part | s | share |\n|---|---:|---:|")
-    _shares(pstats.Stats(pr), total, {"warps (CT linear, labels nearest; xrlib.anatomy.warp)": "warp",
-                                      "NIfTI writes (ITK header and voxels, ISA-L gzip)": "write_image_atomic",
-                                      "displacement field and folding guard": "_displacement_field"})
+    rows = _shares(pstats.Stats(pr), total, {"warps (CT linear, labels nearest; xrlib.anatomy.warp)": "warp",
+                                             "NIfTI writes (ITK header and voxels, ISA-L gzip)": "write_image_atomic",
+                                             "displacement field and folding guard": "_displacement_field"})
+    _save(f"profile-cohort-{profile_name}", f"One virtual subject ({profile_name} settings, {task.threads} threads): its parts",
+          ["part", "s", "share"], rows, [f"the whole subject after an untimed one: {total:.2f} s"])
     _cohort_against_itk(ct, labels, cfg, os.cpu_count() or 1)
 
 
@@ -271,6 +301,10 @@ def _cohort_against_itk(ct, labels, cfg, threads: int) -> None:
     print("| step | xrlib s | ITK s | ratio | identical |\n|---|---:|---:|---:|---|")
     for name, ours, itk, same in rows:
         print(f"| {name} | {ours:.2f} | {itk:.2f} | {itk / ours:.2f}× | {'yes' if same else 'NO'} |")
+    _save("profile-cohort-itk", f"A subject's steps against the ITK calls they replaced ({threads} threads)",
+          ["step", "xrlib s", "ITK s", "ratio", "identical"],
+          [[n, f"{o:.2f}", f"{i:.2f}", f"{i / o:.2f}×", "yes" if same else "NO"] for n, o, i, same in rows],
+          ["medians of 3 after one untimed call"])
 
 
 def rendering(profile_name: str, prefilter: bool = False) -> None:
@@ -315,6 +349,11 @@ def rendering(profile_name: str, prefilter: bool = False) -> None:
     print("| projected channel (k, j, i voxels) | s |\n|---|---:|")
     for shape, t in calls:
         print(f"| {shape} | {t:.2f} |")
+    _save(f"profile-rendering-{profile_name}" + ("-prefilter" if profile.render.prefilter else ""),
+          f"One realistic shard ({profile_name}, prefilter {'on' if profile.render.prefilter else 'off'}): projector calls",
+          ["projected channel (k, j, i voxels)", "s"], [[str(shape), f"{t:.2f}"] for shape, t in calls],
+          [f"{profile.surrogate.poses_per_subject} jittered poses, {profile.render.detector}² detector, after an untimed "
+           f"shard: {total:.2f} s, of it the RTK projector {proj:.2f} s ({100 * proj / total:.0f} %)"])
     if profile.render.prefilter:
         _block_mean_against_skimage(ct, profile)
 

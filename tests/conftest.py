@@ -23,7 +23,8 @@ from xdist_threads import one_core_env
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
-BOOK_SOURCES = ("_config.yml", "_toc.yml", "intro.md", "how_to_run.md", "data.md", "methods.md", "appendix.md")
+BOOK_SOURCES = ("_config.yml", "_toc.yml", "intro.md", "how_to_run.md", "data.md", "methods.md", "threats.md",
+                "architecture.md", "running_at_scale.md", "performance.md", "appendix.md", "_static")
 
 
 def _shared_folder(tmp_path_factory, name: str) -> Path:
@@ -36,6 +37,11 @@ def _shared_folder(tmp_path_factory, name: str) -> Path:
 
 
 def pytest_configure(config):
+    # benchmark scripts run by the tests write their results here, never into benchmarks/results/
+    if not os.environ.get("XRLIB_BENCH_RESULTS"):
+        import tempfile
+
+        os.environ["XRLIB_BENCH_RESULTS"] = tempfile.mkdtemp(prefix="xrlib-bench-results-")
     if os.environ.get("PYTEST_XDIST_WORKER"):  # workers share the cores: one torch thread each
         import torch
 
@@ -61,7 +67,11 @@ def _build_smoke_book(tmp: Path) -> dict:
         return _smoke_book_result(tmp, book, res["stdout"], res["stderr"], res["returncode"])
     book.mkdir()
     for name in BOOK_SOURCES:
-        shutil.copy(REPO / "book" / name, book / name)
+        src = REPO / "book" / name
+        if src.is_dir():
+            shutil.copytree(src, book / name)
+        else:
+            shutil.copy(src, book / name)
     shutil.copy(REPO / "README.md", tmp / "README.md")  # its generated section is rewritten by --readme
     cmd = [sys.executable, "-m", "xrlib", "book", "--profile", "smoke", "--run-root", str(tmp / "runs"),
            "--book-dir", str(book), "--readme", str(tmp / "README.md")]

@@ -1,6 +1,7 @@
 """``make bench``'s scripts run end to end at tiny sizes (no timing is asserted, only what they report)."""
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -12,6 +13,11 @@ from xdist_threads import one_core_env
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benchmarks"
+
+
+def _result(name: str) -> dict:
+    """A results file the benchmark wrote (the tests' results folder: ``XRLIB_BENCH_RESULTS``, see conftest)."""
+    return json.loads((Path(os.environ["XRLIB_BENCH_RESULTS"]) / f"{name}.json").read_text(encoding="utf-8"))
 
 
 def _run(script: str, *args) -> subprocess.CompletedProcess:
@@ -29,6 +35,7 @@ def test_projector_bench_reports_time_and_agreement_against_itk_rtk(tmp_path):
     assert rows["itk-rtk direct"] == (1.0, 0.0)
     assert rows["rtk"][1] < 0.01      # the backend is the same Joseph projector on cropped channels
     assert 0.0 < rows["torch"][1] < 5.0  # a different ray marcher: close, not identical
+    assert [r[1] for r in _result("projectors")["rows"]] == ["itk-rtk direct", "rtk", "torch"]  # the Performance page's
     for name in ("itk-rtk-direct", "rtk", "torch"):
         img = np.load(tmp_path / f"{name}_32.npy")
         assert img.shape == (32, 32) and img.sum() > 0
@@ -42,6 +49,10 @@ def test_diffrender_bench_reports_overhead_times_and_agreement_next_to_rtk():
                       rf"(?:–|{num}) \| (-?[\d.]+)× \| ([\d.]+)% \|$", res.stdout, re.M)
     assert [(r[0].split()[0], r[1]) for r in rows] == [("rtk", "slice"), ("torch", "slice"), ("torch", "1.4 mm")], res.stdout
     assert float(rows[1][-1]) < 3.0  # every slice: the Joseph projector that rtk runs
+    record = _result("diffrender")  # the Performance page's source: the same rows as printed
+    assert [r[:3] for r in record["rows"]] == [["16²", "rtk (projector)", "slice"], ["16²", rows[1][0], "slice"],
+                                               ["16²", rows[2][0], "1.4 mm"]]
+    assert record["command"].startswith("python benchmarks/bench_diffrender.py --sizes 16")
 
 
 def _bench_training():
@@ -56,6 +67,8 @@ def test_training_bench_runs_on_the_smoke_profile():
     assert res.returncode == 0, res.stderr[-2000:]
     assert re.search(r"^\| smoke \| 64² \| 5 \| dice \| 4 \| as train\.py \| [\d.]+ \| 1\.00× \|$", res.stdout, re.M), res.stdout
     assert re.search(r"^\| smoke \| U-Net\(Real\+Syn_all\) \| \d+ \| [\d.]+ \| 2 \| [\d.]+ \|$", res.stdout, re.M), res.stdout
+    assert _result("training-throughput")["rows"][0][:6] == ["smoke", "64²", 5, "dice", 4, "as train.py"]
+    assert "U-Net(Real+Syn_all)" in [r[1] for r in _result("training-cost")["rows"]]
 
 
 def test_stage_profile_reports_every_part():
@@ -89,4 +102,8 @@ def test_stage_profile_reports_every_part():
     assert all(int(c) < int(a) / 4 for (_, _, a), (_, _, c) in zip(shapes[:4], shapes[6:10])), shapes
     assert re.search(r"^block mean of the example CT's μ in blocks of \(8, 8, 2\) voxels: xrlib\.core\.ct\.block_mean "
                      r"[\d.]+ s, skimage\.measure\.block_reduce [\d.]+ s \([\d.]+×\)$", res.stdout, re.M), res.stdout
+    written = {p.stem for p in Path(os.environ["XRLIB_BENCH_RESULTS"]).glob("profile-*.json")}
+    assert {"profile-train-step-U-Net-Real", "profile-thread-layouts-U-Net-Real", "profile-first-touch", "profile-cohort-smoke",
+            "profile-cohort-itk", "profile-rendering-smoke", "profile-rendering-smoke-prefilter"} <= written, written
+    assert len(_result("profile-rendering-smoke")["rows"]) == 6  # the 6 projected channels, as printed
 

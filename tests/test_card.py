@@ -283,7 +283,7 @@ def test_cli_card_flags_exit_2_with_one_line(capsys):
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
-def test_findings_show_a_result_figure_below_its_section(tmp_path):
+def test_findings_show_a_result_figure_above_its_section(tmp_path):
     from xrlib.publish.pages import result_figures, result_sections
 
     (tmp_path / "card").mkdir()
@@ -293,7 +293,7 @@ def test_findings_show_a_result_figure_below_its_section(tmp_path):
     (tmp_path / "pose" / "headline.md").write_text("**pose**\n", encoding="utf-8")
     assert result_figures(tmp_path) == {tmp_path / "card" / "headline.png": "card.png"}
     assert result_sections(tmp_path, figures=True) == [
-        "**card**", "", "![result figure of card](generated/figures/card.png)", "", "**pose**", ""]
+        "![result figure of card](generated/figures/card.png)", "", "**card**", "", "**pose**", ""]
     assert result_sections(tmp_path) == ["**card**", "", "**pose**", ""]  # the README: text only
 
 

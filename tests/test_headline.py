@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from xrlib.core.profiles import load_profile
-from xrlib.publish.readme import readme_markdown
+from xrlib.publish.readme import README_SECTION, readme_markdown
 from xrlib.publish.report import BookReport, StageResult
 from xrlib.studies.rotation.headline import HEADLINE, headline_markdown, write_headline
 
@@ -41,3 +41,15 @@ def test_written_headline_is_the_readme_result_section(tmp_path):
     section = readme_markdown(BookReport("smoke", [StageResult("06_rotation_robustness", "ran", 30.0, "cpu")]), run)
     assert "| U-Net(Real+Syn_all) | ? | 90.0 |" in section
     assert section.index("Mean Dice (%)") < section.index("Cost of this build")
+
+
+def test_readme_section_is_the_card_alone_when_the_run_has_one(tmp_path):
+    run = tmp_path / "smoke"
+    write_headline(_results(), load_profile("smoke"), run)
+    (run / README_SECTION).parent.mkdir(parents=True)
+    (run / README_SECTION).write_text("**The robustness card — profile smoke.**\n\n| model | clean |\n|---|---|\n| A | 0.9 |\n",
+                                      encoding="utf-8")
+    section = readme_markdown(BookReport("smoke", [StageResult("13_robustness_card", "ran", 30.0, "cpu")]), run)
+    assert "**The robustness card — profile smoke.**" in section and "| A | 0.9 |" in section
+    assert "Mean Dice (%)" not in section  # the rotation study's section stays in the book
+    assert "in the book's introduction" in section and section.index("| A | 0.9 |") < section.index("Cost of this build")

@@ -1,4 +1,4 @@
-"""The package's layers (README "Layout of xrlib"): every import points to the same or a lower layer."""
+"""The package's layers (the book's Architecture page, "Layers"): every import points to the same or a lower layer."""
 
 from __future__ import annotations
 

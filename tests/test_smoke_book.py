@@ -27,6 +27,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from browser import table_overflow
 from test_book import statuses
 from xrlib.publish import readme as xreadme
 
@@ -79,7 +80,9 @@ def test_smoke_book_builds_every_stage(smoke_book):
         center = 100 * syn[syn["group"] == "Center"]["dice"].mean()
         manifest = pd.read_csv(smoke_book["runs"] / "smoke" / "datasets" / "manifest.csv")
         n_train = int(((manifest["split"] == "train") & manifest["pool"].isin(["surrogate", "syn_train"])).sum())
-        assert f"| U-Net(Real+Syn_all) | {n_train} | {center:.1f} |" in section
+        findings = (smoke_book["book"] / "generated" / "findings.md").read_text(encoding="utf-8")
+        assert f"| U-Net(Real+Syn_all) | {n_train} | {center:.1f} |" in findings  # the chapters' sections: in the book
+    assert "The robustness card" in section and "Mean Dice (%)" not in section  # the README: the card alone
     for stem in notebooks:
         assert re.search(rf"\| {stem} \| ran \| [^|]+ \| \d+\.\d \|", section), stem
     assert "HTML (jupyter-book)" in section and "**total**" in section
@@ -140,7 +143,9 @@ def test_smoke_book_in_headless_chromium(smoke_book, served, tmp_path):
     html = smoke_book["html"]
     pages = sorted(p.relative_to(html).as_posix() for p in html.rglob("*.html")
                    if not p.relative_to(html).as_posix().startswith(("_static/", "_sources/", "_images/"))
-                   and p.name not in ("genindex.html", "search.html"))
+                   and p.name not in ("genindex.html", "search.html")
+                   # the API pages (one per layer) are built from the code, not the run: tests/test_book_pages.py
+                   and not (p.relative_to(html).as_posix().startswith("api/") and p.name != "index.html"))
     chapters = [p for p in pages if p.startswith("chapters/")]
     assert len(chapters) == len(list((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")))
     problems = []
@@ -181,6 +186,9 @@ def test_smoke_book_in_headless_chromium(smoke_book, served, tmp_path):
             if not ok:
                 problems.append(f"{page}: link {href} does not resolve")
     assert not problems, "\n".join(problems[:20])
+    # the introduction's card (a column per threat) fits a 1,400 px wide window: no table scrolls sideways
+    wide = table_overflow(exe, html, served, "intro.html", tmp_path / "chrome-measure", width=1400)
+    assert wide["tables"] >= 1 and wide["wide"] == [], wide
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     index = "index.html"

@@ -229,7 +229,7 @@ def build_cohort(
     relative paths and SHA-256 of the files, config and source fingerprints).
 
     Plan → run → collect: the subjects to (re)build become :class:`SubjectTask` objects run by
-    ``executor`` (an :class:`xrlib.exec.Executor` or its name, ``None``: in this process); files
+    ``executor`` (an :class:`xrlib.exec.base.Executor` or its name, ``None``: in this process); files
     are written to temporary names and renamed, and the driver rewrites the manifest after each
     collected subject, so an interrupted build resumes where it stopped.
 

@@ -1,10 +1,10 @@
 """The worst-case patient pose: a search over (α, tilt, shift) through the differentiable renderer.
 
 Threat ``pose`` (budget b, unit ``deg``): for each test subject, the pose within the box
-|α| ≤ b°, |tilt| ≤ b/4°, |shift_x|, |shift_y|, |shift_z| ≤ b mm that minimises the model's soft
+``|α| ≤ b°, |tilt| ≤ b/4°, |shift_x|, |shift_y|, |shift_z| ≤ b mm`` that minimises the model's soft
 Dice, found through the whole differentiable chain
 
-    pose → :class:`xrlib.drr.DifferentiableRenderer` (naive physics, ∫μ dl)
+    pose → :class:`xrlib.drr.diffrender.DifferentiableRenderer` (naive physics, ∫μ dl)
          → :func:`xrlib.drr.physics.postprocess_torch` (window, unsharp mask — the datasets' display step)
          → :func:`xrlib.data.preprocess.preprocess_torch` (resize + pad to S×S, [0, 1])
          → network → 1 − soft Dice (MONAI ``DiceLoss``, :func:`xrlib.attacks.pgd.dice_objective`).
@@ -88,7 +88,7 @@ class PoseSearch:
 class PoseChain:
     """Pose → network input and ground truth for one subject (renderer, post-processing, preprocessing).
 
-    ``renderer``: a :class:`xrlib.drr.DifferentiableRenderer` with clavicles; ``image_size``: the
+    ``renderer``: a :class:`xrlib.drr.diffrender.DifferentiableRenderer` with clavicles; ``image_size``: the
     network's input side S. Rendering at S (``geometry.resized(S)``) makes the resize an identity.
     """
 

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 #: TotalSegmentator class indices of the clavicles in the shipped label map (``structures.csv``).
 CLAVICLE_LEFT_LABEL = 73
+#: See :data:`CLAVICLE_LEFT_LABEL` (the right clavicle).
 CLAVICLE_RIGHT_LABEL = 74
 
 #: A body CT in HU always contains air (about −1000 HU). If no voxel is below this value the
@@ -391,10 +392,8 @@ def crop_to_support(vol: Volume, margin: int = 1) -> Volume | None:
     all zero. For RTK's Joseph projector, whose handling of a ray's ends depends on where the grid
     ends, "equal" is exact only to float rounding, and only from ``margin=2``. With the default one
     voxel, pixels whose rays leave the crop through a face differ slightly from the uncropped
-    projection (one measurement with a script outside the repository, on the material channels of the
-    example CT at 256², 10 poses: up to 1.5e-5 and 1.7e-4 of the lung and bone channels' maximum, on
-    1 % and 0.1 % of the pixels; no test pins these sizes). The study's images are made with the
-    default, so it is kept.
+    projection by a small fraction of the channel's maximum on a small share of the pixels (no test
+    pins these sizes). The study's images are made with the default, so it is kept.
     """
     crop = crop_array(vol.array, margin)
     return None if crop is None else vol.sub_grid(*crop)

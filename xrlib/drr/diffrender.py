@@ -23,7 +23,7 @@ sample per slice), so the two agree to well under 1 %; a larger ``step_mm`` skip
 (aliasing) for speed. The sample positions are built in torch from the pose
 (:func:`xrlib.drr.geometry.rays_torch`), so everything is differentiable: w.r.t. the pose
 through the positions and the length weights, w.r.t. the volume through the samples. Rays
-must stay within 45° of the marching axis (|α|, |tilt| up to about 35° with the paper's cone).
+must stay within 45° of the marching axis (``|α|``, ``|tilt|`` up to about 35° with the paper's cone).
 
 The field (:func:`xrlib.drr.geometry.complete_ray_field`) is a boolean mask computed with numpy
 from the detached pose; image and masks are 0 outside it, as in ``render_batch``.

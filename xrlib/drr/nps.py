@@ -95,7 +95,7 @@ class LocalNPS:
 
 
 def nps_2d(noise: np.ndarray) -> np.ndarray:
-    """NPS of zero-mean noise realisations ``(R, P, P)``: mean over R of |FFT|²/P² (unshifted)."""
+    """NPS of zero-mean noise realisations ``(R, P, P)``: mean over R of ``|FFT|²/P²`` (unshifted)."""
     n = np.asarray(noise, float)
     if n.ndim == 2:
         n = n[None]

@@ -41,7 +41,7 @@ cuts the slices each ray crosses by the same factor. At the quick detector (1.41
 the isocenter) the example CT (0.70 × 0.70 × 2.5 mm) is averaged over 2 × 2 voxels in-plane; at
 the paper's detector (0.20 mm) every factor is 1 and nothing changes. The clavicle masks are
 projected at full resolution: they are the labels. It is off by default because it moves the quick
-study's Dice by more than the seed-to-seed spread (README, issue 11).
+study's Dice by more than the seed-to-seed spread (see the book's Architecture page).
 """
 
 from __future__ import annotations

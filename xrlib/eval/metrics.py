@@ -1,7 +1,7 @@
 """Per-image segmentation metrics: Dice, Hausdorff distance (HD) and its 95th percentile (HD95).
 
-Conventions
------------
+Conventions:
+
 * Binarisation: a prediction (probability or 0/1 mask) is foreground where ``value > threshold``
   (strictly greater, default 0.5); the target is binarised the same way, so 0/1 uint8 masks and
   probabilities can both be passed.

@@ -36,6 +36,7 @@ __all__ = [
     "cmr_ztest", "sar", "success_flags", "write_robustness",
 ]
 
+#: The columns every threat's results table has (one row per model × budget × test image).
 CONTRACT_COLUMNS = ("model", "threat", "budget", "budget_unit", "subject", "alpha", "alpha_group", "dice", "hd95_mm",
                     "dice_clean", "dice_vs_clean_pred", "success", "changed")
 #: A threat succeeds on an image when its Dice fell by at least this fraction of the clean Dice.

@@ -1,7 +1,7 @@
 """Local executors: run picklable tasks one after another in this process
 (:class:`InProcessExecutor`, the default), or in a pool of spawned processes
 (:class:`ProcessPoolExecutor`). The task contract they implement is in :mod:`xrlib.exec.base`; the
-Ray executor in :mod:`xrlib.exec.ray`; :func:`xrlib.exec.get_executor` picks one by name.
+Ray executor in :mod:`xrlib.exec.ray`; :func:`~xrlib.exec.get_executor` picks one by name.
 
 Spawned processes inherit the driver's environment, so with ``XRLIB_PORTABLE=1`` they start with the
 instruction-set pin set (:mod:`xrlib.core.machine`) before they import torch or numpy.

@@ -31,7 +31,7 @@ def _contour(ax, mask, color, style="-"):
 
 def example_grid(rows: Sequence[dict], grid_scale: float = 5.0, pixel_mm: float | None = None) -> plt.Figure:
     """One row per ξ (dicts of :func:`xrlib.studies.learned.study.example_rows`): I_0 with the truth (red) and
-    the clean prediction (cyan); D as a warped grid (magnified ``grid_scale``×); V; I_DV with the warped truth
+    the clean prediction (cyan); D as a warped grid (magnified by ``grid_scale``); V; I_DV with the warped truth
     (red), the attacked prediction (yellow) and the clean prediction (cyan, dashed)."""
     n = max(len(rows), 1)
     fig, axes = plt.subplots(n, 4, figsize=(12, 3.1 * n), squeeze=False)

@@ -4,7 +4,9 @@ The executed notebooks are copied into ``book/chapters/`` (papermill's injected 
 hidden, a "built with" banner added), the generated pages are written to ``book/generated/``, and
 the book is built into a temporary folder next to ``book/_build/html`` and swapped in only when
 ``jupyter-book`` succeeds (strict: ``-W`` turns broken cross-references, missing images and unknown
-documents into errors), so ``book/_build/html`` is always one complete, consistent build.
+documents into errors), so ``book/_build/html`` is always one complete, consistent build. The pages
+that do not depend on the run — the API reference (:mod:`xrlib.publish.api`) and the Performance
+page (:mod:`xrlib.publish.performance`) — are written by :func:`write_reference_pages`.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ import nbformat
 from xrlib import __version__
 from xrlib.core.atomic import atomic_write, write_text_atomic
 from xrlib.core.profiles import Profile
+from xrlib.publish.api import LAYERS, write_api_pages, xrlib_reference_warnings
 from xrlib.publish.errors import BookError
 from xrlib.publish.execute import BOOK_DIR, executed_dir
 from xrlib.publish.pages import findings_markdown, metadata_markdown, result_figures
+from xrlib.publish.performance import performance_markdown
 from xrlib.publish.report import BookReport, StageResult
 
 
@@ -51,6 +55,37 @@ def prepare_chapter(src: Path, dst: Path, banner: str) -> None:
     nb.cells.insert(pos, cell)
     with atomic_write(dst) as tmp:
         nbformat.write(nb, tmp)
+
+
+def write_reference_pages(book_dir: Path = BOOK_DIR, results: Path | None = None, layers: tuple[str, ...] = LAYERS) -> None:
+    """Write the pages made from the code and the benchmark results: ``api/*.md`` (``layers``: all for the
+    book) and ``generated/performance.md`` (from ``results``, default ``benchmarks/results/``)."""
+    book_dir = Path(book_dir)
+    write_api_pages(book_dir, layers)
+    write_text_atomic(book_dir / "generated" / "performance.md", performance_markdown(results))
+
+
+def run_jupyter_book(book_dir: Path, out: Path, log_file: Path) -> Path:
+    """``jupyter-book build`` of ``book_dir`` into ``out`` with warnings as errors; returns the HTML folder.
+
+    The log goes to ``log_file``; a failed build raises :class:`BookError` naming the broken ``xrlib``
+    cross-references first (then the first warning).
+    """
+    jb = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(book_dir), "--path-output", str(out),
+           "--builder", "html", "-W", "--keep-going"]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, encoding="utf-8", errors="replace")
+    text = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + "\n" + proc.stderr)  # no terminal colours
+    write_text_atomic(log_file, text)
+    html = out / "_build" / "html"
+    if proc.returncode != 0 or not (html / "index.html").is_file():
+        warnings = [ln for ln in text.splitlines() if "WARNING" in ln or "ERROR" in ln]
+        refs = xrlib_reference_warnings(text)
+        first = " ".join((warnings[0] if warnings else "see the log").split())[:300]
+        if refs:
+            first = f"broken cross-reference(s) to {', '.join(refs[:5])}{' …' if len(refs) > 5 else ''}; {first}"
+        raise BookError(f"book: jupyter-book build failed ({len(warnings)} warning(s)/error(s); log {log_file}): {first}")
+    return html
 
 
 def toc_chapters(book_dir: Path) -> list[str]:
@@ -94,25 +129,18 @@ def build_html(report: BookReport, *, cfg: Profile, run: Path, overrides: dict, 
         shutil.copyfile(fig, gen / "figures" / name)
     write_text_atomic(gen / "findings.md", findings_markdown(report, run))
     write_text_atomic(gen / "run_metadata.md", metadata_markdown(report, run, cfg, overrides, book_dir))
+    write_reference_pages(book_dir)
 
     build = book_dir / "_build"
     build.mkdir(exist_ok=True)
     tmp = build / f".staging-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    jb = Path(sys.executable).with_name("jupyter-book")
-    cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(book_dir), "--path-output", str(tmp),
-           "--builder", "html", "-W", "--keep-going"]
     log(f"book: jupyter-book build ({report.profile}) ...")
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, encoding="utf-8", errors="replace")
-    text = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + "\n" + proc.stderr)  # no terminal colours
-    logfile = build / "jupyter-book.log"
-    write_text_atomic(logfile, text)
-    html = tmp / "_build" / "html"
-    if proc.returncode != 0 or not (html / "index.html").is_file():
-        warnings = [ln for ln in text.splitlines() if "WARNING" in ln or "ERROR" in ln]
+    try:
+        html = run_jupyter_book(book_dir, tmp, build / "jupyter-book.log")
+    except BookError:
         shutil.rmtree(tmp, ignore_errors=True)
-        first = " ".join((warnings[0] if warnings else "see the log").split())[:300]
-        raise BookError(f"book: jupyter-book build failed ({len(warnings)} warning(s)/error(s); log {logfile}): {first}")
+        raise
     final = build / "html"
     old = build / f".old-{os.getpid()}"
     if final.exists():

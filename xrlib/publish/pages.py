@@ -21,7 +21,7 @@ from xrlib.publish.report import BookReport
 
 #: The file name of a result section in the run folder (any depth).
 RESULT_SECTION = "headline.md"
-#: A result section's figure: a PNG of this name beside a ``headline.md`` is shown below it in the book's
+#: A result section's figure: a PNG of this name beside a ``headline.md`` is shown above it in the book's
 #: introduction (copied to ``book/generated/figures/``; the README shows the section's text only).
 RESULT_FIGURE = "headline.png"
 #: Packages listed in the appendix (those installed).
@@ -39,15 +39,16 @@ def md_table(header: list[str], rows: list[list]) -> str:
 
 def result_sections(run: Path, figures: bool = False) -> list[str]:
     """The lines of every result section (``headline.md``) under ``run``, each followed by a blank line;
-    ``figures``: also its :data:`RESULT_FIGURE` (as ``generated/figures/<name>``, see :func:`result_figures`)."""
+    ``figures``: also its :data:`RESULT_FIGURE` first (the result before its table and caveats; as
+    ``generated/figures/<name>``, see :func:`result_figures`)."""
     lines: list[str] = []
     names = {fig.parent: name for fig, name in result_figures(run).items()} if figures else {}
     for path in sorted(Path(run).rglob(RESULT_SECTION)):
         text = path.read_text(encoding="utf-8").strip("\n")
-        if text.strip():
-            lines += [*text.split("\n"), ""]
         if path.parent in names:  # the include in intro.md resolves image paths from book/
             lines += [f"![result figure of {names[path.parent][:-4]}](generated/figures/{names[path.parent]})", ""]
+        if text.strip():
+            lines += [*text.split("\n"), ""]
     return lines
 
 

@@ -162,7 +162,7 @@ def run_threat(profile: Profile | str | Path, run: str | Path, threat: str = "ro
     ``grid``, the budgets it may run; ``pose``: ``steps``, ``subjects``; ``rotation`` takes none). ``examples_dir``: also save clean and
     threatened images, masks and predictions per model and budget there (see
     :func:`xrlib.attacks.base.score_threat`). ``executor``: ``None``/``"local"`` scores the models here,
-    one after another; ``"process"``, ``"ray"`` or an :class:`xrlib.exec.Executor` runs one
+    one after another; ``"process"``, ``"ray"`` or an :class:`xrlib.exec.base.Executor` runs one
     :class:`ScoreTask` per model (same rows; only this driver writes the CSV). Raises :class:`InputError` naming an unknown
     threat or option, an unknown or untrained model, or a budget outside the threat's grid.
     """

@@ -59,7 +59,7 @@ def train_all(configs: Sequence[TrainConfig], datasets_dir: str | Path, out_root
     """Train (or load from cache) every configuration; results by model name, in plan order.
 
     ``executor``: ``None`` runs the tasks one after another in this process; otherwise an
-    :class:`xrlib.exec.Executor` (anything with ``map(tasks, progress=, desc=)`` yielding
+    :class:`xrlib.exec.base.Executor` (anything with ``map(tasks, progress=, desc=)`` yielding
     ``(task, result)``), e.g. ``xrlib.exec.get_executor("process", workers=2)`` or
     ``get_executor("ray", address=...)`` (a task asks for a GPU when it trains on CUDA). Training does not
     import :mod:`xrlib.exec` (it sits below it in the layers).

@@ -133,7 +133,7 @@ def _pose(profile, run, s, victims):
 
 # -- acquisition shift (chapter 08) -------------------------------------------------------------
 
-#: The card's acquisition budget: the documented ranges of the varied surrogate (issue 17: budget 1).
+#: The card's acquisition budget: the documented ranges of the varied surrogate (budget 1).
 ACQUISITION_BUDGET = 1.0
 
 

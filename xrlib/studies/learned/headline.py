@@ -1,4 +1,4 @@
-"""Chapter 11's headline: ``<run>/learned/headline.md`` (collected into the book's findings and the README)."""
+"""Chapter 11's headline: ``<run>/learned/headline.md`` (collected into the book's findings)."""
 
 from __future__ import annotations
 

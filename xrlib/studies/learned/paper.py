@@ -1,6 +1,6 @@
 """Paper 004's Table 1 (Chen et al., "Intelligent image synthesis to attack a segmentation CNN using
 adversarial learning", SASHIMI/MICCAI workshop 2019): Dice (%) of a 2-D U-Net on abdominal CT
-(75 test subjects) per organ, and the perceptibility p (mean |I_DV − I_0| of images normalised to zero
+(75 test subjects) per organ, and the perceptibility p (mean ``|I_DV − I_0|`` of images normalised to zero
 mean and unit standard deviation), quoted from the paper's Table 1 for the trend only — another
 organ, modality and network; its p is relative to the image's standard deviation.
 """

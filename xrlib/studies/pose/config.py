@@ -1,17 +1,17 @@
 """The ``pose:`` block of a profile (chapter 12), typed and checked.
 
-```yaml
-pose:
-  subjects: 2            # Syn_test subjects searched (null: all)
-  budgets: [5, 10, 20]   # b: |α| ≤ b°, |tilt| ≤ b/4°, |shift| ≤ b mm
-  render_size: 128       # detector pixels the renderer uses (null: the profile's detector)
-  step_mm: 1.4           # renderer sampling step along the rays (null: every CT slice)
-  grid: {alpha: 5, tilt: 3}
-  steps: 4               # sign-gradient steps after the grid
-  step_fraction: 0.25    # first step, as a fraction of each bound
-  landscape: {alpha: 9, tilt: 5, model: "U-Net(Real)", budget: 20}
-  defense: {subjects: 2, budget: 10, rounds: 2, epochs: 3, lr: 0.001, start: "U-Net(Real)"}
-```
+An example (YAML)::
+
+    pose:
+      subjects: 2            # Syn_test subjects searched (null: all)
+      budgets: [5, 10, 20]   # b: |α| ≤ b°, |tilt| ≤ b/4°, |shift| ≤ b mm
+      render_size: 128       # detector pixels the renderer uses (null: the profile's detector)
+      step_mm: 1.4           # renderer sampling step along the rays (null: every CT slice)
+      grid: {alpha: 5, tilt: 3}
+      steps: 4               # sign-gradient steps after the grid
+      step_fraction: 0.25    # first step, as a fraction of each bound
+      landscape: {alpha: 9, tilt: 5, model: "U-Net(Real)", budget: 20}
+      defense: {subjects: 2, budget: 10, rounds: 2, epochs: 3, lr: 0.001, start: "U-Net(Real)"}
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ round (the first ``defense.subjects`` Syn_train training subjects):
   subset of the synthetic α grid (``rounds`` angles from −20° to 20°) joins the pool.
 
 So both see the same number of images and optimiser steps. The fine-tuning is a small loop of its
-own (Adam, the Dice loss of training, seeded shuffling) rather than :func:`xrlib.training.train_model`,
+own (Adam, the Dice loss of training, seeded shuffling) rather than :func:`xrlib.training.loop.train_model`,
 because the worst-pose pool is made between epochs by the model being trained; a defended model is
 cached like a trained one, by a hash of everything it depends on (``<run>/pose/defense/<name>-<hash>/``).
 """

@@ -2,7 +2,7 @@
 
 The threatened subjects are the first ``pose.subjects`` Syn_test subjects (virtual subjects of one
 CT, not independent patients); each is loaded from the run's cohort (``<run>/cohort``) and rendered
-by :class:`xrlib.drr.DifferentiableRenderer` (naive physics, the synthetic domain) at
+by :class:`xrlib.drr.diffrender.DifferentiableRenderer` (naive physics, the synthetic domain) at
 ``pose.render_size`` pixels over the profile's detector field, then post-processed and preprocessed
 as the datasets are (:class:`xrlib.attacks.pose.PoseChain`).
 """

@@ -1,8 +1,8 @@
 """The study's headline result as a Markdown section: mean Dice per model at Center vs Moderate α.
 
 Chapter 06 writes it to ``<run>/evaluation/headline.md`` (:func:`write_headline`); the publishing
-layer includes every ``headline.md`` of the run in the book's findings and the README without
-knowing this study.
+layer includes every ``headline.md`` of the run in the book's findings (the README shows the card's
+alone) without knowing this study.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The rotation study's model sets: the three study U-Nets and the 18-experiment ablation (Table 3).
 
-All are :class:`xrlib.training.TrainConfig` of the ``standard`` recipe, built from a profile's
+All are :class:`xrlib.training.config.TrainConfig` of the ``standard`` recipe, built from a profile's
 ``train:`` section, seed and ``synthetic.cen_alphas``.
 """
 

@@ -55,7 +55,7 @@ def train_all(configs: list[TrainConfig], run: Path, progress: bool = True, exec
     """Train (or load from cache) each configuration in ``<run>/models``; results by model name.
 
     ``executor``: ``None``/``"local"`` trains here, one after another (with per-epoch progress);
-    ``"process"``, ``"ray"`` or an :class:`xrlib.exec.Executor` runs one task per model
+    ``"process"``, ``"ray"`` or an :class:`xrlib.exec.base.Executor` runs one task per model
     (:func:`xrlib.exec.get_executor`; the same models, byte for byte, since each task sets the
     configuration's thread count)."""
     if isinstance(executor, str):
