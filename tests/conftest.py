@@ -24,7 +24,7 @@ from xdist_threads import one_core_env
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
 BOOK_SOURCES = ("_config.yml", "_toc.yml", "intro.md", "how_to_run.md", "data.md", "methods.md", "threats.md",
-                "architecture.md", "running_at_scale.md", "performance.md", "appendix.md", "_static")
+                "architecture.md", "running_at_scale.md", "performance.md", "own_model.md", "appendix.md", "_static")
 
 
 def _shared_folder(tmp_path_factory, name: str) -> Path:
