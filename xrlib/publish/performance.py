@@ -45,13 +45,12 @@ def results_dir() -> Path:
 
 def machine_description() -> dict:
     """What a result was measured on: the default device (:func:`xrlib.core.runs.device_description`),
-    the platform, the core count and torch's thread count."""
-    import torch
-
+    the platform, and the machine fingerprint (:func:`xrlib.core.machine.machine_fingerprint`: CPU model,
+    ISA flags, torch's CPU capability, library builds, thread counts and its id)."""
+    from xrlib.core.machine import machine_fingerprint
     from xrlib.core.runs import device_description
 
-    return {"device": device_description(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__}
+    return {"device": device_description(), "platform": platform.platform(), **machine_fingerprint()}
 
 
 def command_line(argv: list[str] | None = None) -> str:
@@ -116,6 +115,17 @@ def _cell(value) -> str:
     return str(value).replace("\n", " ")
 
 
+#: The fingerprint keys a result's caption names (the whole fingerprint stays in its file).
+CAPTION_KEYS = ("device", "cpu_model", "torch_cpu_capability", "threads", "portable", "id")
+
+
+def _machine_line(m: dict) -> str:
+    if not m:
+        return "machine not recorded"
+    keys = [k for k in CAPTION_KEYS if k in m] or list(m)
+    return ", ".join(f"{'fingerprint' if k == 'id' else k} {m[k]}" for k in keys)
+
+
 def performance_markdown(folder: str | Path | None = None) -> str:
     """Every result file of ``folder`` (default :func:`results_dir`) as a Markdown section, by benchmark and name."""
     folder = Path(folder if folder is not None else results_dir())
@@ -126,8 +136,7 @@ def performance_markdown(folder: str | Path | None = None) -> str:
     records = sorted(((load_result(p), p) for p in paths), key=lambda rp: (rp[0]["benchmark"], rp[1].name))
     lines: list[str] = []
     for rec, path in records:
-        m = rec["machine"]
-        where = ", ".join(f"{k} {v}" for k, v in m.items()) if m else "machine not recorded"
+        where = _machine_line(rec["machine"])
         lines += [f"### {rec['title']}", "",
                   f"*`{rec['command']}` — {rec['date']}; {where}. File `{path.name}`.*", "",
                   md_table([_cell(c) for c in rec["columns"]], [[_cell(v) for v in r] for r in rec["rows"]]), ""]
