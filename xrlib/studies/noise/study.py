@@ -225,13 +225,13 @@ def window_effect(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def repeated_configs(profile: Profile, settings: NoiseSettings):
-    """U-Net(Real+Syn_all) with ``settings.seeds`` other seeds (profile seed + 1 …) at the study model's own
-    schedule (epochs, patience, lr): they differ from the victim only by the seed."""
-    from dataclasses import replace
+    """U-Net(Real+Syn_all) with ``settings.seeds`` other seeds at the study model's own schedule (epochs,
+    patience, lr): they differ from the victim only by the seed. They are the base's seeds ``n … n + k − 1``
+    (:func:`xrlib.studies.rotation.seeds.other_seeds_start`), the card's A/A seeds, so each trains once."""
+    from xrlib.studies.rotation.seeds import BASE_MODEL, other_seeds_start, study_seed_config
 
-    base = next(c for c in study_configs(profile) if c.name == "U-Net(Real+Syn_all)")
-    return [replace(base, name=f"U-Net(Real+Syn_all) seed {profile.seed + k + 1}", seed=int(profile.seed) + k + 1)
-            for k in range(settings.seeds)]
+    first = other_seeds_start(profile)
+    return [study_seed_config(profile, BASE_MODEL, first + k) for k in range(settings.seeds)]
 
 
 def seed_sar(profile: Profile, run: Path, threat: NoiseThreat, results: dict, doses) -> tuple[pd.DataFrame, pd.DataFrame]:

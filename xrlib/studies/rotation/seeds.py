@@ -17,7 +17,7 @@ from xrlib.core.profiles import Profile
 from xrlib.studies.rotation.models import study_configs
 from xrlib.training import TrainConfig, TrainResult
 
-__all__ = ["BASE_MODEL", "base_seeds", "seed_config", "seed_name", "study_seed_config", "warm_from"]
+__all__ = ["BASE_MODEL", "base_seeds", "other_seeds_start", "seed_config", "seed_name", "study_seed_config", "warm_from"]
 
 #: The study model the warm-started defenses start from.
 BASE_MODEL = "U-Net(Real+Syn_all)"
@@ -47,6 +47,14 @@ def study_seed_config(profile: Profile, name: str, k: int) -> TrainConfig:
     if name not in configs:
         raise ValueError(f"unknown study model {name!r}; the study models are {', '.join(configs)}")
     return seed_config(configs[name], k)
+
+
+def other_seeds_start(profile: Profile) -> int:
+    """The first seed index of the base's *other* seeds: ``n`` = the card's seed count (``card.seeds``, default
+    1), so that the card's A/A row (seeds ``n … 2n − 1``) and chapter 10's repeated trainings are the same
+    trainings, trained once. The card checks the value (:func:`xrlib.studies.card.settings.card_settings`)."""
+    value = profile.section("card").get("seeds", 1)
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
 
 
 def base_seeds(profile: Profile, run: Path, k: int, first: int = 1, executor=None,
