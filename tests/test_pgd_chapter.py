@@ -82,6 +82,7 @@ def _with(block_update: dict):
     ({"check": {"budget": 0.05, "steps": 2, "restarts": 2, "models": None, "tolerance": 0.02}},
      "bad.yml: pgd.check.budget must be one of pgd.budgets"),
     ({"apgd_steps": 0}, "bad.yml: pgd.apgd_steps must be an integer ≥ 1, got 0"),
+    ({"members": ["apgd-dice", "fgsm"]}, "bad.yml: pgd.members must be distinct names among pgd, segpgd, apgd-dice"),
 ])
 def test_bad_settings_name_the_profile_and_the_key(update, message):
     with pytest.raises(InputError) as err:

@@ -58,7 +58,8 @@ def headline_markdown(cfg: Profile, s: PGDSettings, worst: pd.DataFrame, checks:
     lines = [
         f"**Gradient attacks on the network input — profile {cfg.name}: mean over images of the per-image minimum "
         f"Dice over the L∞ ensemble (PGD and SegPGD, {s.steps} steps of ε·{s.step_fraction:g}; APGD, {s.apgd_steps} "
-        f"iterations, on soft Dice, balanced and masked CE; every iterate; the diagnostic runs) on {n_subjects} "
+        f"iterations, on soft Dice, balanced and masked CE; members run: {'all' if s.members is None else ', '.join(s.members)}; "
+        f"every iterate; the diagnostic runs) on {n_subjects} "
         f"synthetic test subject(s) × {n_alphas} angle(s); test subjects are virtual subjects of one CT.** ε in [0, 1] image units; "
         f"ε = 0 is the clean image. Defenses: fine-tuned from U-Net(Real+Syn_all) for {s.defense.epochs} epoch(s) "
         f"with {s.defense.steps}-step PGD (ε = {s.defense.eps:g})." if s.defense.warm_start else

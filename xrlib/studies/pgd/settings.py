@@ -6,6 +6,7 @@ Block layout (``book/profiles/*.yml``; the profiles differ only in sizes)::
       budgets: [0.01, 0.03, 0.07]   # L∞ ε > 0 in [0, 1] image units; the clean ε = 0 is always added
       steps: 10                     # N, PGD and SegPGD steps per attack of the ensemble
       apgd_steps: 20                # APGD iterations per member of the ensemble (soft Dice, balanced CE, masked CE)
+      members: null                 # the ensemble's attacks (null: all of xrlib.attacks.ensemble.members)
       step_fraction: 0.2            # step s = step_fraction · ε
       alphas: [-20, -10, 0, 10, 20] # Syn_test angles attacked (null: all)
       segpgd_budgets: [0.03]        # ε at which SegPGD runs too (null: all budgets; a subset of budgets)
@@ -122,6 +123,7 @@ class PGDSettings:
     defense: DefenseSettings
     ood: OODSettings
     shape: ShapeSettings | None = None
+    members: tuple[str, ...] | None = None
 
     @property
     def grid(self) -> tuple[float, ...]:
@@ -203,8 +205,12 @@ def pgd_settings(profile: Profile) -> PGDSettings:
                       o.num("recon_weight", 0.0, float("inf"), positive=False), o.int("head_epochs"), o.int("head_hidden"),
                       o.names("natural"))
     alphas = r.numbers("alphas", -180.0, 180.0, allow_null=True, positive=False)
+    known = ("pgd", "segpgd", "apgd-dice", "apgd-bce", "apgd-mce")
+    chosen = r.names("members", allow_null=True) if "members" in r.block else None
+    if chosen is not None and (set(chosen) - set(known) or len(set(chosen)) != len(chosen)):
+        raise r.fail("members", f"distinct names among {', '.join(known)} or null", list(chosen))
     return PGDSettings(budgets, r.int("steps"), r.int("apgd_steps"), r.num("step_fraction", 0.0, 1.0), alphas, seg, r.bool("l2"),
-                       r.int("seed", 0), check, defense, ood, _shape(r, budgets))
+                       r.int("seed", 0), check, defense, ood, _shape(r, budgets), chosen)
 
 
 def _shape(r: _Reader, budgets: tuple[float, ...]) -> ShapeSettings | None:

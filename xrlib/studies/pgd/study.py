@@ -103,7 +103,7 @@ def threats(profile: Profile, s: PGDSettings) -> dict[str, PGDThreat | EnsembleT
     """The chapter's threats: ``pgd`` (the L∞ ensemble of :func:`xrlib.attacks.ensemble.members` with
     ``steps`` PGD/SegPGD steps and ``apgd_steps`` APGD iterations), ``segpgd`` (SegPGD alone) and, when
     asked, ``pgd-l2`` (the ensemble at the L2 radii ε·S). Keep the object: it caches the ensemble's runs."""
-    ens = members(s.steps, s.apgd_steps, s.step_fraction)
+    ens = tuple(m for m in members(s.steps, s.apgd_steps, s.step_fraction) if s.members is None or m.name in s.members)
     out = {"pgd": EnsembleThreat(ens, grid=s.grid, seed=s.seed),
            "segpgd": SegPGDThreat(grid=(0.0, *s.segpgd_budgets), steps=s.steps, step_fraction=s.step_fraction, seed=s.seed)}
     if s.l2:
@@ -295,7 +295,8 @@ def describe(profile: Profile, s: PGDSettings, test: TestImages) -> str:
         f"profile {profile.name}: {test.rows['subject'].nunique()} Syn_test subject(s) × {test.rows['alpha'].nunique()} "
         f"angle(s) = {len(test.rows)} images of {profile.image_size}² px",
         f"L∞ attack ensemble at ε ∈ {{{', '.join(f'{e:g}' for e in s.budgets)}}}: PGD and SegPGD with N = {s.steps} "
-        f"steps of ε·{s.step_fraction:g}{weak}, APGD ({s.apgd_steps} iterations) on soft Dice, balanced CE and masked CE; "
+        f"steps of ε·{s.step_fraction:g}{weak}, APGD ({s.apgd_steps} iterations) on soft Dice, balanced CE and masked CE "
+        f"(members run: {'all' if s.members is None else ', '.join(s.members)}); "
         f"per image the lowest Dice over every attack and iterate; SegPGD alone at ε ∈ "
         f"{{{', '.join(f'{e:g}' for e in s.segpgd_budgets)}}}; "
         + (f"L2 ensemble at radii ε·{profile.image_size}" if s.l2 else "no L2 attack (paper profile only)"),
