@@ -47,8 +47,11 @@ def test_auroc_table_per_condition():
     rows = [{"set": "in-distribution", "score": v, "dice_vs_target": np.nan} for v in (0.1, 0.2, 0.3)]
     for cond, vals in zip(ood.CONDITIONS, ((0.5, 0.6), (0.25, 0.4), (0.0, 0.05))):
         rows += [{"set": cond, "score": v, "dice_vs_target": 0.5} for v in vals]
-    t = ood.auroc_table(pd.DataFrame(rows)).set_index("condition")
+    t = ood.auroc_table(pd.DataFrame(rows), n_boot=200).set_index("condition")
     assert t["AUROC"].tolist() == pytest.approx([1.0, round(5 / 6, 4), 0.0])
+    assert (t["AUROC lo"] <= t["AUROC"]).all() and (t["AUROC"] <= t["AUROC hi"]).all()
+    assert t.loc[ood.CONDITIONS[0], "AUROC lo"] == 1.0  # every resample separates perfectly
+    assert (t["reached target"] == 1.0).all()  # Dice 0.5 vs target counts as reached
     assert (t["OOD images"] == 2).all() and (t["in-distribution images"] == 3).all()
 
 
@@ -206,11 +209,13 @@ def test_the_headline_reports_the_shape_study_or_says_it_did_not_run():
     s = pgd_settings(cfg)
     worst = _worst({ps.BASE_MODEL: {0.0: 0.91, 0.07: 0.123}})
     checks = pd.DataFrame({"model": [ps.BASE_MODEL], "budget": [0.07], "check": ["(a) convergence"], "outcome": ["pass"]})
-    aurocs = pd.DataFrame({"condition": ["clean OOD"], "AUROC": [0.75]})
+    aurocs = pd.DataFrame({"condition": ["(a) clean OOD", "(b) PGD"], "AUROC": [0.75, 0.9], "AUROC lo": [0.5, 0.8],
+                           "AUROC hi": [0.9, 1.0], "OOD images": [4, 4], "reached target": [0.0, 0.25]})
     shape_rows = pd.DataFrame({"model": ps.BASE_MODEL, "level": [0.5, 0.5, 1.0, 1.0], "budget": [0.0, 0.07, 0.0, 0.07],
                                "dice": [0.8, 0.25, 0.7, 0.35]})
     text = headline_markdown(cfg, s, worst, checks, aurocs, 1, 3, shape_rows=shape_rows)
-    assert "0.123" in text and "1 of 1 passed" in text and "ε = 0.07" in text and "clean OOD: 0.75" in text
+    assert "0.123" in text and "1 of 1 passed" in text and "ε = 0.07" in text and "clean OOD: 0.75 [0.50, 0.90]" in text
+    assert "reached its target mask (Dice ≥ 0.5) on 1 of 4 images — the detector was not tested" in text
     assert "0.5× → 0.250 (clean 0.800), 1× → 0.350 (clean 0.700)" in text
     quick = dataclasses.replace(s, shape=None)
     assert "not run in this profile" in headline_markdown(cfg, quick, worst, checks, aurocs, 1, 3)

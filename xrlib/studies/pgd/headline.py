@@ -54,7 +54,17 @@ def headline_markdown(cfg: Profile, s: PGDSettings, worst: pd.DataFrame, checks:
                   f"transfer, gradient-free): {int(passed.sum())} of {len(checks)} passed"
                   + ("." if failed.empty else "; failed: " + "; ".join(f"{r.model} — {r.check}: {r.outcome}"
                                                                        for r in failed.itertuples()) + "."))
-    auc = "; ".join(f"{r.condition}: {r.AUROC:.2f}" for r in aurocs.itertuples())
+    def _auc(r) -> str:
+        text = f"{r['condition']}: {r['AUROC']:.2f}"
+        if "AUROC lo" in r:
+            text += f" [{r['AUROC lo']:.2f}, {r['AUROC hi']:.2f}]"
+        if "reached target" in r and not str(r["condition"]).startswith("(a)"):
+            n = int(r.get("OOD images", 0))
+            text += (f", the attack reached its target mask (Dice ≥ 0.5) on {round(r['reached target'] * n)} of {n} images"
+                     + (" — the detector was not tested against a working attack" if r["reached target"] < 0.5 else ""))
+        return text
+
+    auc = "; ".join(_auc(r) for _, r in aurocs.iterrows())
     lines = [
         f"**Gradient attacks on the network input — profile {cfg.name}: mean over images of the per-image minimum "
         f"Dice over the L∞ ensemble (PGD and SegPGD, {s.steps} steps of ε·{s.step_fraction:g}; APGD, {s.apgd_steps} "
@@ -69,7 +79,8 @@ def headline_markdown(cfg: Profile, s: PGDSettings, worst: pd.DataFrame, checks:
         "",
         _table(["model"] + [f"ε = {e:g}" for e in eps] + ["flag"], rows),
         "",
-        check_text + f" Reconstruction-error OOD detector (AUROC, 0.5 = chance): {auc}.",
+        check_text + f" Reconstruction-error OOD detector (AUROC, 0.5 = chance, 95 % bootstrap interval over "
+        f"in-distribution subjects and OOD images; one OOD image per attacked test sample): {auc}.",
         "",
         shape_text(s, shape_rows),
         "",
