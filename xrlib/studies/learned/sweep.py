@@ -38,9 +38,14 @@ def no_fold_limit_px(size: int, grid: int) -> float:
     return (int(size) - 1) / (int(grid) - 1) / 4.0
 
 
+def _device(model) -> torch.device:
+    return next(iter(model.parameters()), torch.empty(0)).device
+
+
 def _predict(model, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        return (model(torch.as_tensor(x, dtype=torch.float32)[:, None]) > 0).float()[:, 0].numpy()
+        z = model(torch.as_tensor(x, dtype=torch.float32, device=_device(model))[:, None])
+        return (z > 0).float()[:, 0].cpu().numpy()
 
 
 def bound_sweep(model, images: np.ndarray, masks: np.ndarray, fields: FieldSettings, pixel_mm: float,
@@ -59,10 +64,10 @@ def bound_sweep(model, images: np.ndarray, masks: np.ndarray, fields: FieldSetti
     rows = []
     plan = [("D", b, replace(fields, variant="D", max_disp_px=b / pixel_mm, objective="dice")) for b in d_bounds_mm]
     plan += [("V", b, replace(fields, variant="V", max_bias=b, objective="dice")) for b in v_bounds]
-    x = torch.as_tensor(images)[:, None]
+    x = torch.as_tensor(images, device=_device(model))[:, None]
     for variant, bound, f in plan:
         adv, disp, _, _ = optimise_fields(model, x, 1.0, f, torch.Generator().manual_seed(seed))
-        adv_np = adv[:, 0].numpy()
+        adv_np, disp = adv[:, 0].cpu().numpy(), disp.cpu()
         warped = warp_mask(torch.as_tensor(masks)[:, None], disp)[:, 0].numpy()
         clean_w = warp_mask(torch.as_tensor(p0)[:, None], disp)[:, 0].numpy()
         p = _predict(model, adv_np)

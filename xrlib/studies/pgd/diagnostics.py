@@ -110,7 +110,8 @@ def diagnose(model, images: np.ndarray, masks: np.ndarray, eps: float, threat: E
     images, masks = np.asarray(images, np.float32), np.asarray(masks, np.float32)
     _, score, _, passes = threat.attack(model, images, masks, eps)
     white = float(score.mean())
-    x, y = torch.as_tensor(images)[:, None], torch.as_tensor(masks)[:, None]
+    dev = next(iter(model.parameters()), torch.empty(0)).device
+    x, y = torch.as_tensor(images, device=dev)[:, None], torch.as_tensor(masks, device=dev)[:, None]
     gen = lambda k: torch.Generator().manual_seed(seed * 7919 + 104729 + k)  # noqa: E731  (not the grid's seeds)
     apgd = next((m for m in threat.ensemble if m.method == "apgd" and m.objective == "dice"), threat.ensemble[0])
     rows = []
