@@ -116,6 +116,14 @@ def test_a_check_in_the_wrong_direction_would_be_caught():
     assert dg._row("(b)", "", 0.02, 0.5, 0.49, 0.5 - 0.49 < 0.02, "not converged")["outcome"] == dg.PASS
 
 
+def test_dice_vs_eps_follows_the_analytic_curve_of_the_threshold_model():
+    # every pixel is 0.02–0.22 from ½: nothing flips below ε = 0.02, everything flips above 0.22
+    x, m = _images()
+    curve = dg.dice_vs_eps(Threshold(), x, m, trial=(0.0, 0.01, 0.1, 0.3), steps=5)
+    assert curve[0.0] == 1.0 and curve[0.01] == 1.0 and curve[0.3] == 0.0
+    assert 0.2 < curve[0.1] < 0.8  # about half the pixels are within 0.1 of ½
+
+
 def test_mid_budget_propose_grid_and_grid_check():
     curve = pd.Series([0.9, 0.85, 0.6, 0.2, 0.01], index=[0.0, 0.002, 0.005, 0.01, 0.03])
     assert dg.mid_budget(curve) == 0.005

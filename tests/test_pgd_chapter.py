@@ -296,3 +296,10 @@ def test_ood_attack_pulls_the_mask_towards_the_target_inside_the_ball(toy, tmp_p
         before = dice_per_image(unet(torch.from_numpy(images)[:, None]), torch.from_numpy(targets)[:, None]).mean()
         after = dice_per_image(unet(torch.from_numpy(adv)[:, None]), torch.from_numpy(targets)[:, None]).mean()
     assert float(after) > float(before) + 0.1
+
+
+def test_validation_images_come_from_the_validation_split(toy):
+    cfg = load_profile("smoke")
+    val = ps.validation_images(cfg, toy.parent, n=5)
+    assert len(val.images) == 5 and set(val.rows["split"]) == {"val"}
+    assert val.images.shape[1:] == val.masks.shape[1:]

@@ -36,14 +36,16 @@ from xrlib.attacks.apgd import apgd_attack, pgd_run, square_attack
 from xrlib.attacks.ensemble import EnsembleThreat
 from xrlib.nets.losses import dice_per_image
 
-__all__ = ["CONVERGED", "FULL_SUCCESS", "PASS", "diagnose", "flags", "grid_check", "hard_dice", "mid_budget",
-           "propose_grid"]
+__all__ = ["CONVERGED", "FULL_SUCCESS", "PASS", "TRIAL_EPS", "diagnose", "dice_vs_eps", "flags", "grid_check", "hard_dice",
+           "mid_budget", "propose_grid"]
 
 #: (a): a change of the mean Dice over the last half of the iterations below this counts as converged.
 CONVERGED = 0.01
 #: (d): the mean Dice the largest ε must reach.
 FULL_SUCCESS = 0.05
 PASS = "pass"
+#: The fine trial grid of :func:`dice_vs_eps` (L∞ ε, [0, 1] image units; 0 = clean).
+TRIAL_EPS = (0.0, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064)
 
 
 def hard_dice(model, images: np.ndarray, masks: np.ndarray, batch_size: int = 16) -> np.ndarray:
@@ -83,6 +85,22 @@ def propose_grid(eps: np.ndarray, mean_dice: np.ndarray, n: int = 6, floor: floa
     lo = eps[1:][keep[-1]] if len(keep) else eps[1]
     grid = np.geomspace(lo, hi, n)
     return tuple(float(f"{g:.2g}") for g in grid)
+
+
+def dice_vs_eps(model, images: np.ndarray, masks: np.ndarray, trial=TRIAL_EPS, steps: int = 10, seed: int = 0) -> pd.Series:
+    """Mean hard Dice of ``model`` under L∞ APGD on soft Dice (``steps`` iterations, best iterate per image) at
+    each ε of ``trial`` (0: clean): the curve :func:`propose_grid` reads (run it on validation images)."""
+    dev = next(iter(model.parameters()), torch.empty(0)).device
+    x = torch.as_tensor(np.asarray(images, np.float32), device=dev)[:, None]
+    y = torch.as_tensor(np.asarray(masks, np.float32), device=dev)[:, None]
+    out = {}
+    for k, e in enumerate(trial):
+        if e == 0:
+            out[0.0] = float(hard_dice(model, images, masks).mean())
+            continue
+        run = apgd_attack(model, x, y, float(e), steps, "linf", "dice", generator=torch.Generator().manual_seed(seed + k))
+        out[float(e)] = float(run.score.mean())
+    return pd.Series(out, name="mean Dice").rename_axis("ε")
 
 
 def grid_check(curve: pd.Series) -> dict:

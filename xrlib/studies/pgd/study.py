@@ -39,7 +39,7 @@ from xrlib.training import TrainConfig, TrainResult, load_best, train_all
 from xrlib.training.config import safe_name
 
 __all__ = ["BASE_MODEL", "DEFENSES", "attack_grid", "by_alpha_group", "curves", "defense_configs", "defense_cost",
-           "load_examples", "paper_comparison", "run_diagnostics", "test_images", "threats", "train_defenses", "triplets",
+           "load_examples", "paper_comparison", "validation_images", "run_diagnostics", "test_images", "threats", "train_defenses", "triplets",
            "victims", "winner_counts", "worst_case", "defense_tradeoff", "describe"]
 
 #: The study model whose data the defenses train on.
@@ -134,6 +134,16 @@ def attack_grid(profile: Profile, run: Path, s: PGDSettings, models: Mapping[str
         else:
             write_robustness(df, run, key)
     return out
+
+
+def validation_images(profile: Profile, run: Path, n: int = 8) -> TestImages:
+    """Up to ``n`` validation images of the base model's training sets (Real + Syn_all, evenly spaced in
+    the manifest): where the ε grid is chosen (:func:`xrlib.studies.pgd.diagnostics.dice_vs_eps`)."""
+    from xrlib.training import select_images
+
+    rows = select_images(study.datasets_dir(Path(run)), ["Real", "Syn_all"], "val", profile.synthetic.cen_alphas)
+    keep = np.unique(np.linspace(0, len(rows) - 1, min(int(n), len(rows))).round().astype(int))
+    return TestImages.from_manifest(rows.iloc[keep].reset_index(drop=True), study.datasets_dir(Path(run)))
 
 
 def load_examples(run: Path, model: str, budget: float, threat: str = "pgd") -> dict[str, np.ndarray]:
