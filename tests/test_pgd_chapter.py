@@ -303,3 +303,13 @@ def test_validation_images_come_from_the_validation_split(toy):
     val = ps.validation_images(cfg, toy.parent, n=5)
     assert len(val.images) == 5 and set(val.rows["split"]) == {"val"}
     assert val.images.shape[1:] == val.masks.shape[1:]
+
+
+def test_the_defenses_have_a_fine_tune_control_trained_like_them(toy):
+    cfg = load_profile("paper")  # defenses from scratch there: no trained study model needed
+    s = pgd_settings(cfg)
+    configs = {c.name: c for c in ps.defense_configs(cfg, toy.parent, s)}
+    control, at = configs[ps.BASE_MODEL + "+fine-tune"], configs[ps.BASE_MODEL + "+PGD-AT"]
+    assert control.recipe == "standard" and control.recipe_params == {}
+    assert (control.epochs, control.lr, control.train_sets) == (at.epochs, at.lr, at.train_sets)
+    assert at.recipe_params["steps"] >= 5 and at.recipe_params["step_size"] <= at.recipe_params["eps"] / 4

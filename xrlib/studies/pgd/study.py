@@ -3,7 +3,8 @@
 The victims are the three study U-Nets of chapter 05 and three defenses trained on the data of
 U-Net(Real+Syn_all) (:func:`defense_configs`): PGD adversarial training (``+PGD-AT``), SegPGD
 adversarial training (``+SegPGD-AT``) and uniform-noise training (``+noise``), warm-started from
-that study model when the profile says so. Every victim is attacked on the synthetic test
+that study model when the profile says so, beside their control ``+fine-tune`` (standard training,
+same start, epochs and lr). Every victim is attacked on the synthetic test
 subjects at the profile's angles (:func:`attack_grid`) by the L∞ attack ensemble (:mod:`xrlib.attacks.ensemble`:
 PGD, SegPGD and APGD on soft Dice, balanced and masked CE) at every budget — per image the lowest
 Dice over every attack, restart and iterate, with the winning attack named — SegPGD alone at the
@@ -44,8 +45,10 @@ __all__ = ["BASE_MODEL", "DEFENSES", "attack_grid", "by_alpha_group", "curves", 
 
 #: The study model whose data the defenses train on.
 BASE_MODEL = "U-Net(Real+Syn_all)"
-#: Name suffix → training recipe of the defenses.
-DEFENSES = {"+PGD-AT": "pgd-adversarial", "+SegPGD-AT": "segpgd-adversarial", "+noise": "uniform-noise"}
+#: Name suffix → training recipe of the defenses, and the control: ``+fine-tune`` trains with the standard
+#: recipe from the same start, for the same epochs at the same lr — what a defense's gain is measured against.
+DEFENSES = {"+PGD-AT": "pgd-adversarial", "+SegPGD-AT": "segpgd-adversarial", "+noise": "uniform-noise",
+            "+fine-tune": "standard"}
 #: The folder (under the run) of this chapter's artifacts.
 FOLDER = "pgd"
 
@@ -61,7 +64,8 @@ def base_folder(profile: Profile, run: Path) -> str:
 
 
 def defense_configs(profile: Profile, run: Path, s: PGDSettings) -> list[TrainConfig]:
-    """The three defenses: U-Net(Real+Syn_all)'s configuration with a defense recipe.
+    """The three defenses and the fine-tune control: U-Net(Real+Syn_all)'s configuration with a defense recipe
+    (the control: the standard recipe).
 
     Epochs and patience = ``defense.epochs``, Adam lr = ``defense.lr``; adversarial training with
     L∞ PGD (``eps``, ``steps``, ``step_size``), noise training with ``max_noise``. With
@@ -73,7 +77,7 @@ def defense_configs(profile: Profile, run: Path, s: PGDSettings) -> list[TrainCo
     warm = {"warm_start": base_folder(profile, run)} if d.warm_start else {}
     out = []
     for suffix, recipe in DEFENSES.items():
-        params = ({"max_noise": d.max_noise} if recipe == "uniform-noise" else
+        params = ({"max_noise": d.max_noise} if recipe == "uniform-noise" else {} if recipe == "standard" else
                   {"eps": d.eps, "steps": d.steps, "step_size": d.step_size, "norm": "linf"})
         out.append(dataclasses.replace(base, name=BASE_MODEL + suffix, lr=d.lr, epochs=d.epochs, patience=d.epochs,
                                        recipe=recipe, recipe_params={**params, **warm}))
