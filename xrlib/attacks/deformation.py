@@ -32,6 +32,13 @@ foreground probability of about e⁻² ≈ 0.14 where the clean one was ≈ 1. `
 are means over the dense field's pixels (and D's two channels), the paper's ``‖·‖²₂`` up to the
 constant pixel count (which the paper's λ values do not tell). λ_D = 0.1 and λ_V = 0.01 (paper).
 
+The loss above is paper 004's objective ``xi``: it is met by a few confidently wrong pixels, so it
+need not lower the Dice. The objective ``dice`` (:func:`dice_drop_loss`) seeks the Dice drop inside
+the bounds instead: it minimises the soft Dice of the attacked prediction against the clean prediction
+warped with D (what a network that follows the deformation outputs), without penalties — the bounds
+``max_disp_px`` and ``max_bias`` are the perceptibility budget — and keeps, per image, the iterate with
+the lowest hard Dice against that warped clean prediction.
+
 Two ways to find the fields (variants ``DV``, ``D`` (V = 0) and ``V`` (D = 0)):
 
 * :func:`optimise_fields` — per image: the coarse parameters are optimised directly for each test
@@ -71,8 +78,8 @@ from xrlib.attacks.pgd import frozen
 from xrlib.core.errors import InputError
 from xrlib.eval.metrics import dice
 
-__all__ = ["FieldAttack", "FieldSettings", "GeneratorSettings", "METHODS", "VARIANTS", "XI_GRID", "DeformationThreat",
-           "attack_loss", "ce_mask", "clavicle_dice", "compose", "dense_field", "field_scores", "generate",
+__all__ = ["FieldAttack", "FieldSettings", "GeneratorSettings", "METHODS", "OBJECTIVES", "VARIANTS", "XI_GRID",
+           "DeformationThreat", "attack_loss", "ce_mask", "dice_drop_loss", "clavicle_dice", "compose", "dense_field", "field_scores", "generate",
            "max_displacement", "min_jacobian", "jacobian_determinant", "optimise_fields", "perceptibility",
            "train_generator", "warp", "warp_mask"]
 
@@ -170,6 +177,33 @@ def attack_loss(logits_clean, logits_adv, xi: float, disp=None, bias=None, lambd
     return loss, ce
 
 
+def dice_drop_loss(logits_clean, logits_adv, disp=None) -> torch.Tensor:
+    """Per-image loss of the objective ``"dice"`` (to minimise): the soft Dice of the attacked foreground
+    probability against the clean prediction warped with ``D`` (hard, ``p₀ > ½`` then :func:`warp_mask`),
+    i.e. the attack lowers the overlap with what a network that follows D would output. No penalty:
+    the bounds of the fields are the perceptibility budget."""
+    target = (logits_clean.detach() > 0).to(logits_adv.dtype)
+    if disp is not None:
+        target = warp_mask(target, disp.detach())
+    q = torch.sigmoid(logits_adv)
+    inter = (q * target).flatten(1).sum(1)
+    return (2 * inter + 1e-5) / (q.flatten(1).sum(1) + target.flatten(1).sum(1) + 1e-5)
+
+
+def _hard_dice_vs_warped_clean(logits_clean, logits_adv, disp=None) -> torch.Tensor:
+    target = (logits_clean > 0).float()
+    if disp is not None:
+        target = warp_mask(target, disp)
+    pred = (logits_adv > 0).float()
+    inter = (pred * target).flatten(1).sum(1)
+    den = pred.flatten(1).sum(1) + target.flatten(1).sum(1)
+    return torch.where(den > 0, 2 * inter / den.clamp(min=1e-12), torch.ones_like(den))
+
+
+#: Per-image search objectives: ``xi`` — paper 004's (ξ − CE_M)² + λ terms; ``dice`` — the Dice drop (:func:`dice_drop_loss`).
+OBJECTIVES = ("xi", "dice")
+
+
 # --------------------------------------------------------------------------------------- per-image search
 
 
@@ -177,7 +211,8 @@ def attack_loss(logits_clean, logits_adv, xi: float, disp=None, bias=None, lambd
 class FieldSettings:
     """The fields and the per-image search: ``variant`` (:data:`VARIANTS`), coarse ``grid`` g, bounds
     ``max_disp_px`` (per component, pixels) and ``max_bias`` (image units), ``lambda_d``/``lambda_v``,
-    RMSProp ``steps`` and ``lr``, ``init_std`` (std of the random start of the tanh parameters)."""
+    RMSProp ``steps`` and ``lr``, ``init_std`` (std of the random start of the tanh parameters),
+    ``objective`` (:data:`OBJECTIVES`: ``xi``, paper 004's target loss, or ``dice``, the Dice drop within the bounds)."""
 
     variant: str = "DV"
     grid: int = 8
@@ -188,10 +223,13 @@ class FieldSettings:
     steps: int = 20
     lr: float = 0.05
     init_std: float = 0.1
+    objective: str = "xi"
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if int(self.grid) < 2 or int(self.steps) < 0:
             raise ValueError(f"grid must be ≥ 2 and steps ≥ 0, got {self.grid} and {self.steps}")
         if min(self.max_disp_px, self.max_bias, self.lambda_d, self.lambda_v, self.lr, self.init_std) < 0:
@@ -236,7 +274,9 @@ def optimise_fields(model: torch.nn.Module, images: torch.Tensor, xi: float, set
     """Per-image search (module docstring) for a batch ``(B, 1, S, S)``: ``(I_DV, D, V, CE_M)``, detached.
 
     The start is random (``init_std`` in tanh space, from ``generator``, default seeded 0); with
-    ``steps = 0`` or ``xi = 0`` the zero fields are returned (the identity).
+    ``steps = 0`` or ``xi = 0`` the zero fields are returned (the identity). With the objective ``dice``
+    every iterate (the start included) is scored by the hard Dice of the attacked prediction against the
+    warped clean prediction and, per image, the lowest-scoring one is returned (ξ only switches the attack on).
     """
     s, x = settings, images.detach()
     size = x.shape[-1]
@@ -253,18 +293,39 @@ def optimise_fields(model: torch.nn.Module, images: torch.Tensor, xi: float, set
         theta_v = init[:, 2:].reshape(shape).clone().requires_grad_(True) if s.uses_v else None
         params = [t for t in (theta_d, theta_v) if t is not None]
         opt = torch.optim.RMSprop(params, lr=s.lr, alpha=0.9, eps=1e-10)
+        best = None  # objective "dice": (score, adv, disp, bias) of the best iterate per image
         for _ in range(int(s.steps)):
             disp, bias = _fields(theta_d, theta_v, s, size)
-            loss, _ = attack_loss(logits0, model(compose(x, disp, bias)), xi, disp, bias, s.lambda_d, s.lambda_v)
+            adv = compose(x, disp, bias)
+            logits = model(adv)
+            if s.objective == "dice":
+                loss = dice_drop_loss(logits0, logits, disp)
+                best = _keep_best(best, _hard_dice_vs_warped_clean(logits0, logits.detach(), disp), adv, disp, bias)
+            else:
+                loss, _ = attack_loss(logits0, logits, xi, disp, bias, s.lambda_d, s.lambda_v)
             opt.zero_grad()
             loss.sum().backward()
             opt.step()
         with torch.no_grad():
             disp, bias = _fields(theta_d, theta_v, s, size)
             adv = compose(x, disp, bias)
+            if s.objective == "dice":
+                best = _keep_best(best, _hard_dice_vs_warped_clean(logits0, model(adv), disp), adv, disp, bias)
+                _, adv, disp, bias = best
             ce = ce_mask(logits0, model(adv))
     d0, v0 = _zeros_like_fields(x)
     return adv.detach(), (d0 if disp is None else disp.detach()), (v0 if bias is None else bias.detach()), ce.detach()
+
+
+def _keep_best(best, score, adv, disp, bias):
+    adv, disp = adv.detach(), (None if disp is None else disp.detach())
+    bias = None if bias is None else bias.detach()
+    if best is None:
+        return score, adv, disp, bias
+    s0, a0, d0, b0 = best
+    m = score < s0
+    pick = lambda new, old: None if new is None else torch.where(m.reshape(-1, 1, 1, 1), new, old)  # noqa: E731
+    return torch.minimum(score, s0), pick(adv, a0), pick(disp, d0), pick(bias, b0)
 
 
 # ---------------------------------------------------------------------------------------------- generator

@@ -14,7 +14,8 @@ objective of the model's logits against the ground truth:
 
 Objectives (:data:`OBJECTIVES`): ``"dice"`` — 1 − soft Dice of ``sigmoid(logits)`` against the truth
 (paper 002 eq. 5, the in-distribution attack; MONAI's ``DiceLoss``, as in training); ``"ce"`` — the
-mean pixel-wise binary cross-entropy (the ART cross-check); ``"segpgd"`` — SegPGD (Gu et al., ECCV
+mean pixel-wise binary cross-entropy (the ART cross-check); ``"balanced-ce"`` and ``"masked-ce"`` —
+the class-balanced and the masked cross-entropy of SEA (Croce, Singh & Hein, ECCV 2024); ``"segpgd"`` — SegPGD (Gu et al., ECCV
 2022), the cross-entropy split into the pixels the model currently classifies correctly (set
 ``P_T``) and wrongly (``P_F``), with a weight that moves from the former to the latter over the
 steps ``t = 1 … T``::
@@ -46,7 +47,8 @@ from xrlib.attacks.base import TestImages, Threat, Threatened
 from xrlib.core.errors import InputError
 from xrlib.nets.losses import dice_per_image
 
-__all__ = ["LINF_BUDGETS", "NORMS", "OBJECTIVES", "PGDThreat", "SegPGDThreat", "ce_objective", "dice_objective",
+__all__ = ["LINF_BUDGETS", "NORMS", "OBJECTIVES", "PGDThreat", "SegPGDThreat", "balanced_ce_objective", "ce_objective",
+           "dice_objective", "masked_ce_objective",
            "frozen", "l2_budgets", "perturbation_norms", "pgd_attack", "project", "segpgd_objective", "segpgd_weight",
            "uniform_noise"]
 
@@ -96,9 +98,26 @@ def segpgd_objective(logits: torch.Tensor, target: torch.Tensor, t: int = 1, ste
     return (weight * _pixel_ce(logits, target)).flatten(1).mean(1)
 
 
+def balanced_ce_objective(logits: torch.Tensor, target: torch.Tensor, t: int = 1, steps: int = 1) -> torch.Tensor:
+    """Class-balanced cross-entropy per image: ½ (mean CE over the truth's foreground + mean CE over its
+    background); a class absent from the truth contributes 0. The small clavicles weigh as much as the rest."""
+    ce = _pixel_ce(logits, target).flatten(1)
+    fg = (target > 0.5).flatten(1).to(ce.dtype)
+    bg = 1.0 - fg
+    return 0.5 * ((ce * fg).sum(1) / fg.sum(1).clamp(min=1.0) + (ce * bg).sum(1) / bg.sum(1).clamp(min=1.0))
+
+
+def masked_ce_objective(logits: torch.Tensor, target: torch.Tensor, t: int = 1, steps: int = 1) -> torch.Tensor:
+    """Masked cross-entropy per image (SEA, Croce, Singh & Hein 2024): the pixel-wise CE summed over the pixels
+    the model still classifies correctly, divided by H·W — the pixels already flipped stop pulling the gradient."""
+    correct = ((logits > 0) == (target > 0.5)).to(logits.dtype)
+    return (correct * _pixel_ce(logits, target)).flatten(1).mean(1)
+
+
 #: Objective name → per-image objective ``f(logits, target, t, T)``.
 OBJECTIVES: dict[str, Callable[..., torch.Tensor]] = {
-    "dice": dice_objective, "ce": ce_objective, "segpgd": segpgd_objective}
+    "dice": dice_objective, "ce": ce_objective, "segpgd": segpgd_objective, "balanced-ce": balanced_ce_objective,
+    "masked-ce": masked_ce_objective}
 
 
 # --------------------------------------------------------------------------------------------- the attack

@@ -12,7 +12,11 @@ Example (``book/profiles/quick.yml``)::
       generator: {xi: [2.0], variants: [DV], steps: 200, batch_size: 4, lr: 0.001, critic_steps: 1,
                   gp_weight: 10.0, z_channels: 4, width: 8}
       defense: {epochs: 1, lr: 0.001, attack_steps: 2, xi: 2.0, eval_xi: [2.0], generator: transfer}
+      sweep: {max_displacement_mm: [2, 4, 8, 12], max_bias: [0.02, 0.05, 0.1, 0.2], steps: 20}
 
+``sweep`` (optional; absent or null: not run): the Dice-drop attack (objective ``dice``) D-only at each
+maximum displacement (mm, below the no-folding limit) and V-only at each maximum bias, ``steps``
+RMSProp steps per image (:mod:`xrlib.studies.learned.sweep`).
 ``defense``: the recipe's training (epochs, Adam lr, per-batch search steps at ``xi``) and the ξ at
 which the defended model is attacked per image (``eval_xi``). ``max_displacement_mm`` is converted to pixels of the network input with the profile's pixel size
 at the isocenter. ``defense.generator``: ``adaptive`` trains a new generator against the defended
@@ -21,7 +25,7 @@ model; ``transfer`` applies the generator trained against the undefended victim 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from xrlib.attacks.deformation import VARIANTS, FieldSettings, GeneratorSettings
 from xrlib.core.errors import InputError
@@ -52,10 +56,11 @@ class LearnedSettings:
     defense_xi: float
     defense_eval_xi: tuple[float, ...]
     defense_generator: str
+    sweep_d_mm: tuple[float, ...] = ()
+    sweep_v: tuple[float, ...] = ()
+    sweep_steps: int = 0
 
     def variant(self, variant: str) -> FieldSettings:
-        from dataclasses import replace
-
         return replace(self.fields, variant=variant)
 
 
@@ -96,7 +101,14 @@ def learned_settings(profile: Profile) -> LearnedSettings:
             defense_attack_steps=int(d.pop("attack_steps")), defense_xi=float(d.pop("xi")),
             defense_eval_xi=_floats(d.pop("eval_xi"), "defense.eval_xi", where),
             defense_generator=str(d.pop("generator", "transfer")))
-        leftover = {k: v for k, v in (("fields", f), ("per_image", pi), ("defense", d)) if v}
+        sw = b.get("sweep")
+        if sw is not None:
+            sw = dict(sw)
+            s = replace(s, sweep_d_mm=_floats(sw.pop("max_displacement_mm"), "sweep.max_displacement_mm", where),
+                        sweep_v=_floats(sw.pop("max_bias"), "sweep.max_bias", where), sweep_steps=int(sw.pop("steps")))
+            if s.sweep_steps < 1:
+                raise InputError(where, f"learned.sweep.steps must be ≥ 1, got {s.sweep_steps}")
+        leftover = {k: v for k, v in (("fields", f), ("per_image", pi), ("defense", d), ("sweep", sw or {})) if v}
     except InputError:
         raise
     except (KeyError, TypeError, ValueError) as exc:

@@ -51,9 +51,10 @@ def findings(results: pd.DataFrame, s: LearnedSettings) -> list[str]:
     d, vv = _stats(results, v, "per-image", "D", xi), _stats(results, v, "per-image", "V", xi)
     if d and vv:
         which = "V hurts more than D" if vv["drop"] > d["drop"] else "D hurts more than V" if d["drop"] > vv["drop"] else "D and V hurt equally"
-        out.append(f"Ablation at ξ = {xi:g}: D only lowered the Dice by {d['drop']:.1f} points (p/std {d['p_rel']:.3f}), "
-                   f"V only by {vv['drop']:.1f} (p/std {vv['p_rel']:.3f}) — {which} (paper 004: V more, for three of "
-                   "four organs).")
+        out.append(f"Ablation at ξ = {xi:g} (paper 004's objective): D only lowered the Dice by {d['drop']:.1f} points "
+                   f"(p/std {d['p_rel']:.3f}), V only by {vv['drop']:.1f} (p/std {vv['p_rel']:.3f}) — {which} at these "
+                   "unequal perceptibilities (paper 004: V more, for three of four organs); the bound sweep below "
+                   "compares them at an equal p/std.")
     dm = v + "+DV-adv"
     for x in s.defense_eval_xi:
         a, b = _stats(results, v, "per-image", "DV", x), _stats(results, dm, "per-image", "DV", x)
@@ -64,9 +65,35 @@ def findings(results: pd.DataFrame, s: LearnedSettings) -> list[str]:
     return out
 
 
-def headline_markdown(results: pd.DataFrame, profile: Profile, s: LearnedSettings) -> str:
+def sweep_text(curves: pd.DataFrame | None, equal: pd.DataFrame | None) -> str:
+    """The Dice-drop bound sweep in sentences: the largest Dice drop and success rate per variant, and
+    D-only vs V-only at the largest p/std both reach (``None``/empty: not run or no common p/std)."""
+    if curves is None or curves.empty:
+        return "Dice-drop bound sweep: not run in this profile."
+    parts = []
+    for v, g in curves.groupby("variant"):
+        top = g.sort_values("bound").iloc[-1]
+        unit = "mm" if v == "D" else "(image units)"
+        parts.append(f"{v} only up to {top['bound']:g} {unit}: Dice drop {100 * top['Dice drop']:.1f} points, success "
+                     f"{100 * top['success rate']:.0f} % of {int(top['n good'])} image(s) with clean Dice ≥ 0.8, "
+                     f"p/std {top['p/std']:.3f}")
+    text = "Dice-drop attack (per image, best iterate, within the bounds): " + "; ".join(parts) + "."
+    if equal is not None and len(equal):
+        e = equal.set_index("variant")
+        which = ("V hurts more" if e.loc["V", "Dice drop"] > e.loc["D", "Dice drop"] else
+                 "D hurts more" if e.loc["D", "Dice drop"] > e.loc["V", "Dice drop"] else "they hurt equally")
+        text += (f" At an equal p/std of {e['p/std'].iloc[0]:.3f} (interpolated): D only {100 * e.loc['D', 'Dice drop']:.1f}, "
+                 f"V only {100 * e.loc['V', 'Dice drop']:.1f} Dice points — {which}.")
+    else:
+        text += " D only and V only reach no common p/std: no equal-budget comparison."
+    return text
+
+
+def headline_markdown(results: pd.DataFrame, profile: Profile, s: LearnedSettings,
+                      sweep: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> str:
     """Caption and table: per model × method × variant × ξ the clean and attacked mean Dice (%), success
-    rate (%), p and p/std, and seconds per image — all computed from ``results``."""
+    rate (%), p and p/std, and seconds per image — all computed from ``results``; then the bound sweep
+    (``sweep``: :func:`xrlib.studies.learned.sweep.sweep_curves` and :func:`~xrlib.studies.learned.sweep.equal_pstd`)."""
     n = results[results["budget"] == 0].drop_duplicates(["subject", "alpha"])
     header = ["model", "method", "variant", "ξ", "clean Dice", "Dice (warped truth)", "Dice (unwarped)", "success %",
               "p", "p/std", "s/image"]
@@ -84,11 +111,13 @@ def headline_markdown(results: pd.DataFrame, profile: Profile, s: LearnedSetting
         "epoch warm-started defense): read these numbers as a pipeline check and a direction, not as the "
         "paper's attack strength.")
     found = " ".join(findings(results, s))
-    return caption + "\n\n" + "\n".join(lines) + ("\n\n" + found if found else "") + weak + "\n"
+    sweep_line = "\n\n" + sweep_text(*(sweep or (None, None)))
+    return caption + "\n\n" + "\n".join(lines) + ("\n\n" + found if found else "") + sweep_line + weak + "\n"
 
 
-def write_headline(results: pd.DataFrame, profile: Profile, s: LearnedSettings, run: Path) -> Path:
+def write_headline(results: pd.DataFrame, profile: Profile, s: LearnedSettings, run: Path,
+                   sweep: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> Path:
     """Write :func:`headline_markdown` to ``<run>/learned/headline.md``."""
     path = Path(run) / HEADLINE
-    write_text_atomic(path, headline_markdown(results, profile, s))
+    write_text_atomic(path, headline_markdown(results, profile, s, sweep))
     return path

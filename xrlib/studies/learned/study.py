@@ -33,7 +33,7 @@ from xrlib.studies.rotation.models import study_configs
 from xrlib.training import TrainConfig, TrainResult, load_best, select_images
 from xrlib.training import train_all as _train_all
 
-__all__ = ["DEFENDED_SUFFIX", "compare_paper", "defense_config", "defense_table", "example_rows", "method_comparison", "run_attacks",
+__all__ = ["DEFENDED_SUFFIX", "compare_paper", "warped_changed", "defense_config", "defense_table", "example_rows", "method_comparison", "run_attacks",
            "table1", "test_images", "train_defense", "train_images", "victim_model"]
 
 DEFENDED_SUFFIX = "+DV-adv"
@@ -78,8 +78,33 @@ def train_defense(profile, run: Path, s: LearnedSettings, progress: bool = False
                       imports=("xrlib.attacks.defenses",))[cfg.name]
 
 
+def warped_changed(threat: DeformationThreat, model, test: TestImages, df: pd.DataFrame) -> pd.DataFrame:
+    """``dice_vs_clean_pred`` and ``changed`` of ``df`` (one model's rows, budgets in order, images in the
+    test order) against the clean prediction *warped* with each budget's D (:attr:`DeformationThreat.last`):
+    a network that follows the deformation correctly does not count as changed."""
+    from xrlib.attacks.deformation import warp_mask
+    from xrlib.eval.metrics import dice
+    from xrlib.eval.robustness import changed_flags
+    import torch
+
+    p0 = predict(model, (np.asarray(test.images, np.float32), test.masks))[0]
+    p0 = torch.as_tensor((p0 > 0.5).astype(np.float32))[:, None]
+    df = df.copy()
+    for b, res in threat.last.items():
+        at = np.flatnonzero(np.isclose(df["budget"].to_numpy(float), b))
+        if len(at) != len(test.images):
+            continue
+        warped = warp_mask(p0, torch.as_tensor(res.disp))[:, 0].numpy()
+        prob = predict(model, (res.adv, warped))[0]
+        vs = np.array([dice(p, w) for p, w in zip(prob, warped)])
+        df.loc[df.index[at], "dice_vs_clean_pred"] = vs
+        df.loc[df.index[at], "changed"] = changed_flags(vs).to_numpy()
+    return df
+
+
 def _score(threat: DeformationThreat, name: str, model, test: TestImages, s: LearnedSettings, budgets, target: str):
     df = score_threat(threat, {name: model}, test, s.pixel_mm, budgets=budgets, groups=alpha_group)
+    df = warped_changed(threat, model, test, df)
     df["success_unwarped"] = success_flags(df["dice_unwarped"], df["dice_clean"])
     df["generator_target"] = target if threat.method == "generator" else ""
     return df

@@ -38,31 +38,49 @@ def shape_text(s: PGDSettings, shape_rows: pd.DataFrame | None) -> str:
 
 def headline_markdown(cfg: Profile, s: PGDSettings, worst: pd.DataFrame, checks: pd.DataFrame, aurocs: pd.DataFrame,
                       n_subjects: int, n_alphas: int, shape_rows: pd.DataFrame | None = None) -> str:
-    """Min Dice per model and ε, the gradient-masking checks passed, the OOD AUROC per condition, and
-    the shape-variability study (``shape_rows``: its rows, ``None`` where the profile does not run it)."""
+    """Min Dice per model and ε (with the model's diagnostic flags), the diagnostics passed, the OOD AUROC per
+    condition, and the shape-variability study (``shape_rows``: its rows, ``None`` where the profile does not run it).
+    ``checks``: :func:`xrlib.studies.pgd.study.run_diagnostics`'s table (``model``, ``budget``, ``check``, ``outcome``)."""
     eps = sorted(worst["budget"].unique())
     rows = []
     for model in dict.fromkeys(worst["model"]):
         m = worst[worst["model"] == model].set_index("budget")["min Dice"]
-        rows.append([model] + [f"{m.get(e, np.nan):.3f}" for e in eps])
-    weak = " — a weak attack" if s.steps < 100 else ""
-    failed = checks[~checks["pass"].astype(bool)]
-    check_text = (f"Gradient-masking checks at ε = {s.check.budget:g}: {int(checks['pass'].sum())} of {len(checks)} passed"
-                  + ("." if failed.empty else "; failed: " + "; ".join(f"{r.model} ({r.check})" for r in failed.itertuples()) + "."))
-    auc = "; ".join(f"{r.condition}: {r.AUROC:.2f}" for r in aurocs.itertuples())
+        flag = worst.loc[worst["model"] == model, "flag"].iloc[0] if "flag" in worst.columns else ""
+        rows.append([model] + [f"{m.get(e, np.nan):.3f}" for e in eps] + [flag or "—"])
+    passed = checks["outcome"] == "pass"
+    where = ", ".join(f"{b:g}" for b in sorted(checks["budget"].unique())) if "budget" in checks.columns else "?"
+    failed = checks[~passed]
+    check_text = (f"Attack diagnostics at ε = {where} (convergence, 2× steps + restarts, single-step, monotone in ε, "
+                  f"transfer, gradient-free): {int(passed.sum())} of {len(checks)} passed"
+                  + ("." if failed.empty else "; failed: " + "; ".join(f"{r.model} — {r.check}: {r.outcome}"
+                                                                       for r in failed.itertuples()) + "."))
+    def _auc(r) -> str:
+        text = f"{r['condition']}: {r['AUROC']:.2f}"
+        if "AUROC lo" in r:
+            text += f" [{r['AUROC lo']:.2f}, {r['AUROC hi']:.2f}]"
+        if "reached target" in r and not str(r["condition"]).startswith("(a)"):
+            n = int(r.get("OOD images", 0))
+            text += (f", the attack reached its target mask (Dice ≥ 0.5) on {round(r['reached target'] * n)} of {n} images"
+                     + (" — the detector was not tested against a working attack" if r["reached target"] < 0.5 else ""))
+        return text
+
+    auc = "; ".join(_auc(r) for _, r in aurocs.iterrows())
     lines = [
-        f"**PGD/SegPGD on the network input — profile {cfg.name}: mean Dice (minimum over L∞ PGD and SegPGD where "
-        f"both ran) on {n_subjects} synthetic test subject(s) × {n_alphas} angle(s); {s.steps}-step attacks{weak}, "
-        f"step ε·{s.step_fraction:g}; test subjects are virtual subjects of one CT.** ε in [0, 1] image units; "
+        f"**Gradient attacks on the network input — profile {cfg.name}: mean over images of the per-image minimum "
+        f"Dice over the L∞ ensemble (PGD and SegPGD, {s.steps} steps of ε·{s.step_fraction:g}; APGD, {s.apgd_steps} "
+        f"iterations, on soft Dice, balanced and masked CE; members run: {'all' if s.members is None else ', '.join(s.members)}; "
+        f"every iterate; the diagnostic runs) on {n_subjects} "
+        f"synthetic test subject(s) × {n_alphas} angle(s); test subjects are virtual subjects of one CT.** ε in [0, 1] image units; "
         f"ε = 0 is the clean image. Defenses: fine-tuned from U-Net(Real+Syn_all) for {s.defense.epochs} epoch(s) "
         f"with {s.defense.steps}-step PGD (ε = {s.defense.eps:g})." if s.defense.warm_start else
-        f"**PGD/SegPGD on the network input — profile {cfg.name}: mean Dice (minimum over the attacks run) on "
-        f"{n_subjects} test subject(s) × {n_alphas} angle(s), {s.steps}-step attacks{weak}.** Defenses trained "
+        f"**Gradient attacks on the network input — profile {cfg.name}: mean of the per-image minimum Dice over the "
+        f"attack ensemble on {n_subjects} test subject(s) × {n_alphas} angle(s).** Defenses trained "
         f"{s.defense.epochs} epochs with {s.defense.steps}-step PGD (ε = {s.defense.eps:g}).",
         "",
-        _table(["model"] + [f"ε = {e:g}" for e in eps], rows),
+        _table(["model"] + [f"ε = {e:g}" for e in eps] + ["flag"], rows),
         "",
-        check_text + f" Reconstruction-error OOD detector (AUROC, 0.5 = chance): {auc}.",
+        check_text + f" Reconstruction-error OOD detector (AUROC, 0.5 = chance, 95 % bootstrap interval over "
+        f"in-distribution subjects and OOD images; one OOD image per attacked test sample): {auc}.",
         "",
         shape_text(s, shape_rows),
         "",

@@ -12,10 +12,13 @@
   so that the network outputs the clavicle mask of a given chest test image (objective: minimise
   1 − soft Dice against that mask); (c) the same attack also minimising the reconstruction error
   (objective: 1 − soft Dice + ``recon_weight`` · L1 error).
+* One OOD image per attacked test sample: OOD source ``i mod n`` aimed at test sample ``i``'s mask.
 * AUROC (:func:`auroc_table`, scikit-learn's ``roc_auc_score``) of the score between the
   in-distribution Syn_test images (negatives) and each condition's OOD images (positives):
   1 = perfect detection, 0.5 = chance, below 0.5 = the OOD images look *more* in-distribution
-  than the test images.
+  than the test images; with a 95 % percentile bootstrap interval that resamples in-distribution
+  *subjects* (their images are correlated) and OOD images (:func:`auroc_interval`). Whether the attack
+  reached its target: the share of OOD images whose mask has a Dice ≥ :data:`REACHED` with the target.
 """
 
 from __future__ import annotations
@@ -41,9 +44,11 @@ from xrlib.studies.rotation import study
 from xrlib.studies.rotation.models import study_configs
 from xrlib.training import TrainConfig, TrainResult, load_seg_recon, train_all
 
-__all__ = ["CONDITIONS", "OODImage", "auroc", "auroc_table", "head_config", "ood_attack", "ood_images", "ood_study",
+__all__ = ["CONDITIONS", "OODImage", "REACHED", "auroc", "auroc_interval", "auroc_table", "head_config", "ood_attack", "ood_images", "ood_study",
            "train_head"]
 
+#: An attacked OOD image reached its target when the produced mask's Dice with the target is at least this.
+REACHED = 0.5
 #: The three OOD conditions (labels of the AUROC table).
 CONDITIONS = ("(a) clean OOD", "(b) PGD → chest mask", "(c) PGD → chest mask + low reconstruction error")
 
@@ -65,6 +70,25 @@ def auroc(ind_scores: Sequence[float], ood_scores: Sequence[float]) -> float:
     if len(ind) == 0 or len(ood) == 0:
         raise ValueError(f"AUROC needs both classes, got {len(ind)} in-distribution and {len(ood)} OOD scores")
     return float(roc_auc_score(np.r_[np.zeros(len(ind)), np.ones(len(ood))], np.r_[ind, ood]))
+
+
+def auroc_interval(ind_scores: Sequence[float], ind_groups: Sequence, ood_scores: Sequence[float], n_boot: int = 1000,
+                   seed: int = 0) -> tuple[float, float]:
+    """95 % percentile bootstrap interval of :func:`auroc`: in-distribution images resampled by their group
+    (subject), OOD images one by one; resamples with a single class are skipped."""
+    ind, ood = np.asarray(ind_scores, float), np.asarray(ood_scores, float)
+    groups = pd.Series(np.asarray(ind_groups)).astype(str).to_numpy()
+    keys = np.unique(groups)
+    members = [np.flatnonzero(groups == k) for k in keys]
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(int(n_boot)):
+        pick = np.concatenate([members[j] for j in rng.integers(0, len(keys), len(keys))])
+        o = ood[rng.integers(0, len(ood), len(ood))]
+        if len(pick) and len(o):
+            vals.append(auroc(ind[pick], o))
+    lo, hi = np.percentile(vals, [2.5, 97.5])
+    return float(lo), float(hi)
 
 
 def head_config(profile: Profile, run: Path, s: PGDSettings) -> TrainConfig:
@@ -181,31 +205,41 @@ def ood_study(profile: Profile, s: PGDSettings, net: SegRecon, ind: TestImages, 
     ``name``, ``kind``, ``score`` and ``dice_vs_target`` (Dice of the produced mask against the target).
     """
     net.eval()
-    ood = ood_images(profile, s)
+    sources = ood_images(profile, s)
+    n = len(targets.masks)
+    ood = [dataclasses.replace(sources[i % len(sources)], name=f"{sources[i % len(sources)].name} → target {i}")
+           for i in range(n)]  # one OOD image per test sample
     clean = np.stack([o.image for o in ood])
-    tgt = np.stack([targets.masks[i % len(targets.masks)] for i in range(len(ood))]).astype(np.float32)
+    tgt = np.asarray(targets.masks, np.float32)
     adv = {CONDITIONS[0]: clean, CONDITIONS[1]: ood_attack(net, clean, tgt, s, 0.0, s.seed),
            CONDITIONS[2]: ood_attack(net, clean, tgt, s, s.ood.recon_weight, s.seed)}
     p_ind, sc_ind = _run(net, ind.images)
-    rows = [{"set": "in-distribution", "name": f"{r.subject} α={r.alpha:+g}", "kind": "Syn_test", "score": float(v),
-             "dice_vs_target": np.nan} for r, v in zip(ind.rows.itertuples(), sc_ind)]
+    rows = [{"set": "in-distribution", "name": f"{r.subject} α={r.alpha:+g}", "kind": "Syn_test", "subject": str(r.subject),
+             "score": float(v), "dice_vs_target": np.nan} for r, v in zip(ind.rows.itertuples(), sc_ind)]
     probs = {}
     for cond, imgs in adv.items():
         p, sc = _run(net, imgs)
         probs[cond] = p
-        rows += [{"set": cond, "name": o.name, "kind": o.kind, "score": float(v), "dice_vs_target": dice(pi, ti)}
+        rows += [{"set": cond, "name": o.name, "kind": o.kind, "subject": o.name, "score": float(v),
+                  "dice_vs_target": dice(pi, ti)}
                  for o, v, pi, ti in zip(ood, sc, p, tgt)]
     return {"scores": pd.DataFrame(rows), "ood": ood, "adv": adv, "probs": probs, "targets": tgt}
 
 
-def auroc_table(scores: pd.DataFrame) -> pd.DataFrame:
-    """Per condition: AUROC of the reconstruction error (in-distribution vs that condition), the mean
-    scores, and the mean Dice of the produced masks against the attack's target masks."""
-    ind = scores[scores["set"] == "in-distribution"]["score"]
+def auroc_table(scores: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per condition: AUROC of the reconstruction error (in-distribution vs that condition) with its 95 %
+    interval (:func:`auroc_interval`; in-distribution grouped by ``subject`` when the column is there), the
+    mean scores, the mean Dice of the produced masks against the attack's targets and the share of OOD
+    images that reached their target (Dice ≥ :data:`REACHED`)."""
+    ind_rows = scores[scores["set"] == "in-distribution"]
+    ind = ind_rows["score"]
+    groups = ind_rows["subject"] if "subject" in ind_rows.columns else np.arange(len(ind_rows))
     rows = []
     for cond in CONDITIONS:
         g = scores[scores["set"] == cond]
+        lo, hi = auroc_interval(ind, groups, g["score"], n_boot, seed)
         rows.append({"condition": cond, "OOD images": len(g), "in-distribution images": len(ind),
-                     "AUROC": auroc(ind, g["score"]), "mean score OOD": g["score"].mean(),
-                     "mean score in-dist.": ind.mean(), "Dice vs target mask": g["dice_vs_target"].mean()})
+                     "AUROC": auroc(ind, g["score"]), "AUROC lo": lo, "AUROC hi": hi, "mean score OOD": g["score"].mean(),
+                     "mean score in-dist.": ind.mean(), "Dice vs target mask": g["dice_vs_target"].mean(),
+                     "reached target": float((g["dice_vs_target"] >= REACHED).mean())})
     return pd.DataFrame(rows).round(4)

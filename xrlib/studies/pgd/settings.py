@@ -4,13 +4,16 @@ Block layout (``book/profiles/*.yml``; the profiles differ only in sizes)::
 
     pgd:
       budgets: [0.01, 0.03, 0.07]   # L∞ ε > 0 in [0, 1] image units; the clean ε = 0 is always added
-      steps: 10                     # N, PGD steps per attack
+      steps: 10                     # N, PGD and SegPGD steps per attack of the ensemble
+      apgd_steps: 20                # APGD iterations per member of the ensemble (soft Dice, balanced CE, masked CE)
+      members: null                 # the ensemble's attacks (null: all of xrlib.attacks.ensemble.members)
       step_fraction: 0.2            # step s = step_fraction · ε
       alphas: [-20, -10, 0, 10, 20] # Syn_test angles attacked (null: all)
       segpgd_budgets: [0.03]        # ε at which SegPGD runs too (null: all budgets; a subset of budgets)
       l2: false                     # also L2 PGD at the radii ε·S
       seed: 0
-      check: {budget, steps, restarts, models, tolerance}   # gradient-masking checks
+      check: {budget, steps, restarts, models, tolerance}   # diagnostics (budget null: the mid-range ε;
+                                    # steps: the cap of the convergence check's iterations)
       defense: {epochs, lr, eps, steps, step_size, max_noise, warm_start}
       ood: {eps, steps, step_fraction, recon_weight, head_epochs, head_hidden, natural}
       shape:                        # shape variability vs robustness; null: not run (quick)
@@ -38,11 +41,12 @@ __all__ = ["CheckSettings", "DefenseSettings", "OODSettings", "PGDSettings", "Sh
 
 @dataclass(frozen=True)
 class CheckSettings:
-    """Gradient-masking checks at one ε: ``steps`` (more than the attack's N) and ``restarts``
-    (of N steps, another seed); ``models`` (None: every victim); ``tolerance`` — a mean-Dice rise
-    (or a transfer attack's advantage) up to this counts as noise."""
+    """Attack diagnostics (:mod:`xrlib.studies.pgd.diagnostics`) at ``budget`` (None: the grid's ε where
+    the base model's mean Dice is in [0.3, 0.7]); ``steps``: the cap of the convergence check's APGD
+    iterations; ``restarts``: new starts of the 2×-steps check; ``models`` (None: every victim);
+    ``tolerance``: a mean-Dice advantage of a check's attack up to this counts as noise."""
 
-    budget: float
+    budget: float | None
     steps: int
     restarts: int
     models: tuple[str, ...] | None
@@ -109,6 +113,7 @@ class PGDSettings:
 
     budgets: tuple[float, ...]
     steps: int
+    apgd_steps: int
     step_fraction: float
     alphas: tuple[float, ...] | None
     segpgd_budgets: tuple[float, ...]
@@ -118,6 +123,7 @@ class PGDSettings:
     defense: DefenseSettings
     ood: OODSettings
     shape: ShapeSettings | None = None
+    members: tuple[str, ...] | None = None
 
     @property
     def grid(self) -> tuple[float, ...]:
@@ -188,18 +194,23 @@ def pgd_settings(profile: Profile) -> PGDSettings:
     if not set(seg) <= set(budgets):
         raise r.fail("segpgd_budgets", f"a subset of pgd.budgets {list(budgets)} or null", list(seg))
     c, d, o = r.sub("check"), r.sub("defense"), r.sub("ood")
-    check = CheckSettings(c.num("budget", 0.0, 1.0), c.int("steps"), c.int("restarts"), c.names("models", True),
+    budget = None if c.get("budget") is None else c.num("budget", 0.0, 1.0)
+    check = CheckSettings(budget, c.int("steps"), c.int("restarts"), c.names("models", True),
                           c.num("tolerance", 0.0, 1.0, positive=False))
-    if check.budget not in budgets:
-        raise c.fail("budget", f"one of pgd.budgets {list(budgets)}", check.budget)
+    if check.budget is not None and check.budget not in budgets:
+        raise c.fail("budget", f"one of pgd.budgets {list(budgets)} or null", check.budget)
     defense = DefenseSettings(d.int("epochs"), d.num("lr", 0.0, 1.0), d.num("eps", 0.0, 1.0), d.int("steps"),
                               d.num("step_size", 0.0, 1.0), d.num("max_noise", 0.0, 1.0), d.bool("warm_start"))
     ood = OODSettings(o.num("eps", 0.0, 1.0), o.int("steps"), o.num("step_fraction", 0.0, 1.0),
                       o.num("recon_weight", 0.0, float("inf"), positive=False), o.int("head_epochs"), o.int("head_hidden"),
                       o.names("natural"))
     alphas = r.numbers("alphas", -180.0, 180.0, allow_null=True, positive=False)
-    return PGDSettings(budgets, r.int("steps"), r.num("step_fraction", 0.0, 1.0), alphas, seg, r.bool("l2"),
-                       r.int("seed", 0), check, defense, ood, _shape(r, budgets))
+    known = ("pgd", "segpgd", "apgd-dice", "apgd-bce", "apgd-mce")
+    chosen = r.names("members", allow_null=True) if "members" in r.block else None
+    if chosen is not None and (set(chosen) - set(known) or len(set(chosen)) != len(chosen)):
+        raise r.fail("members", f"distinct names among {', '.join(known)} or null", list(chosen))
+    return PGDSettings(budgets, r.int("steps"), r.int("apgd_steps"), r.num("step_fraction", 0.0, 1.0), alphas, seg, r.bool("l2"),
+                       r.int("seed", 0), check, defense, ood, _shape(r, budgets), chosen)
 
 
 def _shape(r: _Reader, budgets: tuple[float, ...]) -> ShapeSettings | None:

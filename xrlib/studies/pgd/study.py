@@ -3,12 +3,15 @@
 The victims are the three study U-Nets of chapter 05 and three defenses trained on the data of
 U-Net(Real+Syn_all) (:func:`defense_configs`): PGD adversarial training (``+PGD-AT``), SegPGD
 adversarial training (``+SegPGD-AT``) and uniform-noise training (``+noise``), warm-started from
-that study model when the profile says so. Every victim is attacked on the synthetic test
-subjects at the profile's angles (:func:`attack_grid`): L∞ PGD at every budget, SegPGD at the
-profile's SegPGD budgets, L2 PGD when the profile asks. Per model and ε the robustness number is
-the *minimum* mean Dice over the attacks run (:func:`worst_case`), and :func:`masking_checks`
-tests the attack for gradient masking (more steps, restarts with another seed, transfer from the
-other victims).
+that study model when the profile says so, beside their control ``+fine-tune`` (standard training,
+same start, epochs and lr). Every victim is attacked on the synthetic test
+subjects at the profile's angles (:func:`attack_grid`) by the L∞ attack ensemble (:mod:`xrlib.attacks.ensemble`:
+PGD, SegPGD and APGD on soft Dice, balanced and masked CE) at every budget — per image the lowest
+Dice over every attack, restart and iterate, with the winning attack named — SegPGD alone at the
+profile's SegPGD budgets, and the L2 ensemble when the profile asks. :func:`run_diagnostics` runs
+the checks of :mod:`xrlib.studies.pgd.diagnostics` at the mid-range ε; their runs enter the
+per-image minimum and their failures flag the model's rows (column ``flag``), which
+:func:`worst_case` (the mean of the per-image minimum) carries.
 """
 
 from __future__ import annotations
@@ -23,10 +26,9 @@ import torch
 
 from xrlib.attacks import defenses  # noqa: F401  (registers the defense recipes)
 from xrlib.attacks.base import TestImages, score_threat
+from xrlib.attacks.ensemble import EnsembleThreat, members
 from xrlib.attacks.pgd import PGDThreat, SegPGDThreat, l2_budgets
 from xrlib.core.profiles import Profile
-from xrlib.eval.metrics import dice
-from xrlib.eval.predict import predict
 from xrlib.eval.robustness import robustness_curve, write_robustness
 from xrlib.eval.stats import bootstrap_by_group
 from xrlib.studies.pgd.settings import PGDSettings
@@ -38,13 +40,15 @@ from xrlib.training import TrainConfig, TrainResult, load_best, train_all
 from xrlib.training.config import safe_name
 
 __all__ = ["BASE_MODEL", "DEFENSES", "attack_grid", "by_alpha_group", "curves", "defense_configs", "defense_cost",
-           "load_examples", "masking_checks", "masking_summary", "paper_comparison", "test_images", "train_defenses", "triplets",
-           "victims", "worst_case", "defense_tradeoff", "describe"]
+           "load_examples", "paper_comparison", "validation_images", "run_diagnostics", "test_images", "threats", "train_defenses", "triplets",
+           "victims", "winner_counts", "worst_case", "defense_tradeoff", "describe"]
 
 #: The study model whose data the defenses train on.
 BASE_MODEL = "U-Net(Real+Syn_all)"
-#: Name suffix → training recipe of the defenses.
-DEFENSES = {"+PGD-AT": "pgd-adversarial", "+SegPGD-AT": "segpgd-adversarial", "+noise": "uniform-noise"}
+#: Name suffix → training recipe of the defenses, and the control: ``+fine-tune`` trains with the standard
+#: recipe from the same start, for the same epochs at the same lr — what a defense's gain is measured against.
+DEFENSES = {"+PGD-AT": "pgd-adversarial", "+SegPGD-AT": "segpgd-adversarial", "+noise": "uniform-noise",
+            "+fine-tune": "standard"}
 #: The folder (under the run) of this chapter's artifacts.
 FOLDER = "pgd"
 
@@ -60,7 +64,8 @@ def base_folder(profile: Profile, run: Path) -> str:
 
 
 def defense_configs(profile: Profile, run: Path, s: PGDSettings) -> list[TrainConfig]:
-    """The three defenses: U-Net(Real+Syn_all)'s configuration with a defense recipe.
+    """The three defenses and the fine-tune control: U-Net(Real+Syn_all)'s configuration with a defense recipe
+    (the control: the standard recipe).
 
     Epochs and patience = ``defense.epochs``, Adam lr = ``defense.lr``; adversarial training with
     L∞ PGD (``eps``, ``steps``, ``step_size``), noise training with ``max_noise``. With
@@ -72,7 +77,7 @@ def defense_configs(profile: Profile, run: Path, s: PGDSettings) -> list[TrainCo
     warm = {"warm_start": base_folder(profile, run)} if d.warm_start else {}
     out = []
     for suffix, recipe in DEFENSES.items():
-        params = ({"max_noise": d.max_noise} if recipe == "uniform-noise" else
+        params = ({"max_noise": d.max_noise} if recipe == "uniform-noise" else {} if recipe == "standard" else
                   {"eps": d.eps, "steps": d.steps, "step_size": d.step_size, "norm": "linf"})
         out.append(dataclasses.replace(base, name=BASE_MODEL + suffix, lr=d.lr, epochs=d.epochs, patience=d.epochs,
                                        recipe=recipe, recipe_params={**params, **warm}))
@@ -98,25 +103,30 @@ def defense_cost(results: Mapping[str, TrainResult]) -> pd.DataFrame:
                          for n, r in results.items()]).round(3)
 
 
-def _threats(profile: Profile, s: PGDSettings) -> dict[str, PGDThreat]:
-    common = dict(steps=s.steps, step_fraction=s.step_fraction, seed=s.seed)
-    out = {"pgd": PGDThreat(grid=s.grid, **common), "segpgd": SegPGDThreat(grid=(0.0, *s.segpgd_budgets), **common)}
+def threats(profile: Profile, s: PGDSettings) -> dict[str, PGDThreat | EnsembleThreat]:
+    """The chapter's threats: ``pgd`` (the L∞ ensemble of :func:`xrlib.attacks.ensemble.members` with
+    ``steps`` PGD/SegPGD steps and ``apgd_steps`` APGD iterations), ``segpgd`` (SegPGD alone) and, when
+    asked, ``pgd-l2`` (the ensemble at the L2 radii ε·S). Keep the object: it caches the ensemble's runs."""
+    ens = tuple(m for m in members(s.steps, s.apgd_steps, s.step_fraction) if s.members is None or m.name in s.members)
+    out = {"pgd": EnsembleThreat(ens, grid=s.grid, seed=s.seed),
+           "segpgd": SegPGDThreat(grid=(0.0, *s.segpgd_budgets), steps=s.steps, step_fraction=s.step_fraction, seed=s.seed)}
     if s.l2:
-        out["pgd-l2"] = PGDThreat(grid=(0.0, *l2_budgets(profile.image_size, s.budgets)), norm="l2", **common)
+        out["pgd-l2"] = EnsembleThreat(ens, grid=(0.0, *l2_budgets(profile.image_size, s.budgets)), norm="l2", seed=s.seed)
     return out
 
 
 def attack_grid(profile: Profile, run: Path, s: PGDSettings, models: Mapping[str, torch.nn.Module], test: TestImages,
-                progress: bool = False) -> dict[str, pd.DataFrame]:
-    """Contract rows per attack (``pgd``, ``segpgd``, and ``pgd-l2`` when asked) for every victim.
+                progress: bool = False, attacks: Mapping[str, object] | None = None) -> dict[str, pd.DataFrame]:
+    """Contract rows per threat (``pgd`` — the ensemble —, ``segpgd``, and ``pgd-l2`` when asked) for every victim.
 
     ``pgd`` and ``segpgd`` are written to ``<run>/robustness/<threat>.csv`` (the book's results
-    contract, L∞); the L2 rows go to ``<run>/pgd/pgd_l2.csv``. The L∞ PGD images are saved per model
-    and budget under ``<run>/pgd/examples/`` (for the transfer check and the figures).
+    contract, L∞); the L2 rows go to ``<run>/pgd/pgd_l2.csv``. The ensemble's images are saved per model
+    and budget under ``<run>/pgd/examples/`` (for the transfer check and the figures). ``attacks``:
+    the threats (default :func:`threats`; pass the same object to :func:`run_diagnostics`).
     """
     run = Path(run)
     out = {}
-    for key, threat in _threats(profile, s).items():
+    for key, threat in (attacks or threats(profile, s)).items():
         ex = run / FOLDER / "examples" if key == "pgd" else None
         df = score_threat(threat, models, test, study.pixel_mm(profile), groups=alpha_group, progress=progress,
                           examples_dir=ex)
@@ -130,6 +140,16 @@ def attack_grid(profile: Profile, run: Path, s: PGDSettings, models: Mapping[str
     return out
 
 
+def validation_images(profile: Profile, run: Path, n: int = 8) -> TestImages:
+    """Up to ``n`` validation images of the base model's training sets (Real + Syn_all, evenly spaced in
+    the manifest): where the ε grid is chosen (:func:`xrlib.studies.pgd.diagnostics.dice_vs_eps`)."""
+    from xrlib.training import select_images
+
+    rows = select_images(study.datasets_dir(Path(run)), ["Real", "Syn_all"], "val", profile.synthetic.cen_alphas)
+    keep = np.unique(np.linspace(0, len(rows) - 1, min(int(n), len(rows))).round().astype(int))
+    return TestImages.from_manifest(rows.iloc[keep].reset_index(drop=True), study.datasets_dir(Path(run)))
+
+
 def load_examples(run: Path, model: str, budget: float, threat: str = "pgd") -> dict[str, np.ndarray]:
     """The saved clean/adversarial images, masks and probabilities of ``model`` at ``budget``."""
     path = Path(run) / FOLDER / "examples" / threat / safe_name(model) / f"budget_{budget:g}.npz"
@@ -138,21 +158,39 @@ def load_examples(run: Path, model: str, budget: float, threat: str = "pgd") -> 
 
 
 def worst_case(results: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    """Per model and L∞ ε: mean Dice of each attack run and the minimum over them (the robustness number).
+    """Per model and L∞ ε: the robustness number — the mean over images of the per-image minimum Dice
+    over every attack run (``pgd`` holds the ensemble's per-image minimum; SegPGD alone, where it ran,
+    enters the minimum per image too).
 
-    Columns: ``model``, ``budget``, one column per attack (``pgd``, ``segpgd``; empty where it did not
-    run), ``min Dice``, ``strongest`` (the attack reaching it).
+    Columns: ``model``, ``budget``, ``min Dice``, ``strongest`` (the attack winning most images;
+    ``clean`` at ε = 0), ``flag`` (the model's failed diagnostics; empty: none or not checked).
     """
-    frames = [df.groupby(["model", "budget"], sort=False)["dice"].mean().rename(k) for k, df in results.items()
-              if k in ("pgd", "segpgd")]
-    out = pd.concat(frames, axis=1).reset_index()
-    attacks = [c for c in ("pgd", "segpgd") if c in out.columns]
-    out["min Dice"] = out[attacks].min(axis=1)
-    out["strongest"] = out[attacks].idxmin(axis=1)
+    pgd = results["pgd"].copy()
+    pgd["_i"] = pgd.groupby(["model", "budget"], sort=False).cumcount()
+    if "segpgd" in results:
+        seg = results["segpgd"].assign(_i=lambda d: d.groupby(["model", "budget"], sort=False).cumcount())
+        pgd = pgd.merge(seg[["model", "budget", "_i", "dice"]].rename(columns={"dice": "_seg"}), how="left",
+                        on=["model", "budget", "_i"])
+        lower = pgd["_seg"] < pgd["dice"]
+        pgd.loc[lower, "attack"] = "segpgd"
+        pgd["dice"] = pgd[["dice", "_seg"]].min(axis=1)
+    if "attack" not in pgd.columns:
+        pgd["attack"] = "pgd"
+    if "flag" not in pgd.columns:
+        pgd["flag"] = ""
+    g = pgd.groupby(["model", "budget"], sort=False)
+    out = pd.DataFrame({"min Dice": g["dice"].mean(), "strongest": g["attack"].agg(lambda a: a.value_counts().index[0]),
+                        "flag": g["flag"].first().fillna("")}).reset_index()
     out.loc[out["budget"] == 0, "strongest"] = "clean"
     order = list(dict.fromkeys(results["pgd"]["model"]))
     out["_m"] = out["model"].map({m: i for i, m in enumerate(order)})
     return out.sort_values(["_m", "budget"]).drop(columns="_m").reset_index(drop=True).round(4)
+
+
+def winner_counts(results: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per model: how many (image, ε > 0) the ensemble's members (and diagnostic runs) won."""
+    df = results["pgd"][results["pgd"]["budget"] > 0]
+    return df.groupby(["model", "attack"], sort=False).size().unstack(fill_value=0)
 
 
 def curves(results: Mapping[str, pd.DataFrame], metric: str = "dice", seed: int = 0) -> pd.DataFrame:
@@ -177,61 +215,46 @@ def by_alpha_group(df: pd.DataFrame, seed: int = 0, metric: str = "dice") -> pd.
                               orders={"alpha_group": GROUP_ORDER})
 
 
-# ----------------------------------------------------------------------------------------- masking checks
+# ----------------------------------------------------------------------------------------------- diagnostics
 
 
-def _mean_dice(model: torch.nn.Module, images: np.ndarray, masks: np.ndarray) -> float:
-    p, _ = predict(model, (images, masks))
-    return float(np.mean([dice(a, b) for a, b in zip(p, masks)]))
+def run_diagnostics(profile: Profile, s: PGDSettings, models: Mapping[str, torch.nn.Module], test: TestImages,
+                    results: dict[str, pd.DataFrame], run: Path, threat: EnsembleThreat) -> pd.DataFrame:
+    """The diagnostics (a)–(f) of :mod:`xrlib.studies.pgd.diagnostics` at ``check.budget`` (null: the
+    grid's ε where the base model's mean Dice is in [0.3, 0.7]) on ``check.models`` (null: every
+    victim), with transfers from every other victim's saved ensemble images.
 
-
-def masking_checks(profile: Profile, s: PGDSettings, models: Mapping[str, torch.nn.Module], test: TestImages,
-                   results: Mapping[str, pd.DataFrame], run: Path) -> pd.DataFrame:
-    """Gradient-masking checks at ``check.budget`` (L∞), one row per model × check.
-
-    * ``more steps`` — PGD with ``check.steps`` steps must not give a mean Dice above the N-step
-      attack's by more than ``check.tolerance``;
-    * ``restarts`` — ``check.restarts`` restarts of N steps from another seed (so neither run contains
-      the other), same rule;
-    * ``transfer from M`` — the N-step PGD images made on victim M, fed to this model, must not
-      reach a mean Dice below the white-box attack's by more than the tolerance.
-
-    Columns: ``model``, ``check``, ``white-box Dice`` (N-step PGD), ``check Dice``, ``difference``
-    (check − white-box), ``pass``. The checks run on ``check.models`` (all victims when null); the
-    transfer checks use every other victim as the source.
+    Side effects that make the diagnostics count: the diagnostic runs enter the per-image minimum
+    (``threat`` — the object that produced ``results['pgd']`` — re-scores that ε), the model's failed
+    outcomes go to the column ``flag`` of all its rows, and ``<run>/robustness/pgd.csv`` is rewritten.
+    Returns one row per model × check with ``model``, ``budget`` and the columns of :func:`diagnostics.diagnose`.
     """
+    from xrlib.studies.pgd import diagnostics as dg
+
     c = s.check
-    wb = results["pgd"][np.isclose(results["pgd"]["budget"], c.budget)].groupby("model", sort=False)["dice"].mean()
+    df = results["pgd"]
+    curves_ = {m: g.groupby("budget")["dice"].mean() for m, g in df.groupby("model", sort=False)}
+    eps = c.budget if c.budget is not None else dg.mid_budget(curves_[BASE_MODEL if BASE_MODEL in curves_ else next(iter(curves_))])
     names = list(models) if c.models is None else [m for m in c.models if m in models]
-    rows = []
-
-    def add(model, check, value, stronger_is_bad):
-        diff = value - float(wb[model])
-        ok = diff <= c.tolerance if stronger_is_bad else diff >= -c.tolerance
-        rows.append({"model": model, "check": check, "white-box Dice": float(wb[model]), "check Dice": value,
-                     "difference": diff, "pass": bool(ok)})
-
-    common = dict(grid=s.grid, step_fraction=s.step_fraction)
-    more = PGDThreat(steps=c.steps, seed=s.seed, **common)
-    restart = PGDThreat(steps=s.steps, restarts=c.restarts, seed=s.seed + 1, **common)
-    images, masks = np.asarray(test.images, np.float32), test.masks
+    images, masks = np.asarray(test.images, np.float32), np.asarray(test.masks, np.float32)
+    parts, flags = [], {}
     for name in names:
-        m = models[name]
-        add(name, f"more steps ({c.steps})", _mean_dice(m, more.attack(m, images, masks, c.budget), masks), True)
-        add(name, f"restarts ({c.restarts} × {s.steps}, seed {s.seed + 1})",
-            _mean_dice(m, restart.attack(m, images, masks, c.budget), masks), True)
-        for source in models:
-            if source != name:
-                adv = load_examples(run, source, c.budget)["image"]
-                add(name, f"transfer from {source}", _mean_dice(m, adv, masks), False)
-    return pd.DataFrame(rows).round(4)
-
-
-def masking_summary(checks: pd.DataFrame) -> pd.DataFrame:
-    """Per model and kind of check (more steps / restarts / transfer): checks run and passed."""
-    kind = checks["check"].str.split(" ").str[0]
-    return (checks.assign(kind=kind).groupby(["model", "kind"], sort=False)["pass"]
-            .agg(run="size", passed="sum").reset_index())
+        transfer = {src: load_examples(run, src, eps)["image"] for src in models if src != name}
+        rows = dg.diagnose(models[name], images, masks, eps, threat, c.tolerance, c.steps, c.restarts,
+                           curve=curves_[name], transfer=transfer, seed=s.seed)
+        flags[name] = dg.flags(rows)
+        parts.append(rows.assign(model=name, budget=eps))
+        fresh = score_threat(threat, {name: models[name]}, test, study.pixel_mm(profile), budgets=[eps], groups=alpha_group)
+        fresh = fresh[np.isclose(fresh["budget"], eps)]
+        at = (df["model"] == name) & np.isclose(df["budget"], eps)
+        df = pd.concat([df[~at], fresh], ignore_index=True)
+    order = {m: i for i, m in enumerate(dict.fromkeys(results["pgd"]["model"]))}
+    df = df.assign(_m=df["model"].map(order)).sort_values(["_m", "budget"], kind="stable").drop(columns="_m")
+    df["flag"] = df["model"].map(flags).fillna("")
+    results["pgd"] = df.reset_index(drop=True)
+    write_robustness(results["pgd"], run, "pgd")
+    out = pd.concat(parts, ignore_index=True)
+    return out[["model", "budget", *[k for k in out.columns if k not in ("model", "budget")]]].round(4)
 
 
 def triplets(run: Path, models: Sequence[str], budget: float, index: int = 0) -> list[dict]:
@@ -281,16 +304,20 @@ def defense_tradeoff(worst: pd.DataFrame) -> pd.DataFrame:
 def describe(profile: Profile, s: PGDSettings, test: TestImages) -> str:
     """What this profile runs, in words (sizes, steps, models, surrogates)."""
     d, o, c = s.defense, s.ood, s.check
-    weak = " — a weak attack (paper 002: N = 100)" if s.steps < 100 else " (paper 002's N)"
+    weak = " (paper 002: N = 100)" if s.steps < 100 else " (paper 002's N)"
     return "\n".join([
         f"profile {profile.name}: {test.rows['subject'].nunique()} Syn_test subject(s) × {test.rows['alpha'].nunique()} "
         f"angle(s) = {len(test.rows)} images of {profile.image_size}² px",
-        f"L∞ PGD at ε ∈ {{{', '.join(f'{e:g}' for e in s.budgets)}}}, N = {s.steps} steps of ε·{s.step_fraction:g}{weak}, "
-        f"random start, 1 restart; SegPGD at ε ∈ {{{', '.join(f'{e:g}' for e in s.segpgd_budgets)}}}; "
-        + (f"L2 PGD at radii ε·{profile.image_size}" if s.l2 else "no L2 attack (paper profile only)"),
-        f"gradient-masking checks at ε = {c.budget:g}: {c.steps} steps; {c.restarts} restarts of {s.steps} steps "
-        f"(seed {s.seed + 1}); transfer from every other victim; tolerance {c.tolerance:g} in mean Dice; "
-        f"models: {'all' if c.models is None else ', '.join(c.models)}",
+        f"L∞ attack ensemble at ε ∈ {{{', '.join(f'{e:g}' for e in s.budgets)}}}: PGD and SegPGD with N = {s.steps} "
+        f"steps of ε·{s.step_fraction:g}{weak}, APGD ({s.apgd_steps} iterations) on soft Dice, balanced CE and masked CE "
+        f"(members run: {'all' if s.members is None else ', '.join(s.members)}); "
+        f"per image the lowest Dice over every attack and iterate; SegPGD alone at ε ∈ "
+        f"{{{', '.join(f'{e:g}' for e in s.segpgd_budgets)}}}; "
+        + (f"L2 ensemble at radii ε·{profile.image_size}" if s.l2 else "no L2 attack (paper profile only)"),
+        f"diagnostics at {'the mid-range ε (base model Dice in [0.3, 0.7])' if c.budget is None else f'ε = {c.budget:g}'}: "
+        f"convergence (APGD iterations doubled up to {c.steps}), 2× steps + {c.restarts} restart(s), single-step, "
+        f"monotone in ε, transfer from every other victim, gradient-free Square search with the ensemble's forward "
+        f"passes; tolerance {c.tolerance:g} in mean Dice; models: {'all' if c.models is None else ', '.join(c.models)}",
         f"defenses on {BASE_MODEL}'s data: {'warm-started from it, ' if d.warm_start else 'from scratch, '}"
         f"{d.epochs} epoch(s), Adam lr {d.lr:g}; adversarial training with {d.steps}-step L∞ PGD/SegPGD at ε = {d.eps:g}, "
         f"step {d.step_size:g}; noise training with U[−{d.max_noise:g}, {d.max_noise:g}]",
