@@ -15,8 +15,9 @@ of the thresholded prediction against the clavicle masks rendered at that pose. 
 μ smoothed by a Gaussian of ``smooth_mm`` (about one voxel) and does not mask the field: the scored
 image is piecewise linear in the pose between voxels, and 0 outside a field whose edge moves with
 the pose, so its local derivative does not follow the trend that a step of about a degree or a
-millimetre sees. The guide's derivative of the search objective 1 − soft Dice does
-(:func:`gradient_check` measures it against central differences at the step scale).
+millimetre sees. The guide is smooth at the scale of its σ; whether its derivative of the search
+objective 1 − soft Dice follows the trend at the step scale is measured, not assumed
+(:func:`gradient_check`: autograd against central differences with h = 0.5° / 0.5 mm).
 
 Searches (:func:`search_pose`), both over the same 5-D box and the same number of scored renders:
 

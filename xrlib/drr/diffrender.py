@@ -35,9 +35,9 @@ sees the kinks between voxels (and the CT's voxel-scale noise), not the trend th
 a degree or a millimetre follows. ``smooth_mm = σ`` convolves μ with a Gaussian of standard
 deviation σ mm per axis (``scipy.ndimage.gaussian_filter``, σ/spacing voxels, line integrals
 kept) before marching, a prefilter matched to the sampling (about one voxel, ~1 mm): the image
-is then smooth in the pose at that scale, and its autograd derivative agrees with central
-differences at the step scale. Such a renderer *guides* a pose search; images that are scored
-come from the unsmoothed one. The clavicle masks are never smoothed.
+is then smooth in the pose at that scale. Such a renderer *guides* a pose search (whether its
+derivative follows central differences at the search's step scale is checked by
+:func:`xrlib.attacks.pose.gradient_check`); images that are scored come from the unsmoothed one. The clavicle masks are never smoothed.
 
 Volume gradient: ``r.mu`` is the cropped (and, with ``prefilter``, block-averaged) μ volume (1/mm, numpy layout ``(k, j, i)`` of the grid
 ``r.mu_volume``) as a leaf tensor; ``r.mu.requires_grad_(True)`` makes the next calls

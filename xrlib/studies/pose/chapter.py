@@ -45,7 +45,7 @@ HEADLINE = Path("pose") / "headline.md"
 class PoseChapter:
     """What the chapter computed: contract rows (study models under both searches, defended models under
     the gradient search), the gradient check (both renderers), the b = 0 comparison, the landscape, the
-    neutral-pose render of the landscape subject, defense infos, wall times of the two searches
+    neutral-pose render of the landscape subject and its dataset α = 0 input and truth, defense infos, wall times of the two searches
     (``seconds``), the settings and the CSV's path."""
 
     results: pd.DataFrame
@@ -53,6 +53,7 @@ class PoseChapter:
     neutral_table: pd.DataFrame
     landscape: Landscape
     neutral: tuple[np.ndarray, np.ndarray]
+    dataset_neutral: tuple[np.ndarray, np.ndarray]
     probs: tuple[np.ndarray, np.ndarray]
     subject: str
     defense: dict
@@ -102,7 +103,9 @@ def run_chapter(profile: Profile, run: Path, device=None, progress: bool = False
     x, t = chain.neutral()
     neutral = (x[0, 0].cpu().numpy(), t[0, 0].cpu().numpy())
     probs = (_prob(model, neutral[0]), _prob(model, land.search.image))
-    return PoseChapter(allres, check, neutral_comparison(th, victims, test), land, neutral, probs, subject,
+    k = int(np.flatnonzero(test.rows["subject"].astype(str).to_numpy() == subject)[0])
+    dataset = (np.asarray(test.images[k], float), np.asarray(test.masks[k]))
+    return PoseChapter(allres, check, neutral_comparison(th, victims, test), land, neutral, dataset, probs, subject,
                        {n: i for n, (_, i) in defended.items()}, seconds, cfg, path)
 
 
