@@ -45,8 +45,8 @@ HEADLINE = Path("pose") / "headline.md"
 class PoseChapter:
     """What the chapter computed: contract rows (study models under both searches, defended models under
     the gradient search), the gradient check (both renderers), the b = 0 comparison, the landscape, the
-    neutral-pose render of the landscape subject and its dataset α = 0 input and truth, defense infos, wall times of the two searches
-    (``seconds``), the settings and the CSV's path."""
+    neutral-pose render of the landscape subject and its dataset α = 0 input and truth, defense infos,
+    wall times of the two searches (``seconds``), the settings and the CSV's path."""
 
     results: pd.DataFrame
     check: pd.DataFrame
@@ -140,8 +140,8 @@ def headline_markdown(ch: PoseChapter, profile: Profile) -> str:
         lines += ["", f"Gradient vs random search at {s.renders} scored renders each (uniform over the same box): "
                       f"lower mean Dice by the gradient search in {g}, by the random search in {q}, equal in "
                       f"{len(st) - g - q} of {len(st)} (model, budget) cells, mean difference (gradient − random) "
-                      f"{st['difference'].mean():+.3f}: {verdict}. Wall time: gradient {ch.seconds.get('gradient', np.nan):.0f} s, "
-                      f"random {ch.seconds.get('random', np.nan):.0f} s."]
+                      f"{st['difference'].mean():+.3f}: {verdict}. Wall time: gradient "
+                      f"{ch.seconds.get('gradient', np.nan):.0f} s, random {ch.seconds.get('random', np.nan):.0f} s."]
     ok = ch.check.groupby("renderer", sort=False)["agrees"].sum()
     lines += ["", "Gradient check at the step scale (h = 0.5° / 0.5 mm, within "
                   f"{GRADIENT_RTOL:.0%}): " + "; ".join(f"{k}: {int(v)} of 5 parameters agree" for k, v in ok.items()) + "."]

@@ -51,7 +51,9 @@ class SubjectChains:
         clav = clavicles_from_labels(labels)
         kw = dict(physics="naive", device=self.device, step_mm=self.step_mm, prefilter=self.prefilter)
         r = DifferentiableRenderer(ct, clav, self.geometry, **kw)
-        guide = DifferentiableRenderer(ct, clav, self.geometry, fov="none", smooth_mm=self.smooth_mm, **kw) if self.smooth_mm > 0 else None
+        guide = None
+        if self.smooth_mm > 0:
+            guide = DifferentiableRenderer(ct, clav, self.geometry, fov="none", smooth_mm=self.smooth_mm, **kw)
         return PoseChain(r, self.image_size, guide=guide)
 
 
