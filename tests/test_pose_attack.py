@@ -13,7 +13,7 @@ from xrlib.anatomy.annotate import clavicles_from_labels
 from xrlib.attacks.base import TestImages, score_threat
 from xrlib.attacks.pgd import dice_objective
 from xrlib.attacks.pose import (GRADIENT_RTOL, METHODS, PARAM_COLUMNS, PARAMS, PoseChain, PoseSearch, PoseThreat,
-                                gradient_check, grid_poses, lhs_poses, pose_bounds, random_poses, search_pose)
+                                gradient_check, grid_poses, image_gradient_check, lhs_poses, pose_bounds, random_poses, search_pose)
 from xrlib.core.ct import Volume, load_example
 from xrlib.core.errors import InputError
 from xrlib.core.profiles import Profile, load_profile
@@ -123,6 +123,11 @@ def test_guided_gradient_follows_central_differences_at_the_step_scale_and_the_u
     assert guided["agrees"].all(), guided
     assert not scored["agrees"].all(), scored
     assert scored["rel_error"].max() > 2 * GRADIENT_RTOL
+    # the renderer's share, on the network input alone: the guide's derivative is closer to the step's
+    gi, si = image_gradient_check(chain, pose, guided=True), image_gradient_check(chain, pose, guided=False)
+    assert not si["agrees"].all() and gi["rel_l2"].max() < si["rel_l2"].max(), (gi, si)
+    same = image_gradient_check(chain, pose, h=0.01, h_local=0.01)  # the same step: identical derivatives
+    assert same["agrees"].all() and (same["rel_l2"] == 0).all()
 
 
 def test_gradient_search_scores_starts_and_steps_and_returns_the_lowest_hard_dice(chain32):

@@ -56,7 +56,7 @@ from xrlib.drr.render import MASK_THRESHOLD_MM
 from xrlib.eval.metrics import dice
 
 __all__ = ["GRADIENT_FLOOR", "GRADIENT_RTOL", "METHODS", "PARAMS", "PARAM_COLUMNS", "PoseChain", "PoseSearch",
-           "PoseThreat", "SearchResult", "gradient_check", "grid_poses", "lhs_poses", "pose_bounds", "random_poses",
+           "PoseThreat", "SearchResult", "gradient_check", "grid_poses", "image_gradient_check", "lhs_poses", "pose_bounds", "random_poses",
            "search_pose"]
 
 #: The five pose parameters, in the order of a pose vector: α (deg), tilt (deg), shift x, y, z (mm, LPS).
@@ -312,6 +312,32 @@ def gradient_check(model: torch.nn.Module, chain: PoseChain, pose: Sequence[floa
     rel = np.abs(ag - fd) / np.where(scale > 0, scale, np.inf)
     return pd.DataFrame({"param": PARAMS, "unit": UNITS, "h": hs, "autograd": ag, "central": fd, "rel_error": rel,
                          "agrees": rel <= GRADIENT_RTOL})
+
+
+def image_gradient_check(chain: PoseChain, pose: Sequence[float], h: Sequence[float] = (0.5,) * 5, h_local: float = 0.01,
+                         guided: bool = True) -> pd.DataFrame:
+    """The renderer's share of :func:`gradient_check`: does the network input's local derivative follow its
+    change over a step? Per pose parameter, the derivative of the network input (all pixels) by central
+    differences with the tiny step ``h_local`` (deg or mm; the local derivative that autograd returns, which
+    the tests pin against autograd) vs with the step ``h``.
+
+    One row per parameter: ``param``, ``unit``, ``h``, ``rel_l2`` = ‖local − step‖ / ‖step‖ over the pixels
+    and ``agrees`` (``rel_l2 ≤`` :data:`GRADIENT_RTOL`). No model is involved.
+    """
+    r = chain.guide if guided else chain.renderer
+    base = torch.as_tensor(np.asarray(pose, float), device=r.device, dtype=r.dtype)
+    hs = np.broadcast_to(np.asarray(h, float), (5,))
+    e = torch.eye(5, dtype=r.dtype, device=r.device)
+    rel = []
+    with torch.no_grad():
+        for k, hk in enumerate(hs):
+            d = {}
+            for step in (float(h_local), float(hk)):
+                x, _ = chain(torch.stack([base + step * e[k], base - step * e[k]]), guided=guided)
+                d[step] = ((x[0] - x[1]) / (2 * step)).double().flatten()
+            rel.append(float((d[float(h_local)] - d[float(hk)]).norm() / d[float(hk)].norm().clamp_min(1e-300)))
+    rel = np.asarray(rel)
+    return pd.DataFrame({"param": PARAMS, "unit": UNITS, "h": hs, "rel_l2": rel, "agrees": rel <= GRADIENT_RTOL})
 
 
 class PoseThreat(Threat):
