@@ -1,25 +1,41 @@
 """The worst-case patient pose: a search over (α, tilt, shift) through the differentiable renderer.
 
 Threat ``pose`` (budget b, unit ``deg``): for each test subject, the pose within the box
-``|α| ≤ b°, |tilt| ≤ b/4°, |shift_x|, |shift_y|, |shift_z| ≤ b mm`` that minimises the model's soft
-Dice, found through the whole differentiable chain
+``|α| ≤ b°, |tilt| ≤ b/4°, |shift_x|, |shift_y|, |shift_z| ≤ b mm`` where the model's hard Dice is lowest,
+found through the whole chain
 
     pose → :class:`xrlib.drr.diffrender.DifferentiableRenderer` (naive physics, ∫μ dl)
          → :func:`xrlib.drr.physics.postprocess_torch` (window, unsharp mask — the datasets' display step)
          → :func:`xrlib.data.preprocess.preprocess_torch` (resize + pad to S×S, [0, 1])
-         → network → 1 − soft Dice (MONAI ``DiceLoss``, :func:`xrlib.attacks.pgd.dice_objective`).
+         → network.
 
-Search (:func:`search_pose`): a coarse grid over (α, tilt) at zero shift (``grid_alpha`` ×
-``grid_tilt`` points spanning the box, corners included) is rendered once per subject and budget
-and shared by all models; the search starts at the grid point with the highest objective and takes
-``steps`` projected **sign-gradient** steps on all five pose parameters (step of coordinate k at
-step t: ``step_fraction · bound_k · (steps − t) / steps``, then clipped to the box). It keeps the
-best pose seen (grid start included), so it never ends worse than the grid start. It is
-deterministic (no random start). The ground truth at a pose is the clavicle masks rendered at that
-pose (path length ≥ ``mask_threshold_mm``, as :func:`xrlib.drr.render.render_batch`), resized
-like the datasets' masks; it is held constant within a gradient step (the gradient flows through
-the image, not through the binarised truth). Budget 0 is the subject at the neutral pose, rendered
-by the same chain.
+Two renderers per subject (:class:`PoseChain`): the **scored** one renders what the datasets
+render (μ as is, the complete-ray field); every candidate pose is scored with it, by the hard Dice
+of the thresholded prediction against the clavicle masks rendered at that pose. The **guide** marches
+μ smoothed by a Gaussian of ``smooth_mm`` (about one voxel) and does not mask the field: the scored
+image is piecewise linear in the pose between voxels, and 0 outside a field whose edge moves with
+the pose, so its local derivative does not follow the trend that a step of about a degree or a
+millimetre sees. The guide is smooth at the scale of its σ; whether its derivative of the search
+objective 1 − soft Dice follows the trend at the step scale is measured, not assumed
+(:func:`gradient_check`: autograd against central differences with h = 0.5° / 0.5 mm).
+
+Searches (:func:`search_pose`), both over the same 5-D box and the same number of scored renders:
+
+* ``gradient``: ``starts`` Latin-hypercube poses over the box (:func:`lhs_poses`, seeded, the same
+  for every victim; their renders do not depend on the model and are cached) are scored; from the
+  worst of them and the carried pose (below), ``steps`` projected **sign-gradient** steps on the
+  guide's objective (step of coordinate k at step t: ``step_fraction · bound_k · (steps − t) /
+  steps``, clipped to the box), each iterate scored. Scored renders: ``starts + steps``.
+* ``random``: ``starts + steps`` poses uniform over the box (:func:`random_poses`, seeded, shared by
+  all victims and cached), scored.
+
+Either returns the candidate with the lowest hard Dice (ties: the highest 1 − soft Dice). Budgets are
+**nested**: a search at b also scores the pose found at the next smaller budget of the threat (inside
+the larger box, its render cached), so the Dice found at b is at most the Dice found at any smaller
+budget. The ground truth at a pose is the clavicle masks rendered there (path length ≥
+``mask_threshold_mm``, as :func:`xrlib.drr.render.render_batch`), resized like the datasets' masks;
+within a gradient step it is held constant (the gradient flows through the image). Budget 0 is the
+subject at the neutral pose, rendered by the scored chain.
 """
 
 from __future__ import annotations
@@ -39,10 +55,22 @@ from xrlib.drr.physics import postprocess_torch
 from xrlib.drr.render import MASK_THRESHOLD_MM
 from xrlib.eval.metrics import dice
 
-__all__ = ["PARAMS", "PoseChain", "PoseSearch", "PoseThreat", "SearchResult", "grid_poses", "pose_bounds", "search_pose"]
+__all__ = ["GRADIENT_FLOOR", "GRADIENT_RTOL", "METHODS", "PARAMS", "PARAM_COLUMNS", "PoseChain", "PoseSearch",
+           "PoseThreat", "SearchResult", "gradient_check", "grid_poses", "image_gradient_check", "lhs_poses", "pose_bounds", "random_poses",
+           "search_pose"]
 
 #: The five pose parameters, in the order of a pose vector: α (deg), tilt (deg), shift x, y, z (mm, LPS).
 PARAMS = ("alpha", "tilt", "shift_x", "shift_y", "shift_z")
+#: Their units.
+UNITS = ("deg", "deg", "mm", "mm", "mm")
+#: The results columns of the found pose, named with their units.
+PARAM_COLUMNS = tuple(f"pose_{p}_{u}" for p, u in zip(PARAMS, UNITS))
+#: The two searches.
+METHODS = ("gradient", "random")
+#: :func:`gradient_check`: autograd agrees with central differences when |autograd − central| ≤
+#: ``GRADIENT_RTOL`` · max(|central|, ``GRADIENT_FLOOR`` · the largest |central| of the five parameters).
+GRADIENT_RTOL = 0.2
+GRADIENT_FLOOR = 0.05
 
 
 def pose_bounds(budget: float) -> np.ndarray:
@@ -54,7 +82,7 @@ def pose_bounds(budget: float) -> np.ndarray:
 
 
 def grid_poses(budget: float, n_alpha: int, n_tilt: int) -> np.ndarray:
-    """Poses ``(n_alpha·n_tilt, 5)`` of the coarse grid: α and tilt evenly over the box (ends included), no shift."""
+    """Poses ``(n_alpha·n_tilt, 5)`` of a grid over the box's (α, tilt) face (ends included), no shift."""
     lim = pose_bounds(budget)
     a = np.linspace(-lim[0], lim[0], n_alpha) if n_alpha > 1 else np.zeros(1)
     t = np.linspace(-lim[1], lim[1], n_tilt) if n_tilt > 1 else np.zeros(1)
@@ -64,44 +92,74 @@ def grid_poses(budget: float, n_alpha: int, n_tilt: int) -> np.ndarray:
     return out
 
 
+def lhs_poses(budget: float, n: int, seed: int) -> np.ndarray:
+    """``n`` Latin-hypercube poses ``(n, 5)`` over the box of ``budget`` (``scipy.stats.qmc.LatinHypercube``,
+    seeded): each of the five parameters takes ``n`` values, one in each of ``n`` equal slices of its range.
+    The unit sample depends on ``(n, seed)`` only, so the starts of two budgets are scaled copies."""
+    from scipy.stats import qmc
+
+    unit = qmc.LatinHypercube(d=5, seed=np.random.default_rng(int(seed))).random(int(n))
+    return (2.0 * unit - 1.0) * pose_bounds(budget)
+
+
+def random_poses(budget: float, n: int, seed: int) -> np.ndarray:
+    """``n`` poses ``(n, 5)`` uniform over the box of ``budget`` (seeded; scaled copies across budgets)."""
+    unit = np.random.default_rng([int(seed), 1]).uniform(-1.0, 1.0, (int(n), 5))
+    return unit * pose_bounds(budget)
+
+
 @dataclass(frozen=True)
 class PoseSearch:
-    """Settings of the search: grid points per axis, sign-gradient steps and their first size
-    (a fraction of each coordinate's bound), poses per rendering call."""
+    """Settings of both searches: Latin-hypercube starts, sign-gradient steps and their first size (a
+    fraction of each coordinate's bound), poses per rendering call, the seed of the starts and of the
+    random search's poses, the guide's smoothing (mm)."""
 
-    grid_alpha: int = 5
-    grid_tilt: int = 3
+    starts: int = 8
     steps: int = 5
     step_fraction: float = 0.25
     batch: int = 8
+    seed: int = 0
+    smooth_mm: float = 1.0
 
     def __post_init__(self):
-        for name in ("grid_alpha", "grid_tilt", "batch"):
+        for name in ("starts", "batch"):
             if int(getattr(self, name)) < 1:
                 raise InputError(None, f"pose search: {name} must be ≥ 1, got {getattr(self, name)}")
         if int(self.steps) < 0:
             raise InputError(None, f"pose search: steps must be ≥ 0, got {self.steps}")
         if not 0 < float(self.step_fraction) <= 1:
             raise InputError(None, f"pose search: step_fraction must be in (0, 1], got {self.step_fraction}")
+        if not np.isfinite(self.smooth_mm) or float(self.smooth_mm) < 0:
+            raise InputError(None, f"pose search: smooth_mm must be ≥ 0, got {self.smooth_mm}")
+
+    @property
+    def renders(self) -> int:
+        """Scored renders per subject, budget and victim: ``starts + steps`` (either search)."""
+        return int(self.starts) + int(self.steps)
 
 
 class PoseChain:
-    """Pose → network input and ground truth for one subject (renderer, post-processing, preprocessing).
+    """Pose → network input and ground truth for one subject, through a scored renderer and a guide.
 
-    ``renderer``: a :class:`xrlib.drr.diffrender.DifferentiableRenderer` with clavicles; ``image_size``: the
-    network's input side S. Rendering at S (``geometry.resized(S)``) makes the resize an identity.
+    ``renderer``: a :class:`xrlib.drr.diffrender.DifferentiableRenderer` with clavicles (the images that are
+    scored); ``guide``: the renderer whose gradient steers the search (e.g. ``smooth_mm=1``,
+    ``fov="none"``; default: ``renderer``); ``image_size``: the network's input side S. Rendering at
+    S (``geometry.resized(S)``) makes the resize an identity. Scored renders are cached per pose
+    (:meth:`render`): they do not depend on the model, so victims share them.
     """
 
-    def __init__(self, renderer, image_size: int, mask_threshold_mm: float = MASK_THRESHOLD_MM):
-        if not renderer.has_masks:
-            raise ValueError("the pose threat needs a renderer with clavicle masks")
+    def __init__(self, renderer, image_size: int, mask_threshold_mm: float = MASK_THRESHOLD_MM, guide=None):
+        for r in (renderer, guide):
+            if r is not None and not r.has_masks:
+                raise ValueError("the pose threat needs a renderer with clavicle masks")
         self.renderer, self.size, self.threshold = renderer, int(image_size), float(mask_threshold_mm)
-        self.grid_cache: dict = {}
+        self.guide = renderer if guide is None else guide
+        self.cache: dict = {}
 
-    def __call__(self, poses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, poses: torch.Tensor, guided: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, truth)``, each ``(B, 1, S, S)``: the network input (differentiable w.r.t. ``poses`` ``(B, 5)``)
-        and the binary ground truth (float 0/1, no gradient)."""
-        r = self.renderer
+        and the binary ground truth (float 0/1, no gradient), by the scored renderer or (``guided``) the guide."""
+        r = self.guide if guided else self.renderer
         poses = poses.to(r.dtype)
         out = r(poses[:, 0], poses[:, 1], poses[:, 2:])
         x = preprocess_torch(postprocess_torch(out.image, out.field, pitch_mm=r.geometry.pitch), self.size)
@@ -110,100 +168,176 @@ class PoseChain:
         return x[:, None], truth[:, None]
 
     def render(self, poses: np.ndarray, batch: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`__call__` without gradient for many poses ``(N, 5)``, ``batch`` at a time."""
-        xs, ts = [], []
+        """Scored renders of poses ``(N, 5)`` without gradient, ``batch`` at a time, each pose rendered once
+        per chain (cached): ``(x, truth)``, each ``(N, 1, S, S)``."""
+        poses = np.asarray(poses, float).reshape(-1, 5)
+        keys = [tuple(np.round(p, 9)) for p in poses]
+        todo = list(dict.fromkeys(k for k in keys if k not in self.cache))
         with torch.no_grad():
-            for i in range(0, len(poses), batch):
-                x, t = self(torch.as_tensor(np.asarray(poses[i:i + batch], float), device=self.renderer.device))
-                xs.append(x)
-                ts.append(t)
-        return torch.cat(xs), torch.cat(ts)
+            for i in range(0, len(todo), batch):
+                chunk = np.array(todo[i:i + batch], float)
+                x, t = self(torch.as_tensor(chunk, device=self.renderer.device))
+                for k, xi, ti in zip(todo[i:i + batch], x, t):
+                    self.cache[k] = (xi, ti)
+        return torch.stack([self.cache[k][0] for k in keys]), torch.stack([self.cache[k][1] for k in keys])
 
     def neutral(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The neutral pose's input and truth ``(1, 1, S, S)`` (rendered once)."""
-        if "neutral" not in self.grid_cache:
-            self.grid_cache["neutral"] = self.render(np.zeros((1, 5)))
-        return self.grid_cache["neutral"]
-
-    def grid(self, budget: float, search: PoseSearch) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-        """The coarse grid's poses and renders at ``budget`` (rendered once, shared by all models)."""
-        key = (float(budget), search.grid_alpha, search.grid_tilt)
-        if key not in self.grid_cache:
-            poses = grid_poses(budget, search.grid_alpha, search.grid_tilt)
-            self.grid_cache[key] = (poses, *self.render(poses, search.batch))
-        return self.grid_cache[key]
+        """The neutral pose's input and truth ``(1, 1, S, S)``."""
+        return self.render(np.zeros((1, 5)))
 
 
 @dataclass
 class SearchResult:
-    """One subject's search: the best pose (``(5,)``, see :data:`PARAMS`), its objective (1 − soft
-    Dice), image, truth; the grid start; the path of iterates (``(steps + 1, 5)``) and their
-    objectives; the grid's poses and objectives."""
+    """One subject's search: the worst pose found (``(5,)``, see :data:`PARAMS`), its hard Dice and
+    1 − soft Dice, image and truth; the search (``gradient``/``random``); the start (the worst scored
+    starting candidate, the carried pose included; the gradient search's first iterate) and its Dice; every scored candidate's
+    pose ``(K, 5)``, Dice and objective (starts, the carried pose, iterates, in that order); the
+    gradient path ``(steps + 1, 5)`` from the start; the scored renders it made (``starts + steps``;
+    the carried pose's render is the smaller budget's)."""
 
     pose: np.ndarray
+    dice: float
     objective: float
     image: np.ndarray
     truth: np.ndarray
-    grid_pose: np.ndarray
-    grid_objective: float
-    grid_image: np.ndarray
-    grid_truth: np.ndarray
+    method: str
+    start_pose: np.ndarray
+    start_dice: float
+    candidates: np.ndarray = field(default_factory=lambda: np.zeros((0, 5)))
+    candidate_dice: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    candidate_objective: np.ndarray = field(default_factory=lambda: np.zeros(0))
     path: np.ndarray = field(default_factory=lambda: np.zeros((0, 5)))
-    path_objective: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    grid: np.ndarray = field(default_factory=lambda: np.zeros((0, 5)))
-    grid_objectives: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    renders: int = 0
 
 
-def _objective(model, x: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+def _logits(model, x: torch.Tensor) -> torch.Tensor:
     p = next(model.parameters(), None)
-    dt = x.dtype if p is None else p.dtype
-    return dice_objective(model(x.to(dt)), truth.to(dt))
+    return model(x.to(x.dtype if p is None else p.dtype))
 
 
-def search_pose(model: torch.nn.Module, chain: PoseChain, budget: float, search: PoseSearch = PoseSearch()) -> SearchResult:
-    """The worst pose for ``model`` within budget ``budget`` (see the module docstring); never worse than the grid."""
-    lim = pose_bounds(budget)
-    with frozen(model):
-        grid, gx, gt = chain.grid(budget, search)
-        with torch.no_grad():
-            obj = torch.cat([_objective(model, gx[i:i + search.batch], gt[i:i + search.batch])
-                             for i in range(0, len(gx), search.batch)]).double().cpu().numpy()
-        k = int(np.argmax(obj))
-        best = [grid[k].copy(), float(obj[k]), gx[k, 0].cpu().numpy(), gt[k, 0].cpu().numpy()]
-        start = best[:]
-        path, path_obj = [grid[k].copy()], [float(obj[k])]
-        dev, dt = chain.renderer.device, chain.renderer.dtype
-        lim_t = torch.as_tensor(lim, device=dev, dtype=dt)
-        pose = torch.as_tensor(grid[k], device=dev, dtype=dt)
-        if lim.any():
-            for t in range(search.steps):
-                p = pose.clone().requires_grad_(True)
-                x, truth = chain(p[None])
-                loss = _objective(model, x, truth).sum()
-                (g,) = torch.autograd.grad(loss, p)
-                if t > 0:  # the start's objective is the grid's
-                    path.append(pose.detach().cpu().numpy().copy())
-                    path_obj.append(float(loss.detach()))
-                    if float(loss.detach()) > best[1]:
-                        best = [path[-1], float(loss.detach()), x[0, 0].detach().cpu().numpy(), truth[0, 0].cpu().numpy()]
-                step = search.step_fraction * lim_t * (search.steps - t) / search.steps
-                pose = torch.clamp(pose.detach() + step * torch.sign(g), -lim_t, lim_t)
-            if search.steps:
-                with torch.no_grad():
-                    x, truth = chain(pose[None])
-                    val = float(_objective(model, x, truth).sum())
-                path.append(pose.cpu().numpy().copy())
-                path_obj.append(val)
-                if val > best[1]:
-                    best = [path[-1], val, x[0, 0].cpu().numpy(), truth[0, 0].cpu().numpy()]
-    return SearchResult(best[0], best[1], best[2], best[3], start[0], start[1], start[2], start[3],
-                        np.asarray(path), np.asarray(path_obj), grid, obj)
-
-
-def _predict_one(model, image: np.ndarray) -> np.ndarray:
-    p = next(model.parameters())
+def _score(model, x: torch.Tensor, truth: torch.Tensor, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hard Dice (prediction p ≥ 0.5 vs truth) and 1 − soft Dice of each image, without gradient."""
+    hard, soft = [], []
     with torch.no_grad():
-        return torch.sigmoid(model(torch.as_tensor(image, dtype=p.dtype, device=p.device)[None, None]))[0, 0].cpu().numpy()
+        for i in range(0, len(x), batch):
+            lg = _logits(model, x[i:i + batch])
+            t = truth[i:i + batch].to(lg.dtype)
+            soft.append(dice_objective(lg, t).double().cpu().numpy())
+            prob = torch.sigmoid(lg).cpu().numpy()
+            hard += [dice(p[0], tt[0]) for p, tt in zip(prob, t.cpu().numpy())]
+    return np.asarray(hard, float), np.concatenate(soft) if soft else np.zeros(0)
+
+
+def _worst(d: np.ndarray, obj: np.ndarray) -> int:
+    """Index of the lowest hard Dice, ties broken by the highest objective."""
+    return int(np.lexsort((-obj, d))[0])
+
+
+def search_pose(model: torch.nn.Module, chain: PoseChain, budget: float, search: PoseSearch = PoseSearch(),
+                method: str = "gradient", carry: np.ndarray | None = None) -> SearchResult:
+    """The worst pose for ``model`` within ``budget`` by the ``gradient`` or ``random`` search (module
+    docstring). ``carry``: a pose found at a smaller budget, scored as one more candidate (nesting)."""
+    if method not in METHODS:
+        raise InputError(None, f"pose search: method must be one of {', '.join(METHODS)}, got {method!r}")
+    lim = pose_bounds(budget)
+    if not lim.any():
+        cands = np.zeros((1, 5))
+    elif method == "gradient":
+        cands = lhs_poses(budget, search.starts, search.seed)
+    else:
+        cands = random_poses(budget, search.renders, search.seed)
+    renders = len(cands) if lim.any() else 0
+    if carry is not None:
+        carry = np.asarray(carry, float).reshape(5)
+        if np.any(np.abs(carry) > lim + 1e-9):
+            raise InputError(None, f"pose search: the carried pose {carry.tolist()} is outside the box of budget {budget:g}")
+        cands = np.vstack([cands, carry[None]])
+    with frozen(model):
+        x, t = chain.render(cands, search.batch)
+        d, obj = _score(model, x, t, search.batch)
+        k = _worst(d, obj)
+        start, start_dice = cands[k].copy(), float(d[k])
+        path = [start.copy()]
+        if method == "gradient" and lim.any() and search.steps:
+            dev, dt = chain.guide.device, chain.guide.dtype
+            lim_t = torch.as_tensor(lim, device=dev, dtype=dt)
+            pose = torch.as_tensor(start, device=dev, dtype=dt)
+            for s in range(search.steps):
+                p = pose.clone().requires_grad_(True)
+                xg, tg = chain(p[None], guided=True)
+                (g,) = torch.autograd.grad(dice_objective(_logits(model, xg), tg.to(xg.dtype)).sum(), p)
+                step = search.step_fraction * lim_t * (search.steps - s) / search.steps
+                pose = torch.clamp(pose.detach() + step * torch.sign(g), -lim_t, lim_t)
+                path.append(pose.cpu().double().numpy().copy())
+            steps = np.array(path[1:])
+            xs, ts = chain.render(steps, search.batch)
+            ds, os_ = _score(model, xs, ts, search.batch)
+            cands, d, obj = np.vstack([cands, steps]), np.concatenate([d, ds]), np.concatenate([obj, os_])
+            x, t = torch.cat([x, xs]), torch.cat([t, ts])
+            renders += len(steps)
+        b = _worst(d, obj)
+    return SearchResult(cands[b].copy(), float(d[b]), float(obj[b]), x[b, 0].cpu().numpy(), t[b, 0].cpu().numpy(),
+                        method, start, start_dice, cands, d, obj, np.asarray(path), renders)
+
+
+def gradient_check(model: torch.nn.Module, chain: PoseChain, pose: Sequence[float], h: Sequence[float] = (0.5,) * 5,
+                   guided: bool = True) -> pd.DataFrame:
+    """d(1 − soft Dice)/d pose by autograd vs central differences with steps ``h`` (deg for α and tilt,
+    mm for the shifts), through the guide (``guided``) or the scored renderer, truth fixed at ``pose``.
+
+    One row per parameter: ``param``, ``unit``, ``h``, ``autograd``, ``central`` (per deg or mm),
+    ``rel_error`` = |autograd − central| / max(|central|, :data:`GRADIENT_FLOOR` · max |central|) and
+    ``agrees`` (``rel_error ≤`` :data:`GRADIENT_RTOL`).
+    """
+    r = chain.guide if guided else chain.renderer
+    dev, dt = r.device, r.dtype
+    base = torch.as_tensor(np.asarray(pose, float), device=dev, dtype=dt)
+    hs = np.broadcast_to(np.asarray(h, float), (5,))
+    with frozen(model):
+        with torch.no_grad():
+            _, truth = chain(base[None], guided=guided)
+
+        def f(q):
+            x, _ = chain(q[None], guided=guided)
+            lg = _logits(model, x)
+            return dice_objective(lg, truth.to(lg.dtype)).sum()
+
+        p = base.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(f(p), p)
+        with torch.no_grad():
+            e = torch.eye(5, dtype=dt, device=dev)
+            fd = np.array([float(f(base + hk * e[k]) - f(base - hk * e[k])) / (2 * hk) for k, hk in enumerate(hs)])
+    ag = g.double().cpu().numpy()
+    scale = np.maximum(np.abs(fd), GRADIENT_FLOOR * np.abs(fd).max())
+    rel = np.abs(ag - fd) / np.where(scale > 0, scale, np.inf)
+    return pd.DataFrame({"param": PARAMS, "unit": UNITS, "h": hs, "autograd": ag, "central": fd, "rel_error": rel,
+                         "agrees": rel <= GRADIENT_RTOL})
+
+
+def image_gradient_check(chain: PoseChain, pose: Sequence[float], h: Sequence[float] = (0.5,) * 5, h_local: float = 0.01,
+                         guided: bool = True) -> pd.DataFrame:
+    """The renderer's share of :func:`gradient_check`: does the network input's local derivative follow its
+    change over a step? Per pose parameter, the derivative of the network input (all pixels) by central
+    differences with the tiny step ``h_local`` (deg or mm; the local derivative that autograd returns, which
+    the tests pin against autograd) vs with the step ``h``.
+
+    One row per parameter: ``param``, ``unit``, ``h``, ``rel_l2`` = ‖local − step‖ / ‖step‖ over the pixels
+    and ``agrees`` (``rel_l2 ≤`` :data:`GRADIENT_RTOL`). No model is involved.
+    """
+    r = chain.guide if guided else chain.renderer
+    base = torch.as_tensor(np.asarray(pose, float), device=r.device, dtype=r.dtype)
+    hs = np.broadcast_to(np.asarray(h, float), (5,))
+    e = torch.eye(5, dtype=r.dtype, device=r.device)
+    rel = []
+    with torch.no_grad():
+        for k, hk in enumerate(hs):
+            d = {}
+            for step in (float(h_local), float(hk)):
+                x, _ = chain(torch.stack([base + step * e[k], base - step * e[k]]), guided=guided)
+                d[step] = ((x[0] - x[1]) / (2 * step)).double().flatten()
+            rel.append(float((d[float(h_local)] - d[float(hk)]).norm() / d[float(hk)].norm().clamp_min(1e-300)))
+    rel = np.asarray(rel)
+    return pd.DataFrame({"param": PARAMS, "unit": UNITS, "h": hs, "rel_l2": rel, "agrees": rel <= GRADIENT_RTOL})
 
 
 class PoseThreat(Threat):
@@ -213,12 +347,16 @@ class PoseThreat(Threat):
         chain: ``subject id → PoseChain`` (called once per subject; the chains are kept).
         grid: the budgets (b ≥ 0; the clean budget 0 is added).
         search: :class:`PoseSearch` settings.
+        method: ``gradient`` or ``random``.
+        chains: a dict of chains to share with another threat (e.g. the other search: cached renders
+            are shared too).
 
     The test images' rows name the subjects (one row per subject, e.g. its α = 0 image); their
     images are not used: every image, the clean one included, is rendered by the chain.
-    Extra columns: the found pose (``pose_alpha``, ``pose_tilt``, ``pose_shift_x/y/z``), the grid
-    start (``grid_alpha``, ``grid_tilt``), ``dice_grid`` (Dice at the grid start) and the soft-Dice
-    objective at both (``objective``, ``objective_grid``; 1 − soft Dice).
+    Extra columns: ``search``, the found pose (:data:`PARAM_COLUMNS`), the start of the search
+    (``start_alpha_deg`` … ``start_shift_z_mm``: the worst of its starting candidates, the carried
+    pose included; the gradient search's first iterate), ``dice_start`` (its Dice), ``objective`` (1 − soft
+    Dice at the found pose) and ``renders`` (scored renders of the search).
     """
 
     name = "pose"
@@ -228,11 +366,14 @@ class PoseThreat(Threat):
     clean_keys = ("subject",)
 
     def __init__(self, chain: Callable[[str], PoseChain], grid: Sequence[float] = (5.0, 10.0, 20.0),
-                 search: PoseSearch = PoseSearch()):
+                 search: PoseSearch = PoseSearch(), method: str = "gradient", chains: dict | None = None):
         for b in grid:
             pose_bounds(b)
-        self.grid = tuple(dict.fromkeys([0.0, *(float(b) for b in grid)]))
-        self.search, self._make, self._chains = search, chain, {}
+        if method not in METHODS:
+            raise InputError(None, f"pose threat: method must be one of {', '.join(METHODS)}, got {method!r}")
+        self.grid = tuple(sorted(dict.fromkeys([0.0, *(float(b) for b in grid)])))
+        self.search, self.method, self._make = search, method, chain
+        self._chains = {} if chains is None else chains
         #: ``(id(model), subject, budget) → SearchResult`` of every search run by :meth:`apply`.
         self.searches: dict = {}
 
@@ -244,30 +385,37 @@ class PoseThreat(Threat):
             self._chains[subject] = self._make(subject)
         return self._chains[subject]
 
+    def result(self, model, subject: str, budget: float) -> SearchResult:
+        """The search of ``model`` on ``subject`` at ``budget`` (run once; the smaller budgets first, nested)."""
+        key = (id(model), subject, float(budget))
+        if key not in self.searches:
+            smaller = [b for b in self.grid if 0 < b < float(budget)]
+            carry = self.result(model, subject, smaller[-1]).pose if smaller else None
+            self.searches[key] = search_pose(model, self.chain(subject), budget, self.search, self.method, carry)
+        return self.searches[key]
+
     def apply(self, model, test: TestImages, budget: float) -> Threatened:
         subjects = list(dict.fromkeys(test.rows["subject"].astype(str)))
         rows = test.rows.drop_duplicates("subject").reset_index(drop=True)
         images, masks, extra = [], [], []
         for sid in subjects:
-            ch = self.chain(sid)
             if float(budget) == self.clean_budget:
-                x, t = ch.neutral()
+                x, t = self.chain(sid).neutral()
                 img, truth = x[0, 0].cpu().numpy(), t[0, 0].cpu().numpy()
-                pose, gpose, obj, gobj, dgrid = np.zeros(5), np.zeros(5), np.nan, np.nan, np.nan
+                pose, start, dstart, obj, renders = np.zeros(5), np.zeros(5), np.nan, np.nan, 0
             else:
-                res = search_pose(model, ch, budget, self.search)
-                self.searches[(id(model), sid, float(budget))] = res
-                img, truth, pose, gpose, obj, gobj = res.image, res.truth, res.pose, res.grid_pose, res.objective, res.grid_objective
-                dgrid = dice(_predict_one(model, res.grid_image), res.grid_truth)
+                res = self.result(model, sid, budget)
+                img, truth, pose, start, dstart, obj, renders = (res.image, res.truth, res.pose, res.start_pose,
+                                                                 res.start_dice, res.objective, res.renders)
             images.append(img.astype(np.float32))
             masks.append(truth.astype(np.uint8))
-            extra.append({"pose_alpha": pose[0], "pose_tilt": pose[1], "pose_shift_x": pose[2], "pose_shift_y": pose[3],
-                          "pose_shift_z": pose[4], "grid_alpha": gpose[0], "grid_tilt": gpose[1], "dice_grid": dgrid,
-                          "objective": obj, "objective_grid": gobj})
+            extra.append({"search": self.method, **dict(zip(PARAM_COLUMNS, pose)),
+                          **{c.replace("pose_", "start_", 1): v for c, v in zip(PARAM_COLUMNS, start)},
+                          "dice_start": dstart, "objective": obj, "renders": renders})
         ex = pd.DataFrame(extra)
         rows = rows.copy()
-        rows["alpha"] = ex["pose_alpha"].to_numpy(float)
-        for col, src in (("tilt", "pose_tilt"), ("shift_x", "pose_shift_x"), ("shift_y", "pose_shift_y"), ("shift_z", "pose_shift_z")):
+        rows["alpha"] = ex[PARAM_COLUMNS[0]].to_numpy(float)
+        for col, src in zip(PARAMS[1:], PARAM_COLUMNS[1:]):
             if col in rows.columns:
                 rows[col] = ex[src].to_numpy(float)
         same = np.full(len(rows), float(budget) == self.clean_budget)

@@ -28,6 +28,17 @@ must stay within 45° of the marching axis (``|α|``, ``|tilt|`` up to about 35�
 The field (:func:`xrlib.drr.geometry.complete_ray_field`) is a boolean mask computed with numpy
 from the detached pose; image and masks are 0 outside it, as in ``render_batch``.
 
+Smoothed guide (``smooth_mm``)
+------------------------------
+Bilinear interpolation makes a marched image piecewise linear in the pose: its local derivative
+sees the kinks between voxels (and the CT's voxel-scale noise), not the trend that a step of about
+a degree or a millimetre follows. ``smooth_mm = σ`` convolves μ with a Gaussian of standard
+deviation σ mm per axis (``scipy.ndimage.gaussian_filter``, σ/spacing voxels, line integrals
+kept) before marching, a prefilter matched to the sampling (about one voxel, ~1 mm): the image
+is then smooth in the pose at that scale. Such a renderer *guides* a pose search (whether its
+derivative follows central differences at the search's step scale is checked by
+:func:`xrlib.attacks.pose.gradient_check`); images that are scored come from the unsmoothed one. The clavicle masks are never smoothed.
+
 Volume gradient: ``r.mu`` is the cropped (and, with ``prefilter``, block-averaged) μ volume (1/mm, numpy layout ``(k, j, i)`` of the grid
 ``r.mu_volume``) as a leaf tensor; ``r.mu.requires_grad_(True)`` makes the next calls
 differentiable w.r.t. it (``r.mu.grad`` after ``backward``). Without it the renderer uses a copy
@@ -173,6 +184,22 @@ class _Group:
         return total.reshape(-1, b, h, w) * weight
 
 
+def gaussian_smooth(vol: Volume, sigma_mm: float) -> Volume:
+    """``vol`` convolved with an isotropic Gaussian of ``sigma_mm`` (mm) standard deviation per axis.
+
+    The grid grows by a 3σ margin of zero voxels first, so no mass is cut at its faces (line
+    integrals, i.e. sums along a ray, are kept up to the margin's truncation).
+    """
+    from scipy.ndimage import gaussian_filter
+
+    sig = np.array([sigma_mm / float(s) for s in vol.spacing[::-1]])  # numpy axes (k, j, i)
+    pad = np.ceil(3.0 * sig).astype(int)
+    arr = np.pad(np.asarray(vol.array, np.float32), [(int(p), int(p)) for p in pad])
+    out = gaussian_filter(arr, sig, mode="constant", truncate=3.0)
+    origin = vol.index_to_world[:3, :3] @ (-pad[::-1].astype(float)) + np.asarray(vol.origin, float)
+    return Volume(out, vol.spacing, tuple(origin), vol.direction, vol.source)
+
+
 class DifferentiableRenderer:
     """Differentiable naive-physics DRRs of one CT and its clavicles (see the module docstring).
 
@@ -189,17 +216,23 @@ class DifferentiableRenderer:
         max_samples: samples per chunk of slices (small chunks let the allocator reuse their buffers).
         prefilter: march the μ volume as :func:`xrlib.drr.render.detector_prefilter` leaves it, as
             ``render_batch(prefilter=True)`` projects it.
+        smooth_mm: standard deviation (mm) of a Gaussian applied to μ before marching (0: none); a
+            search guide, see the module docstring.
     """
 
     def __init__(self, ct: Volume, clavicles: ClavicleMasks | None, geometry: Geometry, physics: str = "naive",
                  device=None, fov: str = "pad", pad_mm: float = PAD_MM, isocenter: np.ndarray | None = None,
-                 step_mm: float | None = None, dtype=None, max_samples: int = 2**21, prefilter: bool = False):
+                 step_mm: float | None = None, dtype=None, max_samples: int = 2**21, prefilter: bool = False,
+                 smooth_mm: float = 0.0):
         import torch
 
         if physics not in DIFF_PHYSICS:
             raise ValueError(f"the differentiable renderer supports physics {', '.join(DIFF_PHYSICS)}, got {physics!r}")
         if fov not in FOV_MODES:
             raise ValueError(f"unknown fov mode {fov!r}; expected one of {', '.join(FOV_MODES)}")
+        if not np.isfinite(smooth_mm) or smooth_mm < 0:
+            raise ValueError(f"smooth_mm must be a finite number ≥ 0 (mm), got {smooth_mm!r}")
+        self.smooth_mm = float(smooth_mm)
         self.torch = torch
         self.device = resolve_device(device)
         self.dtype = dtype or torch.float32
@@ -210,6 +243,8 @@ class DifferentiableRenderer:
         mu, masks = channels[0], channels[1:]
         if prefilter:
             mu = detector_prefilter(mu, geometry)
+        if self.smooth_mm > 0:
+            mu = gaussian_smooth(mu, self.smooth_mm)
         self.grid = (ct.index_to_world, ct.shape_ijk)  # the (padded) CT grid that defines the field
         self.mu_volume = crop_to_support(mu) or mu
         self._mu = _Group([self.mu_volume], step_mm, torch, self.device, self.dtype)

@@ -57,3 +57,56 @@ def worst_case_dice(table) -> plt.Figure:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
+
+
+def gradient_check_bars(check, rtol: float) -> plt.Figure:
+    """Relative error of autograd vs central differences per pose parameter (``check``: rows of
+    :func:`xrlib.attacks.pose.gradient_check` with a ``renderer`` column), with the tolerance line."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8), constrained_layout=True)
+    names = list(dict.fromkeys(check["renderer"]))
+    params = list(dict.fromkeys(check["param"]))
+    w = 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        c = check[check["renderer"] == name].set_index("param").reindex(params)
+        ax.bar(np.arange(len(params)) + (i - (len(names) - 1) / 2) * w, c["rel_error"].to_numpy(float), w, label=name)
+    ax.axhline(rtol, color="red", ls="--", lw=1, label=f"tolerance {rtol:.0%}")
+    units = dict(zip(check["param"], check["unit"]))
+    hs = dict(zip(check["param"], check["h"]))
+    ax.set_xticks(np.arange(len(params)), [f"{p}\n(h = {hs[p]:g} {units[p]})" for p in params], fontsize=8)
+    ax.set(yscale="log", xlabel="pose parameter (central-difference step h)",
+           ylabel="|autograd − central| / |central| (relative)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def search_comparison(table) -> plt.Figure:
+    """Mean Dice found by the gradient vs the random search per model and budget (``table`` from
+    ``search_table``); below the diagonal the gradient search found worse poses."""
+    fig, ax = plt.subplots(figsize=(5.2, 4.6), constrained_layout=True)
+    for i, (model, g) in enumerate(table.groupby("model", sort=False)):
+        ax.scatter(g["dice_random"], g["dice_gradient"], color=_model_color(str(model), i), label=str(model))
+        for _, r in g.iterrows():
+            ax.annotate(f"b={r['budget']:g}", (r["dice_random"], r["dice_gradient"]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean Dice at the worst pose, random search",
+           ylabel="mean Dice at the worst pose, gradient search")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def neutral_vs_dataset(chain_image: np.ndarray, dataset_image: np.ndarray, titles: tuple[str, str]) -> plt.Figure:
+    """The chain's neutral-pose input, the dataset's α = 0 input of the same subject, and their difference."""
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.8), constrained_layout=True)
+    for ax, img, title in zip(axes[:2], (chain_image, dataset_image), titles):
+        im = ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+        ax.set(title=title, xlabel="column (px)", ylabel="row (px)")
+    fig.colorbar(im, ax=axes[:2], label="network input (0–1)", shrink=0.8)
+    d = chain_image - dataset_image
+    lim = float(np.abs(d).max()) or 1.0
+    im = axes[2].imshow(d, cmap="RdBu_r", vmin=-lim, vmax=lim)
+    axes[2].set(title="chain − dataset", xlabel="column (px)", ylabel="row (px)")
+    fig.colorbar(im, ax=axes[2], label="difference (input units)", shrink=0.8)
+    return fig

@@ -7,9 +7,11 @@ An example (YAML)::
       budgets: [5, 10, 20]   # b: |α| ≤ b°, |tilt| ≤ b/4°, |shift| ≤ b mm
       render_size: 128       # detector pixels the renderer uses (null: the profile's detector)
       step_mm: 1.4           # renderer sampling step along the rays (null: every CT slice)
-      grid: {alpha: 5, tilt: 3}
-      steps: 4               # sign-gradient steps after the grid
+      starts: 8              # Latin-hypercube starts over the 5-D box (shared by the victims)
+      steps: 4               # sign-gradient steps from the worst start (random search: starts + steps poses)
       step_fraction: 0.25    # first step, as a fraction of each bound
+      smooth_mm: 1.0         # the guide's Gaussian prefilter of μ (mm)
+      seed: null             # starts and random poses (null: the profile's seed)
       landscape: {alpha: 9, tilt: 5, model: "U-Net(Real)", budget: 20}
       defense: {subjects: 2, budget: 10, rounds: 2, epochs: 3, lr: 0.001, start: "U-Net(Real)"}
 """
@@ -79,11 +81,16 @@ class PoseConfig:
             raise InputError(src, f"pose.budgets: {exc}") from None
         if max(budgets) > 30:
             raise InputError(src, f"pose.budgets: the renderer supports |α| up to about 30°, got {max(budgets):g}")
-        grid, land, dfn = (raw.get(k) or {} for k in ("grid", "landscape", "defense"))
+        if "grid" in raw:
+            raise InputError(src, "pose.grid: the (α, tilt) start grid is gone; set pose.starts (Latin-hypercube "
+                                  "starts over all five pose parameters)")
+        land, dfn = (raw.get(k) or {} for k in ("landscape", "defense"))
+        seed = raw.get("seed")
         try:
-            search = PoseSearch(grid_alpha=num(grid, "alpha", int, 5, 1), grid_tilt=num(grid, "tilt", int, 3, 1),
-                                steps=num(raw, "steps", int, 5, 0), step_fraction=num(raw, "step_fraction", float, 0.25),
-                                batch=num(raw, "batch", int, 8, 1))
+            search = PoseSearch(starts=num(raw, "starts", int, 8, 1), steps=num(raw, "steps", int, 5, 0),
+                                step_fraction=num(raw, "step_fraction", float, 0.25), batch=num(raw, "batch", int, 8, 1),
+                                seed=int(profile.seed) if seed is None else num(raw, "seed", int, 0, 0),
+                                smooth_mm=num(raw, "smooth_mm", float, 1.0, 0.0))
         except InputError as exc:
             raise InputError(src, exc.problem) from None
         defense = DefenseConfig(subjects=num(dfn, "subjects", int, 2, 1), budget=num(dfn, "budget", float, 10.0, 0.0),

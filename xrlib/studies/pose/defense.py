@@ -1,21 +1,23 @@
-"""Worst-case-pose training vs the uniform α grid of Syn_all, at the same number of images (chapter 12).
+"""Worst-case-pose training vs uniformly drawn poses, same renderer and number of images (chapter 12).
 
 Both defended models start from the study model ``defense.start`` (a warm start, e.g. U-Net(Real):
 its training set has no synthetic image, so what each defense adds is the only synthetic data it
 sees) and are fine-tuned in ``defense.rounds`` rounds of ``defense.epochs`` epochs on the Real
 training images plus a pool of synthetic images that grows by one image per training subject per
-round (the first ``defense.subjects`` Syn_train training subjects):
+round (the first ``defense.subjects`` Syn_train training subjects). Every synthetic image of both
+comes from the same chain (:func:`xrlib.studies.pose.study.chains`: the threat's scored renderer
+and display chain, the pose box of ``defense.budget``); they differ only in how a pose is selected:
 
-* ``worst-pose``: each round, :func:`xrlib.attacks.pose.search_pose` against the *current* model
-  finds each subject's worst pose within ``defense.budget``; the image rendered there (and its
-  re-rendered truth) joins the pool;
-* ``uniform-alpha``: each round, each subject's Syn_all image at the next angle of an evenly spread
-  subset of the synthetic α grid (``rounds`` angles from −20° to 20°) joins the pool.
+* ``worst-pose``: each round, :func:`xrlib.attacks.pose.search_pose` (the gradient search) against
+  the *current* model finds each subject's worst pose within ``defense.budget``;
+* ``uniform-pose`` (the control): each round, each subject's pose is drawn uniformly over the same
+  box (:func:`xrlib.attacks.pose.random_poses`, seeded per subject), whatever the model.
 
-So both see the same number of images and optimiser steps. The fine-tuning is a small loop of its
-own (Adam, the Dice loss of training, seeded shuffling) rather than :func:`xrlib.training.loop.train_model`,
-because the worst-pose pool is made between epochs by the model being trained; a defended model is
-cached like a trained one, by a hash of everything it depends on (``<run>/pose/defense/<name>-<hash>/``).
+So both see the same renderer, box, number of images and optimiser steps. The fine-tuning is a small
+loop of its own (Adam, the Dice loss of training, seeded shuffling) rather than
+:func:`xrlib.training.loop.train_model`, because the worst-pose pool is made between epochs by the model
+being trained; a defended model is cached like a trained one, by a hash of everything it depends on
+(``<run>/pose/defense/<kind>-<hash>/``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xrlib.attacks.pose import search_pose
+from xrlib.attacks.pose import random_poses, search_pose
 from xrlib.core.atomic import save_torch_atomic, write_json_atomic
 from xrlib.core.profiles import Profile
 from xrlib.nets.losses import make_loss
@@ -42,7 +44,7 @@ from xrlib.training.data import load_tensors, select_images
 __all__ = ["DEFENSES", "defense_models", "train_subjects"]
 
 #: The two defenses compared, by name.
-DEFENSES = ("worst-pose", "uniform-alpha")
+DEFENSES = ("worst-pose", "uniform-pose")
 
 
 def train_subjects(run: Path, n: int) -> list[str]:
@@ -68,26 +70,18 @@ def _fit(model, images: torch.Tensor, masks: torch.Tensor, epochs: int, lr: floa
     model.eval()
 
 
-def _uniform_rows(run: Path, subjects: list[str], rounds: int):
-    """Per round, one Syn_all training image per subject at an evenly spread angle."""
-    rows = select_images(study.datasets_dir(run), ["Syn_all"], "train")
-    alphas = np.unique(rows["alpha"].to_numpy(float))
-    picks = alphas[np.unique(np.linspace(0, len(alphas) - 1, rounds).round().astype(int))]
-    picks = np.resize(picks, rounds)
-    out = []
-    for a in picks:
-        r = rows[rows["subject"].isin(subjects) & np.isclose(rows["alpha"].to_numpy(float), a)]
-        out.append(r.reset_index(drop=True))
-    return out, picks
+def uniform_poses(budget: float, subjects: list[str], rounds: int, seed: int) -> dict[str, np.ndarray]:
+    """The control's poses: per subject, ``rounds`` poses ``(rounds, 5)`` uniform over the box of ``budget``."""
+    return {s: random_poses(budget, rounds, int(seed) * 1000 + 17 + i) for i, s in enumerate(subjects)}
 
 
 def defense_models(profile: Profile, run: Path, cfg: PoseConfig | None = None, device=None,
                    progress: bool = False) -> dict[str, tuple[torch.nn.Module, dict]]:
-    """``{"<start>+worst-pose": (model, info), "<start>+uniform-alpha": (model, info)}``, trained or read from cache.
+    """``{"<start>+worst-pose": (model, info), "<start>+uniform-pose": (model, info)}``, trained or read from cache.
 
     ``info``: the poses of the synthetic images added per round, the numbers of images, the folder, and the
     wall time of the fine-tuning (``seconds``: data, pose searches, renders and optimiser steps of every
-    round; ``search_seconds`` the worst-pose searches alone, 0 for ``uniform-alpha``).
+    round; ``search_seconds`` the worst-pose searches alone, 0 for ``uniform-pose``).
     """
     cfg = cfg or PoseConfig.from_profile(profile)
     d = cfg.defense
@@ -97,11 +91,11 @@ def defense_models(profile: Profile, run: Path, cfg: PoseConfig | None = None, d
     real_rows = select_images(study.datasets_dir(run), ["Real"], "train")
     key = {"start": start.folder.name, "defense": asdict(d), "search": asdict(cfg.search), "render_size": cfg.render_size,
            "step_mm": cfg.step_mm, "subjects": subjects, "seed": int(profile.seed),
-           "real": int(len(real_rows)), "version": 2,
+           "real": int(len(real_rows)), "version": 3,
            **({"prefilter": True} if profile.render.prefilter else {})}  # absent when off: earlier keys stay valid
     out = {}
     real = None
-    make_chain = None
+    subj_chains = None  # shared by both defenses: their renders are cached per pose
     for kind in DEFENSES:
         name = f"{d.start}+{kind}"
         digest = hashlib.sha256(json.dumps({**key, "kind": kind}, sort_keys=True).encode()).hexdigest()[:12]
@@ -117,18 +111,18 @@ def defense_models(profile: Profile, run: Path, cfg: PoseConfig | None = None, d
             real = load_tensors(real_rows, study.datasets_dir(run))
         torch.manual_seed(int(profile.seed))
         pool_x, pool_y, added = [], [], []
-        if kind == "uniform-alpha":
-            per_round, picks = _uniform_rows(run, subjects, d.rounds)
-        else:
-            make_chain = make_chain or chains(profile, run, cfg, device)
+        if subj_chains is None:
+            make_chain = chains(profile, run, cfg, device)
             subj_chains = {s: make_chain(s) for s in subjects}
+        drawn = uniform_poses(d.budget, subjects, d.rounds, int(profile.seed))
         for r in range(d.rounds):
-            if kind == "uniform-alpha":
-                x, y = load_tensors(per_round[r], study.datasets_dir(run))
-                pool_x.append(x)
-                pool_y.append(y)
-                added.append([{"subject": s, "alpha": float(picks[r]), "tilt": 0.0, "shift": [0.0, 0.0, 0.0]}
-                              for s in per_round[r]["subject"]])
+            if kind == "uniform-pose":
+                for s in subjects:
+                    x, y = subj_chains[s].render(drawn[s][r:r + 1])
+                    pool_x.append(x.float().cpu())
+                    pool_y.append((y > 0.5).to(torch.uint8).cpu())
+                added.append([{"subject": s, "alpha": float(drawn[s][r][0]), "tilt": float(drawn[s][r][1]),
+                               "shift": [float(v) for v in drawn[s][r][2:]]} for s in subjects])
             else:
                 found = []
                 t_search = time.perf_counter()

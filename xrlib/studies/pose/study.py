@@ -4,12 +4,13 @@ The threatened subjects are the first ``pose.subjects`` Syn_test subjects (virtu
 CT, not independent patients); each is loaded from the run's cohort (``<run>/cohort``) and rendered
 by :class:`xrlib.drr.diffrender.DifferentiableRenderer` (naive physics, the synthetic domain) at
 ``pose.render_size`` pixels over the profile's detector field, then post-processed and preprocessed
-as the datasets are (:class:`xrlib.attacks.pose.PoseChain`).
+as the datasets are (:class:`xrlib.attacks.pose.PoseChain`); the search's guide is a second renderer
+of the same subject with μ smoothed by ``pose.smooth_mm`` and no field mask.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import pandas as pd
 import torch
 
 from xrlib.attacks.base import TestImages
-from xrlib.attacks.pose import PoseChain, PoseSearch, PoseThreat, SearchResult, grid_poses, search_pose
+from xrlib.attacks.pose import PoseChain, PoseSearch, PoseThreat, SearchResult, grid_poses
 from xrlib.attacks.pgd import frozen
 from xrlib.core.errors import InputError
 from xrlib.core.profiles import Profile
@@ -25,7 +26,8 @@ from xrlib.drr.geometry import Geometry
 from xrlib.studies.pose.config import PoseConfig
 from xrlib.studies.rotation import study
 
-__all__ = ["SubjectChains", "Landscape", "dice_landscape", "pose_test_images", "pose_threat", "worst_case_table", "grid_gain_table"]
+__all__ = ["SubjectChains", "Landscape", "dice_landscape", "neutral_comparison", "pose_test_images", "pose_threat",
+           "pose_threats", "search_table", "worst_case_table"]
 
 
 @dataclass
@@ -38,6 +40,7 @@ class SubjectChains:
     step_mm: float | None = None
     device: object = None
     prefilter: bool = False  # the profile's render.prefilter, as the datasets were rendered
+    smooth_mm: float = 1.0  # the guide's smoothing of μ (0: the guide is the scored renderer)
 
     def __call__(self, subject: str) -> PoseChain:
         from xrlib.anatomy.annotate import clavicles_from_labels
@@ -45,9 +48,13 @@ class SubjectChains:
         from xrlib.drr import DifferentiableRenderer
 
         ct, labels = load_subject(self.cohort_dir, subject)
-        r = DifferentiableRenderer(ct, clavicles_from_labels(labels), self.geometry, physics="naive", device=self.device,
-                                   step_mm=self.step_mm, prefilter=self.prefilter)
-        return PoseChain(r, self.image_size)
+        clav = clavicles_from_labels(labels)
+        kw = dict(physics="naive", device=self.device, step_mm=self.step_mm, prefilter=self.prefilter)
+        r = DifferentiableRenderer(ct, clav, self.geometry, **kw)
+        guide = None
+        if self.smooth_mm > 0:
+            guide = DifferentiableRenderer(ct, clav, self.geometry, fov="none", smooth_mm=self.smooth_mm, **kw)
+        return PoseChain(r, self.image_size, guide=guide)
 
 
 def chains(profile: Profile, run: Path, cfg: PoseConfig | None = None, device=None) -> SubjectChains:
@@ -55,7 +62,8 @@ def chains(profile: Profile, run: Path, cfg: PoseConfig | None = None, device=No
     cfg = cfg or PoseConfig.from_profile(profile)
     g = Geometry.from_render(profile.render)
     g = g if cfg.render_size is None else g.resized(cfg.render_size)
-    return SubjectChains(Path(run) / "cohort", g, profile.image_size, cfg.step_mm, device, profile.render.prefilter)
+    return SubjectChains(Path(run) / "cohort", g, profile.image_size, cfg.step_mm, device, profile.render.prefilter,
+                         cfg.search.smooth_mm)
 
 
 def pose_test_images(profile: Profile, run: Path, subjects: int | None = None) -> TestImages:
@@ -69,13 +77,20 @@ def pose_test_images(profile: Profile, run: Path, subjects: int | None = None) -
 
 
 def pose_threat(profile: Profile, run: Path, steps: int | None = None, subjects: int | None = None,
-                device=None) -> tuple[PoseThreat, TestImages]:
+                device=None, method: str = "gradient") -> tuple[PoseThreat, TestImages]:
     """The ``pose`` threat of a profile (``steps``/``subjects`` override the ``pose:`` block) and its subjects."""
     cfg = PoseConfig.from_profile(profile)
-    search = cfg.search if steps is None else PoseSearch(cfg.search.grid_alpha, cfg.search.grid_tilt, int(steps),
-                                                          cfg.search.step_fraction, cfg.search.batch)
-    th = PoseThreat(chains(profile, run, cfg, device), cfg.budgets, search)
+    search = cfg.search if steps is None else replace(cfg.search, steps=int(steps))
+    th = PoseThreat(chains(profile, run, cfg, device), cfg.budgets, search, method)
     return th, pose_test_images(profile, run, cfg.subjects if subjects is None else subjects)
+
+
+def pose_threats(profile: Profile, run: Path, device=None) -> tuple[dict[str, PoseThreat], TestImages]:
+    """Both searches of the ``pose:`` block, ``{"gradient": …, "random": …}``, sharing one set of chains
+    (and so every cached render), and the threatened subjects."""
+    grad, test = pose_threat(profile, run, device=device)
+    rand = PoseThreat(grad._make, grad.grid, grad.search, "random", chains=grad._chains)
+    return {"gradient": grad, "random": rand}, test
 
 
 @dataclass
@@ -83,8 +98,8 @@ class Landscape:
     """Dice over an (α, tilt) grid at zero shift for one subject and model, and the search on it.
 
     ``alphas`` ``(A,)``, ``tilts`` ``(T,)`` (deg); ``dice``/``soft_dice`` ``(A, T)``: hard Dice of the
-    thresholded prediction and soft Dice against the truth rendered at each pose; ``search``: the
-    search result (path over all five parameters; the figure shows its α and tilt).
+    thresholded prediction and soft Dice against the truth rendered at each pose (scored renderer);
+    ``search``: the gradient search's result (path over all five parameters; the figure shows α and tilt).
     """
 
     alphas: np.ndarray
@@ -95,9 +110,9 @@ class Landscape:
 
 
 def dice_landscape(model: torch.nn.Module, chain: PoseChain, budget: float, n_alpha: int, n_tilt: int,
-                   search: PoseSearch, result: SearchResult | None = None) -> Landscape:
-    """The Dice landscape over the pose box's (α, tilt) face (zero shift) and the search within ``budget``
-    (``result``: a search already run for this model, chain and budget; else it is run here)."""
+                   search: PoseSearch, result: SearchResult) -> Landscape:
+    """The Dice landscape over the pose box's (α, tilt) face (zero shift) beside ``result``, the search
+    already run for this model, chain and budget."""
     from xrlib.attacks.pgd import dice_objective
 
     poses = grid_poses(budget, n_alpha, n_tilt)
@@ -110,22 +125,57 @@ def dice_landscape(model: torch.nn.Module, chain: PoseChain, budget: float, n_al
     tt = t.cpu().numpy()[:, 0] > 0.5
     inter, tot = (p & tt).sum((1, 2)), p.sum((1, 2)) + tt.sum((1, 2))
     hard = np.where(tot > 0, 2.0 * inter / np.maximum(tot, 1), 1.0)
-    res = result if result is not None else search_pose(model, chain, budget, search)
     return Landscape(np.unique(poses[:, 0]), np.unique(poses[:, 1]), hard.reshape(n_alpha, n_tilt),
-                     soft.reshape(n_alpha, n_tilt), res)
+                     soft.reshape(n_alpha, n_tilt), result)
 
 
-def worst_case_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean Dice per model (rows) and budget (columns, deg; 0 = neutral pose)."""
-    t = results.groupby(["model", "budget"], sort=False)["dice"].mean().unstack()
-    return t.reindex(index=list(dict.fromkeys(results["model"])))
+def worst_case_table(results: pd.DataFrame, search: str = "gradient") -> pd.DataFrame:
+    """Mean Dice per model (rows) and budget (columns, deg; 0 = neutral pose) of one search."""
+    r = results[results["search"] == search] if "search" in results.columns else results
+    t = r.groupby(["model", "budget"], sort=False)["dice"].mean().unstack()
+    return t.reindex(index=list(dict.fromkeys(r["model"])))
 
 
-def grid_gain_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Per model and budget (> 0): mean Dice at the grid start, after the search, and the search's gain
-    (grid − search, Dice points; ≥ 0 in soft Dice by construction, the hard Dice may differ)."""
+def search_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Gradient vs random search per model and budget (> 0), at the same number of scored renders:
+    mean Dice of each (``dice_gradient``, ``dice_random``), their difference (gradient − random; < 0:
+    the gradient search found worse poses), the subjects where each found the strictly lower Dice
+    (``gradient_worse``, ``random_worse``), ties, and the renders per subject."""
     r = results[results["budget"] > 0]
-    t = r.groupby(["model", "budget"], sort=False).agg(dice_grid=("dice_grid", "mean"), dice_search=("dice", "mean"),
-                                                       n=("dice", "size"))
-    t["gain"] = t["dice_grid"] - t["dice_search"]
-    return t.reset_index()
+    w = r.pivot_table(index=["model", "budget", "subject"], columns="search", values="dice", sort=False)
+    n = r.groupby(["model", "budget", "search"], sort=False)["renders"].max().unstack()
+    rows = []
+    for (m, b), g in w.groupby(level=[0, 1], sort=False):
+        gd, rd = g["gradient"].to_numpy(float), g["random"].to_numpy(float)
+        rows.append({"model": m, "budget": b, "dice_gradient": gd.mean(), "dice_random": rd.mean(),
+                     "difference": gd.mean() - rd.mean(), "gradient_worse": int((gd < rd).sum()),
+                     "random_worse": int((rd < gd).sum()), "ties": int((gd == rd).sum()), "subjects": len(gd),
+                     "renders_gradient": int(n.loc[(m, b), "gradient"]), "renders_random": int(n.loc[(m, b), "random"])})
+    return pd.DataFrame(rows)
+
+
+def neutral_comparison(threat: PoseThreat, victims: dict, test: TestImages) -> pd.DataFrame:
+    """At b = 0: the chain's neutral-pose image vs the dataset's α = 0 image of the same subject.
+
+    One row per subject and model: ``rel_l2`` = ‖chain − dataset‖ / ‖dataset‖ of the network inputs,
+    ``mask_disagreement`` (fraction of pixels where the two truths differ), and the model's Dice on
+    each image against its own truth (``dice_chain``, ``dice_dataset``).
+    """
+    from xrlib.eval.metrics import dice
+
+    rows = []
+    rt = test.rows.reset_index(drop=True)
+    for sid in dict.fromkeys(rt["subject"].astype(str)):
+        k = int(np.flatnonzero(rt["subject"].astype(str).to_numpy() == sid)[0])
+        x, t = threat.chain(sid).neutral()
+        xc, tc = x[0, 0].cpu().numpy().astype(float), t[0, 0].cpu().numpy() > 0.5
+        xd, td = np.asarray(test.images[k], float), np.asarray(test.masks[k]) > 0.5
+        rel = float(np.linalg.norm(xc - xd) / np.linalg.norm(xd))
+        for name, model in victims.items():
+            p = next(model.parameters())
+            with torch.no_grad():
+                pr = torch.sigmoid(model(torch.as_tensor(np.stack([xc, xd])[:, None], dtype=p.dtype, device=p.device)))
+            pr = pr[:, 0].cpu().numpy()
+            rows.append({"subject": sid, "model": name, "rel_l2": rel, "mask_disagreement": float(np.mean(tc != td)),
+                         "dice_chain": dice(pr[0], tc), "dice_dataset": dice(pr[1], td)})
+    return pd.DataFrame(rows)
