@@ -22,19 +22,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from xrlib.attacks.apgd import AttackRun, apgd_attack, pgd_run
+from xrlib.attacks.apgd import AttackRun, apgd_attack, pgd_run, square_attack
 from xrlib.attacks.base import TestImages, Threat, Threatened
 from xrlib.attacks.pgd import LINF_BUDGETS, NORMS, OBJECTIVES, l2_budgets, perturbation_norms
 from xrlib.core.errors import InputError
 
-__all__ = ["DEFAULT_MEMBERS", "EnsembleThreat", "Member", "members", "run_ensemble"]
+__all__ = ["DEFAULT_MEMBERS", "EnsembleThreat", "Member", "gradient_free", "members", "run_ensemble"]
 
 
 @dataclass(frozen=True)
 class Member:
-    """One attack of the ensemble: ``method`` (``pgd`` or ``apgd``), ``objective`` (a name of
-    :data:`~xrlib.attacks.pgd.OBJECTIVES`), ``steps`` (iterations), ``restarts``, and for PGD the
-    step ``step_fraction · ε`` (APGD needs none)."""
+    """One attack of the ensemble: ``method`` (``pgd``, ``apgd`` or the gradient-free ``square``, L∞ only),
+    ``objective`` (a name of :data:`~xrlib.attacks.pgd.OBJECTIVES`), ``steps`` (iterations; for ``square``
+    the forward passes), ``restarts``, and for PGD the step ``step_fraction · ε`` (APGD needs none)."""
 
     name: str
     method: str
@@ -47,6 +47,8 @@ class Member:
         """One restart on a batch."""
         if self.method == "apgd":
             return apgd_attack(model, x, y, eps, self.steps, norm, self.objective, generator=generator)
+        if self.method == "square":
+            return square_attack(model, x, y, eps, self.steps, self.objective, generator=generator)
         return pgd_run(model, x, y, eps, self.steps, self.step_fraction * eps, norm, self.objective, generator=generator)
 
 
@@ -58,6 +60,12 @@ def members(steps: int, apgd_steps: int, step_fraction: float = 0.2, restarts: i
             Member("apgd-dice", "apgd", "dice", apgd_steps, restarts),
             Member("apgd-bce", "apgd", "balanced-ce", apgd_steps, restarts),
             Member("apgd-mce", "apgd", "masked-ce", apgd_steps, restarts))
+
+
+def gradient_free(queries: int, restarts: int = 1) -> tuple[Member, ...]:
+    """The ensemble for a victim without usable input gradients: the L∞ Square-style random search alone
+    (:func:`xrlib.attacks.apgd.square_attack`) with ``queries`` forward passes per restart."""
+    return (Member("square", "square", "dice", int(queries), int(restarts)),)
 
 
 #: The default ensemble (10 PGD steps, 20 APGD iterations, one restart each).
@@ -103,8 +111,8 @@ class EnsembleThreat(Threat):
                  norm: str = "linf", seed: int = 0, batch_size: int = 16, image_size: int | None = None):
         if norm not in NORMS:
             raise InputError(None, f"{self.name}: norm must be one of {', '.join(NORMS)}, got {norm!r}")
-        bad = [m for m in ensemble if m.method not in ("pgd", "apgd") or m.objective not in OBJECTIVES
-               or m.steps < 1 or m.restarts < 1]
+        bad = [m for m in ensemble if m.method not in ("pgd", "apgd", "square") or m.objective not in OBJECTIVES
+               or m.steps < 1 or m.restarts < 1 or (m.method == "square" and norm != "linf")]
         if not ensemble or bad:
             raise InputError(None, f"{self.name}: bad ensemble member {bad[0] if bad else 'none given'}")
         if grid is None:

@@ -46,6 +46,29 @@ def _input_attack(kind: type[PGDThreat]):
     return build
 
 
+def _ensemble(profile: Profile, run: Path, alphas: Sequence[float] | None = None, steps: int | None = None,
+              restarts: int | None = None, norm: str = "linf", grid: Sequence[float] | None = None, seed: int | None = None,
+              batch_size: int = 16, **options) -> tuple[Threat, TestImages]:
+    """The threat ``pgd``: chapter 09's attack ensemble (:class:`xrlib.attacks.ensemble.EnsembleThreat`, the
+    per-image minimum over PGD, SegPGD and APGD on several losses) with the profile's ``pgd:`` settings; options:
+    ``alphas``, ``steps`` (iterations of every member), ``restarts``, ``norm`` (``l2``: the L2 radii ε·S),
+    ``grid`` (budgets, the clean 0 included), ``seed``, ``batch_size``."""
+    from xrlib.attacks.ensemble import EnsembleThreat, members
+    from xrlib.attacks.pgd import l2_budgets
+    from xrlib.studies.pgd.settings import pgd_settings
+
+    if options:
+        raise InputError(None, f"threat 'pgd': bad options {sorted(options)} (it takes alphas, steps, restarts, norm, "
+                               "grid, seed and batch_size)")
+    s = pgd_settings(profile)
+    ens = tuple(m for m in members(steps or s.steps, steps or s.apgd_steps, s.step_fraction, restarts or 1)
+                if s.members is None or m.name in s.members)
+    if grid is None:
+        grid = s.grid if norm == "linf" else (0.0, *l2_budgets(profile.image_size, s.budgets))
+    th = EnsembleThreat(ens, grid=grid, norm=norm, seed=s.seed if seed is None else seed, batch_size=batch_size)
+    return th, syn_test_images(profile, run, s.alphas if alphas is None else alphas)
+
+
 def _pose(profile: Profile, run: Path, steps: int | None = None, subjects: int | None = None, **options) -> tuple[Threat, TestImages]:
     """The worst-case pose threat of the profile's ``pose:`` block (options: ``steps``, ``subjects``) and its subjects."""
     from xrlib.studies.pose.study import pose_threat
@@ -101,7 +124,7 @@ def _acquisition(profile: Profile, run: Path, **options) -> tuple[Threat, TestIm
 
 
 #: Threat name → builder ``(profile, run, **options)`` of the threat and its test images.
-THREATS = {"rotation": _rotation, "pgd": _input_attack(PGDThreat), "segpgd": _input_attack(SegPGDThreat),
+THREATS = {"rotation": _rotation, "pgd": _ensemble, "segpgd": _input_attack(SegPGDThreat),
            "noise": _noise, "pose": _pose, "deformation": _deformation, "acquisition": _acquisition}
 
 

@@ -183,14 +183,10 @@ def _left_top_band(df: pd.DataFrame) -> pd.Series:
 
 def _input_attack(kind: str):
     def compute(profile, run, s, victims):
-        from xrlib.attacks.pgd import PGDThreat, SegPGDThreat
-        from xrlib.studies.pgd.settings import pgd_settings
-        from xrlib.studies.rotation.study import syn_test_images
+        from xrlib.studies.robustness import THREATS
 
-        p = pgd_settings(profile)
-        cls = PGDThreat if kind == "pgd" else SegPGDThreat
-        th = cls(grid=(0.0, s.pgd_eps), steps=p.steps, step_fraction=p.step_fraction, seed=p.seed)
-        return _score(th, victims, syn_test_images(profile, run, p.alphas), profile, [s.pgd_eps])
+        th, test = THREATS[kind](profile, run, grid=(0.0, s.pgd_eps))  # the chapter's ensemble (pgd) or SegPGD
+        return _score(th, victims, test, profile, [s.pgd_eps])
 
     return compute
 
@@ -238,7 +234,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("noise", "quantum noise", "10", lambda s: "lowest grid dose" if np.isnan(s.noise_dose_mas) else f"{s.noise_dose_mas:g} mAs", "SAR of the good predictions",
            _left_top_band, False, (Part("noise", _noise_rows, _noise),),
            scored="images whose clean prediction has Dice ≥ 0.8"),
-    Column("pgd", "PGD/SegPGD L∞", "09", lambda s: f"ε = {s.pgd_eps:g}", "min mean Dice over attacks", _dice, True,
+    Column("pgd", "PGD/SegPGD L∞", "09", lambda s: f"ε = {s.pgd_eps:g}", "mean of the per-image minimum Dice over the attack ensemble", _dice, True,
            (Part("pgd", lambda d, p, s: _at(d, s.pgd_eps), _input_attack("pgd")),
             Part("segpgd", lambda d, p, s: _at(d, s.pgd_eps), _input_attack("segpgd")))),
     Column("learned", "learned deformation + bias", "11", lambda s: f"ξ = {s.xi:g}", "success rate (per-image D+V)",

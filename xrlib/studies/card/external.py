@@ -41,9 +41,33 @@ __all__ = ["GRADIENT_FREE", "GRADIENT_TABLES", "REFERENCE", "ExternalCard", "car
 REFERENCE = "U-Net(Real+Syn_all)"
 #: Chapter tables whose threat follows the victim's input gradient.
 GRADIENT_TABLES = frozenset({"pgd", "segpgd", "deformation", "pose"})
+
+
+def _square_pgd(profile: Profile, run: Path):
+    """The input attack for a network without usable gradients: the Square-style random search on chapter
+    09's ε grid and test images, with as many forward passes as the white-box ensemble spends per image
+    (one gradient step counted as one pass)."""
+    from xrlib.attacks.ensemble import EnsembleThreat, gradient_free, members
+    from xrlib.studies.pgd.settings import pgd_settings
+    from xrlib.studies.pgd.study import test_images
+
+    s = pgd_settings(profile)
+    white = [m for m in members(s.steps, s.apgd_steps, s.step_fraction) if s.members is None or m.name in s.members]
+    queries = sum(m.steps * m.restarts for m in white)
+    return EnsembleThreat(gradient_free(queries), grid=s.grid, seed=s.seed), test_images(profile, run, s)
+
+
+def _random_pose(profile: Profile, run: Path):
+    """The pose threat's random search (uniform over the same box, as many renders as the gradient search)."""
+    from xrlib.studies.pose.study import pose_threat
+
+    return pose_threat(profile, run, method="random")
+
+
 #: Gradient-free stand-ins ``{table: builder(profile, run) -> (threat, test images)}`` for a network without
-#: usable input gradients; a gradient table missing here is not run for such a network.
-GRADIENT_FREE: dict[str, Callable] = {}
+#: usable input gradients; a gradient table missing here (SegPGD, whose images the Square search replaces,
+#: and the learned deformation) is not run for such a network.
+GRADIENT_FREE: dict[str, Callable] = {"pgd": _square_pgd, "pose": _random_pose}
 
 
 @dataclass

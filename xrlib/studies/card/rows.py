@@ -110,18 +110,24 @@ def _deformation_defense(profile: Profile, run: Path) -> list[Victim]:
 
 
 def _worst_pose(profile: Profile, run: Path) -> list[Victim]:
-    """Chapter 12's worst-case-pose fine-tuning (warm-started: all of it is extra — its rounds' pose searches,
-    renders and optimiser steps, as its chapter recorded them; ``None`` for a cache made before they were timed)."""
+    """Chapter 12's worst-case-pose fine-tuning and its control, the same fine-tuning on uniformly drawn poses
+    from the same chain and box (warm-started: all of it is extra — its rounds' pose searches, renders and
+    optimiser steps, as its chapter recorded them; ``None`` for a cache made before they were timed)."""
     from xrlib.studies.pose.config import PoseConfig
     from xrlib.studies.pose.defense import defense_models
 
     cfg = PoseConfig.from_profile(profile)
-    name = f"{cfg.defense.start}+worst-pose"
-    model, info = defense_models(profile, run, cfg)[name]
-    seconds = info.get("seconds")
-    seconds = None if seconds is None else float(seconds)
-    return [Victim(name, "worst-pose", "worst-case-pose training", "12", Path(info["folder"]).name, lambda: model,
-                   train_s=seconds, extra_s=seconds, base=cfg.defense.start)]
+    models = defense_models(profile, run, cfg)
+    control = f"{cfg.defense.start}+uniform-pose"
+    out = []
+    for kind, defense in (("uniform-pose", "uniform-pose training (control)"), ("worst-pose", "worst-case-pose training")):
+        name = f"{cfg.defense.start}+{kind}"
+        model, info = models[name]
+        seconds = info.get("seconds")
+        seconds = None if seconds is None else float(seconds)
+        out.append(Victim(name, kind, defense, "12", Path(info["folder"]).name, lambda m=model: m, train_s=seconds,
+                          extra_s=seconds, base=cfg.defense.start, control=control if kind == "worst-pose" else None))
+    return out
 
 
 def _noise_adaptive(profile: Profile, run: Path) -> list[Victim]:
