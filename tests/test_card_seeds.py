@@ -172,7 +172,7 @@ def test_grid_rows_of_a_seed_match_the_chapter_table_s_grid_and_images(toy3, tmp
         shutil.copytree(run0 / sub, run / sub)
     p = pgd_settings(profile)
     chapter = run_threat(profile, run, "pgd", models=["U-Net(Real)"], alphas=p.alphas, grid=p.grid, steps=p.steps,
-                         step_fraction=p.step_fraction, seed=p.seed).results
+                         seed=p.seed).results
     res = study.study_models(profile, run)["U-Net(Real+Syn_cen)"]  # stands in for a seed of U-Net(Real)
     seed1 = Victim("U-Net(Real) [seed 1]", "study", "d", "05", res.folder.name, lambda: load_best(res), seed=1,
                    model="U-Net(Real)")

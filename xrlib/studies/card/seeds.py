@@ -158,13 +158,12 @@ def train_seeds(profile: Profile, run: Path, plans: Sequence[SeedPlan], n: int, 
 def _builder(table: str) -> Callable[[Profile, Path], tuple]:
     from xrlib.studies.robustness import THREATS
 
-    if table in ("pgd", "segpgd"):
+    if table == "segpgd":  # chapter 09's SegPGD settings (the ensemble pgd takes them from the profile itself)
         def build(profile: Profile, run: Path):
             from xrlib.studies.pgd.settings import pgd_settings
 
             p = pgd_settings(profile)
-            grid = p.grid if table == "pgd" else (0.0, *p.segpgd_budgets)
-            return THREATS[table](profile, run, alphas=p.alphas, grid=tuple(grid), steps=p.steps,
+            return THREATS[table](profile, run, alphas=p.alphas, grid=(0.0, *p.segpgd_budgets), steps=p.steps,
                                   step_fraction=p.step_fraction, seed=p.seed)
         return build
     return lambda profile, run: THREATS[table](profile, run)
