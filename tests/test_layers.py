@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -133,3 +135,47 @@ def test_no_import_cycles_between_modules():
     """Not even through lazy imports: a module that needs another's code imports it, never the reverse too
     (the executor contract sits in ``exec.base`` below ``exec.local`` and ``exec.ray``)."""
     assert _cycles(_module_graph()) == []
+
+
+def _architecture_rows() -> dict[str, str]:
+    """``{layer: its row}`` of the layer table of ``book/architecture.md``."""
+    text = (PKG.parent / "book" / "architecture.md").read_text(encoding="utf-8")
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) > 3 and cells[1].startswith("`") and cells[1].endswith("/`"):
+            rows[cells[1].strip("`/")] = cells[2]
+    return rows
+
+
+def test_the_architecture_page_names_every_module_in_its_layer():
+    """The book's layer table is typed prose: it must name every module of the package (a new module without
+    a line there fails here), and name no module that does not exist."""
+    rows = _architecture_rows()
+    assert set(rows) == set(LAYERS) - {"cli"}
+    missing, stale = [], []
+    for layer, row in rows.items():
+        folder = PKG / layer
+        names = {p.stem for p in folder.glob("*.py") if p.stem != "__init__"}
+        if layer == "studies":  # chapter folders: `pgd/` (`settings`, …)
+            names = {f"{d.name}/" for d in folder.iterdir() if (d / "__init__.py").is_file()} | names
+            names |= {p.stem for d in folder.iterdir() if d.is_dir() for p in d.glob("*.py") if p.stem != "__init__"}
+        named = set(re.findall(r"`([\w/]+)`", row))
+        missing += [f"{layer}: {n}" for n in sorted(names - named)]
+        stale += [f"{layer}: {n}" for n in sorted(named - names) if layer != "studies"]
+    assert not missing, f"modules missing from book/architecture.md: {missing}"
+    assert not stale, f"book/architecture.md names modules that do not exist: {stale}"
+
+
+def test_the_architecture_check_fails_on_a_module_it_does_not_name(tmp_path, monkeypatch):
+    fake = tmp_path / "xrlib"
+    (fake / "core").mkdir(parents=True)
+    (tmp_path / "book").mkdir()
+    for layer in set(LAYERS) - {"cli"}:
+        (fake / layer).mkdir(exist_ok=True)
+    (fake / "core" / "brand_new.py").write_text("")
+    rows = "\n".join(f"| `{layer}/` | `x` | y |" for layer in sorted(set(LAYERS) - {"cli"}))
+    (tmp_path / "book" / "architecture.md").write_text(rows + "\n", encoding="utf-8")
+    monkeypatch.setattr(sys.modules[__name__], "PKG", fake)
+    with pytest.raises(AssertionError, match="core: brand_new"):
+        test_the_architecture_page_names_every_module_in_its_layer()
