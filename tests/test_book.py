@@ -171,6 +171,40 @@ def test_result_sections_are_read_from_the_run_folder(tmp_path):
     assert "| 01_a | ran | cpu | 1.0 |" in section
 
 
+def test_a_chapter_page_opens_with_what_that_chapter_found(tmp_path):
+    """The headline a stage wrote (found through its stage record's artifact digests) goes under the banner,
+    above the chapter's own cells; a stage that wrote none, or has no record, gets no findings cell."""
+    import json
+
+    import nbformat
+
+    from xrlib.publish.html import prepare_chapter
+
+    run = tmp_path / "runs" / "smoke"
+    (run / "pose").mkdir(parents=True)
+    (run / "pose" / "headline.md").write_text("**Pose found this.**\n")
+    (run / "pose" / "headline.png").write_bytes(b"png")
+    (run / "evaluation").mkdir()
+    (run / "evaluation" / "headline.md").write_text("**Another chapter's.**\n")
+    record = {"artifacts": {"pose/headline.md": {"sha256": "x", "bytes": 1}, "pose/table.csv": {"sha256": "y", "bytes": 1}}}
+    (run / "12_pose.timings.json").write_text(json.dumps(record))
+    text = xpages.chapter_findings_markdown(run, "12_pose")
+    assert text.startswith("## What this build found") and "**Pose found this.**" in text
+    assert "![result figure](../generated/figures/pose.png)" in text and "Another chapter" not in text
+    assert xpages.chapter_findings_markdown(run, "06_rotation") == ""  # no record
+    (run / "05_training.timings.json").write_text(json.dumps({"artifacts": {"models/a.pt": {}}}))
+    assert xpages.chapter_findings_markdown(run, "05_training") == ""  # wrote no headline
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# 12 Pose"), nbformat.v4.new_code_cell("x = 1")])
+    src, dst = tmp_path / "in.ipynb", tmp_path / "out.ipynb"
+    nbformat.write(nb, src)
+    prepare_chapter(src, dst, "> banner", text)
+    cells = nbformat.read(dst, as_version=4).cells
+    assert [c.source.split("\n")[0] for c in cells] == ["# 12 Pose", "> banner", "## What this build found", "x = 1"]
+    prepare_chapter(src, dst, "> banner", "")
+    assert len(nbformat.read(dst, as_version=4).cells) == 3
+
+
 def test_publish_reads_artifacts_and_never_imports_studies():
     import ast
 

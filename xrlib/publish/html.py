@@ -27,7 +27,7 @@ from xrlib.core.profiles import Profile
 from xrlib.publish.api import LAYERS, write_api_pages, xrlib_reference_warnings
 from xrlib.publish.errors import BookError
 from xrlib.publish.execute import BOOK_DIR, executed_dir
-from xrlib.publish.pages import findings_markdown, metadata_markdown, result_figures
+from xrlib.publish.pages import chapter_findings_markdown, findings_markdown, metadata_markdown, result_figures
 from xrlib.publish.performance import performance_markdown
 from xrlib.publish.report import BookReport, StageResult
 
@@ -41,18 +41,21 @@ def banner(report: BookReport, res: StageResult, overrides: dict) -> str:
             f"({how}; xrlib {__version__}{extra}). Run details: [appendix](../appendix.md).")
 
 
-def prepare_chapter(src: Path, dst: Path, banner: str) -> None:
-    """Copy an executed notebook into the book: hide the parameters cells, add the banner."""
+def prepare_chapter(src: Path, dst: Path, banner: str, findings: str = "") -> None:
+    """Copy an executed notebook into the book: hide the parameters cells, add the banner and, under it, what
+    the chapter found in this build (``findings``: Markdown, :func:`xrlib.publish.pages.chapter_findings_markdown`),
+    so that the page reads result first, then method."""
     nb = nbformat.read(src, as_version=4)
     for cell in nb.cells:
         tags = cell.metadata.get("tags", [])
         if ("injected-parameters" in tags or "parameters" in tags) and "remove-cell" not in tags:
             cell.metadata["tags"] = [*tags, "remove-cell"]
     pos = 1 if nb.cells and nb.cells[0].cell_type == "markdown" and nb.cells[0].source.lstrip().startswith("#") else 0
-    cell = nbformat.v4.new_markdown_cell(banner)
-    if nb.nbformat_minor < 5:  # cell ids exist from nbformat 4.5 on
-        cell.pop("id", None)
-    nb.cells.insert(pos, cell)
+    new = [nbformat.v4.new_markdown_cell(text) for text in (banner, findings) if text]
+    for cell in new:
+        if nb.nbformat_minor < 5:  # cell ids exist from nbformat 4.5 on
+            cell.pop("id", None)
+    nb.cells[pos:pos] = new
     with atomic_write(dst) as tmp:
         nbformat.write(nb, tmp)
 
@@ -121,7 +124,8 @@ def build_html(report: BookReport, *, cfg: Profile, run: Path, overrides: dict, 
     shutil.rmtree(chapters, ignore_errors=True)
     executed = executed_dir(book_dir, report.profile)
     for s in report.stages:
-        prepare_chapter(executed / f"{s.name}.ipynb", chapters / f"{s.name}.ipynb", banner(report, s, overrides))
+        prepare_chapter(executed / f"{s.name}.ipynb", chapters / f"{s.name}.ipynb", banner(report, s, overrides),
+                        chapter_findings_markdown(run, s.name))
     gen = book_dir / "generated"
     shutil.rmtree(gen / "figures", ignore_errors=True)
     for fig, name in result_figures(run).items():
