@@ -157,3 +157,27 @@ def test_placement_against_the_seed_range_or_the_interval():
     assert "one seed" in p.loc[("pose", "rel_auc"), "reference_range"]
     assert p.loc[("noise", "rel_auc"), "placement"] == "U-Net(Real+Syn_all) has no interval here (n/a (2 subjects))"
     assert (placement(ext, None, {})["placement"] == "no book card in this run").all()
+
+
+def test_a_run_without_datasets_gets_them_built_first_and_says_so(tmp_path, monkeypatch):
+    """No datasets build in the run: the profile's cohort and datasets are built (as `xrlib dataset`), once."""
+    import xrlib.data.build as build
+    import xrlib.data.subjects as subjects
+    from xrlib.core.profiles import load_profile
+    from xrlib.studies.card.external import ensure_test_data
+
+    calls, said = [], []
+    monkeypatch.setattr(subjects, "cohort_subjects", lambda profile, folder, progress=False: calls.append(folder) or ["s"])
+
+    def fake_build(profile, folder, subjects, progress=False):
+        calls.append(folder)
+        folder.mkdir(parents=True)
+        (folder / build.BUILD_FILE).write_text("{}")
+
+    monkeypatch.setattr(build, "build_datasets", fake_build)
+    run = tmp_path / "smoke"
+    assert ensure_test_data(load_profile("smoke"), run, log=said.append)
+    assert calls == [run / "cohort", run / "datasets"]
+    assert said == [f"card: no built datasets in {run / 'datasets'}: building the smoke profile's cohort and datasets "
+                    "first (as `xrlib dataset --profile smoke`)"]
+    assert not ensure_test_data(load_profile("smoke"), run, log=said.append) and len(calls) == 2

@@ -34,7 +34,7 @@ from xrlib.core.errors import InputError
 from xrlib.core.profiles import Profile
 from xrlib.studies.card import evidence as ce
 
-__all__ = ["GRADIENT_FREE", "GRADIENT_TABLES", "REFERENCE", "ExternalCard", "card_threats", "external_card", "placement",
+__all__ = ["GRADIENT_FREE", "GRADIENT_TABLES", "REFERENCE", "ExternalCard", "card_threats", "ensure_test_data", "external_card", "placement",
            "score_external", "write_external_card"]
 
 #: The book model every external model is placed against.
@@ -174,11 +174,29 @@ def placement(ext_cells: pd.DataFrame, book_cells: pd.DataFrame | None, seed_val
     return pd.DataFrame(out, columns=["threat", "statistic", "value", "ref_lo", "ref_hi", "reference_range", "placement"])
 
 
+def ensure_test_data(profile: Profile, run: Path, progress: bool = False, log=print) -> bool:
+    """Build the profile's virtual cohort and datasets in ``run`` when it has no complete datasets build (as
+    ``xrlib dataset --profile P`` does), saying so; ``True`` when it built them. The threats that render from
+    the cohort's CTs (pose, noise, acquisition) read it too."""
+    from xrlib.data.build import BUILD_FILE, build_datasets
+    from xrlib.data.subjects import cohort_subjects
+
+    datasets = Path(run) / "datasets"
+    if (datasets / BUILD_FILE).is_file():
+        return False
+    log(f"card: no built datasets in {datasets}: building the {profile.name} profile's cohort and datasets first "
+        f"(as `xrlib dataset --profile {profile.name}`)")
+    subjects = cohort_subjects(profile, Path(run) / "cohort", progress=progress)
+    build_datasets(profile, datasets, subjects=subjects, progress=progress)
+    return True
+
+
 def external_card(profile: Profile, run: Path, model, name: str, spec: str, threats: Sequence[str] | None = None,
                   differentiable: bool = True, gradient_note: str = "", progress: bool = False) -> ExternalCard:
     """The card of one wrapped network (book convention) on the run's test data, placed against the run's card."""
     t0 = time.perf_counter()
     chosen = card_threats(threats)
+    built = ensure_test_data(profile, run, progress)
     tables, not_run = score_external(profile, run, model, name, chosen, differentiable, progress)
     t1 = time.perf_counter()
     rows = {}
@@ -192,6 +210,9 @@ def external_card(profile: Profile, run: Path, model, name: str, spec: str, thre
     seeds = {th.key: _seed_values(run, th, REFERENCE) for th in chosen}
     notes = ["One network, one training: its intervals carry subject variance only, and it has no control, so the "
              "card places it against the book's models instead of giving verdicts."]
+    if built:
+        notes.append(f"The test data were built for this card (the run had none): the same profile and seeds as the "
+                     f"book's, so the same test subjects.")
     if book is None:
         notes.append(f"No book card in this run ({book_path} is missing): build chapter 13 of profile "
                      f"{profile.name} to place the model against the book's models.")
