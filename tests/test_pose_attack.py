@@ -229,7 +229,10 @@ def test_search_table_counts_which_search_found_worse_poses():
             rows += [{"model": m, "budget": 10.0, "subject": f"s{s}", "search": "gradient", "dice": g, "renders": 7},
                      {"model": m, "budget": 10.0, "subject": f"s{s}", "search": "random", "dice": r, "renders": 7},
                      {"model": m, "budget": 0.0, "subject": f"s{s}", "search": "random", "dice": 0.9, "renders": 0}]
+    # a defended model scored by the gradient search only (at its defense budget) is left out, not an error
+    rows += [{"model": "D", "budget": 10.0, "subject": "s0", "search": "gradient", "dice": 0.5, "renders": 7}]
     t = search_table(pd.DataFrame(rows)).set_index("model")
+    assert list(t.index) == ["A", "B"]
     assert t.loc["A", "dice_gradient"] == pytest.approx(0.35) and t.loc["A", "difference"] == pytest.approx(-0.05)
     assert (t.loc["A", "gradient_worse"], t.loc["A", "random_worse"], t.loc["A", "ties"]) == (1, 0, 1)
     assert (t.loc["B", "gradient_worse"], t.loc["B", "random_worse"]) == (0, 2) and t.loc["B", "difference"] == pytest.approx(0.4)

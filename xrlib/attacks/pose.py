@@ -67,8 +67,8 @@ UNITS = ("deg", "deg", "mm", "mm", "mm")
 PARAM_COLUMNS = tuple(f"pose_{p}_{u}" for p, u in zip(PARAMS, UNITS))
 #: The two searches.
 METHODS = ("gradient", "random")
-#: :func:`gradient_check`: autograd agrees with central differences when |autograd − central| ≤
-#: ``GRADIENT_RTOL`` · max(|central|, ``GRADIENT_FLOOR`` · the largest |central| of the five parameters).
+#: :func:`gradient_check`: autograd agrees with central differences when ``|autograd − central| ≤
+#: GRADIENT_RTOL · max(|central|, GRADIENT_FLOOR · the largest |central| of the five parameters)``.
 GRADIENT_RTOL = 0.2
 GRADIENT_FLOOR = 0.05
 
@@ -286,7 +286,7 @@ def gradient_check(model: torch.nn.Module, chain: PoseChain, pose: Sequence[floa
     mm for the shifts), through the guide (``guided``) or the scored renderer, truth fixed at ``pose``.
 
     One row per parameter: ``param``, ``unit``, ``h``, ``autograd``, ``central`` (per deg or mm),
-    ``rel_error`` = |autograd − central| / max(|central|, :data:`GRADIENT_FLOOR` · max |central|) and
+    ``rel_error`` = ``|autograd − central| / max(|central|, GRADIENT_FLOOR · max |central|)`` (:data:`GRADIENT_FLOOR`) and
     ``agrees`` (``rel_error ≤`` :data:`GRADIENT_RTOL`).
     """
     r = chain.guide if guided else chain.renderer

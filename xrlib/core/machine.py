@@ -16,7 +16,7 @@ Portability switch (``XRLIB_PORTABLE=1``)
     sets at AVX2 (the x86-64-v3 level): ``ATEN_CPU_CAPABILITY=avx2`` (torch's own kernels),
     ``ONEDNN_MAX_CPU_ISA=AVX2`` (oneDNN's convolutions) and, for numpy 2, ``NPY_DISABLE_CPU_FEATURES``
     with its AVX-512 dispatch targets (``X86_V4 AVX512_ICL AVX512_SPR``) on a CPU that has AVX-512.
-    A variable already set by the user is kept. :func:`apply_portability` runs when :mod:`xrlib` is
+    A variable already set by the user is kept. :func:`apply_portability` runs when ``xrlib`` is
     imported, so the ``xrlib`` command, the book's kernels (started by it, they inherit the
     environment), spawned task processes and Ray tasks (given the variables explicitly) all run
     pinned. Not pinned: MKL's BLAS (``MKL_CBWR``/``MKL_ENABLE_INSTRUCTIONS`` are not set), OpenBLAS
@@ -83,7 +83,7 @@ def pinned_env(environ=None) -> dict[str, str]:
 def apply_portability(environ=None) -> dict[str, str]:
     """Set :func:`portable_env` in ``environ`` (default ``os.environ``) and return what was set.
 
-    Called when :mod:`xrlib` is imported. numpy reads its variable when it is imported (a
+    Called when ``xrlib`` is imported. numpy reads its variable when it is imported (a
     ``RuntimeWarning`` says so when it was imported first); torch and oneDNN read theirs at their
     first CPU operation.
     """

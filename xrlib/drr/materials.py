@@ -1,19 +1,19 @@
 """HU → material maps: the CT side of the physics ladder (what a voxel is made of, and how dense it is).
 
-Units and conventions
----------------------
+Units of the maps
+-----------------
 * Linear attenuation μ is in **1/mm** (so that a projector line integral, in channel units × mm,
   is dimensionless); mass density ρ in **g/cm³**. A per-material line integral ``L = ∫ρ dl`` is in
   **g/cm³·mm**. HU is Hounsfield units (water 0, air −1000).
 
 Maps
 ----
-*naive*      μ = μ_water(E)·max(0, 1 + HU/1000) at one energy (:func:`naive_mu`).
-*heuristic*  the same, with every voxel below an air threshold zeroed (:func:`heuristic_mu`).
-*realistic*  HU → (material, density) (:func:`material_densities`, :func:`material_density_crops`):
-             hard thresholds (:data:`DEFAULT_THRESHOLDS`) pick one of :data:`MATERIALS`, the Schneider 2000
-             HU→density curve gives its density; the spectral chain (:mod:`xrlib.drr.physics`) turns the
-             per-material line integrals into detector signals.
+* *naive*: μ = μ_water(E)·max(0, 1 + HU/1000) at one energy (:func:`naive_mu`).
+* *heuristic*: the same, with every voxel below an air threshold zeroed (:func:`heuristic_mu`).
+* *realistic*: HU → (material, density) (:func:`material_densities`, :func:`material_density_crops`):
+  hard thresholds (:data:`DEFAULT_THRESHOLDS`) pick one of :data:`MATERIALS`, the Schneider 2000
+  HU→density curve gives its density; the spectral chain (:mod:`xrlib.drr.physics`) turns the
+  per-material line integrals into detector signals.
 
 Integer HU (CTs are stored as int16) take compiled table lookups on the task's threads; the results
 equal the NumPy formulas bit for bit (tests compare them).

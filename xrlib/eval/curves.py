@@ -6,7 +6,7 @@ interval by the seeds × subjects design of :mod:`xrlib.eval.evidence`.
 
 Log axis and budget 0
 ---------------------
-Budgets are positive severities (rotation |α| in deg, dose halvings, ε, pose b, ξ, acquisition scale).
+Budgets are positive severities (rotation ``|α|`` in deg, dose halvings, ε, pose b, ξ, acquisition scale).
 The log axis runs from the grid's first positive budget b_1 to its largest b_max; budget 0 has no place
 on it and is used only as the curve's clean start: the clean score of a unit is its mean Dice at budget 0
 when the table has budget-0 rows, else the mean of ``dice_clean``.

@@ -32,7 +32,7 @@ Failure
 
 Portability
     The kernels are started by this process and inherit its environment, so with ``XRLIB_PORTABLE=1``
-    (set by :mod:`xrlib` on import, :mod:`xrlib.core.machine`) they start with torch, oneDNN and numpy
+    (set by ``xrlib`` on import, :mod:`xrlib.core.machine`) they start with torch, oneDNN and numpy
     pinned, before the notebook imports any of them.
 
 Kernel transport

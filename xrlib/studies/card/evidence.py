@@ -13,7 +13,7 @@ optional ``seed`` column: a model's rows without it are one seed, 0) and writes
   interval, p, the p adjusted over every verdict of the table (Holm) and the minimum detectable difference,
   and the verdict of :func:`xrlib.eval.evidence.verdict`.
 
-The severity axis of each threat (:data:`CURVE_THREATS`): rotation |α| (deg), noise the dose reduction
+The severity axis of each threat (:data:`CURVE_THREATS`): rotation ``|α|`` (deg), noise the dose reduction
 ref/dose (ref: the grid's largest dose; its log is the number of halvings), PGD ε, pose b, learned ξ,
 acquisition the scale. Curve summaries are reported only for models that beat the constant mean-mask
 baseline on clean images when a baseline is given (:func:`xrlib.eval.curves.beats_baseline`).
@@ -78,6 +78,7 @@ class CurveThreat:
     severity: Callable[[pd.DataFrame], pd.Series] = lambda d: d["budget"].astype(float)
 
 
+#: The card's threats over their budget grids, in the card's order.
 CURVE_THREATS: tuple[CurveThreat, ...] = (
     CurveThreat("rotation", "rotation", ("rotation",), "|α| (deg)", severity=lambda d: d["alpha"].astype(float).abs()),
     CurveThreat("pose", "worst-case pose", ("pose",), "b"),

@@ -133,7 +133,7 @@ def train_seeds(profile: Profile, run: Path, plans: Sequence[SeedPlan], n: int, 
                 progress: bool = False) -> list[Victim]:
     """Train (or read from the cache) every seed the ``plans`` need beyond the chapters' seed-0 models — seeds
     ``1 … n − 1``, a control's seed 0 too, the A/A row's ``n … 2n − 1`` — as independent tasks on ``executor``
-    (``None``/``"local"``, ``"process"``, ``"ray"`` or an :class:`xrlib.exec.Executor`): first the models
+    (``None``/``"local"``, ``"process"``, ``"ray"`` or an :class:`xrlib.exec.base.Executor`): first the models
     trained from scratch, then the warm-started ones. Returns one :class:`Victim` per new model (``seed``
     and ``model`` set)."""
     from xrlib.exec import get_executor

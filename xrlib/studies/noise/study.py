@@ -168,8 +168,8 @@ def validate_insertion(threat: NoiseThreat, doses, n: int, images=None) -> tuple
 
 
 #: Acceptance of the inserted arm against re-rendering, per dose and region (means over the validated
-#: images): |Δmean| ≤ ``mean_sd``·std (re-rendered), |std ratio − 1| ≤ ``sd_rel``, |Δskew| ≤ ``skew_abs``;
-#: per dose, the image-average radial NPS within ``nps_rel`` (mean |ratio − 1| over 0.05–0.45 cycles/px).
+#: images): ``|Δmean| ≤ mean_sd · std`` (re-rendered), ``|std ratio − 1| ≤ sd_rel``, ``|Δskew| ≤ skew_abs``;
+#: per dose, the image-average radial NPS within ``nps_rel`` (mean ``|ratio − 1|`` over 0.05–0.45 cycles/px).
 ACCEPT = {"mean_sd": 0.10, "sd_rel": 0.10, "skew_abs": 0.20, "nps_rel": 0.15}
 
 

@@ -26,7 +26,7 @@ from xrlib.drr.geometry import Geometry
 from xrlib.studies.pose.config import PoseConfig
 from xrlib.studies.rotation import study
 
-__all__ = ["SubjectChains", "Landscape", "dice_landscape", "neutral_comparison", "pose_test_images", "pose_threat",
+__all__ = ["SubjectChains", "chains", "Landscape", "dice_landscape", "neutral_comparison", "pose_test_images", "pose_threat",
            "pose_threats", "search_table", "worst_case_table"]
 
 
@@ -136,6 +136,11 @@ def worst_case_table(results: pd.DataFrame, search: str = "gradient") -> pd.Data
     return t.reindex(index=list(dict.fromkeys(r["model"])))
 
 
+#: The columns of :func:`search_table`.
+SEARCH_TABLE_COLUMNS = ("model", "budget", "dice_gradient", "dice_random", "difference", "gradient_worse", "random_worse",
+                        "ties", "subjects", "renders_gradient", "renders_random")
+
+
 def search_table(results: pd.DataFrame) -> pd.DataFrame:
     """Gradient vs random search per model and budget (> 0), at the same number of scored renders:
     mean Dice of each (``dice_gradient``, ``dice_random``), their difference (gradient − random; < 0:
@@ -144,6 +149,9 @@ def search_table(results: pd.DataFrame) -> pd.DataFrame:
     r = results[results["budget"] > 0]
     w = r.pivot_table(index=["model", "budget", "subject"], columns="search", values="dice", sort=False)
     n = r.groupby(["model", "budget", "search"], sort=False)["renders"].max().unstack()
+    if not {"gradient", "random"} <= set(w.columns):
+        return pd.DataFrame(columns=list(SEARCH_TABLE_COLUMNS))
+    w = w.dropna(subset=["gradient", "random"])  # cells that ran one search only (the defended models) are left out
     rows = []
     for (m, b), g in w.groupby(level=[0, 1], sort=False):
         gd, rd = g["gradient"].to_numpy(float), g["random"].to_numpy(float)
@@ -151,7 +159,7 @@ def search_table(results: pd.DataFrame) -> pd.DataFrame:
                      "difference": gd.mean() - rd.mean(), "gradient_worse": int((gd < rd).sum()),
                      "random_worse": int((rd < gd).sum()), "ties": int((gd == rd).sum()), "subjects": len(gd),
                      "renders_gradient": int(n.loc[(m, b), "gradient"]), "renders_random": int(n.loc[(m, b), "random"])})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=list(SEARCH_TABLE_COLUMNS))
 
 
 def neutral_comparison(threat: PoseThreat, victims: dict, test: TestImages) -> pd.DataFrame:

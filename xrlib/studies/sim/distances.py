@@ -37,7 +37,7 @@ def histogram_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 def radial_power_spectrum(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Radially averaged power spectrum of a 2-D image (mean removed): ``(frequency in cycles/image, power)``
-    for integer radii 1 … min(H, W)//2 of the centred 2-D periodogram |FFT|² / (H·W)."""
+    for integer radii 1 … min(H, W)//2 of the centred 2-D periodogram ``|FFT|² / (H·W)``."""
     x = np.asarray(image, np.float64)
     if x.ndim != 2:
         raise ValueError(f"expected a 2-D image, got shape {x.shape}")
