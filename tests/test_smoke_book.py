@@ -14,10 +14,7 @@ import functools
 import html.parser
 import http.server
 import json
-import os
 import re
-import shutil
-import subprocess
 import threading
 import urllib.error
 import urllib.parse
@@ -27,27 +24,12 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from browser import table_overflow
+from browser import chromium, run_chromium, table_overflow
 from test_book import statuses
 from xrlib.publish import readme as xreadme
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts" / "book"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars"]
-
-
-def _chromium() -> str:
-    if os.environ.get("XRLIB_NO_BROWSER") == "1":
-        pytest.skip("XRLIB_NO_BROWSER=1: the browser checks of the HTML book are switched off")
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not exe:
-        pytest.fail("headless Chromium is required to check the HTML book: install it with "
-                    "'apt-get install -y chromium' (.ci/run does this), or set XRLIB_NO_BROWSER=1 to skip")
-    return exe
-
-
 @pytest.mark.slow
 def test_smoke_book_builds_every_stage(smoke_book):
     assert smoke_book["returncode"] == 0, smoke_book["stderr"][-3000:]
@@ -126,11 +108,6 @@ def served(smoke_book):
     server.server_close()
 
 
-def _run_chromium(exe: str, profile_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}", *args],
-                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120, check=False)
-
-
 def _is_image(path: Path) -> bool:
     head = path.read_bytes()[:512]
     return (head.startswith(b"\x89PNG\r\n\x1a\n") or head.startswith(b"\xff\xd8") or head.startswith(b"GIF8")
@@ -139,7 +116,7 @@ def _is_image(path: Path) -> bool:
 
 @pytest.mark.slow
 def test_smoke_book_in_headless_chromium(smoke_book, served, tmp_path):
-    exe = _chromium()
+    exe = chromium()
     html = smoke_book["html"]
     pages = sorted(p.relative_to(html).as_posix() for p in html.rglob("*.html")
                    if not p.relative_to(html).as_posix().startswith(("_static/", "_sources/", "_images/"))
@@ -157,7 +134,7 @@ def test_smoke_book_in_headless_chromium(smoke_book, served, tmp_path):
         title = re.search(r"<h1[^>]*>(.*?)</h1>", source, re.DOTALL)
         assert title, f"{page}: no <h1>"
         title_text = re.sub(r"<[^>]+>", "", title.group(1)).replace("#", "").strip()
-        dom = _run_chromium(exe, tmp_path / "chrome", "--dump-dom", url)
+        dom = run_chromium(exe, tmp_path / "chrome", "--dump-dom", url)
         if dom.returncode != 0 or title_text[:20] not in dom.stdout:
             problems.append(f"{page}: Chromium did not render its title {title_text!r} (rc {dom.returncode})")
         links = _Links()
@@ -198,7 +175,7 @@ def test_smoke_book_in_headless_chromium(smoke_book, served, tmp_path):
     for page, name in ((index, "index.png"), ("chapters/06_rotation_robustness.html", "robustness.png")):
         shot = ARTIFACTS / name
         shot.unlink(missing_ok=True)
-        res = _run_chromium(exe, tmp_path / "chrome", f"--screenshot={shot}", "--window-size=1280,1600",
+        res = run_chromium(exe, tmp_path / "chrome", f"--screenshot={shot}", "--window-size=1280,1600",
                             served + page)
         assert shot.is_file() and shot.stat().st_size > 10_000, f"no screenshot of {page}: {res.stderr[-500:]}"
 

@@ -24,7 +24,7 @@ import torch
 
 from xrlib.attacks.apgd import AttackRun, apgd_attack, pgd_run, square_attack
 from xrlib.attacks.base import TestImages, Threat, Threatened
-from xrlib.attacks.pgd import LINF_BUDGETS, NORMS, OBJECTIVES, l2_budgets, perturbation_norms
+from xrlib.attacks.pgd import NORMS, OBJECTIVES, input_attack_grid, perturbation_norms
 from xrlib.core.errors import InputError
 
 __all__ = ["DEFAULT_MEMBERS", "EnsembleThreat", "Member", "gradient_free", "members", "run_ensemble"]
@@ -115,13 +115,7 @@ class EnsembleThreat(Threat):
                or m.steps < 1 or m.restarts < 1 or (m.method == "square" and norm != "linf")]
         if not ensemble or bad:
             raise InputError(None, f"{self.name}: bad ensemble member {bad[0] if bad else 'none given'}")
-        if grid is None:
-            if norm == "l2" and image_size is None:
-                raise InputError(None, f"{self.name}: L2 budgets need the image size (or an explicit grid)")
-            grid = LINF_BUDGETS if norm == "linf" else l2_budgets(int(image_size))
-        self.grid = tuple(float(b) for b in grid)
-        if not np.isclose(self.grid, 0.0).any() or min(self.grid) < 0:
-            raise InputError(None, f"{self.name}: the budgets {list(self.grid)} must be ≥ 0 and include the clean 0")
+        self.grid = input_attack_grid(self.name, grid, norm, image_size)
         self.ensemble, self.norm, self.budget_unit = tuple(ensemble), norm, norm
         self.seed, self.batch_size = int(seed), int(batch_size)
         self._cache: dict = {}

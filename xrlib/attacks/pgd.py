@@ -47,7 +47,7 @@ from xrlib.attacks.base import TestImages, Threat, Threatened
 from xrlib.core.errors import InputError
 from xrlib.nets.losses import dice_per_image
 
-__all__ = ["LINF_BUDGETS", "NORMS", "OBJECTIVES", "PGDThreat", "SegPGDThreat", "balanced_ce_objective", "ce_objective",
+__all__ = ["LINF_BUDGETS", "NORMS", "OBJECTIVES", "PGDThreat", "SegPGDThreat", "balanced_ce_objective", "ce_objective", "input_attack_grid",
            "dice_objective", "masked_ce_objective",
            "frozen", "l2_budgets", "perturbation_norms", "pgd_attack", "project", "segpgd_objective", "segpgd_weight",
            "uniform_noise"]
@@ -260,6 +260,19 @@ def perturbation_norms(adv: np.ndarray, clean: np.ndarray) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------- threats
 
 
+def input_attack_grid(name: str, grid: Sequence[float] | None, norm: str, image_size: int | None) -> tuple[float, ...]:
+    """The budgets of an input attack ``name``: ``grid``, or by default :data:`LINF_BUDGETS` (L∞) or
+    :func:`l2_budgets` of ``image_size`` (L2); :class:`InputError` unless they are ≥ 0 and include the clean 0."""
+    if grid is None:
+        if norm == "l2" and image_size is None:
+            raise InputError(None, f"{name}: L2 budgets need the image size (or an explicit grid)")
+        grid = LINF_BUDGETS if norm == "linf" else l2_budgets(int(image_size))
+    out = tuple(float(b) for b in grid)
+    if not np.isclose(out, 0.0).any() or min(out) < 0:
+        raise InputError(None, f"{name}: the budgets {list(out)} must be ≥ 0 and include the clean 0")
+    return out
+
+
 class PGDThreat(Threat):
     """PGD on the network input with the objective 1 − soft Dice (budget = ε, unit ``linf`` or ``l2``).
 
@@ -282,13 +295,7 @@ class PGDThreat(Threat):
             raise InputError(None, f"{self.name}: norm must be one of {', '.join(NORMS)}, got {norm!r}")
         if int(steps) < 1 or int(restarts) < 1:
             raise InputError(None, f"{self.name}: steps and restarts must be ≥ 1, got {steps} and {restarts}")
-        if grid is None:
-            if norm == "l2" and image_size is None:
-                raise InputError(None, f"{self.name}: L2 budgets need the image size (or an explicit grid)")
-            grid = LINF_BUDGETS if norm == "linf" else l2_budgets(int(image_size))
-        self.grid = tuple(float(b) for b in grid)
-        if not np.isclose(self.grid, 0.0).any() or min(self.grid) < 0:
-            raise InputError(None, f"{self.name}: the budgets {list(self.grid)} must be ≥ 0 and include the clean 0")
+        self.grid = input_attack_grid(self.name, grid, norm, image_size)
         self.norm, self.budget_unit = norm, norm
         self.steps, self.restarts, self.step_fraction = int(steps), int(restarts), float(step_fraction)
         self.random_start, self.seed, self.batch_size = bool(random_start), int(seed), int(batch_size)
