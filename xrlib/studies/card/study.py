@@ -281,7 +281,8 @@ def headline_markdown(card: Card) -> str:
 
 def _iv(r) -> str:
     if pd.isna(r["value"]):
-        return "–" if not isinstance(r["note"], str) or not r["note"] else f"n/a ({r['note']})"
+        note = r["note"] if isinstance(r["note"], str) else ""
+        return "–" if not note else note if note.startswith("n/a") else f"n/a ({note})"
     size = f"{int(r['n_subjects'])}×{int(r['n_seeds'])}"
     if r["statistic"] == "b50" and isinstance(r["note"], str) and r["note"].startswith("> b_max"):
         return f"> {r['value']:.3g} ({size})"
