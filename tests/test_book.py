@@ -195,14 +195,16 @@ def test_a_chapter_page_opens_with_what_that_chapter_found(tmp_path):
     (run / "05_training.timings.json").write_text(json.dumps({"artifacts": {"models/a.pt": {}}}))
     assert xpages.chapter_findings_markdown(run, "05_training") == ""  # wrote no headline
 
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# 12 Pose"), nbformat.v4.new_code_cell("x = 1")])
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# 12 Pose\n\nHow the search works."),
+                                         nbformat.v4.new_code_cell("x = 1")])
     src, dst = tmp_path / "in.ipynb", tmp_path / "out.ipynb"
     nbformat.write(nb, src)
     prepare_chapter(src, dst, "> banner", text)
     cells = nbformat.read(dst, as_version=4).cells
-    assert [c.source.split("\n")[0] for c in cells] == ["# 12 Pose", "> banner", "## What this build found", "x = 1"]
+    assert [c.source.split("\n")[0] for c in cells] == ["# 12 Pose", "> banner", "## What this build found",
+                                                        "How the search works.", "x = 1"]
     prepare_chapter(src, dst, "> banner", "")
-    assert len(nbformat.read(dst, as_version=4).cells) == 3
+    assert [c.source for c in nbformat.read(dst, as_version=4).cells][:3] == ["# 12 Pose", "> banner", "How the search works."]
 
 
 def test_publish_reads_artifacts_and_never_imports_studies():

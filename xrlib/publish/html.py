@@ -52,6 +52,11 @@ def prepare_chapter(src: Path, dst: Path, banner: str, findings: str = "") -> No
             cell.metadata["tags"] = [*tags, "remove-cell"]
     pos = 1 if nb.cells and nb.cells[0].cell_type == "markdown" and nb.cells[0].source.lstrip().startswith("#") else 0
     new = [nbformat.v4.new_markdown_cell(text) for text in (banner, findings) if text]
+    if pos:  # the title alone above the result; the chapter's introduction moves below it, with the method
+        title, _, rest = nb.cells[0].source.lstrip().partition("\n")
+        nb.cells[0].source = title
+        if rest.strip():
+            new.append(nbformat.v4.new_markdown_cell(rest.strip("\n")))
     for cell in new:
         if nb.nbformat_minor < 5:  # cell ids exist from nbformat 4.5 on
             cell.pop("id", None)
