@@ -183,3 +183,34 @@ def test_fixed_view_sits_at_the_base_models_b50(tables):
     b = cells[(cells["model"] == "control") & (cells["statistic"] == "b50")]["value"].iloc[0]
     assert got == {"rotation": pytest.approx(b)}
     assert ce.b50_budgets(cells, "defense") == {}  # censored: "> b_max", no fixed budget from it
+
+
+def test_the_card_in_brief_names_reached_verdicts_and_the_aa_outcome():
+    """The README's card: the retained-fraction table and only the verdicts that were reached; the A/A row's
+    outcome in one sentence (a warning when it got a verdict)."""
+    from types import SimpleNamespace
+
+    from xrlib.studies.card.study import summary_markdown
+
+    cells = pd.DataFrame({"model": ["A", "B"], "threat": ["rotation"] * 2, "statistic": ["rel_auc"] * 2,
+                          "value": [0.8, 0.6], "lo": [0.7, 0.5], "hi": [0.9, 0.7], "n_subjects": [12, 12],
+                          "n_seeds": [3, 3], "note": ["", ""]})
+    rows = [dict(defense="A", control="B", threat="rotation", statistic="rel_auc", difference=0.2, lo=0.1, hi=0.3,
+                 verdict="more robust", kind="defense"),
+            dict(defense="C", control="B", threat="rotation", statistic="rel_auc", difference=0.01, lo=-0.1, hi=0.12,
+                 verdict="no evidence at this size (MDD 0.15)", kind="defense"),
+            dict(defense="B", control="B [other seeds]", threat="rotation", statistic="rel_auc", difference=0.0,
+                 lo=-0.1, hi=0.1, verdict="no evidence at this size (MDD 0.1)", kind="A/A")]
+    card = SimpleNamespace(profile="quick", evidence=cells, verdicts=pd.DataFrame(rows))
+    text = summary_markdown(card)
+    assert "| A | 0.800 [0.700, 0.900] (12×3) |" in text
+    assert "A vs B: more robust under rotation (rel_auc, +0.200 [+0.100, +0.300])" in text
+    assert "C vs B" not in text and "3 contrast(s)" in text
+    assert "The A/A row (the base against itself retrained with other seeds) got no verdict" in text
+    rows[2]["verdict"] = "less robust"
+    warned = summary_markdown(SimpleNamespace(profile="quick", evidence=cells, verdicts=pd.DataFrame(rows)))
+    assert "**Warning:** the A/A row" in warned
+    rows[0]["verdict"] = "no evidence at this size (MDD 0.3)"
+    rows[2]["verdict"] = "no evidence at this size (MDD 0.1)"
+    none = summary_markdown(SimpleNamespace(profile="quick", evidence=cells, verdicts=pd.DataFrame(rows)))
+    assert "none reached: no evidence at this size for any contrast" in none

@@ -27,11 +27,13 @@ from xrlib.studies.card.rows import FLOOR, ROWS, RowSpec, Victim, available_rows
 from xrlib.studies.card.seeds import AA_SUFFIX, grid_tables, seed_plans, train_seeds
 from xrlib.studies.card.settings import CardSettings, card_settings
 
-__all__ = ["Card", "HEADLINE", "OTHER_SEEDS", "build_card", "card_evidence", "card_markdown", "card_table", "columns_table",
+__all__ = ["Card", "HEADLINE", "OTHER_SEEDS", "SUMMARY", "build_card", "summary_markdown", "card_evidence", "card_markdown", "card_table", "columns_table",
            "contrasts", "curve_markdown", "evidence_markdown", "headline_markdown", "rows_table", "write_card"]
 
 #: Where the chapter writes its headline (and the notebook its heatmap, ``headline.png``), relative to the run.
 HEADLINE = Path("card") / "headline.md"
+#: The card in brief (the README's generated section shows it: :data:`xrlib.publish.readme.README_SECTION`).
+SUMMARY = Path("card") / "summary.md"
 
 
 @dataclass
@@ -292,12 +294,16 @@ def _iv(r) -> str:
     return f"{r['value']:{fmt}} [{r['lo']:{fmt}}, {r['hi']:{fmt}}] ({size})"
 
 
-def curve_markdown(cells_: pd.DataFrame) -> str:
-    """The curve card: per model × threat the relative AUC and b50, value [95 % interval] (subjects×seeds)."""
+CURVE_TABLES = (("rel_auc", "retained fraction (relative AUC over log-budget) ↑"), ("b50", "halving budget b50 ↑"))
+
+
+def curve_markdown(cells_: pd.DataFrame, statistics: tuple[tuple[str, str], ...] = CURVE_TABLES) -> str:
+    """The curve card: per model × threat the relative AUC and b50 (``statistics``), value [95 % interval]
+    (subjects×seeds)."""
     if not len(cells_):
         return "No threat table of this build holds a budget grid for the card's models.\n"
     lines = []
-    for stat, title in (("rel_auc", "retained fraction (relative AUC over log-budget) ↑"), ("b50", "halving budget b50 ↑")):
+    for stat, title in statistics:
         d = cells_[cells_["statistic"] == stat]
         threats = list(dict.fromkeys(d["threat"]))
         lines += [f"*{title}*", "", "| model | " + " | ".join(threats) + " |", "|---|" + "---|" * len(threats)]
@@ -330,14 +336,40 @@ def evidence_markdown(card: Card) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary_markdown(card: Card) -> str:
+    """The card in brief, for the README: the retained fraction per model × threat and the verdicts that were
+    reached (the A/A row's outcome included); the full card is the headline (:func:`headline_markdown`)."""
+    lines = [f"**The robustness card (chapter 13) — profile {card.profile}, in brief.** The retained fraction of each "
+             "model's clean Dice over each threat's budget grid (area under mean Dice over log-budget divided by the "
+             "log-span × clean Dice; 1 = no loss), value [95 % interval over seeds and subjects] (subjects×seeds). "
+             "Test subjects are virtual subjects of one CT; \"Real\" is a rendered surrogate. Halving budgets, the "
+             "fixed-budget view and every caveat are in the book's introduction.", "",
+             curve_markdown(card.evidence, CURVE_TABLES[:1]).rstrip("\n"), ""]
+    v = card.verdicts
+    if len(v):
+        hit = v[v["verdict"].isin(["more robust", "less robust"])]
+        family = v[v["kind"] != ce.NO_CONTROL]
+        said = [f"{r.defense} vs {r.control}: {r.verdict} under {r.threat} ({r.statistic}, {r.difference:+.3f} "
+                f"[{r.lo:+.3f}, {r.hi:+.3f}])" for r in hit.itertuples(index=False) if r.kind != "A/A"]
+        lines.append("**Verdicts** (each defense against its control, paired over subjects and seeds, Holm-adjusted over "
+                     f"{len(family)} contrast(s)): " + ("; ".join(said) + "." if said else "none reached: no evidence at "
+                     "this size for any contrast (the card lists each one's minimum detectable difference)."))
+        aa = v[v["kind"] == "A/A"]
+        if len(aa):
+            lines += ["", ce.aa_warning(v) or "The A/A row (the base against itself retrained with other seeds) got no "
+                                               "verdict, as it should."]
+    return "\n".join(lines) + "\n"
+
+
 def write_card(card: Card, run: str | Path) -> dict[str, Path]:
     """Write ``cells.csv``, ``verdicts.csv`` and the headline under ``<run>/card/``, ``card.csv`` and ``card.md``
     (the fixed-budget view) under ``<run>/robustness/``; returns their paths."""
     run = Path(run)
     paths = {"csv": run / "robustness" / "card.csv", "md": run / "robustness" / "card.md", "headline": run / HEADLINE,
-             **ce.write_evidence(run, card.evidence, card.verdicts)}
+             "summary": run / SUMMARY, **ce.write_evidence(run, card.evidence, card.verdicts)}
     write_csv_atomic(paths["csv"], card_table(card))
     write_text_atomic(paths["md"], card_markdown(card))
+    write_text_atomic(paths["summary"], summary_markdown(card))
     write_text_atomic(paths["headline"], headline_markdown(card))
     return paths
 
