@@ -79,7 +79,7 @@ def curve_units(df: pd.DataFrame, by: Sequence[str] = ("model",), metric: str = 
     unit = "source" if "source" in d and d["source"].nunique() > 1 else "subject"
     grid = np.sort(d.loc[d["budget"] > 0, "budget"].unique().astype(float))
     if len(grid) < 2:
-        raise InputError(None, f"a curve summary needs at least two positive budgets, got {list(grid)}")
+        raise InputError(None, f"a curve summary needs at least two positive budgets, got {[float(b) for b in grid]}")
     keys = by + ["seed", unit]
     sub = ["subject"] if unit == "source" else []
     per = d.groupby(keys + sub + ["budget"], sort=False)[metric].mean().reset_index()
