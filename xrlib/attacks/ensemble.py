@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import torch
 
 from xrlib.attacks.apgd import AttackRun, apgd_attack, pgd_run, square_attack

@@ -211,8 +211,8 @@ def external_card(profile: Profile, run: Path, model, name: str, spec: str, thre
     notes = ["One network, one training: its intervals carry subject variance only, and it has no control, so the "
              "card places it against the book's models instead of giving verdicts."]
     if built:
-        notes.append(f"The test data were built for this card (the run had none): the same profile and seeds as the "
-                     f"book's, so the same test subjects.")
+        notes.append("The test data were built for this card (the run had none): the same profile and seeds as the "
+                     "book's, so the same test subjects.")
     if book is None:
         notes.append(f"No book card in this run ({book_path} is missing): build chapter 13 of profile "
                      f"{profile.name} to place the model against the book's models.")

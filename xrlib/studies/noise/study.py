@@ -22,7 +22,6 @@ from xrlib.eval.robustness import cmr, cmr_ztest, sar, write_robustness
 from xrlib.studies.noise.settings import NoiseSettings
 from xrlib.studies.rotation import study
 from xrlib.studies.rotation.groups import alpha_group
-from xrlib.studies.rotation.models import study_configs
 from xrlib.training import load_best
 
 __all__ = ["ACCEPT", "acceptance_table", "changed_rates", "dose_table", "noise_dir", "noise_results", "repeated_configs",

@@ -178,7 +178,7 @@ def headline_markdown(profile: Profile, table: pd.DataFrame, acq: pd.DataFrame, 
               else f"{s.epochs} epochs at most")
     if steps is not None and len(steps):
         still = steps.loc[~steps["plateaued"], "model"].tolist()
-        budget += (f" (validation Dice plateaued for every row)" if not still
+        budget += (" (validation Dice plateaued for every row)" if not still
                    else f" (still changing over the last quarter: {', '.join(still)})")
     lines = [
         f"**How realistic must the simulation be? — profile {profile.name}.** Trained on the surrogate pool's "
