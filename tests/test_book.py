@@ -145,7 +145,7 @@ def test_repository_readme_has_a_generated_section():
     text = (REPO / "README.md").read_text(encoding="utf-8")
     i, j = text.find(xreadme.README_BEGIN), text.find(xreadme.README_END)
     assert 0 <= i < j, "README.md lacks the section that 'make book' regenerates"
-    assert "Last `xrlib book --profile quick` build" in text[i:j]  # written by a quick build, not by hand
+    assert "Last `xrlib book --profile quick" in text[i:j]  # written by a quick build, not by hand
 
 
 def test_kernel_runs_without_the_tcp_encryption_warning(tiny):

@@ -446,3 +446,19 @@ def test_training_table_and_headline_name_steps_plateaus_and_unlearned_rows():
     assert "| Naive-ADDA | strong | 0.310" in text and "| not learned |" in text and "| rank 1 |" in text
     assert "still changing over the last quarter: Naive-ADDA/strong" in text and "2 optimisation steps" in text
     assert "scale 0 → 3" in text and "Best learned row here: Real" in text
+
+
+def test_syn_test_images_per_subject_keeps_a_rotating_window_of_angles(toy_run):
+    from xrlib.data.pools import spread_angles
+    from xrlib.studies.robustness import syn_test_images
+
+    profile, run, _ = toy_run
+    alphas = [-20.0, 0.0, 20.0]
+    full = syn_test_images(profile, run, alphas)
+    one = syn_test_images(profile, run, alphas, per_subject=1)
+    subjects = sorted(full.rows["subject"].astype(str).unique())
+    assert len(one.rows) == len(subjects)                     # one image per subject
+    for i, sid in enumerate(subjects):
+        got = one.rows.loc[one.rows["subject"].astype(str) == sid, "alpha"].astype(float).tolist()
+        assert got == spread_angles(alphas, i, 1)
+    assert len(syn_test_images(profile, run, alphas, per_subject=3).rows) == len(full.rows)

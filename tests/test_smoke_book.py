@@ -53,7 +53,7 @@ def test_smoke_book_builds_every_stage(smoke_book):
     # the README's generated section: this build's headline numbers and stage times
     readme = smoke_book["readme"].read_text(encoding="utf-8")
     section = readme[readme.index(xreadme.README_BEGIN):readme.index(xreadme.README_END)]
-    assert "Last `xrlib book --profile smoke` build" in section
+    assert re.search(r"Last `xrlib book --profile smoke --executor \w+` build", section)
     if results.is_file():
         import pandas as pd
 
@@ -251,6 +251,10 @@ def test_smoke_book_card_joins_every_row_with_every_column(smoke_book):
     assert (smoke_book["html"] / "_images" / "card.png").is_file()
     section = smoke_book["readme"].read_text(encoding="utf-8")
     assert "robustness card (chapter 13) — profile smoke" in section and "card.png" not in section
+    # chapter 12's defense against its control on every seed of the profile (smoke: 2), not on one training each
+    verdicts = pd.read_csv(run / "card" / "verdicts.csv")
+    pose = verdicts[(verdicts["defense"] == "U-Net(Real)+worst-pose") & (verdicts["control"] == "U-Net(Real)+uniform-pose")]
+    assert len(pose) and (pose["n_seeds"] == 2).all(), pose
 
 
 def test_smoke_book_card_costs_every_defense_with_a_recorded_time(smoke_book, monkeypatch):

@@ -268,3 +268,20 @@ def test_validate_profile_with_folds_round_trips(tmp_path):
     cfg = dict(tiny_profile(folds=2).raw)
     assert validate_profile(cfg, "again.yml").folds == 2
 
+
+
+def test_spread_angles_rotates_windows_so_every_angle_is_used_equally_often():
+    from collections import Counter
+
+    from xrlib.data.pools import spread_angles
+
+    alphas = [-20, -10, 0, 10, 20]
+    assert spread_angles(alphas, 0, 1) == [-20.0]
+    assert spread_angles(alphas, 3, 1) == [10.0]
+    assert spread_angles(alphas, 2, 2) == [-20.0, 20.0]          # window 4, 5 wraps to the first angle
+    assert spread_angles(alphas, 7, None) == [float(a) for a in alphas]
+    assert spread_angles(alphas, 1, 9) == [float(a) for a in alphas]
+    used = Counter(a for i in range(10) for a in spread_angles(alphas, i, 1))
+    assert set(used.values()) == {2}                          # 10 subjects × 1 angle: each angle twice
+    with pytest.raises(ValueError, match="per_subject must be ≥ 1"):
+        spread_angles(alphas, 0, 0)

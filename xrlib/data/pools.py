@@ -284,6 +284,21 @@ def surrogate_poses(profile: Profile, subject: str) -> list[Pose]:
     return jittered_poses(profile.seed, profile.surrogate, subject)
 
 
+def spread_angles(alphas: Sequence[float], index: int, per_subject: int | None) -> list[float]:
+    """The angles (degrees) of the ``index``-th test subject when each subject contributes ``per_subject`` of
+    ``alphas``: a window of ``per_subject`` consecutive angles that advances by ``per_subject`` from one
+    subject to the next, so that over the cohort every angle (and α group) is used about equally often.
+    ``None`` (or ``per_subject ≥ len(alphas)``): every angle. The test subject is the statistical unit
+    (:mod:`xrlib.eval.evidence`), so an expensive threat buys more subjects with fewer images each."""
+    alphas = [float(a) for a in alphas]
+    if per_subject is None or per_subject >= len(alphas):
+        return alphas
+    if per_subject < 1:
+        raise ValueError(f"per_subject must be ≥ 1 or None, got {per_subject}")
+    start = index * per_subject
+    return sorted(alphas[(start + j) % len(alphas)] for j in range(per_subject))
+
+
 def select(manifest: pd.DataFrame, dataset: str, split: str | None = None, *, cen_alphas: Sequence[float]) -> pd.DataFrame:
     """Rows of a named set: ``Real`` (surrogate or real pool), ``Syn_cen`` (syn_train at
     ``cen_alphas``, the profile's ``synthetic.cen_alphas``), ``Syn_all`` (syn_train, all α),

@@ -14,7 +14,8 @@ Cache
 
 Executor
     ``--executor local|process|ray`` reaches the notebooks whose parameters cell declares
-    ``executor`` (01, 04, 05, 13: cohort, datasets, trainings, the card's seed trainings) as that papermill parameter; ``--address``
+    ``executor`` (01, 04, 05, 07, 08, 10, 13: cohort, datasets, the trainings of the study, ablation, simulation-realism
+    and noise chapters, the card's seed trainings) as that papermill parameter; ``--address``
     reaches them as the environment variable ``XRLIB_RAY_ADDRESS`` of the kernel. Neither is part of
     the stage key: every executor writes the same artifacts, so switching it reuses cached stages.
 
@@ -247,7 +248,8 @@ def execute_stages(
     out_dir.mkdir(parents=True, exist_ok=True)
     params = {"profile": name, **({"run_root": str(run_root)} if run_root else {}), **overrides}
 
-    report = BookReport(profile=name, stages=[StageResult(nb.stem) for nb in notebooks])  # all "skipped"
+    report = BookReport(profile=name, stages=[StageResult(nb.stem) for nb in notebooks],  # all "skipped"
+                        executor=executor)
     last_selected = max(i for i, s in enumerate(stems) if s in selected)
     upstream: list[str] = []
     chain_ok = True  # every earlier stage is fresh, so later keys are computable

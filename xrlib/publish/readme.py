@@ -45,7 +45,8 @@ def readme_markdown(report: BookReport, run: Path, repo: Path = REPO_ROOT, readm
     """The README's generated section: the card (else every result section) and measured cost of this build."""
     when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     host = f"{platform.system()} {platform.machine()} with {os.cpu_count()} CPU cores"
-    lines = [f"*Last `xrlib book --profile {report.profile}` build: {when}, commit {git_commit(repo, readme)}, {host}.*", ""]
+    lines = [f"*Last `xrlib book --profile {report.profile} --executor {report.executor}` build: {when}, "
+             f"commit {git_commit(repo, readme)}, {host}.*", ""]
     card = Path(run) / README_SECTION
     if card.is_file() and card.read_text(encoding="utf-8").strip():
         lines += [*card.read_text(encoding="utf-8").strip("\n").split("\n"), "",

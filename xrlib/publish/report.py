@@ -23,6 +23,7 @@ class BookReport:
     html_note: str = ""
     error: str = ""
     html_s: float | None = None      # wall time of the jupyter-book build
+    executor: str = "local"          # where the chapters' independent tasks ran (``xrlib book --executor``)
 
     @property
     def ok(self) -> bool:

@@ -35,13 +35,18 @@ def _rotation(profile: Profile, run: Path) -> tuple[Threat, TestImages]:
 
 def _input_attack(kind: type[PGDThreat]):
     def build(profile: Profile, run: Path, alphas: Sequence[float] | None = None, **options) -> tuple[Threat, TestImages]:
+        from xrlib.studies.pgd.settings import pgd_settings
+
         try:
             th = kind(image_size=profile.image_size, **options)
         except TypeError as exc:
             raise InputError(None, f"threat {kind.name!r}: bad options {sorted(options)} ({exc})") from None
-        return th, syn_test_images(profile, run, alphas)
+        s = pgd_settings(profile)
+        return th, syn_test_images(profile, run, s.alphas if alphas is None else alphas,
+                                   s.angles_per_subject if alphas is None else None)
 
-    build.__doc__ = (f"The {kind.name} threat (options: ``alphas`` — restrict the Syn_test images to these angles — and "
+    build.__doc__ = (f"The {kind.name} threat (options: ``alphas`` — the Syn_test angles; default chapter 09's images, "
+                     f"``pgd.alphas`` with ``pgd.angles_per_subject`` — and "
                      f"the parameters of :class:`{kind.__module__}.{kind.__name__}`) and its test images.")
     return build
 
@@ -66,7 +71,8 @@ def _ensemble(profile: Profile, run: Path, alphas: Sequence[float] | None = None
     if grid is None:
         grid = s.grid if norm == "linf" else (0.0, *l2_budgets(profile.image_size, s.budgets))
     th = EnsembleThreat(ens, grid=grid, norm=norm, seed=s.seed if seed is None else seed, batch_size=batch_size)
-    return th, syn_test_images(profile, run, s.alphas if alphas is None else alphas)
+    return th, syn_test_images(profile, run, s.alphas if alphas is None else alphas,
+                               s.angles_per_subject if alphas is None else None)
 
 
 def _pose(profile: Profile, run: Path, steps: int | None = None, subjects: int | None = None, **options) -> tuple[Threat, TestImages]:

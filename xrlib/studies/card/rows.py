@@ -17,7 +17,7 @@ from xrlib.core.profiles import Profile
 from xrlib.studies.rotation import study
 from xrlib.training import TrainResult, load_best
 
-__all__ = ["FLOOR", "ROWS", "RowSpec", "Victim", "available_rows", "floor_victims"]
+__all__ = ["FLOOR", "ROWS", "RowSpec", "Victim", "available_rows", "floor_victims", "pose_seed_victims"]
 
 
 @dataclass
@@ -109,25 +109,35 @@ def _deformation_defense(profile: Profile, run: Path) -> list[Victim]:
     return [_trained(res, "deformation-adversarial", "adversarial D + V training", "11", s.victim, float(res.seconds))]
 
 
-def _worst_pose(profile: Profile, run: Path) -> list[Victim]:
+def _worst_pose(profile: Profile, run: Path, seed: int = 0) -> list[Victim]:
     """Chapter 12's worst-case-pose fine-tuning and its control, the same fine-tuning on uniformly drawn poses
     from the same chain and box (warm-started: all of it is extra — its rounds' pose searches, renders and
-    optimiser steps, as its chapter recorded them; ``None`` for a cache made before they were timed)."""
+    optimiser steps, as its chapter recorded them; ``None`` for a cache made before they were timed).
+    ``seed`` k ≥ 1: the pair started from seed k of the start model (:func:`pose_seed_victims`)."""
     from xrlib.studies.pose.config import PoseConfig
     from xrlib.studies.pose.defense import defense_models
+    from xrlib.studies.rotation.seeds import seed_name
 
     cfg = PoseConfig.from_profile(profile)
-    models = defense_models(profile, run, cfg)
+    models = defense_models(profile, run, cfg, seed=seed)
     control = f"{cfg.defense.start}+uniform-pose"
     out = []
     for kind, defense in (("uniform-pose", "uniform-pose training (control)"), ("worst-pose", "worst-case-pose training")):
-        name = f"{cfg.defense.start}+{kind}"
-        model, info = models[name]
+        model_name = f"{cfg.defense.start}+{kind}"
+        model, info = models[seed_name(model_name, seed)]
         seconds = info.get("seconds")
         seconds = None if seconds is None else float(seconds)
-        out.append(Victim(name, kind, defense, "12", Path(info["folder"]).name, lambda m=model: m, train_s=seconds,
-                          extra_s=seconds, base=cfg.defense.start, control=control if kind == "worst-pose" else None))
+        out.append(Victim(seed_name(model_name, seed), kind, defense, "12", Path(info["folder"]).name, lambda m=model: m,
+                          train_s=seconds, extra_s=seconds, base=cfg.defense.start,
+                          control=control if kind == "worst-pose" else None, seed=int(seed), model=model_name))
     return out
+
+
+def pose_seed_victims(profile: Profile, run: Path, n: int) -> list[Victim]:
+    """Seeds ``1 … n − 1`` of chapter 12's worst-pose defense and its uniform-pose control, each pair started from
+    the same seed of the start model (the card's seeds: seed k of a warm-started defense and of its control start
+    from seed k of the base)."""
+    return [v for k in range(1, int(n)) for v in _worst_pose(profile, run, k)]
 
 
 def _noise_adaptive(profile: Profile, run: Path) -> list[Victim]:

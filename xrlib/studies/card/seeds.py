@@ -13,6 +13,11 @@ cached folder — never retrained) and its ``control``. The plans (:func:`seed_p
 * the A/A row: U-Net(Real+Syn_all) under its own recipe with the other seeds ``n … 2n − 1``
   (:func:`xrlib.studies.rotation.seeds.base_seeds`), shown as ``U-Net(Real+Syn_all) [other seeds]``.
 
+Chapter 12's worst-pose defense and its uniform-pose control are fine-tuned by their own loop (the worst-pose
+pool is made by the model being trained), not from a :class:`~xrlib.training.TrainConfig`: their seeds k ≥ 1
+start from seed k of U-Net(Real) (:func:`xrlib.studies.card.rows.pose_seed_victims`,
+:func:`xrlib.studies.pose.defense.defense_models`).
+
 :func:`train_seeds` trains what is missing in two rounds of independent tasks (the from-scratch models,
 then the warm-started ones, which need their starts), through an :mod:`xrlib.exec` executor.
 :func:`grid_tables` scores the new models over the chapters' budget grids (rotation, PGD, SegPGD, pose,
@@ -163,7 +168,7 @@ def _builder(table: str) -> Callable[[Profile, Path], tuple]:
             from xrlib.studies.pgd.settings import pgd_settings
 
             p = pgd_settings(profile)
-            return THREATS[table](profile, run, alphas=p.alphas, grid=(0.0, *p.segpgd_budgets), steps=p.steps,
+            return THREATS[table](profile, run, grid=(0.0, *p.segpgd_budgets), steps=p.steps,
                                   step_fraction=p.step_fraction, seed=p.seed)
         return build
     return lambda profile, run: THREATS[table](profile, run)

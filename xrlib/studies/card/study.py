@@ -23,7 +23,7 @@ from xrlib.studies.card import analysis
 from xrlib.studies.card import evidence as ce
 from xrlib.studies.card.card import cells, few_subjects_note, gather, matrix
 from xrlib.studies.card.columns import COLUMNS, Column
-from xrlib.studies.card.rows import FLOOR, ROWS, RowSpec, Victim, available_rows, floor_victims
+from xrlib.studies.card.rows import FLOOR, ROWS, RowSpec, Victim, available_rows, floor_victims, pose_seed_victims
 from xrlib.studies.card.seeds import AA_SUFFIX, grid_tables, seed_plans, train_seeds
 from xrlib.studies.card.settings import CardSettings, card_settings
 
@@ -89,6 +89,8 @@ def build_card(profile: Profile | str | Path, run: str | Path, rows: tuple[RowSp
         for v in victims:
             v.control = control.get(v.name, v.control)
         seeded = train_seeds(profile, run, plans, s.seeds, executor=executor, progress=progress)
+        if any(v.row == "worst-pose" for v in victims):  # chapter 12's pair: fine-tuned by its own loop, not a TrainConfig
+            seeded += pose_seed_victims(profile, run, s.seeds)
     t1 = time.perf_counter()
     got = gather(profile, run, s, victims + seeds, columns, progress)
     t2 = time.perf_counter()

@@ -47,6 +47,8 @@ class NoiseSettings:
         validation_realisations: realisations per image for the moment/NPS validation of the insertion.
         tost_margin_dice: equivalence margin of the TOST of inserted vs re-rendered mean Dice per subject.
         seeds: repeated trainings of U-Net(Real+Syn_all) with other seeds, at the study model's schedule.
+        angles_per_subject: each Syn_test subject is scored at this many of ``alphas``, in rotation over the
+            subjects (:func:`xrlib.data.pools.spread_angles`); ``None``: at every angle.
     """
 
     alphas: tuple[float, ...]
@@ -59,6 +61,7 @@ class NoiseSettings:
     validation_realisations: int
     tost_margin_dice: float
     seeds: int
+    angles_per_subject: int | None = None
 
 
 def noise_settings(profile: Profile) -> NoiseSettings:
@@ -88,6 +91,7 @@ def noise_settings(profile: Profile) -> NoiseSettings:
             validation_realisations=int(block["validation_realisations"]),
             tost_margin_dice=float(block["tost_margin_dice"]),
             seeds=int(block["seeds"]),
+            angles_per_subject=None if block.get("angles_per_subject") is None else int(block["angles_per_subject"]),
         )
     except KeyError as exc:
         raise bad(f"missing key {exc.args[0]!r}") from None
@@ -104,6 +108,8 @@ def noise_settings(profile: Profile) -> NoiseSettings:
         raise bad("need realisations ≥ 1, nps_realisations ≥ 2 and validation_realisations ≥ 2")
     if not s.nps_patch_mm > 0 or s.nps_min_px < 4 or s.seeds < 1:
         raise bad("need nps_patch_mm > 0, nps_min_px ≥ 4 and seeds ≥ 1")
+    if s.angles_per_subject is not None and s.angles_per_subject < 1:
+        raise bad(f"angles_per_subject must be ≥ 1 or null, got {s.angles_per_subject}")
     if not 0 < s.tost_margin_dice < 1:
         raise bad(f"tost_margin_dice must be in (0, 1), got {s.tost_margin_dice}")
     return s

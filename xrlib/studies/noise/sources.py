@@ -45,9 +45,11 @@ def _path(run: Path, sid: str, alpha: float, key: str) -> Path:
 
 
 def noise_sources(profile: Profile, run: Path, alphas, params: RealisticParams | None = None,
-                  subjects: list[str] | None = None) -> tuple[list[NoiseSource], pd.DataFrame]:
-    """Expected signals of the Syn_test subjects at ``alphas`` (cached per subject and angle), and their rows
-    (``subject``, ``alpha``, ``source``)."""
+                  subjects: list[str] | None = None, per_subject: int | None = None) -> tuple[list[NoiseSource], pd.DataFrame]:
+    """Expected signals of the Syn_test subjects (or ``subjects``) at ``alphas`` (cached per subject and angle),
+    and their rows (``subject``, ``alpha``, ``source``); with ``per_subject``, the ``i``-th subject only at
+    ``per_subject`` of the angles (:func:`xrlib.data.pools.spread_angles`)."""
+    from xrlib.data.pools import spread_angles
     from xrlib.anatomy.annotate import clavicles_from_labels
     from xrlib.anatomy.cohort import load_subject
     from xrlib.data.subjects import source_ct
@@ -59,9 +61,10 @@ def noise_sources(profile: Profile, run: Path, alphas, params: RealisticParams |
     if not subjects:
         raise InputError(study.datasets_dir(run), "the datasets have no Syn_test subject")
     key = _key(profile, params)
-    alphas = [float(a) for a in alphas]
+    all_alphas = [float(a) for a in alphas]
     sources, rows = [], []
-    for sid in subjects:
+    for i, sid in enumerate(subjects):
+        alphas = spread_angles(all_alphas, i, per_subject)
         missing = [a for a in alphas if not _path(run, sid, a, key).is_file()]
         if missing:
             ct, labels = load_subject(run / "cohort", sid)
@@ -92,7 +95,7 @@ def noise_threat(profile: Profile, run: Path, settings: NoiseSettings | None = N
     s = settings or noise_settings(profile)
     if doses is None:
         raise InputError(None, "noise: no doses given (the chapter's doses come from xrlib.studies.noise.grid.validation_grid)")
-    sources, rows = noise_sources(profile, run, s.alphas, subjects=subjects)
+    sources, rows = noise_sources(profile, run, s.alphas, subjects=subjects, per_subject=s.angles_per_subject)
     kw = {} if arms is None else {"arms": tuple(arms)}
     return NoiseThreat(sources, rows, profile.image_size, doses,
                        realisations=s.realisations if realisations is None else int(realisations),

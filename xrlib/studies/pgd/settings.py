@@ -9,6 +9,7 @@ Block layout (``book/profiles/*.yml``; the profiles differ only in sizes)::
       members: null                 # the ensemble's attacks (null: all of xrlib.attacks.ensemble.members)
       step_fraction: 0.2            # step s = step_fraction · ε
       alphas: [-20, -10, 0, 10, 20] # Syn_test angles attacked (null: all)
+      angles_per_subject: null      # each Syn_test subject attacked at this many of the angles, in rotation (null: all)
       segpgd_budgets: [0.03]        # ε at which SegPGD runs too (null: all budgets; a subset of budgets)
       l2: false                     # also L2 PGD at the radii ε·S
       seed: 0
@@ -124,6 +125,7 @@ class PGDSettings:
     ood: OODSettings
     shape: ShapeSettings | None = None
     members: tuple[str, ...] | None = None
+    angles_per_subject: int | None = None
 
     @property
     def grid(self) -> tuple[float, ...]:
@@ -209,8 +211,9 @@ def pgd_settings(profile: Profile) -> PGDSettings:
     chosen = r.names("members", allow_null=True) if "members" in r.block else None
     if chosen is not None and (set(chosen) - set(known) or len(set(chosen)) != len(chosen)):
         raise r.fail("members", f"distinct names among {', '.join(known)} or null", list(chosen))
+    per_subject = r.int("angles_per_subject") if r.block.get("angles_per_subject") is not None else None
     return PGDSettings(budgets, r.int("steps"), r.int("apgd_steps"), r.num("step_fraction", 0.0, 1.0), alphas, seg, r.bool("l2"),
-                       r.int("seed", 0), check, defense, ood, _shape(r, budgets), chosen)
+                       r.int("seed", 0), check, defense, ood, _shape(r, budgets), chosen, per_subject)
 
 
 def _shape(r: _Reader, budgets: tuple[float, ...]) -> ShapeSettings | None:

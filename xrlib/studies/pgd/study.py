@@ -54,8 +54,9 @@ FOLDER = "pgd"
 
 
 def test_images(profile: Profile, run: Path, s: PGDSettings) -> TestImages:
-    """The Syn_test images at the profile's angles (all angles when ``alphas`` is null)."""
-    return syn_test_images(profile, Path(run), s.alphas)
+    """The Syn_test images at the profile's angles (all angles when ``alphas`` is null), ``angles_per_subject``
+    of them per subject when set."""
+    return syn_test_images(profile, Path(run), s.alphas, s.angles_per_subject)
 
 
 def base_folder(profile: Profile, run: Path) -> str:

@@ -76,28 +76,41 @@ def uniform_poses(budget: float, subjects: list[str], rounds: int, seed: int) ->
 
 
 def defense_models(profile: Profile, run: Path, cfg: PoseConfig | None = None, device=None,
-                   progress: bool = False) -> dict[str, tuple[torch.nn.Module, dict]]:
+                   progress: bool = False, seed: int = 0) -> dict[str, tuple[torch.nn.Module, dict]]:
     """``{"<start>+worst-pose": (model, info), "<start>+uniform-pose": (model, info)}``, trained or read from cache.
 
     ``info``: the poses of the synthetic images added per round, the numbers of images, the folder, and the
     wall time of the fine-tuning (``seconds``: data, pose searches, renders and optimiser steps of every
     round; ``search_seconds`` the worst-pose searches alone, 0 for ``uniform-pose``).
+
+    ``seed`` k ≥ 1 (the card's seeds, :mod:`xrlib.studies.card.seeds`): both defenses start from seed k of the
+    start model (:func:`xrlib.studies.rotation.seeds.study_seed_config`, trained if missing), draw the control's
+    poses and shuffle with seed-k streams, and are named ``… [seed k]``; seed 0 is the chapter's pair.
     """
+    from xrlib.studies.rotation.seeds import seed_name, study_seed_config
+
     cfg = cfg or PoseConfig.from_profile(profile)
     d = cfg.defense
     run = Path(run)
-    start = study.study_models(profile, run, [d.start])[d.start]
+    k = int(seed)
+    if k == 0:
+        start = study.study_models(profile, run, [d.start])[d.start]
+    else:
+        start_cfg = study_seed_config(profile, d.start, k)
+        start = study.train_all([start_cfg], run, progress=False)[start_cfg.name]
+    base_seed = int(profile.seed) + 7919 * k  # seed k's streams (k = 0: the chapter's, unchanged)
     subjects = train_subjects(run, d.subjects)
     real_rows = select_images(study.datasets_dir(run), ["Real"], "train")
     key = {"start": start.folder.name, "defense": asdict(d), "search": asdict(cfg.search), "render_size": cfg.render_size,
            "step_mm": cfg.step_mm, "subjects": subjects, "seed": int(profile.seed),
            "real": int(len(real_rows)), "version": 3,
-           **({"prefilter": True} if profile.render.prefilter else {})}  # absent when off: earlier keys stay valid
+           **({"prefilter": True} if profile.render.prefilter else {}),  # absent when off: earlier keys stay valid
+           **({"seed_index": k} if k else {})}
     out = {}
     real = None
     subj_chains = None  # shared by both defenses: their renders are cached per pose
     for kind in DEFENSES:
-        name = f"{d.start}+{kind}"
+        name = f"{d.start}+{kind}" if k == 0 else seed_name(f"{d.start}+{kind}", k)
         digest = hashlib.sha256(json.dumps({**key, "kind": kind}, sort_keys=True).encode()).hexdigest()[:12]
         folder = run / "pose" / "defense" / f"{kind}-{digest}"
         model = load_best(start, device)
@@ -109,12 +122,12 @@ def defense_models(profile: Profile, run: Path, cfg: PoseConfig | None = None, d
         search_s = 0.0
         if real is None:
             real = load_tensors(real_rows, study.datasets_dir(run))
-        torch.manual_seed(int(profile.seed))
+        torch.manual_seed(base_seed)
         pool_x, pool_y, added = [], [], []
         if subj_chains is None:
             make_chain = chains(profile, run, cfg, device)
             subj_chains = {s: make_chain(s) for s in subjects}
-        drawn = uniform_poses(d.budget, subjects, d.rounds, int(profile.seed))
+        drawn = uniform_poses(d.budget, subjects, d.rounds, base_seed)
         for r in range(d.rounds):
             if kind == "uniform-pose":
                 for s in subjects:
@@ -136,7 +149,7 @@ def defense_models(profile: Profile, run: Path, cfg: PoseConfig | None = None, d
                 search_s += time.perf_counter() - t_search
             xs = torch.cat([real[0], *pool_x])
             ys = torch.cat([real[1], *pool_y])
-            _fit(model, xs, ys, d.epochs, d.lr, d.batch_size, int(profile.seed) * 1000 + r)
+            _fit(model, xs, ys, d.epochs, d.lr, d.batch_size, base_seed * 1000 + r)
         info = {"name": name, "kind": kind, "start": d.start, "rounds": d.rounds, "epochs_per_round": d.epochs,
                 "real_images": int(len(real[0])), "synthetic_images": int(sum(len(a) for a in added)),
                 "added": added, "folder": str(folder),

@@ -98,16 +98,30 @@ def test_sets(run: Path, cen_alphas) -> dict[str, pd.DataFrame]:
             "Real_test": select(manifest, "Real", "test", cen_alphas=cen_alphas)}
 
 
-def syn_test_images(profile: Profile, run: Path, alphas: Sequence[float] | None = None) -> TestImages:
+def syn_test_images(profile: Profile, run: Path, alphas: Sequence[float] | None = None,
+                    per_subject: int | None = None) -> TestImages:
     """The Syn_test images of the run: all angles, or only those at one of ``alphas`` (degrees, compared
-    with ``np.isclose``). The test set of every threat on synthetic images (:mod:`xrlib.studies.robustness`);
-    raises :class:`InputError` when no image is at one of ``alphas``."""
+    with ``np.isclose``); with ``per_subject``, each subject (in sorted order) keeps only ``per_subject`` of
+    those angles, rotating through them (:func:`xrlib.data.pools.spread_angles`). The test set of every
+    threat on synthetic images (:mod:`xrlib.studies.robustness`); raises :class:`InputError` when no image
+    is at one of ``alphas``."""
+    from xrlib.data.pools import spread_angles
+
     test = TestImages.from_manifest(test_sets(run, profile.synthetic.cen_alphas)["Syn_test"], datasets_dir(run))
-    if alphas is None:
+    if alphas is None and per_subject is None:
         return test
-    keep = np.isclose(test.rows["alpha"].to_numpy(float)[:, None], np.asarray(alphas, float)[None, :]).any(1)
+    have = test.rows["alpha"].to_numpy(float)
+    if alphas is None:
+        alphas = sorted(set(have.tolist()))
+    keep = np.isclose(have[:, None], np.asarray(alphas, float)[None, :]).any(1)
     if not keep.any():
         raise InputError(None, f"no Syn_test image at the angles {list(alphas)}")
+    if per_subject is not None:
+        subjects = test.rows["subject"].astype(str).to_numpy()
+        index = {sid: i for i, sid in enumerate(sorted(set(subjects)))}
+        mine = np.array([np.isclose(a, spread_angles(alphas, index[sid], per_subject)).any()
+                         for a, sid in zip(have, subjects)], bool)
+        keep &= mine
     return test.subset(keep)
 
 
