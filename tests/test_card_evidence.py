@@ -214,3 +214,24 @@ def test_the_card_in_brief_names_reached_verdicts_and_the_aa_outcome():
     rows[2]["verdict"] = "no evidence at this size (MDD 0.1)"
     none = summary_markdown(SimpleNamespace(profile="quick", evidence=cells, verdicts=pd.DataFrame(rows)))
     assert "none reached: no evidence at this size for any contrast" in none
+
+
+def test_curve_heatmap_marks_cells_without_interval_or_summary():
+    """The card's headline figure: the retained fraction per model × threat, its interval or "n/a (k subj.)",
+    "n/a" for a cell without a summary, and a clear error when the statistic is absent."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from xrlib.plots import curve_heatmap
+
+    cells = pd.DataFrame([
+        {"model": "A", "threat": "rotation", "statistic": "rel_auc", "value": 0.9, "lo": 0.8, "hi": 1.0, "n_subjects": 12, "n_seeds": 3},
+        {"model": "A", "threat": "pose", "statistic": "rel_auc", "value": 0.5, "lo": float("nan"), "hi": float("nan"),
+         "n_subjects": 2, "n_seeds": 3},
+        {"model": "B", "threat": "rotation", "statistic": "rel_auc", "value": float("nan"), "lo": float("nan"),
+         "hi": float("nan"), "n_subjects": 12, "n_seeds": 1}])
+    fig = curve_heatmap(cells)
+    texts = sorted(t.get_text() for t in fig.axes[0].texts)
+    assert texts == ["0.50\nn/a (2 subj.)", "0.90\n[0.80, 1.00]", "n/a"]
+    with pytest.raises(ValueError, match="no statistic 'auc'"):
+        curve_heatmap(cells, "auc")

@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-__all__ = ["card_heatmap", "card_ranking"]
+__all__ = ["card_heatmap", "card_ranking", "curve_heatmap"]
 
 
 def _labels(columns, settings=None) -> list[str]:
@@ -44,6 +44,48 @@ def card_heatmap(matrix: pd.DataFrame, columns: Sequence, title: str = "", setti
                   + ("; grey: not ranked, * too few scored images" if grey.any() else "") + ")", ylabel="model",
            title=title)
     fig.colorbar(im, ax=ax, label="robustness score (Dice, or 1 − rate)")
+    return fig
+
+
+def curve_heatmap(evidence: pd.DataFrame, statistic: str = "rel_auc", title: str = "") -> plt.Figure:
+    """Models (rows) × threats (columns) of the curve card (:func:`xrlib.studies.card.study.card_evidence`'s
+    cells): the colour is ``statistic`` (default the retained fraction of clean Dice over the threat's budget
+    grid, 1 = nothing lost); each cell is annotated with the value and, below it, its 95 % interval over seeds
+    and subjects, or "n/a (k subj.)" where too few subjects give no interval; "n/a" where the cell has no
+    summary (its note in ``cells.csv`` says why); a blank cell: the model was not scored under that threat."""
+    d = evidence[evidence["statistic"] == statistic]
+    if d.empty:
+        raise ValueError(f"the card's cells have no statistic {statistic!r}")
+    models = list(dict.fromkeys(d["model"]))
+    threats = list(dict.fromkeys(d["threat"]))
+    at = d.set_index(["model", "threat"])
+    v = np.full((len(models), len(threats)), np.nan)
+    fig, ax = plt.subplots(figsize=(1.35 * len(threats) + 3.4, 0.5 * len(models) + 2.0), constrained_layout=True)
+    texts = {}
+    for i, m in enumerate(models):
+        for j, t in enumerate(threats):
+            if (m, t) not in at.index:
+                continue
+            r = at.loc[(m, t)]
+            r = r.iloc[0] if isinstance(r, pd.DataFrame) else r
+            v[i, j] = float(r["value"])
+            if not np.isfinite(v[i, j]):  # no summary (e.g. fewer than two positive budgets): the note says why
+                texts[i, j] = "n/a"
+                continue
+            band = (f"[{r['lo']:.2f}, {r['hi']:.2f}]" if np.isfinite(float(r["lo"])) and np.isfinite(float(r["hi"]))
+                    else f"n/a ({int(r['n_subjects'])} subj.)")
+            texts[i, j] = f"{v[i, j]:.2f}\n{band}"
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad("0.9")
+    im = ax.imshow(np.ma.masked_invalid(v), cmap=cmap, vmin=0, vmax=1, aspect="auto")
+    for (i, j), text in texts.items():
+        ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                color="black" if not np.isfinite(v[i, j]) or v[i, j] > 0.6 else "white")
+    ax.set_xticks(range(len(threats)), threats, fontsize=8, rotation=30, ha="right")
+    ax.set_yticks(range(len(models)), models, fontsize=8)
+    ax.set(xlabel="threat (its whole budget grid)", ylabel="model", title=title)
+    label = "retained fraction of clean Dice (1 = nothing lost)" if statistic == "rel_auc" else statistic
+    fig.colorbar(im, ax=ax, label=label)
     return fig
 
 
