@@ -285,3 +285,14 @@ def test_spread_angles_rotates_windows_so_every_angle_is_used_equally_often():
     assert set(used.values()) == {2}                          # 10 subjects × 1 angle: each angle twice
     with pytest.raises(ValueError, match="per_subject must be ≥ 1"):
         spread_angles(alphas, 0, 0)
+
+
+def test_cohort_phrase_says_one_ct_or_how_many_and_whether_test_patients_are_disjoint():
+    from xrlib.data.pools import cohort_phrase
+
+    one = pd.DataFrame({"source": ["ct"] * 3, "split": ["train", "val", "test"], "pool": ["surrogate"] * 3})
+    assert cohort_phrase(one) == "virtual subjects of one CT (not independent patients)"
+    three = pd.DataFrame({"source": ["a", "a", "b", "c"], "split": ["train", "val", "test", "test"], "pool": ["syn_test"] * 4})
+    assert cohort_phrase(three) == "virtual subjects of 3 source CTs (test subjects are patient-disjoint from training subjects)"
+    leaky = three.assign(split=["train", "test", "test", "test"])
+    assert cohort_phrase(leaky) == "virtual subjects of 3 source CTs (test subjects share patients with training subjects)"

@@ -256,6 +256,18 @@ def leakage_note(manifest: pd.DataFrame) -> str:
             "in both; virtual subjects of one CT are one person), so test scores are optimistic.")
 
 
+def cohort_phrase(manifest: pd.DataFrame) -> str:
+    """What the synthetic test subjects are, for generated prose: "virtual subjects of one CT (not independent
+    patients)" for one source CT, else "virtual subjects of N source CTs" with whether the test patients are
+    disjoint from the training and validation patients (from the manifest's ``source`` and ``split``)."""
+    df = manifest[manifest["pool"] != "real"] if "pool" in manifest.columns else manifest
+    n_src = int(df["source"].nunique()) if "source" in df.columns else 1
+    if n_src <= 1:
+        return "virtual subjects of one CT (not independent patients)"
+    shared = "share patients with" if leakage_note(manifest) else "are patient-disjoint from"
+    return f"virtual subjects of {n_src} source CTs (test subjects {shared} training subjects)"
+
+
 def real_splits(names: Sequence[str], profile: Profile) -> dict[str, str]:
     """Split real radiographs ``names`` → split, in the proportions of the surrogate's counts (seeded)."""
     counts = profile.pools.surrogate

@@ -55,6 +55,8 @@ class Card:
     verdicts: pd.DataFrame = field(default_factory=pd.DataFrame)
     seconds: dict = field(default_factory=dict)
     seed_victims: list[Victim] = field(default_factory=list)
+    #: What the synthetic test subjects are (:func:`xrlib.studies.rotation.study.cohort_phrase`).
+    cohort: str = "virtual subjects of one CT (not independent patients)"
 
     @property
     def models(self) -> list[str]:
@@ -75,6 +77,8 @@ def build_card(profile: Profile | str | Path, run: str | Path, rows: tuple[RowSp
     their controls and the A/A row's other seeds — trained as independent tasks on ``executor`` (see
     :func:`~xrlib.studies.card.seeds.train_seeds`) or read from the cache — and are scored over the chapters'
     budget grids for the curve cells and verdicts (:attr:`Card.seed_victims`; the fixed-budget view keeps seed 0)."""
+    from xrlib.studies.rotation.study import cohort_phrase
+
     if not isinstance(profile, Profile):
         profile = load_profile(profile)
     run = Path(run)
@@ -106,7 +110,7 @@ def build_card(profile: Profile | str | Path, run: str | Path, rows: tuple[RowSp
     return Card(profile.name, s, victims, seeds, missing, tuple(columns), table, mat,
                 analysis.ranking(table, names, columns), fl, analysis.costs(table, victims), ev_cells, verdicts,
                 {"models (load/train)": t1 - t0, "cells (read/compute)": t2 - t1, "seed models over the grids": t3 - t2,
-                 "statistics": time.perf_counter() - t3}, seeded)
+                 "statistics": time.perf_counter() - t3}, seeded, cohort_phrase(run))
 
 
 #: Name of the A/A row's second model: the base retrained with other seeds.
@@ -245,7 +249,7 @@ def headline_markdown(card: Card) -> str:
     strongest = ", ".join(f"{k} {n}×" for k, n in pgd["strongest"].value_counts().items()) if len(pgd) else ""
     lines = [evidence_markdown(card), "", f"**Fixed-budget view — profile {card.profile}.** Every model under every threat of this "
              f"build at fixed budgets; each cell: the statistic, its 95 % seeds × subjects interval (n/a below 3 subjects) and (the number of images). "
-             f"Synthetic test subjects are virtual subjects of one CT (not independent patients); \"Real\" is the clinical "
+             f"Synthetic test subjects are {card.cohort}; \"Real\" is the clinical "
              f"surrogate (rendered), not real radiographs. PGD/SegPGD: the minimum over the two attacks at ε = {s.pgd_eps:g} "
              f"(the strongest per model: {strongest or 'n/a'}); the attacks run with the chapters' profile steps, weak below "
              f"`paper`. ↑ higher is more robust, ↓ lower is.", "", card_markdown(card).rstrip("\n")]
@@ -321,8 +325,8 @@ def evidence_markdown(card: Card) -> str:
     lines = [f"**The robustness card (chapter 13) — profile {card.profile}.** Per model and threat, summaries of the "
              "whole robustness curve over the chapter's budget grid: the retained fraction (area under mean Dice over "
              "log-budget, relative to the clean Dice) and the budget at which mean Dice halves (b50; \"> b_max\" when "
-             "it never does). Each cell: value [95 % interval over seeds and subjects] (subjects×seeds); virtual "
-             "subjects of one CT, so the interval speaks about that CT's virtual cohort.", "", curve_markdown(card.evidence)]
+             f"it never does). Each cell: value [95 % interval over seeds and subjects] (subjects×seeds); test subjects "
+             f"are {card.cohort}, so the interval speaks about that cohort.", "", curve_markdown(card.evidence)]
     have = set(card.evidence["threat"]) if len(card.evidence) else set()
     left = [th.title for th in ce.CURVE_THREATS if th.key not in have]
     if left:
@@ -344,7 +348,7 @@ def summary_markdown(card: Card) -> str:
     lines = [f"**The robustness card (chapter 13) — profile {card.profile}, in brief.** The retained fraction of each "
              "model's clean Dice over each threat's budget grid (area under mean Dice over log-budget divided by the "
              "log-span × clean Dice; 1 = no loss), value [95 % interval over seeds and subjects] (subjects×seeds). "
-             "Test subjects are virtual subjects of one CT; \"Real\" is a rendered surrogate. Halving budgets, the "
+             f"Test subjects are {card.cohort}; \"Real\" is a rendered surrogate. Halving budgets, the "
              "fixed-budget view and every caveat are in the book's introduction.", "",
              curve_markdown(card.evidence, CURVE_TABLES[:1]).rstrip("\n"), ""]
     v = card.verdicts

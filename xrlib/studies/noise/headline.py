@@ -62,7 +62,8 @@ def headline_markdown(cfg: Profile, s: NoiseSettings, sar_df: pd.DataFrame, chan
                       adaptive: pd.DataFrame | None = None, rounds: pd.DataFrame | None = None,
                       a: AdaptiveSettings | None = None, *, grid: DoseGrid, dose_tab: pd.DataFrame,
                       window: pd.DataFrame, acceptance: pd.DataFrame, tost: pd.DataFrame,
-                      seed_epochs: int | None = None) -> str:
+                      seed_epochs: int | None = None,
+                      cohort: str = "virtual subjects of one CT (not independent patients)") -> str:
     """Caption and table: per model and figure dose, SAR of the best band (re-rendered, inserted, window control)
     and the changed share; the dose axis; the window control; the insertion's validation; the repeated
     trainings' spread; with ``adaptive`` (per model of :func:`adaptive_sar`), ``rounds`` and ``a``, adaptive
@@ -85,7 +86,7 @@ def headline_markdown(cfg: Profile, s: NoiseSettings, sar_df: pd.DataFrame, chan
         f"**Quantum noise as a threat — profile {cfg.name}.** {n_images} Syn_test images (angles "
         f"{', '.join(f'{a:g}°' for a in s.alphas)}) re-projected with the realistic chain, {s.realisations} "
         f"realisation(s) per image, dose and arm. SAR = share of images whose clean prediction is in band {best} and "
-        "whose noisy prediction left it; changed = Dice vs the clean prediction < 0.7. Virtual subjects of one CT.",
+        f"whose noisy prediction left it; changed = Dice vs the clean prediction < 0.7. Test subjects: {cohort}.",
         "",
         grid_sentence(grid, dose_tab, s),
         "",

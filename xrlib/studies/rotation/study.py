@@ -98,6 +98,15 @@ def test_sets(run: Path, cen_alphas) -> dict[str, pd.DataFrame]:
             "Real_test": select(manifest, "Real", "test", cen_alphas=cen_alphas)}
 
 
+def cohort_phrase(run: Path) -> str:
+    """:func:`xrlib.data.pools.cohort_phrase` of the run's datasets (one CT when the manifest is not there yet)."""
+    from xrlib.data.pools import cohort_phrase as phrase
+    from xrlib.data.shards import read_manifest
+
+    path = datasets_dir(Path(run)) / "manifest.csv"
+    return phrase(read_manifest(path)) if path.is_file() else phrase(pd.DataFrame({"source": ["ct"]}))
+
+
 def syn_test_images(profile: Profile, run: Path, alphas: Sequence[float] | None = None,
                     per_subject: int | None = None) -> TestImages:
     """The Syn_test images of the run: all angles, or only those at one of ``alphas`` (degrees, compared
