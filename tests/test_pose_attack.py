@@ -13,7 +13,8 @@ from xrlib.anatomy.annotate import clavicles_from_labels
 from xrlib.attacks.base import TestImages, score_threat
 from xrlib.attacks.pgd import dice_objective
 from xrlib.attacks.pose import (GRADIENT_RTOL, METHODS, PARAM_COLUMNS, PARAMS, PoseChain, PoseSearch, PoseThreat,
-                                gradient_check, grid_poses, image_gradient_check, lhs_poses, pose_bounds, random_poses, search_pose)
+                                derivative_check, gradient_check, grid_poses, image_gradient_check, lhs_poses, pose_bounds,
+                                pose_offsets, random_poses, search_objective, search_pose)
 from xrlib.core.ct import Volume, load_example
 from xrlib.core.errors import InputError
 from xrlib.core.profiles import Profile, load_profile
@@ -128,6 +129,66 @@ def test_guided_gradient_follows_central_differences_at_the_step_scale_and_the_u
     assert not si["agrees"].all() and gi["rel_l2"].max() < si["rel_l2"].max(), (gi, si)
     same = image_gradient_check(chain, pose, h=0.01, h_local=0.01)  # the same step: identical derivatives
     assert same["agrees"].all() and (same["rel_l2"] == 0).all()
+
+
+def test_pose_offsets_are_seeded_antithetic_gaussian_samples():
+    o = pose_offsets(0.5, 16, seed=3)
+    assert o.shape == (16, 5)
+    np.testing.assert_allclose(o[:8], -o[8:])  # antithetic pairs: zero mean
+    np.testing.assert_array_equal(o, pose_offsets(0.5, 16, seed=3))
+    assert not np.allclose(o, pose_offsets(0.5, 16, seed=4))
+    np.testing.assert_allclose(pose_offsets(1.0, 16, seed=3), 2 * o)  # σ scales one unit sample
+    big = pose_offsets(1.0, 4096, seed=0)  # the design samples N(0, σ²) per parameter
+    np.testing.assert_allclose(big.std(0), 1.0, atol=0.03)
+    assert pose_offsets(0.5, 5, 0).shape == (5, 5) and np.all(pose_offsets(0.5, 5, 0)[-1] == 0)  # odd K: the zero offset
+    np.testing.assert_array_equal(pose_offsets(0.0, 16, 0), np.zeros((1, 5)))  # σ = 0: the unsmoothed objective
+    np.testing.assert_array_equal(PoseSearch(smooth_pose=0.5, smooth_samples=16, seed=3).offsets, o)
+    with pytest.raises(InputError, match="smooth_samples must be ≥ 1 \\(≥ 2 with smooth_pose > 0\\)"):
+        PoseSearch(smooth_pose=0.5, smooth_samples=1)
+    with pytest.raises(InputError, match="smooth_pose must be ≥ 0"):
+        PoseSearch(smooth_pose=-1.0)
+
+
+def _kinked(pose: torch.Tensor) -> torch.Tensor:
+    """A constructed objective: a linear trend (slopes 1, −0.5, 0.8, 1.2, −1 per deg or mm) plus a kinked ripple
+    |sin(π θ / 0.3)| of period 0.3 in every parameter whose derivative (up to ±π/0.3 · 0.2 ≈ 2) swamps the trend."""
+    slopes = torch.tensor([1.0, -0.5, 0.8, 1.2, -1.0], dtype=pose.dtype)
+    return (slopes * pose).sum() + 0.2 * torch.sin(torch.pi * pose / 0.3).abs().sum()
+
+
+def test_derivative_check_fails_on_a_kinked_objective_and_passes_once_it_is_smoothed_over_the_pose():
+    """The check itself: at h = 0.5 the kinked objective's local derivative is the ripple's, not the trend's, so
+    it fails; the same objective averaged over K common Gaussian offsets of σ = 0.5 (more than the ripple's
+    period) is one deterministic function whose autograd derivative follows its central differences."""
+    pose = [0.37, -0.81, 1.13, 0.05, -0.52]
+    raw = derivative_check(_kinked, pose)
+    assert not raw["agrees"].any() and raw["rel_error"].min() > 2 * GRADIENT_RTOL, raw
+    offsets = torch.as_tensor(pose_offsets(0.5, 256, seed=0))
+    smooth = derivative_check(lambda q: torch.stack([_kinked(q + d) for d in offsets]).mean(), pose)
+    assert smooth["agrees"].all(), smooth
+    np.testing.assert_allclose(smooth["central"], [1.0, -0.5, 0.8, 1.2, -1.0], atol=0.15)  # it follows the trend
+    few = derivative_check(lambda q: torch.stack([_kinked(q + d) for d in offsets[:2]]).mean(), pose)
+    assert not few["agrees"].all(), few  # two offsets do not average the ripple out: the check says so
+
+
+def test_search_steps_follow_the_checked_objective(chain32):
+    """The first sign step of the gradient search is the sign of the derivative that :func:`gradient_check` returns
+    for the search's own smoothed objective (same offsets, same truth), so the check is about what the search follows;
+    with zero offsets the objective is the unsmoothed one."""
+    net = tiny_net(2)
+    search = PoseSearch(starts=3, steps=1, step_fraction=0.5, seed=1, smooth_pose=0.5, smooth_samples=4)
+    res = search_pose(net, chain32, 10.0, search)
+    lim = pose_bounds(10.0)
+    check = gradient_check(net, chain32, res.start_pose, offsets=search.offsets)
+    move = res.path[1] - res.path[0]
+    free = np.abs(res.path[0] + np.sign(check["autograd"].to_numpy()) * 0.5 * lim) < lim  # steps not clipped by the box
+    assert free.any()
+    np.testing.assert_array_equal(np.sign(move[free]), np.sign(check["autograd"].to_numpy()[free]))
+    x, t = chain32(torch.as_tensor(res.start_pose, dtype=torch.float32)[None], guided=True)
+    with torch.no_grad():
+        one = search_objective(net, chain32, torch.as_tensor(res.start_pose), t, np.zeros((1, 5)))
+        ref = dice_objective(net(x), t).sum()
+    assert float(one) == pytest.approx(float(ref), rel=1e-6)
 
 
 def test_gradient_search_scores_starts_and_steps_and_returns_the_lowest_hard_dice(chain32):
@@ -272,6 +333,7 @@ def test_pose_block_of_every_profile_and_bad_settings():
         cfg = PoseConfig.from_profile(load_profile(name))
         assert cfg.budgets and np.isclose(cfg.budgets, cfg.defense.budget).any()
         assert np.isclose(cfg.budgets, cfg.landscape_budget).any() and cfg.search.smooth_mm == 1.0
+        assert cfg.search.smooth_pose > 0 and len(cfg.search.offsets) == cfg.search.smooth_samples >= 2
     raw = copy.deepcopy(load_profile("smoke").raw)
     raw["pose"]["budgets"] = [10, 45]
     with pytest.raises(InputError, match="pose.budgets: the renderer supports"):

@@ -15,16 +15,35 @@ of the thresholded prediction against the clavicle masks rendered at that pose. 
 μ smoothed by a Gaussian of ``smooth_mm`` (about one voxel) and does not mask the field: the scored
 image is piecewise linear in the pose between voxels, and 0 outside a field whose edge moves with
 the pose, so its local derivative does not follow the trend that a step of about a degree or a
-millimetre sees. The guide is smooth at the scale of its σ; whether its derivative of the search
-objective 1 − soft Dice follows the trend at the step scale is measured, not assumed
-(:func:`gradient_check`: autograd against central differences with h = 0.5° / 0.5 mm).
+millimetre sees.
+
+The search objective
+--------------------
+A smooth *image* is not enough: through a trained U-Net (MONAI: strided convolutions, instance
+normalisation, PReLU) the guide's objective ``f(θ) = 1 − soft Dice`` (truth held at the current pose)
+is still rough at the step scale. Measured on the quick build's U-Net(Real) at the chapter's check
+pose (h = 0.5° / 0.5 mm): the guide's network input follows central differences on 5 of 5 parameters,
+but f's derivative on 1 of 5; a stronger prefilter of μ (2 or 3 mm), a Gaussian blur of the network
+input (0.5–2 px) or softplus in place of the PReLUs (β = 3–30) reached 1–3 of 5. So the search follows a
+**Gaussian-smoothed objective over the pose**
+
+    F(θ) = (1/K) Σ_k f(θ + δ_k),     δ_k ~ N(0, diag(σ²)),   σ = ``smooth_pose`` (deg for α and tilt, mm for shifts)
+
+estimated with **common random numbers**: the K offsets (:func:`pose_offsets`: antithetic pairs ±z of a
+scrambled Sobol sample mapped to normal quantiles, seeded) are fixed for a search, so the function that
+the search steps on, its autograd derivative and its central differences in :func:`gradient_check` are
+one deterministic function (:func:`search_objective`). Its trend is f's smoothed at the scale σ, but the
+rough part of f averages out only as about 1/√K (the offsets are a sample, not a quadrature), so K sets
+how well its derivative follows the trend; whether it does, at the step scale, is measured, not assumed.
+``smooth_pose = 0`` (or K = 1 with σ = 0) is the unsmoothed guide objective. Cost: K guide renders, K
+network passes and one backward per step.
 
 Searches (:func:`search_pose`), both over the same 5-D box and the same number of scored renders:
 
 * ``gradient``: ``starts`` Latin-hypercube poses over the box (:func:`lhs_poses`, seeded, the same
   for every victim; their renders do not depend on the model and are cached) are scored; from the
   worst of them and the carried pose (below), ``steps`` projected **sign-gradient** steps on the
-  guide's objective (step of coordinate k at step t: ``step_fraction · bound_k · (steps − t) /
+  search objective F (step of coordinate k at step t: ``step_fraction · bound_k · (steps − t) /
   steps``, clipped to the box), each iterate scored. Scored renders: ``starts + steps``.
 * ``random``: ``starts + steps`` poses uniform over the box (:func:`random_poses`, seeded, shared by
   all victims and cached), scored.
@@ -56,8 +75,8 @@ from xrlib.drr.render import MASK_THRESHOLD_MM
 from xrlib.eval.metrics import dice
 
 __all__ = ["GRADIENT_FLOOR", "GRADIENT_RTOL", "METHODS", "PARAMS", "PARAM_COLUMNS", "PoseChain", "PoseSearch",
-           "PoseThreat", "SearchResult", "gradient_check", "grid_poses", "image_gradient_check", "lhs_poses", "pose_bounds", "random_poses",
-           "search_pose"]
+           "PoseThreat", "SearchResult", "derivative_check", "gradient_check", "grid_poses", "image_gradient_check", "lhs_poses",
+           "pose_bounds", "pose_offsets", "random_poses", "search_objective", "search_pose"]
 
 #: The five pose parameters, in the order of a pose vector: α (deg), tilt (deg), shift x, y, z (mm, LPS).
 PARAMS = ("alpha", "tilt", "shift_x", "shift_y", "shift_z")
@@ -108,11 +127,33 @@ def random_poses(budget: float, n: int, seed: int) -> np.ndarray:
     return unit * pose_bounds(budget)
 
 
+def pose_offsets(sigma: float, samples: int, seed: int) -> np.ndarray:
+    """The K common offsets ``(K, 5)`` (deg for α and tilt, mm for the shifts) of the smoothed objective
+    :func:`search_objective`: ``σ · z`` with ``z`` antithetic pairs ``±Φ⁻¹(u)`` of ``⌈K/2⌉`` scrambled Sobol
+    points ``u`` (``scipy.stats.qmc.Sobol``, seeded), so the sample mean of each offset is 0; an odd K adds
+    the zero offset. ``sigma = 0``: the single zero offset (the unsmoothed objective)."""
+    from scipy.stats import norm, qmc
+
+    sigma, k = float(sigma), int(samples)
+    if not np.isfinite(sigma) or sigma < 0 or k < 1:
+        raise InputError(None, f"pose offsets: need σ ≥ 0 and K ≥ 1, got σ = {sigma!r}, K = {samples!r}")
+    if sigma == 0 or k == 1:
+        return np.zeros((1, 5))
+    m = k // 2
+    sob = qmc.Sobol(d=5, scramble=True, seed=np.random.default_rng([int(seed), 2]))
+    u = sob.random_base2(int(np.ceil(np.log2(m))))[:m] if m > 1 else sob.random(1)
+    z = norm.ppf(np.clip(u, 1e-12, 1 - 1e-12))
+    out = np.vstack([z, -z] + ([np.zeros((1, 5))] if k % 2 else []))
+    return sigma * out
+
+
 @dataclass(frozen=True)
 class PoseSearch:
     """Settings of both searches: Latin-hypercube starts, sign-gradient steps and their first size (a
-    fraction of each coordinate's bound), poses per rendering call, the seed of the starts and of the
-    random search's poses, the guide's smoothing (mm)."""
+    fraction of each coordinate's bound), poses per rendering call, the seed of the starts, of the
+    random search's poses and of the smoothing offsets, the guide's prefilter of μ (``smooth_mm``, mm),
+    and the search objective's Gaussian smoothing over the pose: σ (``smooth_pose``; deg for α and tilt,
+    mm for the shifts; 0: none) and its K common offsets (``smooth_samples``)."""
 
     starts: int = 8
     steps: int = 5
@@ -120,6 +161,8 @@ class PoseSearch:
     batch: int = 8
     seed: int = 0
     smooth_mm: float = 1.0
+    smooth_pose: float = 0.0
+    smooth_samples: int = 1
 
     def __post_init__(self):
         for name in ("starts", "batch"):
@@ -131,6 +174,15 @@ class PoseSearch:
             raise InputError(None, f"pose search: step_fraction must be in (0, 1], got {self.step_fraction}")
         if not np.isfinite(self.smooth_mm) or float(self.smooth_mm) < 0:
             raise InputError(None, f"pose search: smooth_mm must be ≥ 0, got {self.smooth_mm}")
+        if not np.isfinite(self.smooth_pose) or float(self.smooth_pose) < 0:
+            raise InputError(None, f"pose search: smooth_pose must be ≥ 0 (deg/mm), got {self.smooth_pose}")
+        if int(self.smooth_samples) < 1 or (float(self.smooth_pose) > 0 and int(self.smooth_samples) < 2):
+            raise InputError(None, f"pose search: smooth_samples must be ≥ 1 (≥ 2 with smooth_pose > 0), got {self.smooth_samples}")
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """The search objective's K common pose offsets ``(K, 5)`` (:func:`pose_offsets`)."""
+        return pose_offsets(self.smooth_pose, self.smooth_samples, self.seed)
 
     @property
     def renders(self) -> int:
@@ -262,10 +314,12 @@ def search_pose(model: torch.nn.Module, chain: PoseChain, budget: float, search:
             dev, dt = chain.guide.device, chain.guide.dtype
             lim_t = torch.as_tensor(lim, device=dev, dtype=dt)
             pose = torch.as_tensor(start, device=dev, dtype=dt)
+            offsets = search.offsets
             for s in range(search.steps):
+                with torch.no_grad():
+                    _, tg = chain(pose[None], guided=True)  # the truth at the iterate, held within the step
                 p = pose.clone().requires_grad_(True)
-                xg, tg = chain(p[None], guided=True)
-                (g,) = torch.autograd.grad(dice_objective(_logits(model, xg), tg.to(xg.dtype)).sum(), p)
+                (g,) = torch.autograd.grad(search_objective(model, chain, p, tg, offsets, search.batch), p)
                 step = search.step_fraction * lim_t * (search.steps - s) / search.steps
                 pose = torch.clamp(pose.detach() + step * torch.sign(g), -lim_t, lim_t)
                 path.append(pose.cpu().double().numpy().copy())
@@ -280,38 +334,66 @@ def search_pose(model: torch.nn.Module, chain: PoseChain, budget: float, search:
                         method, start, start_dice, cands, d, obj, np.asarray(path), renders)
 
 
-def gradient_check(model: torch.nn.Module, chain: PoseChain, pose: Sequence[float], h: Sequence[float] = (0.5,) * 5,
-                   guided: bool = True) -> pd.DataFrame:
-    """d(1 − soft Dice)/d pose by autograd vs central differences with steps ``h`` (deg for α and tilt,
-    mm for the shifts), through the guide (``guided``) or the scored renderer, truth fixed at ``pose``.
+def search_objective(model: torch.nn.Module, chain: PoseChain, pose: torch.Tensor, truth: torch.Tensor,
+                     offsets: np.ndarray, batch: int = 8, guided: bool = True) -> torch.Tensor:
+    """The search objective ``F(pose) = (1/K) Σ_k (1 − soft Dice)(model(x(pose + δ_k)), truth)`` (module
+    docstring), a scalar tensor differentiable w.r.t. ``pose`` ``(5,)`` (deg, deg, mm, mm, mm).
+
+    ``truth`` ``(1, 1, S, S)`` is held fixed (the truth at the current pose); ``offsets`` ``(K, 5)`` are the
+    common offsets δ_k (:func:`pose_offsets`; one zero row: the unsmoothed objective); ``x`` is the guide's
+    network input (``guided``) or the scored renderer's; ``batch`` poses per rendering call.
+    """
+    r = chain.guide if guided else chain.renderer
+    poses = pose.to(r.dtype)[None] + torch.as_tensor(np.asarray(offsets, float), device=r.device, dtype=r.dtype)
+    total = None
+    for i in range(0, len(poses), int(batch)):
+        x, _ = chain(poses[i:i + int(batch)], guided=guided)
+        lg = _logits(model, x)
+        part = dice_objective(lg, truth.to(lg.dtype).expand(len(x), -1, -1, -1)).sum()
+        total = part if total is None else total + part
+    return total / len(poses)
+
+
+def derivative_check(objective: Callable[[torch.Tensor], torch.Tensor], pose: Sequence[float],
+                     h: Sequence[float] = (0.5,) * 5, dtype=torch.float64, device=None) -> pd.DataFrame:
+    """Autograd derivative of a scalar ``objective`` of the pose ``(5,)`` vs its own central differences with
+    steps ``h`` (deg for α and tilt, mm for the shifts): the check behind :func:`gradient_check`, for any
+    deterministic function (common random numbers: a smoothed objective must reuse its offsets).
 
     One row per parameter: ``param``, ``unit``, ``h``, ``autograd``, ``central`` (per deg or mm),
     ``rel_error`` = ``|autograd − central| / max(|central|, GRADIENT_FLOOR · max |central|)`` (:data:`GRADIENT_FLOOR`) and
     ``agrees`` (``rel_error ≤`` :data:`GRADIENT_RTOL`).
     """
-    r = chain.guide if guided else chain.renderer
-    dev, dt = r.device, r.dtype
-    base = torch.as_tensor(np.asarray(pose, float), device=dev, dtype=dt)
+    base = torch.as_tensor(np.asarray(pose, float), device=device, dtype=dtype)
     hs = np.broadcast_to(np.asarray(h, float), (5,))
-    with frozen(model):
-        with torch.no_grad():
-            _, truth = chain(base[None], guided=guided)
-
-        def f(q):
-            x, _ = chain(q[None], guided=guided)
-            lg = _logits(model, x)
-            return dice_objective(lg, truth.to(lg.dtype)).sum()
-
-        p = base.clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(f(p), p)
-        with torch.no_grad():
-            e = torch.eye(5, dtype=dt, device=dev)
-            fd = np.array([float(f(base + hk * e[k]) - f(base - hk * e[k])) / (2 * hk) for k, hk in enumerate(hs)])
+    p = base.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(objective(p), p)
+    with torch.no_grad():
+        e = torch.eye(5, dtype=dtype, device=base.device)
+        fd = np.array([float(objective(base + hk * e[k]) - objective(base - hk * e[k])) / (2 * hk) for k, hk in enumerate(hs)])
     ag = g.double().cpu().numpy()
     scale = np.maximum(np.abs(fd), GRADIENT_FLOOR * np.abs(fd).max())
     rel = np.abs(ag - fd) / np.where(scale > 0, scale, np.inf)
     return pd.DataFrame({"param": PARAMS, "unit": UNITS, "h": hs, "autograd": ag, "central": fd, "rel_error": rel,
                          "agrees": rel <= GRADIENT_RTOL})
+
+
+def gradient_check(model: torch.nn.Module, chain: PoseChain, pose: Sequence[float], h: Sequence[float] = (0.5,) * 5,
+                   guided: bool = True, offsets: np.ndarray | None = None, batch: int = 8) -> pd.DataFrame:
+    """d F/d pose by autograd vs central differences of the same F (:func:`derivative_check`), where F is
+    :func:`search_objective` with the common ``offsets`` (``None``: the unsmoothed objective) through the guide
+    (``guided``) or the scored renderer, truth fixed at ``pose`` — with a search's ``offsets``
+    (:attr:`PoseSearch.offsets`), exactly the function its gradient steps follow. Columns as
+    :func:`derivative_check`.
+    """
+    r = chain.guide if guided else chain.renderer
+    off = np.zeros((1, 5)) if offsets is None else np.asarray(offsets, float).reshape(-1, 5)
+    base = torch.as_tensor(np.asarray(pose, float), device=r.device, dtype=r.dtype)
+    with frozen(model):
+        with torch.no_grad():
+            _, truth = chain(base[None], guided=guided)
+        return derivative_check(lambda q: search_objective(model, chain, q, truth, off, batch, guided), pose, h,
+                                dtype=r.dtype, device=r.device)
 
 
 def image_gradient_check(chain: PoseChain, pose: Sequence[float], h: Sequence[float] = (0.5,) * 5, h_local: float = 0.01,

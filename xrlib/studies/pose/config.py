@@ -11,6 +11,8 @@ An example (YAML)::
       steps: 4               # sign-gradient steps from the worst start (random search: starts + steps poses)
       step_fraction: 0.25    # first step, as a fraction of each bound
       smooth_mm: 1.0         # the guide's Gaussian prefilter of μ (mm)
+      smooth_pose: 0.5       # σ of the search objective's Gaussian smoothing over the pose (deg / mm; 0: none)
+      smooth_samples: 16     # its K common offsets (renders per gradient step)
       seed: null             # starts and random poses (null: the profile's seed)
       landscape: {alpha: 9, tilt: 5, model: "U-Net(Real)", budget: 20}
       defense: {subjects: 2, budget: 10, rounds: 2, epochs: 3, lr: 0.001, start: "U-Net(Real)"}
@@ -90,7 +92,9 @@ class PoseConfig:
             search = PoseSearch(starts=num(raw, "starts", int, 8, 1), steps=num(raw, "steps", int, 5, 0),
                                 step_fraction=num(raw, "step_fraction", float, 0.25), batch=num(raw, "batch", int, 8, 1),
                                 seed=int(profile.seed) if seed is None else num(raw, "seed", int, 0, 0),
-                                smooth_mm=num(raw, "smooth_mm", float, 1.0, 0.0))
+                                smooth_mm=num(raw, "smooth_mm", float, 1.0, 0.0),
+                                smooth_pose=num(raw, "smooth_pose", float, 0.5, 0.0),
+                                smooth_samples=num(raw, "smooth_samples", int, 16, 1))
         except InputError as exc:
             raise InputError(src, exc.problem) from None
         defense = DefenseConfig(subjects=num(dfn, "subjects", int, 2, 1), budget=num(dfn, "budget", float, 10.0, 0.0),
