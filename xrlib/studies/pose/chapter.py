@@ -88,8 +88,9 @@ def run_chapter(profile: Profile, run: Path, device=None, progress: bool = False
         frames.append(score_threat(th, victims, test, px, groups=alpha_group, device=device, progress=progress))
         seconds[method] = time.perf_counter() - t0
     defended = defense_models(profile, run, cfg, device, progress)
+    # the defended pair over the whole grid (gradient search): the card's pose curve for both rows
     frames.append(score_threat(threats["gradient"], {n: m for n, (m, _) in defended.items()}, test, px,
-                               budgets=[cfg.defense.budget], groups=alpha_group, device=device, progress=progress))
+                               groups=alpha_group, device=device, progress=progress))
     allres = pd.concat(frames, ignore_index=True)
     path = write_robustness(allres, run, "pose")
     subject = str(test.rows["subject"].iloc[0])
