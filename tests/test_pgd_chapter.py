@@ -260,7 +260,7 @@ def test_the_headline_reports_the_shape_study_or_says_it_did_not_run():
     assert "std: clean OOD AUROC 1.00 [1.00, 1.00]; attack (c) at ε = 0.1, 10 steps: Dice vs target 0.05 → 0.90" in text
     assert "4 of 4 images reached their target — **the attack reached its target**; AUROC 0.00" in text
     assert "AT: clean OOD AUROC" in text and "0 of 4 images reached their target — **the attack did not reach" in text
-    assert "reached its target from ε = 0.1" in text and "(at no ε of the sweep)" in text
+    assert "reached its target from ε = 0.1 of the sweep" in text and "reached its target at no ε of the sweep" in text
     assert "0.5× → 0.250 (clean 0.800), 1× → 0.350 (clean 0.700)" in text
     quick = dataclasses.replace(s, shape=None)
     assert "not run in this profile" in headline_markdown(cfg, quick, worst, checks, aurocs, 1, 3)

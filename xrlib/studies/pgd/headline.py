@@ -66,8 +66,8 @@ def ood_text(aurocs: pd.DataFrame) -> str:
                      f"{r['recon. error in-dist.']:.3f}), {k} of {n} images reached their target — "
                      + ("**the attack reached its target**" if r["target reached"] else
                         "**the attack did not reach its target** (the detector was not tested against a working attack)")
-                     + f"; AUROC {_fmt_auc(r)}; (c) reached its target from ε = "
-                     + (f"{min(ok):g}" if ok else "— (at no ε of the sweep)"))
+                     + f"; AUROC {_fmt_auc(r)}; (c) reached its target "
+                     + (f"from ε = {min(ok):g} of the sweep" if ok else "at no ε of the sweep"))
         parts.append(text)
     return ("OOD attack (paper 002 §3.2: one OOD image per attacked test sample, made to output that sample's "
             "clavicle mask, (c) also keeping the reconstruction error low). Criterion: a setting reached its target "
