@@ -136,3 +136,21 @@ def test_mid_budget_propose_grid_and_grid_check():
     assert dg.grid_check(curve)["spans"] and not dg.grid_check(pd.Series([0.9, 0.3, 0.0], index=[0, 0.1, 0.2]))["spans"]
     with pytest.raises(ValueError, match="must start at ε = 0"):
         dg.propose_grid(eps[1:], d[1:])
+
+
+def test_the_typed_grid_is_checked_on_the_validation_curve():
+    curve = pd.Series([0.9, 0.89, 0.85, 0.75, 0.5, 0.2, 0.03, 0.0],
+                      index=[0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05])
+    good = dg.grid_on_validation(curve, [0.001, 0.005, 0.02])
+    assert good["outcome"] == dg.PASS and good["white-box Dice"] == 0.85 and good["check Dice"] == 0.03
+    assert "proposal from the same curve: {" in good["check"]
+    # constructed failures: starts inside the band, misses the band, never reaches the floor
+    low = dg.grid_on_validation(curve, [0.005, 0.02])["outcome"]
+    assert low.startswith(dg.GRID_WARNING) and "at the smallest ε" in low
+    gap = dg.grid_on_validation(curve, [0.002, 0.01, 0.05])["outcome"]
+    assert "no ε with Dice in [0.3, 0.7]" in gap
+    short = dg.grid_on_validation(curve, [0.001, 0.005, 0.01])["outcome"]
+    assert "Dice 0.20 > 0.05 at the largest ε" in short
+    with pytest.raises(ValueError, match="no point at the profile's ε"):
+        dg.grid_on_validation(curve, [0.003])
+    assert set(dg.validation_trial([0.015, 0.03])) == set(dg.TRIAL_EPS) | {0.015, 0.03}

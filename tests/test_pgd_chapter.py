@@ -51,8 +51,49 @@ def test_auroc_table_per_condition():
     assert t["AUROC"].tolist() == pytest.approx([1.0, round(5 / 6, 4), 0.0])
     assert (t["AUROC lo"] <= t["AUROC"]).all() and (t["AUROC"] <= t["AUROC hi"]).all()
     assert t.loc[ood.CONDITIONS[0], "AUROC lo"] == 1.0  # every resample separates perfectly
-    assert (t["reached target"] == 1.0).all()  # Dice 0.5 vs target counts as reached
+    assert (t["reached target"] == 1.0).all() and t["target reached"].all()  # Dice 0.5 vs target counts as reached
     assert (t["OOD images"] == 2).all() and (t["in-distribution images"] == 3).all()
+
+
+def _sweep_scores(ind_subjects=("s1", "s2", "s3")):
+    """Two victims; per setting four OOD images from two source pictures; before/after values known."""
+    rows = [{"victim": v, "set": "in-distribution", "eps": 0.0, "steps": 0, "subject": s, "source": "", "score": 0.1 + 0.01 * i,
+             "dice_vs_target": np.nan} for v in ("std", "AT") for i, s in enumerate(ind_subjects)]
+    for v, after in (("std", 0.9), ("AT", 0.3)):  # the attack reaches its target on std only
+        rows += [{"victim": v, "set": ood.CONDITIONS[0], "eps": 0.0, "steps": 0, "subject": src, "source": src, "score": 0.5,
+                  "dice_vs_target": 0.05, "score_before": 0.5, "dice_before": 0.05} for src in ("a", "a", "b", "b")]
+        rows += [{"victim": v, "set": ood.CONDITIONS[2], "eps": 0.1, "steps": 10, "subject": src, "source": src,
+                  "score": 0.05 if v == "std" else 0.4, "dice_vs_target": after, "score_before": 0.5, "dice_before": 0.05}
+                 for src in ("a", "a", "b", "b")]
+    return pd.DataFrame(rows)
+
+
+def test_auroc_table_per_victim_and_setting_with_before_and_after():
+    t = ood.auroc_table(_sweep_scores(), n_boot=200)
+    std = t[(t["victim"] == "std") & (t["condition"] == ood.CONDITIONS[2])].iloc[0]
+    at = t[(t["victim"] == "AT") & (t["condition"] == ood.CONDITIONS[2])].iloc[0]
+    assert (std["ε"], std["steps"]) == (0.1, 10)
+    assert std["Dice vs target before"] == 0.05 and std["Dice vs target after"] == 0.9 and std["target reached"]
+    assert std["recon. error before"] == 0.5 and std["recon. error after"] == 0.05
+    assert std["AUROC"] == 0.0  # attacked OOD images below every in-distribution score: the detector is evaded
+    assert at["AUROC"] == 1.0 and not at["target reached"] and at["reached target"] == 0.0
+    assert ood.strongest(t).loc["AT", "ε"] == 0.1
+
+
+def test_auroc_interval_clusters_and_refuses_too_few_subjects():
+    # two in-distribution subjects: no honest interval (the evidence design's minimum is 3)
+    lo, hi = ood.auroc_interval([0.1, 0.2, 0.3], ["s1", "s1", "s2"], [0.5, 0.6])
+    assert np.isnan(lo) and np.isnan(hi)
+    # OOD images of one source picture move together: clustering by source widens the interval
+    ind, groups = np.linspace(0.0, 1.0, 12), np.repeat(["s1", "s2", "s3", "s4"], 3)
+    ood_scores = np.r_[np.full(6, 0.2), np.full(6, 0.9)]
+    one = ood.auroc_interval(ind, groups, ood_scores, None, n_boot=400)
+    two = ood.auroc_interval(ind, groups, ood_scores, ["a"] * 6 + ["b"] * 6, n_boot=400)
+    assert two[1] - two[0] > one[1] - one[0]
+
+
+def test_reached_criterion():
+    assert ood.reached(ood.REACHED_SHARE) and not ood.reached(ood.REACHED_SHARE - 0.01)
 
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -209,13 +250,17 @@ def test_the_headline_reports_the_shape_study_or_says_it_did_not_run():
     s = pgd_settings(cfg)
     worst = _worst({ps.BASE_MODEL: {0.0: 0.91, 0.07: 0.123}})
     checks = pd.DataFrame({"model": [ps.BASE_MODEL], "budget": [0.07], "check": ["(a) convergence"], "outcome": ["pass"]})
-    aurocs = pd.DataFrame({"condition": ["(a) clean OOD", "(b) PGD"], "AUROC": [0.75, 0.9], "AUROC lo": [0.5, 0.8],
-                           "AUROC hi": [0.9, 1.0], "OOD images": [4, 4], "reached target": [0.0, 0.25]})
+    checks = pd.concat([checks, pd.DataFrame({"model": [ps.BASE_MODEL + " (validation images)"], "budget": [np.nan],
+                                              "check": ["(g) profile grid"], "outcome": ["pass"]})])
+    aurocs = ood.auroc_table(_sweep_scores(), n_boot=100)
     shape_rows = pd.DataFrame({"model": ps.BASE_MODEL, "level": [0.5, 0.5, 1.0, 1.0], "budget": [0.0, 0.07, 0.0, 0.07],
                                "dice": [0.8, 0.25, 0.7, 0.35]})
     text = headline_markdown(cfg, s, worst, checks, aurocs, 1, 3, shape_rows=shape_rows)
-    assert "0.123" in text and "1 of 1 passed" in text and "ε = 0.07" in text and "clean OOD: 0.75 [0.50, 0.90]" in text
-    assert "reached its target mask (Dice ≥ 0.5) on 1 of 4 images — the detector was not tested" in text
+    assert "0.123" in text and "2 of 2 passed" in text and "diagnostics at ε = 0.07 (" in text
+    assert "std: clean OOD AUROC 1.00 [1.00, 1.00]; attack (c) at ε = 0.1, 10 steps: Dice vs target 0.05 → 0.90" in text
+    assert "4 of 4 images reached their target — **the attack reached its target**; AUROC 0.00" in text
+    assert "AT: clean OOD AUROC" in text and "0 of 4 images reached their target — **the attack did not reach" in text
+    assert "reached its target from ε = 0.1 of the sweep" in text and "reached its target at no ε of the sweep" in text
     assert "0.5× → 0.250 (clean 0.800), 1× → 0.350 (clean 0.700)" in text
     quick = dataclasses.replace(s, shape=None)
     assert "not run in this profile" in headline_markdown(cfg, quick, worst, checks, aurocs, 1, 3)
@@ -281,21 +326,46 @@ def test_ood_attack_pulls_the_mask_towards_the_target_inside_the_ball(toy, tmp_p
     unet = load_best(src)
     torch.manual_seed(0)
     net = SegRecon(unet, ReconstructionHead(feature_channels(unet), hidden=4)).eval()
-    s = pgd_settings(load_profile("smoke"))
-    s = dataclasses.replace(s, ood=dataclasses.replace(s.ood, eps=0.3, steps=10, step_fraction=0.1))
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 1, (3, 32, 32)).astype(np.float32)  # noise: out of distribution
     yy, xx = np.mgrid[:32, :32]
     target = ((yy - 16) ** 2 + (xx - 16) ** 2 <= 36).astype(np.float32)
     targets = np.stack([target] * 3)
-    adv = ood.ood_attack(net, images, targets, s)
-    assert np.abs(adv - images).max() <= 0.3 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    runs = ood.ood_attack(net, images, targets, 0.3, (2, 10), 0.1)
+    assert sorted(runs) == [2, 10]
     from xrlib.nets.losses import dice_per_image
 
-    with torch.no_grad():
-        before = dice_per_image(unet(torch.from_numpy(images)[:, None]), torch.from_numpy(targets)[:, None]).mean()
-        after = dice_per_image(unet(torch.from_numpy(adv)[:, None]), torch.from_numpy(targets)[:, None]).mean()
-    assert float(after) > float(before) + 0.1
+    def d(x):
+        with torch.no_grad():
+            return float(dice_per_image(unet(torch.from_numpy(x)[:, None]), torch.from_numpy(targets)[:, None]).mean())
+
+    for k, adv in runs.items():
+        assert np.abs(adv - images).max() <= 0.3 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+        assert np.abs(adv - images).max() > 0.01 * k  # it moved: k steps of 0.03 from a random start
+    assert d(runs[10]) > d(images) + 0.1
+    with pytest.raises(ValueError, match="step counts"):
+        ood.ood_attack(net, images, targets, 0.3, (), 0.1)
+
+
+@pytest.mark.parametrize("update,message", [
+    ({"eps": [0.1, 0.03]}, "bad.yml: pgd.ood.eps must be a number in (0, 1] or an ascending list of them"),
+    ({"eps": 0}, "bad.yml: pgd.ood.eps must be a number in (0, 1]"),
+    ({"steps": [10, 5]}, "bad.yml: pgd.ood.steps must be an integer ≥ 1 or an ascending list of them"),
+    ({"steps": 2.5}, "bad.yml: pgd.ood.steps must be an integer ≥ 1"),
+    ({"victims": []}, "bad.yml: pgd.ood.victims must be a non-empty list of names or null"),
+])
+def test_bad_ood_settings_name_the_key(update, message):
+    block = {**load_profile("smoke").raw["pgd"]["ood"], **update}
+    with pytest.raises(InputError) as err:
+        pgd_settings(_with({"ood": block}))
+    assert str(err.value).startswith(message)
+
+
+def test_ood_settings_accept_a_number_or_a_list():
+    block = {**load_profile("smoke").raw["pgd"]["ood"], "eps": 0.1, "steps": 3}
+    block.pop("victims")
+    o = pgd_settings(_with({"ood": block})).ood
+    assert o.eps == (0.1,) and o.steps == (3,) and o.victims == (ps.BASE_MODEL, ps.BASE_MODEL + "+PGD-AT")
 
 
 def test_validation_images_come_from_the_validation_split(toy):

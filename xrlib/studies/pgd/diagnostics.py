@@ -36,14 +36,18 @@ from xrlib.attacks.apgd import apgd_attack, pgd_run, square_attack
 from xrlib.attacks.ensemble import EnsembleThreat
 from xrlib.nets.losses import dice_per_image
 
-__all__ = ["CONVERGED", "FULL_SUCCESS", "PASS", "TRIAL_EPS", "diagnose", "dice_vs_eps", "flags", "grid_check", "hard_dice",
-           "mid_budget", "propose_grid"]
+__all__ = ["BAND", "CONVERGED", "FULL_SUCCESS", "GRID_WARNING", "PASS", "TRIAL_EPS", "diagnose", "dice_vs_eps", "flags",
+           "grid_check", "grid_on_validation", "hard_dice", "mid_budget", "propose_grid", "validation_trial"]
 
 #: (a): a change of the mean Dice over the last half of the iterations below this counts as converged.
 CONVERGED = 0.01
 #: (d): the mean Dice the largest ε must reach.
 FULL_SUCCESS = 0.05
 PASS = "pass"
+#: The mid-range band of the mean Dice (where the models differ; the diagnostics' ε lies in it).
+BAND = (0.3, 0.7)
+#: The outcome of :func:`grid_on_validation` when the profile's grid misses the band or the floor.
+GRID_WARNING = "profile grid not informative on validation images"
 #: The fine trial grid of :func:`dice_vs_eps` (L∞ ε, [0, 1] image units; 0 = clean).
 TRIAL_EPS = (0.0, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064)
 
@@ -101,6 +105,39 @@ def dice_vs_eps(model, images: np.ndarray, masks: np.ndarray, trial=TRIAL_EPS, s
         run = apgd_attack(model, x, y, float(e), steps, "linf", "dice", generator=torch.Generator().manual_seed(seed + k))
         out[float(e)] = float(run.score.mean())
     return pd.Series(out, name="mean Dice").rename_axis("ε")
+
+
+def validation_trial(budgets) -> tuple[float, ...]:
+    """The ε at which :func:`dice_vs_eps` runs on validation images: :data:`TRIAL_EPS` and the profile's ``budgets``
+    (so :func:`grid_on_validation` reads measured points, never interpolated ones)."""
+    return tuple(sorted({*TRIAL_EPS, *(float(b) for b in budgets)}))
+
+
+def grid_on_validation(curve: pd.Series, budgets, band: tuple[float, float] = BAND, floor: float = FULL_SUCCESS) -> dict:
+    """Is the profile's typed grid ``budgets`` (ε > 0) a checked choice? Read on ``curve`` — the base model's
+    mean Dice vs ε on *validation* images (:func:`dice_vs_eps` at :func:`validation_trial`) — it must
+    bracket the band and reach the floor: the smallest ε still at Dice ≥ ``band[1]``, at least one ε with
+    Dice in ``band``, the largest ε at Dice ≤ ``floor``. One row of the diagnostics table (the columns of
+    :func:`diagnose`): ``check`` names the profile's grid and :func:`propose_grid`'s proposal from the same
+    curve (as many points), ``white-box Dice``/``check Dice`` are the validation Dice at the smallest and the
+    largest ε, ``outcome`` is :data:`PASS` or :data:`GRID_WARNING` with what is missing."""
+    lo, hi = band
+    b = sorted(float(x) for x in budgets)
+    c = curve.sort_index()
+    missing = [x for x in b if not np.isclose(c.index.to_numpy(float), x).any()]
+    if missing or not b:
+        raise ValueError(f"the validation curve has no point at the profile's ε {missing or b}: run dice_vs_eps at "
+                         "validation_trial(budgets)")
+    at = np.array([float(c[np.isclose(c.index.to_numpy(float), x)].iloc[0]) for x in b])
+    proposal = propose_grid(c.index.to_numpy(float), c.to_numpy(float), n=len(b))
+    problems = ([f"Dice {at[0]:.2f} < {hi:g} at the smallest ε"] if at[0] < hi else []) + \
+               ([f"no ε with Dice in [{lo:g}, {hi:g}]"] if not ((at >= lo) & (at <= hi)).any() else []) + \
+               ([f"Dice {at[-1]:.2f} > {floor:g} at the largest ε"] if at[-1] > floor else [])
+    return {"check": f"(g) profile grid {{{', '.join(f'{x:g}' for x in b)}}} on validation images "
+                     f"(proposal from the same curve: {{{', '.join(f'{x:g}' for x in proposal)}}})",
+            "direction": f"smallest ε Dice ≥ {hi:g}, some ε in [{lo:g}, {hi:g}], largest ε ≤ {floor:g}",
+            "tolerance": np.nan, "white-box Dice": float(at[0]), "check Dice": float(at[-1]),
+            "outcome": PASS if not problems else f"{GRID_WARNING}: " + "; ".join(problems)}
 
 
 def grid_check(curve: pd.Series) -> dict:

@@ -10,9 +10,10 @@ import pandas as pd
 
 from xrlib.core.atomic import write_text_atomic
 from xrlib.core.profiles import Profile
+from xrlib.eval.evidence import MIN_SUBJECTS
 from xrlib.studies.pgd.settings import PGDSettings
 
-__all__ = ["HEADLINE", "headline_markdown", "shape_text", "write_headline"]
+__all__ = ["HEADLINE", "headline_markdown", "ood_text", "shape_text", "write_headline"]
 
 #: Where the chapter writes its section, relative to the run folder.
 HEADLINE = Path("pgd") / "headline.md"
@@ -36,6 +37,45 @@ def shape_text(s: PGDSettings, shape_rows: pd.DataFrame | None) -> str:
             f"{s.shape.epochs}-epoch trainings): mean Dice under {s.steps}-step L∞ PGD at ε = {eps:g} — " + "; ".join(parts) + ".")
 
 
+def _fmt_auc(r) -> str:
+    lo, hi = r.get("AUROC lo", np.nan), r.get("AUROC hi", np.nan)
+    return f"{r['AUROC']:.2f} " + (f"(no interval: fewer than {MIN_SUBJECTS} in-distribution subjects)" if np.isnan(lo) or np.isnan(hi)
+                                   else f"[{lo:.2f}, {hi:.2f}]")
+
+
+def ood_text(aurocs: pd.DataFrame) -> str:
+    """The OOD attack per victim, from :func:`xrlib.studies.pgd.ood.auroc_table`: the clean OOD AUROC, the strongest
+    setting of attack (c) (largest ε and step count) with Dice vs target and reconstruction error before → after,
+    whether it reached its target (criterion :func:`xrlib.studies.pgd.ood.reached`) and its AUROC, and the smallest
+    ε of the sweep at which (c) reached its target."""
+    from xrlib.studies.pgd import ood
+
+    t = aurocs.assign(victim=aurocs["victim"] if "victim" in aurocs.columns else "the victim")
+    parts = []
+    for victim, v in t.groupby("victim", sort=False):
+        clean = v[v["condition"] == ood.CONDITIONS[0]]
+        text = f"{victim}: clean OOD AUROC {_fmt_auc(clean.iloc[0])}" if len(clean) else f"{victim}:"
+        c = v[v["condition"] == ood.CONDITIONS[2]]
+        if len(c):
+            r = c.sort_values(["ε", "steps"]).iloc[-1]
+            n, k = int(r["OOD images"]), int(round(r["reached target"] * r["OOD images"]))
+            ok = [float(e) for e, g in c.groupby("ε") if g["target reached"].any()]
+            text += (f"; attack (c) at ε = {r['ε']:g}, {int(r['steps'])} steps: Dice vs target "
+                     f"{r['Dice vs target before']:.2f} → {r['Dice vs target after']:.2f}, reconstruction error "
+                     f"{r['recon. error before']:.3f} → {r['recon. error after']:.3f} (in-distribution "
+                     f"{r['recon. error in-dist.']:.3f}), {k} of {n} images reached their target — "
+                     + ("**the attack reached its target**" if r["target reached"] else
+                        "**the attack did not reach its target** (the detector was not tested against a working attack)")
+                     + f"; AUROC {_fmt_auc(r)}; (c) reached its target "
+                     + (f"from ε = {min(ok):g} of the sweep" if ok else "at no ε of the sweep"))
+        parts.append(text)
+    return ("OOD attack (paper 002 §3.2: one OOD image per attacked test sample, made to output that sample's "
+            "clavicle mask, (c) also keeping the reconstruction error low). Criterion: a setting reached its target "
+            f"when at least {ood.REACHED_SHARE:.0%} of its images produce a mask with Dice ≥ {ood.REACHED:g} against "
+            "the target. Reconstruction-error detector, AUROC (0.5 = chance) with a 95 % cluster-bootstrap interval "
+            "over in-distribution subjects and OOD source pictures. " + ". ".join(parts) + ".")
+
+
 def headline_markdown(cfg: Profile, s: PGDSettings, worst: pd.DataFrame, checks: pd.DataFrame, aurocs: pd.DataFrame,
                       n_subjects: int, n_alphas: int, shape_rows: pd.DataFrame | None = None) -> str:
     """Min Dice per model and ε (with the model's diagnostic flags), the diagnostics passed, the OOD AUROC per
@@ -48,23 +88,12 @@ def headline_markdown(cfg: Profile, s: PGDSettings, worst: pd.DataFrame, checks:
         flag = worst.loc[worst["model"] == model, "flag"].iloc[0] if "flag" in worst.columns else ""
         rows.append([model] + [f"{m.get(e, np.nan):.3f}" for e in eps] + [flag or "—"])
     passed = checks["outcome"] == "pass"
-    where = ", ".join(f"{b:g}" for b in sorted(checks["budget"].unique())) if "budget" in checks.columns else "?"
+    where = ", ".join(f"{b:g}" for b in sorted(checks["budget"].dropna().unique())) if "budget" in checks.columns else "?"
     failed = checks[~passed]
     check_text = (f"Attack diagnostics at ε = {where} (convergence, 2× steps + restarts, single-step, monotone in ε, "
-                  f"transfer, gradient-free): {int(passed.sum())} of {len(checks)} passed"
+                  f"transfer, gradient-free; (g) the profile's ε grid on validation images): {int(passed.sum())} of {len(checks)} passed"
                   + ("." if failed.empty else "; failed: " + "; ".join(f"{r.model} — {r.check}: {r.outcome}"
                                                                        for r in failed.itertuples()) + "."))
-    def _auc(r) -> str:
-        text = f"{r['condition']}: {r['AUROC']:.2f}"
-        if "AUROC lo" in r:
-            text += f" [{r['AUROC lo']:.2f}, {r['AUROC hi']:.2f}]"
-        if "reached target" in r and not str(r["condition"]).startswith("(a)"):
-            n = int(r.get("OOD images", 0))
-            text += (f", the attack reached its target mask (Dice ≥ 0.5) on {round(r['reached target'] * n)} of {n} images"
-                     + (" — the detector was not tested against a working attack" if r["reached target"] < 0.5 else ""))
-        return text
-
-    auc = "; ".join(_auc(r) for _, r in aurocs.iterrows())
     lines = [
         f"**Gradient attacks on the network input — profile {cfg.name}: mean over images of the per-image minimum "
         f"Dice over the L∞ ensemble (PGD and SegPGD, {s.steps} steps of ε·{s.step_fraction:g}; APGD, {s.apgd_steps} "
@@ -79,8 +108,9 @@ def headline_markdown(cfg: Profile, s: PGDSettings, worst: pd.DataFrame, checks:
         "",
         _table(["model"] + [f"ε = {e:g}" for e in eps] + ["flag"], rows),
         "",
-        check_text + f" Reconstruction-error OOD detector (AUROC, 0.5 = chance, 95 % bootstrap interval over "
-        f"in-distribution subjects and OOD images; one OOD image per attacked test sample): {auc}.",
+        check_text,
+        "",
+        ood_text(aurocs),
         "",
         shape_text(s, shape_rows),
         "",

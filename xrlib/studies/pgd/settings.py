@@ -16,7 +16,9 @@ Block layout (``book/profiles/*.yml``; the profiles differ only in sizes)::
       check: {budget, steps, restarts, models, tolerance}   # diagnostics (budget null: the mid-range ε;
                                     # steps: the cap of the convergence check's iterations)
       defense: {epochs, lr, eps, steps, step_size, max_noise, warm_start}
-      ood: {eps, steps, step_fraction, recon_weight, head_epochs, head_hidden, natural}
+      ood: {eps, steps, step_fraction, recon_weight, head_epochs, head_hidden, victims, natural}
+                                    # eps: L∞ budgets (a number or a list), steps: step counts (the same),
+                                    # victims: the models attacked (null: U-Net(Real+Syn_all) and its +PGD-AT)
       shape:                        # shape variability vs robustness; null: not run (quick)
         levels: [0.5, 1.0, 1.5]     # deformation amplitude, × the study cohort's bands
         subjects: {surrogate: {train: 1, val: 1}, syn_train: {train: 1, val: 0}}   # per level
@@ -71,17 +73,20 @@ class DefenseSettings:
 
 @dataclass(frozen=True)
 class OODSettings:
-    """The OOD attack (L∞ ``eps``, ``steps``, step ``step_fraction · eps``, weight ``recon_weight`` of
-    the reconstruction term in attack (c)), the reconstruction head's training (``head_epochs``,
-    ``head_hidden`` channels) and the scikit-image pictures used as natural OOD images."""
+    """The OOD attack's sweep (L∞ budgets ``eps`` in [0, 1] image units, ascending; step counts ``steps``,
+    ascending — one run of the largest count per ε, read at every count —; step ``step_fraction · ε``;
+    weight ``recon_weight`` of the reconstruction term in attack (c)), the reconstruction heads' training
+    (``head_epochs``, ``head_hidden`` channels), the ``victims`` (a standard and an adversarially trained
+    model of the chapter) and the scikit-image pictures used as natural OOD images."""
 
-    eps: float
-    steps: int
+    eps: tuple[float, ...]
+    steps: tuple[int, ...]
     step_fraction: float
     recon_weight: float
     head_epochs: int
     head_hidden: int
     natural: tuple[str, ...]
+    victims: tuple[str, ...] = ("U-Net(Real+Syn_all)", "U-Net(Real+Syn_all)+PGD-AT")
 
 
 @dataclass(frozen=True)
@@ -203,9 +208,10 @@ def pgd_settings(profile: Profile) -> PGDSettings:
         raise c.fail("budget", f"one of pgd.budgets {list(budgets)} or null", check.budget)
     defense = DefenseSettings(d.int("epochs"), d.num("lr", 0.0, 1.0), d.num("eps", 0.0, 1.0), d.int("steps"),
                               d.num("step_size", 0.0, 1.0), d.num("max_noise", 0.0, 1.0), d.bool("warm_start"))
-    ood = OODSettings(o.num("eps", 0.0, 1.0), o.int("steps"), o.num("step_fraction", 0.0, 1.0),
+    victims = o.names("victims", allow_null=True) if "victims" in o.block else None
+    ood = OODSettings(_ascending(o, "eps", float), _ascending(o, "steps", int), o.num("step_fraction", 0.0, 1.0),
                       o.num("recon_weight", 0.0, float("inf"), positive=False), o.int("head_epochs"), o.int("head_hidden"),
-                      o.names("natural"))
+                      o.names("natural"), *(() if victims is None else (victims,)))
     alphas = r.numbers("alphas", -180.0, 180.0, allow_null=True, positive=False)
     known = ("pgd", "segpgd", "apgd-dice", "apgd-bce", "apgd-mce")
     chosen = r.names("members", allow_null=True) if "members" in r.block else None
@@ -214,6 +220,20 @@ def pgd_settings(profile: Profile) -> PGDSettings:
     per_subject = r.int("angles_per_subject") if r.block.get("angles_per_subject") is not None else None
     return PGDSettings(budgets, r.int("steps"), r.int("apgd_steps"), r.num("step_fraction", 0.0, 1.0), alphas, seg, r.bool("l2"),
                        r.int("seed", 0), check, defense, ood, _shape(r, budgets), chosen, per_subject)
+
+
+def _ascending(r: _Reader, key: str, kind: type) -> tuple:
+    """A number (or a list of them) as a tuple of distinct ascending values: ε in (0, 1] (``kind`` float) or step
+    counts ≥ 1 (``kind`` int)."""
+    v = r.get(key)
+    vals = v if isinstance(v, list) else [v]
+    what = ("a number in (0, 1] or an ascending list of them" if kind is float
+            else "an integer ≥ 1 or an ascending list of them")
+    ok = bool(vals) and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in vals)
+    ok = ok and (all(0 < a <= 1 for a in vals) if kind is float else all(isinstance(a, int) and a >= 1 for a in vals))
+    if not ok or list(vals) != sorted(set(vals)):
+        raise r.fail(key, what, v)
+    return tuple(kind(a) for a in vals)
 
 
 def _shape(r: _Reader, budgets: tuple[float, ...]) -> ShapeSettings | None:

@@ -40,7 +40,7 @@ from xrlib.training import TrainConfig, TrainResult, load_best, train_all
 from xrlib.training.config import safe_name
 
 __all__ = ["BASE_MODEL", "DEFENSES", "attack_grid", "by_alpha_group", "curves", "defense_configs", "defense_cost",
-           "load_examples", "paper_comparison", "validation_images", "run_diagnostics", "test_images", "threats", "train_defenses", "triplets",
+           "load_examples", "paper_comparison", "add_grid_check", "validation_images", "run_diagnostics", "test_images", "threats", "train_defenses", "triplets",
            "victims", "winner_counts", "worst_case", "defense_tradeoff", "describe"]
 
 #: The study model whose data the defenses train on.
@@ -258,6 +258,15 @@ def run_diagnostics(profile: Profile, s: PGDSettings, models: Mapping[str, torch
     return out[["model", "budget", *[k for k in out.columns if k not in ("model", "budget")]]].round(4)
 
 
+def add_grid_check(checks: pd.DataFrame, row: Mapping, model: str = BASE_MODEL) -> pd.DataFrame:
+    """The diagnostics table of :func:`run_diagnostics` with the grid check
+    (:func:`xrlib.studies.pgd.diagnostics.grid_on_validation`) as its last row: model ``<model> (validation
+    images)``, no budget. It flags no model's numbers (a typed grid does not bias a Dice); it says whether the
+    profile's grid is a checked choice."""
+    extra = pd.DataFrame([{"model": f"{model} (validation images)", "budget": np.nan, **row}])
+    return pd.concat([checks, extra.reindex(columns=checks.columns)], ignore_index=True)
+
+
 def triplets(run: Path, models: Sequence[str], budget: float, index: int = 0) -> list[dict]:
     """Per model: the clean image, the perturbation, the adversarial image and both predictions at ``budget``."""
     out = []
@@ -322,6 +331,8 @@ def describe(profile: Profile, s: PGDSettings, test: TestImages) -> str:
         f"defenses on {BASE_MODEL}'s data: {'warm-started from it, ' if d.warm_start else 'from scratch, '}"
         f"{d.epochs} epoch(s), Adam lr {d.lr:g}; adversarial training with {d.steps}-step L∞ PGD/SegPGD at ε = {d.eps:g}, "
         f"step {d.step_size:g}; noise training with U[−{d.max_noise:g}, {d.max_noise:g}]",
-        f"OOD: reconstruction head on the frozen {BASE_MODEL}, {o.head_epochs} epoch(s); attack L∞ ε = {o.eps:g}, "
-        f"{o.steps} steps of ε·{o.step_fraction:g}, reconstruction weight {o.recon_weight:g} in (c)",
+        f"OOD: a reconstruction head on each frozen victim ({', '.join(o.victims)}), {o.head_epochs} epoch(s); one OOD "
+        f"image per test image; L∞ PGD sweep ε ∈ {{{', '.join(f'{e:g}' for e in o.eps)}}} × "
+        f"{{{', '.join(str(k) for k in o.steps)}}} steps of ε·{o.step_fraction:g}, reconstruction weight "
+        f"{o.recon_weight:g} in (c)",
     ])
