@@ -4,10 +4,11 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 PROFILE ?= quick
-# Where the chapters' independent tasks (subjects, trainings) run: `process` runs them as one-thread
-# processes, one per core (more throughput than one multi-thread process for the book's small U-Nets);
-# `local` runs them one after another in the notebook's kernel.
-EXECUTOR ?= process
+# Where the chapters' independent tasks (subjects, trainings) run: `local` one after another in the
+# notebook's kernel; `process` in a pool of processes, each training with the thread count that is part of
+# its cache key (XRLIB_THREADS, default all cores), so a pool only pays where cores ≥ workers × threads;
+# `ray` on a cluster (book page "Running at scale").
+EXECUTOR ?= local
 
 .PHONY: setup test bench book clean-venv
 
