@@ -39,7 +39,7 @@ from xrlib.core.profiles import Profile
 from xrlib.studies.card import evidence as ce
 from xrlib.studies.card.external_checks import ExternalDiagnostics, check_external
 
-__all__ = ["GRADIENT_FREE", "GRADIENT_TABLES", "REFERENCE", "ExternalCard", "card_threats", "diagnostics_markdown",
+__all__ = ["CARD_BUILDERS", "GRADIENT_FREE", "GRADIENT_TABLES", "REFERENCE", "ExternalCard", "card_threats", "diagnostics_markdown",
            "ensure_test_data", "external_card", "placement",
            "score_external", "write_external_card"]
 
@@ -69,6 +69,28 @@ def _random_pose(profile: Profile, run: Path):
 
     return pose_threat(profile, run, method="random")
 
+
+def _chapter_segpgd(profile: Profile, run: Path):
+    """SegPGD as chapter 09 runs it (its ``segpgd`` table): at the profile's ``pgd.segpgd_budgets``, with its
+    steps, step fraction and seed, on the chapter's test images — not the generic threat's default grid."""
+    from xrlib.studies.pgd.settings import pgd_settings
+    from xrlib.studies.pgd.study import test_images, threats
+
+    s = pgd_settings(profile)
+    return threats(profile, s)["segpgd"], test_images(profile, run, s)
+
+
+def _card_noise(profile: Profile, run: Path):
+    """The noise threat in the one arm the card reads (``rerendered``; its draws are seeded per image, dose and
+    arm, so they are the chapter's)."""
+    from xrlib.studies.robustness import THREATS
+
+    return THREATS["noise"](profile, run, arms=("rerendered",))
+
+
+#: The card's builders where they differ from :data:`xrlib.studies.robustness.THREATS` (whose defaults serve
+#: ``xrlib robustness --threat``): the chapter tables' own grids and only what the card reads.
+CARD_BUILDERS: dict[str, Callable] = {"segpgd": _chapter_segpgd, "noise": _card_noise}
 
 #: Gradient-free stand-ins ``{table: builder(profile, run) -> (threat, test images)}`` for a network without
 #: usable input gradients; a gradient table missing here (SegPGD, whose images the Square search replaces,
@@ -120,7 +142,7 @@ def score_external(profile: Profile, run: Path, model, name: str, threats: Seque
     for th in threats:
         for table in th.tables:
             t0 = time.perf_counter()
-            build = THREATS[table]
+            build = CARD_BUILDERS.get(table, THREATS[table])
             if table in GRADIENT_TABLES and not differentiable:
                 build = GRADIENT_FREE.get(table)
                 if build is None:
