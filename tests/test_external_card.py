@@ -181,3 +181,56 @@ def test_a_run_without_datasets_gets_them_built_first_and_says_so(tmp_path, monk
     assert said == [f"card: no built datasets in {run / 'datasets'}: building the smoke profile's cohort and datasets "
                     "first (as `xrlib dataset --profile smoke`)"]
     assert not ensure_test_data(load_profile("smoke"), run, log=said.append) and len(calls) == 2
+
+
+class Threshold(torch.nn.Module):
+    """Segments the toy disc by its brightness (logits 20·(x − 0.525)); ``masked``: the input is quantised to
+    1/64 and its gradient reversed — finite and non-zero (the probe passes) but pointing the wrong way, the
+    constructed case of gradient masking that only a gradient-free attack exposes."""
+
+    def __init__(self, masked: bool = False):
+        super().__init__()
+        self.masked = masked
+
+    def forward(self, x):
+        if self.masked:
+            x = (torch.round(x * 64) / 64).detach() + (x.detach() - x)
+        return 20.0 * (x - 0.525)
+
+
+@pytest.fixture
+def wide_eps_run(toy_card_run, tmp_path):
+    """The toy run with ε up to 0.3, so the threshold model's Dice falls from ≈ 0.95 to ≈ 0 over the grid."""
+    prof, root = toy_card_run
+    raw = yaml.safe_load(prof.read_text(encoding="utf-8"))
+    raw["pgd"].update(budgets=[0.1, 0.2, 0.3], segpgd_budgets=[0.3])
+    raw["pgd"]["shape"]["budgets"] = [0.3]
+    prof.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return prof, root
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_attack_diagnostics_flag_a_masked_gradient_and_not_a_clean_one(wide_eps_run, tmp_path, capsys, masked):
+    prof, root = wide_eps_run
+    spec = tmp_path / "thr.ts"
+    torch.jit.script(Threshold(masked)).save(str(spec))
+    out = tmp_path / "card"
+    rc, _, err = _card(capsys, prof, root, "--model", str(spec), "--threats", "pgd", "--out", str(out))
+    assert rc == 0, err
+    md = (out / "card.md").read_text(encoding="utf-8")
+    assert "Input gradients usable: yes" in md  # the probe cannot see this masking: the diagnostics must
+    diag = pd.read_csv(out / "diagnostics.csv").set_index("check")
+    square = diag.loc[[c for c in diag.index if c.startswith("(f)")][0]]
+    assert "Attack diagnostics (chapter 09's checks) at ε = " in md
+    cells = pd.read_csv(out / "cells.csv", keep_default_na=False)
+    pgd_flags = set(cells.loc[cells["threat"] == "pgd", "flag"])
+    if masked:  # the reversed gradient leaves the white-box Dice high; the Square search does not
+        assert square["outcome"] == "possible gradient masking"
+        assert square["check Dice"] < square["white-box Dice"] - square["tolerance"]
+        assert all("possible gradient masking" in f for f in pgd_flags)
+        assert "Flag on the PGD cell: " in md and "possible gradient masking" in md.split("Flag on the PGD cell: ")[1]
+    else:
+        assert square["outcome"] == "pass"
+        assert not any("possible gradient masking" in f for f in pgd_flags)
+        assert "possible gradient masking" not in md
+    assert "(e) transfer: not run — no chapter 09 adversarial images in this run" in md

@@ -457,8 +457,10 @@ def _cmd_card_model(args) -> int:
     out = args.out or run / "card" / "external" / name
     paths = write_external_card(card, out)
     print(paths["md"].read_text(encoding="utf-8"), end="")
-    print(f"wrote {paths['md']}, {paths['html']}, {paths['cells']} and {paths['placement']} "
-          f"in {sum(card.seconds.values()):.1f} s")
+    written = [paths[k] for k in ("md", "html", "cells", "placement", "diagnostics") if k in paths]
+    times = ", ".join(f"{k} {v:.0f}" for k, v in card.seconds.items() if k not in ("total_threats",))
+    print(f"wrote {', '.join(map(str, written[:-1]))} and {written[-1]} in "
+          f"{card.seconds['total_threats'] + card.seconds['statistics']:.1f} s ({times} s)")
     return 0
 def _add_runs(sub) -> None:
     p = sub.add_parser("runs", help="work with run folders (compare two runs)",

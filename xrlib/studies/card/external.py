@@ -13,6 +13,10 @@ statistic, whether its value lies below, within or above the seed range of the b
 A network without usable input gradients (:func:`xrlib.nets.external.probe_gradients`) gets the
 gradient-free variant of each gradient attack where one exists (:data:`GRADIENT_FREE`); the others are
 listed as not run, with the reason, on the card.
+
+The input attack gets chapter 09's attack diagnostics (:mod:`xrlib.studies.card.external_checks`) at the
+model's own mid-range ε: their outcomes go on the card, their runs into the attack's per-image minimum, and a
+failed check flags the PGD cell ("not converged", "possible gradient masking", "not at full success").
 """
 
 from __future__ import annotations
@@ -33,8 +37,10 @@ from xrlib.core.atomic import atomic_write, write_csv_atomic, write_text_atomic
 from xrlib.core.errors import InputError
 from xrlib.core.profiles import Profile
 from xrlib.studies.card import evidence as ce
+from xrlib.studies.card.external_checks import ExternalDiagnostics, check_external
 
-__all__ = ["GRADIENT_FREE", "GRADIENT_TABLES", "REFERENCE", "ExternalCard", "card_threats", "ensure_test_data", "external_card", "placement",
+__all__ = ["CARD_BUILDERS", "GRADIENT_FREE", "GRADIENT_TABLES", "REFERENCE", "ExternalCard", "card_threats", "diagnostics_markdown",
+           "ensure_test_data", "external_card", "placement",
            "score_external", "write_external_card"]
 
 #: The book model every external model is placed against.
@@ -64,6 +70,28 @@ def _random_pose(profile: Profile, run: Path):
     return pose_threat(profile, run, method="random")
 
 
+def _chapter_segpgd(profile: Profile, run: Path):
+    """SegPGD as chapter 09 runs it (its ``segpgd`` table): at the profile's ``pgd.segpgd_budgets``, with its
+    steps, step fraction and seed, on the chapter's test images — not the generic threat's default grid."""
+    from xrlib.studies.pgd.settings import pgd_settings
+    from xrlib.studies.pgd.study import test_images, threats
+
+    s = pgd_settings(profile)
+    return threats(profile, s)["segpgd"], test_images(profile, run, s)
+
+
+def _card_noise(profile: Profile, run: Path):
+    """The noise threat in the one arm the card reads (``rerendered``; its draws are seeded per image, dose and
+    arm, so they are the chapter's)."""
+    from xrlib.studies.robustness import THREATS
+
+    return THREATS["noise"](profile, run, arms=("rerendered",))
+
+
+#: The card's builders where they differ from :data:`xrlib.studies.robustness.THREATS` (whose defaults serve
+#: ``xrlib robustness --threat``): the chapter tables' own grids and only what the card reads.
+CARD_BUILDERS: dict[str, Callable] = {"segpgd": _chapter_segpgd, "noise": _card_noise}
+
 #: Gradient-free stand-ins ``{table: builder(profile, run) -> (threat, test images)}`` for a network without
 #: usable input gradients; a gradient table missing here (SegPGD, whose images the Square search replaces,
 #: and the learned deformation) is not run for such a network.
@@ -84,6 +112,7 @@ class ExternalCard:
     not_run: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
+    diagnostics: ExternalDiagnostics | None = None
 
 
 def card_threats(keys: Sequence[str] | None) -> list[ce.CurveThreat]:
@@ -98,18 +127,22 @@ def card_threats(keys: Sequence[str] | None) -> list[ce.CurveThreat]:
 
 
 def score_external(profile: Profile, run: Path, model, name: str, threats: Sequence[ce.CurveThreat],
-                   differentiable: bool = True, progress: bool = False) -> tuple[dict[str, pd.DataFrame], list[tuple[str, str]]]:
-    """``({table: contract rows}, not_run)``: ``model`` (book convention) under every chapter table of ``threats``
-    over the threat's own budget grid; ``not_run`` lists ``(table, reason)`` for what could not run here."""
+                   differentiable: bool = True, progress: bool = False,
+                   seconds: dict | None = None) -> tuple[dict[str, pd.DataFrame], list[tuple[str, str]], dict]:
+    """``({table: contract rows}, not_run, {table: (threat, test images)})``: ``model`` (book convention) under
+    every chapter table of ``threats`` over the threat's own budget grid; ``not_run`` lists ``(table, reason)``
+    for what could not run here; the threat objects are kept (the attack diagnostics reuse their cached runs).
+    ``seconds`` (when given) receives each table's wall time (s) as ``threat <table>``."""
     from xrlib.attacks.base import score_threat
     from xrlib.studies.robustness import THREATS
     from xrlib.studies.rotation import study
     from xrlib.studies.rotation.groups import alpha_group
 
-    tables, not_run = {}, []
+    tables, not_run, built = {}, [], {}
     for th in threats:
         for table in th.tables:
-            build = THREATS[table]
+            t0 = time.perf_counter()
+            build = CARD_BUILDERS.get(table, THREATS[table])
             if table in GRADIENT_TABLES and not differentiable:
                 build = GRADIENT_FREE.get(table)
                 if build is None:
@@ -123,14 +156,17 @@ def score_external(profile: Profile, run: Path, model, name: str, threats: Seque
                 continue
             rows = score_threat(threat, {name: model}, test, study.pixel_mm(profile), groups=alpha_group, progress=progress)
             tables[table] = rows.assign(seed=0)
-    return tables, not_run
+            built[table] = (threat, test)
+            if seconds is not None:
+                seconds[f"threat {table}"] = time.perf_counter() - t0
+    return tables, not_run, built
 
 
-def _seed_values(run: Path, threat: ce.CurveThreat, model: str) -> pd.DataFrame:
-    """Per-seed statistics of ``model`` under ``threat`` from the run's chapter tables (empty if absent)."""
+def _seed_values(tables: dict[str, pd.DataFrame], threat: ce.CurveThreat, model: str) -> pd.DataFrame:
+    """Per-seed statistics of ``model`` under ``threat`` from the run's chapter ``tables`` (:func:`ce.read_tables`,
+    read once per card; empty if absent)."""
     from xrlib.eval.curves import curve_units
 
-    tables = ce.read_tables(run, (threat,))
     rows = ce.threat_rows({k: v[v["model"] == model] for k, v in tables.items()}, threat)
     if not len(rows):
         return pd.DataFrame()
@@ -195,9 +231,16 @@ def external_card(profile: Profile, run: Path, model, name: str, spec: str, thre
                   differentiable: bool = True, gradient_note: str = "", progress: bool = False) -> ExternalCard:
     """The card of one wrapped network (book convention) on the run's test data, placed against the run's card."""
     t0 = time.perf_counter()
+    seconds: dict = {}
     chosen = card_threats(threats)
     built = ensure_test_data(profile, run, progress)
-    tables, not_run = score_external(profile, run, model, name, chosen, differentiable, progress)
+    tables, not_run, attacks = score_external(profile, run, model, name, chosen, differentiable, progress, seconds)
+    diag = None
+    if "pgd" in attacks:
+        td = time.perf_counter()
+        diag = check_external(profile, run, model, name, *attacks["pgd"], tables["pgd"], differentiable)
+        tables["pgd"] = diag.rows
+        seconds["diagnostics"] = time.perf_counter() - td
     t1 = time.perf_counter()
     rows = {}
     for th in chosen:
@@ -205,9 +248,11 @@ def external_card(profile: Profile, run: Path, model, name: str, spec: str, thre
         if len(r):
             rows[th.key] = r
     cells, _ = ce.curve_cells(rows)
+    cells["flag"] = np.where(cells["threat"] == "pgd", diag.flag if diag is not None else "", "")
     book_path = Path(run) / "card" / "cells.csv"
     book = pd.read_csv(book_path) if book_path.is_file() else None
-    seeds = {th.key: _seed_values(run, th, REFERENCE) for th in chosen}
+    book_tables = ce.read_tables(run, chosen)
+    seeds = {th.key: _seed_values(book_tables, th, REFERENCE) for th in chosen}
     notes = ["One network, one training: its intervals carry subject variance only, and it has no control, so the "
              "card places it against the book's models instead of giving verdicts."]
     if built:
@@ -216,9 +261,9 @@ def external_card(profile: Profile, run: Path, model, name: str, spec: str, thre
     if book is None:
         notes.append(f"No book card in this run ({book_path} is missing): build chapter 13 of profile "
                      f"{profile.name} to place the model against the book's models.")
+    seconds.update(total_threats=t1 - t0, statistics=time.perf_counter() - t1)
     return ExternalCard(name, spec, profile.name, differentiable, gradient_note, cells,
-                        placement(cells, book, seeds), not_run, notes,
-                        {"threats": t1 - t0, "statistics": time.perf_counter() - t1})
+                        placement(cells, book, seeds), not_run, notes, seconds, diag)
 
 
 def _fmt(x) -> str:
@@ -230,18 +275,35 @@ def card_markdown(card: ExternalCard) -> str:
     grad = "yes" if card.differentiable else "no"
     lines = [f"# Robustness card: {card.name}", "",
              f"Model `{card.spec}`, profile `{card.profile}`. Input gradients usable: {grad} ({card.gradient_note}).", "",
-             "| threat | statistic | value [95 % CI] | subjects × seeds | reference range | placement |",
-             "|---|---|---|---|---|---|"]
+             "| threat | statistic | value [95 % CI] | subjects × seeds | reference range | placement | flag |",
+             "|---|---|---|---|---|---|---|"]
     pl = card.placement.set_index(["threat", "statistic"])
     for r in card.cells.itertuples(index=False):
         p = pl.loc[(r.threat, r.statistic)]
         ci = f"{_fmt(r.value)} [{_fmt(r.lo)}, {_fmt(r.hi)}]" if not pd.isna(r.lo) else f"{_fmt(r.value)} {r.note or ''}".strip()
         ref = f"{_fmt(p['ref_lo'])}–{_fmt(p['ref_hi'])} ({p['reference_range']})" if p["reference_range"] else "–"
-        lines.append(f"| {r.threat} | {r.statistic} | {ci} | {int(r.n_subjects)} × {int(r.n_seeds)} | {ref} | {p['placement']} |")
+        flag = getattr(r, "flag", "") or ""
+        lines.append(f"| {r.threat} | {r.statistic} | {ci} | {int(r.n_subjects)} × {int(r.n_seeds)} | {ref} | "
+                     f"{p['placement']} | {flag} |")
+    lines += diagnostics_markdown(card.diagnostics)
     if card.not_run:
         lines += ["", "Not run (listed, not left blank):", *[f"- {t}: {why}" for t, why in card.not_run]]
     lines += ["", *card.notes]
     return "\n".join(lines) + "\n"
+
+
+def diagnostics_markdown(diag: ExternalDiagnostics | None) -> list[str]:
+    """The attack diagnostics section of the card (empty when the input attack did not run)."""
+    if diag is None:
+        return []
+    flag = diag.flag or "none (every applicable check passed)"
+    lines = ["", f"Attack diagnostics (chapter 09's checks) at ε = {diag.budget:g}, the model's mid-range budget; their "
+             f"runs are folded into the PGD cell's per-image minimum. Flag on the PGD cell: {flag}.", "",
+             "| check | direction | tolerance | white-box Dice | check Dice | outcome |", "|---|---|---|---|---|---|"]
+    for r in diag.table.itertuples(index=False, name=None):
+        check, direction, tol, white, value, outcome = r
+        lines.append(f"| {check} | {direction} | {_fmt(tol)} | {_fmt(white)} | {_fmt(value)} | {outcome} |")
+    return lines + [*(f"- {n}" for n in diag.notes)]
 
 
 def _heatmap_png(card: ExternalCard) -> bytes:
@@ -268,8 +330,9 @@ def _heatmap_png(card: ExternalCard) -> bytes:
 
 
 def write_external_card(card: ExternalCard, out: Path) -> dict[str, Path]:
-    """Write ``card.md``, ``card.html`` (heatmap embedded), ``heatmap.png``, ``cells.csv`` and ``placement.csv``
-    under ``out``; everything is rendered first, then each file is written atomically."""
+    """Write ``card.md``, ``card.html`` (heatmap embedded), ``heatmap.png``, ``cells.csv``, ``placement.csv`` and,
+    when the input attack ran, ``diagnostics.csv`` under ``out``; everything is rendered first, then each file
+    is written atomically."""
     md = card_markdown(card)
     png = _heatmap_png(card)
     body = html.escape(md)
@@ -282,6 +345,9 @@ def write_external_card(card: ExternalCard, out: Path) -> dict[str, Path]:
              "cells": out / "cells.csv", "placement": out / "placement.csv"}
     write_csv_atomic(paths["cells"], card.cells)
     write_csv_atomic(paths["placement"], card.placement)
+    if card.diagnostics is not None:
+        paths["diagnostics"] = out / "diagnostics.csv"
+        write_csv_atomic(paths["diagnostics"], card.diagnostics.table.assign(budget=card.diagnostics.budget))
     with atomic_write(paths["png"]) as tmp:
         tmp.write_bytes(png)
     write_text_atomic(paths["html"], page)
