@@ -1,6 +1,7 @@
 """The robustness results contract and its summaries, on constructed cases with known answers."""
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -147,3 +148,25 @@ def test_score_threat_pixel_threat_known_answers():
     assert (out["dice_clean"] == 1.0).all()
     with pytest.raises(InputError, match="budget 0.5"):
         score_threat(_Shift(), {"thr": _Threshold()}, test, 0.5, budgets=[0.5])
+
+
+def test_study_models_reads_the_builds_models_under_another_thread_count(toy_run, monkeypatch):
+    """A command run with another XRLIB_THREADS than the build (which keys its trainings by thread count) still
+    finds the trained study models; a model trained under no count is still an error naming it."""
+    import shutil
+
+    from xrlib.core.errors import InputError
+    from xrlib.studies.rotation import study
+
+    profile, run, results = toy_run
+    built = {n: r.folder for n, r in study.study_models(profile, run).items()}
+    monkeypatch.setenv("XRLIB_THREADS", "7")          # a count no build used
+    assert {n: r.folder for n, r in study.study_models(profile, run).items()} == built
+    name = next(iter(built))
+    moved = built[name].with_name(built[name].name + "-moved")
+    shutil.move(built[name], moved)
+    try:
+        with pytest.raises(InputError, match=f"model '{re.escape(name)}' is not trained"):
+            study.study_models(profile, run, [name])
+    finally:
+        shutil.move(moved, built[name])

@@ -12,6 +12,7 @@ subjects are virtual subjects of one CT: every table built from these results mu
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -70,11 +71,18 @@ def train_study(profile: Profile, run: Path, progress: bool = True, executor=Non
     return train_all(study_configs(profile), run, progress, executor)
 
 
+#: Thread counts tried when no study model was trained with this process's (:func:`study_models`).
+_OTHER_THREADS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+
+
 def study_models(profile: Profile, run: Path, names=None) -> dict[str, TrainResult]:
     """The study models already trained for ``profile`` in ``run`` (read from the cache, never trained).
 
     ``names``: a subset of the study's model names (default all three). An unknown name, or a model
-    that has not been trained yet, raises :class:`InputError` naming it.
+    that has not been trained yet, raises :class:`InputError` naming it. The torch thread count is part of a
+    training's cache key (it changes rounding, :mod:`xrlib.training.config`); when no model was trained with
+    this process's count (``XRLIB_THREADS``), the same configuration trained with another count is read, so a
+    command run with other threads than the build (e.g. ``xrlib card --model``) finds the build's models.
     """
     configs = {c.name: c for c in study_configs(profile)}
     names = list(configs) if names is None else list(names)
@@ -84,6 +92,12 @@ def study_models(profile: Profile, run: Path, names=None) -> dict[str, TrainResu
     out = {}
     for name in names:
         result = cached_result(configs[name], datasets_dir(run), Path(run) / "models")
+        for threads in _OTHER_THREADS:
+            if result is not None:
+                break
+            if threads != configs[name].threads:
+                result = cached_result(dataclasses.replace(configs[name], threads=threads), datasets_dir(run),
+                                       Path(run) / "models")
         if result is None:
             folder = Path(run) / "models" / configs[name].folder_name(datasets_dir(run))
             raise InputError(folder, f"model {name!r} is not trained; run chapter 05 (xrlib book --only 05_training) first")
