@@ -253,7 +253,8 @@ def test_smoke_book_card_joins_every_row_with_every_column(smoke_book):
     assert "robustness card (chapter 13) — profile smoke" in section and "card.png" not in section
     # chapter 12's defense against its control on every seed of the profile (smoke: 2), not on one training each
     verdicts = pd.read_csv(run / "card" / "verdicts.csv")
-    pose = verdicts[(verdicts["defense"] == "U-Net(Real)+worst-pose") & (verdicts["control"] == "U-Net(Real)+uniform-pose")]
+    pose = verdicts[(verdicts["defense"] == "U-Net(Real)+worst-pose") & (verdicts["control"] == "U-Net(Real)+uniform-pose")
+                    & (verdicts["threat"] == "pose")]
     assert len(pose) and (pose["n_seeds"] == 2).all(), pose
 
 

@@ -104,7 +104,11 @@ def build_card(profile: Profile | str | Path, run: str | Path, rows: tuple[RowSp
     fl = analysis.noise_floor(table, [v.name for v in seeds], columns)
     if seeded:  # the verdict-carrying models over the grids: every seed, the chapters' seed 0 where a table lacks it
         planned = {v.model for v in seeded}
-        extra = grid_tables(profile, run, [v for v in victims if v.name in planned] + seeded, progress=progress)
+        todo = [v for v in victims if v.name in planned] + seeded
+        pose_pair = [v for v in todo if v.chapter == "12"]  # a pose defense: its threats, not the input attacks
+        extra = grid_tables(profile, run, [v for v in todo if v.chapter != "12"], progress=progress)
+        for table, rows in grid_tables(profile, run, pose_pair, POSE_PAIR_TABLES, progress=progress).items():
+            extra[table] = pd.concat([extra[table], rows], ignore_index=True) if table in extra else rows
     t3 = time.perf_counter()
     ev_cells, verdicts = card_evidence(run, victims + seeded, seeds, extra)
     return Card(profile.name, s, victims, seeds, missing, tuple(columns), table, mat,
@@ -112,6 +116,10 @@ def build_card(profile: Profile | str | Path, run: str | Path, rows: tuple[RowSp
                 {"models (load/train)": t1 - t0, "cells (read/compute)": t2 - t1, "seed models over the grids": t3 - t2,
                  "statistics": time.perf_counter() - t3}, seeded, cohort_phrase(run))
 
+
+#: The grid tables of chapter 12's defense pair's seeds: the physical threats its training targets (the input
+#: attacks' grids — the card's costliest — are left out: those cells keep seed 0 and give no verdict).
+POSE_PAIR_TABLES = ("rotation", "pose", "acquisition")
 
 #: Name of the A/A row's second model: the base retrained with other seeds.
 OTHER_SEEDS = AA_SUFFIX
