@@ -227,6 +227,12 @@ def test_acquisition_images_at_budget_zero_are_the_realistic_chain_at_its_defaul
     np.testing.assert_array_equal(kvp[0], 120.0)
     np.testing.assert_allclose(kvp[2] - 120.0, np.clip(2 * (kvp[1] - 120.0), -60, 30))  # same draws, doubled
     assert not np.array_equal(out["images"][1], out["images"][0])
+    # a subject rendered at a subset of the grid (angles_per_subject) gets each angle's own draws: the same settings
+    sub = _render_subject(cfg, ct, lab, sid, (10.0,), (0.0, 1.0, 2.0), draws=[1])
+    np.testing.assert_array_equal(sub["settings"][:, 0], out["settings"][:, 1])
+    np.testing.assert_array_equal(sub["masks"][0], out["masks"][1])
+    assert not np.array_equal(_render_subject(cfg, ct, lab, sid, (10.0,), (0.0, 1.0), draws=[0])["settings"][1, 0],
+                              out["settings"][1, 1])
 
 
 def _toy_threat(toy_run):

@@ -90,8 +90,9 @@ def distance_table(run: Path, split: str = "train", limit: int | None = 64) -> p
 
 def training_table(profile: Profile, results: dict[str, TrainResult]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Learning curves (validation Dice vs step) and one row per model: training images, epochs, steps run, best
-    step, the change of validation Dice over the last quarter of the steps and whether it plateaued
-    (:func:`xrlib.studies.sim.fairness.plateaued`, tolerance :data:`~xrlib.studies.sim.fairness.PLATEAU_TOL`)."""
+    step, the last learning rate, the change of validation Dice over the last quarter of the learning-rate time and
+    whether it plateaued (:func:`xrlib.studies.sim.fairness.plateaued`, tolerance
+    :data:`~xrlib.studies.sim.fairness.PLATEAU_TOL`)."""
     from xrlib.studies.sim.fairness import PLATEAU_TOL, learning_curves, plateau_change
 
     s = sim_settings(profile)
@@ -100,10 +101,12 @@ def training_table(profile: Profile, results: dict[str, TrainResult]) -> tuple[p
     for name, g in curves.groupby("model", sort=False):
         res = results[name]
         per_epoch = int(np.ceil(res.train_images / s.batch_size))
-        change = plateau_change(g["step"], g["val_dice"])
+        change = plateau_change(g["lr_time"], g["val_dice"])
         rows.append({"model": name, "training images": int(res.train_images), "epochs": int(res.epochs_run),
                      "steps": int(g["step"].max()), "best step": int(res.best_epoch) * per_epoch,
-                     "best val Dice": float(res.best_val_dice), "last-quarter change": change,
+                     "best val Dice": float(res.best_val_dice),
+                     "last lr": float(res.history["lr"].iloc[-1]) if "lr" in res.history else float("nan"),
+                     "last-quarter change": change,
                      "plateaued": bool(np.isfinite(change) and abs(change) < PLATEAU_TOL)})
     return curves, pd.DataFrame(rows)
 
