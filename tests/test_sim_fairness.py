@@ -339,3 +339,11 @@ def test_train_sim_on_an_executor_trains_the_cyclegan_and_the_costliest_first_th
     assert events[0] == ("cyclegan", "naive", 1) and events[1] == ("train", "Naive-ADDA/strong", 1)
     assert events.index(("translate", "naive")) < events.index(("train", "Naive-Cyc/strong", 1)) == len(events) - 1
     assert all(e[-1] == 1 for e in events if e[0] != "translate")   # sim.threads in every task
+    # two workers: the last plain row waits for the second round, beside the lone -Cyc row
+    events.clear()
+    pool = InProcessExecutor()
+    pool.workers = 2
+    study.train_sim(quick, run, progress=False, executor=pool)
+    trained = [e[1] for e in events if e[0] == "train"]
+    assert trained[-2:] == ["Naive-Cyc/strong", "Realistic-Scaled/strong"]
+    assert events.index(("translate", "naive")) < events.index(("train", "Realistic-Scaled/strong", 1))  # 2nd round

@@ -179,9 +179,11 @@ def train_sim(profile: Profile, run: Path, names=None, progress: bool = True, ex
 
     ``executor``: ``None``/``"local"`` trains one after another here; ``"process"``, ``"ray"`` or an
     :class:`xrlib.exec.base.Executor` runs the trainings as independent tasks in two rounds: first every
-    CycleGAN (:class:`xrlib.studies.sim.cyclegan.CycleGANTask`) and every model that needs no translation,
-    costliest first; then the driver translates the ``-Cyc`` domains and the ``-Cyc`` models train. Each task runs
-    with ``sim.threads`` torch threads (in its cache key), so every executor gives the same models."""
+    CycleGAN (:class:`xrlib.studies.sim.cyclegan.CycleGANTask`) and the models that need no translation,
+    costliest first; then the driver translates the ``-Cyc`` domains and the ``-Cyc`` models train, beside as
+    many plain models held back from the first round as fill the executor's ``workers`` (so no worker idles
+    while a lone ``-Cyc`` model trains). Each task runs with ``sim.threads`` torch threads (in its cache key), so
+    every executor gives the same models."""
     from xrlib.studies.sim.cyclegan import CycleGANTask, translate_domain
 
     run = Path(run)
@@ -200,9 +202,12 @@ def train_sim(profile: Profile, run: Path, names=None, progress: bool = True, ex
 
     ex = get_executor(executor)
     threads = sim_settings(profile).threads
-    first = [CycleGANTask(profile, str(run), d, threads) for d in cyc_domains]
-    first += sorted([TrainTask(cfg, str(ddir), str(models_dir(run))) for cfg, ddir in plan
+    direct = sorted([TrainTask(cfg, str(ddir), str(models_dir(run))) for cfg, ddir in plan
                      if ddir.parent.name != "translated"], key=lambda t: _cost_order(t.config))
+    n_cyc = sum(ddir.parent.name == "translated" for _, ddir in plan)
+    workers = int(getattr(ex, "workers", 1))
+    held = min((-n_cyc) % workers, sum(t.config.recipe != "adda" for t in direct)) if n_cyc else 0
+    first = [CycleGANTask(profile, str(run), d, threads) for d in cyc_domains] + direct[:len(direct) - held]
     results = {}
     for task, res in ex.map(first, progress=progress, desc="chapter 08 trainings"):
         if isinstance(task, TrainTask):
@@ -212,6 +217,7 @@ def train_sim(profile: Profile, run: Path, names=None, progress: bool = True, ex
         if ddir.parent.name == "translated":
             translate_domain(profile, run, ddir.name, progress=progress)  # the CycleGAN is cached: translation only
             second.append(TrainTask(cfg, str(ddir), str(models_dir(run))))
+    second += direct[len(direct) - held:]
     for task, res in ex.map(second, progress=progress, desc="chapter 08 -Cyc trainings") if second else []:
         results[task.config.name] = res
     return {cfg.name: results[cfg.name] for cfg, _ in plan}
