@@ -450,5 +450,5 @@ def test_training_table_and_headline_name_steps_plateaus_and_unlearned_rows():
     acq = pd.DataFrame({"model": ["Real/strong"] * 2, "budget": [0.0, 3.0], "dice": [0.8, 0.4]})
     text = headline_markdown(cfg, table, acq, 4, 3, steps)
     assert "| Naive-ADDA | strong | 0.310" in text and "| not learned |" in text and "| rank 1 |" in text
-    assert "still changing over the last quarter: Naive-ADDA/strong" in text and "2 optimisation steps" in text
+    assert "still changing over the last quarter of the learning-rate time: Naive-ADDA/strong" in text and "2 optimisation steps" in text
     assert "scale 0 → 3" in text and "Best learned row here: Real" in text

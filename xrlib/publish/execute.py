@@ -14,7 +14,7 @@ Cache
 
 Executor
     ``--executor local|process|ray`` reaches the notebooks whose parameters cell declares
-    ``executor`` (01, 04, 05, 13: cohort, datasets, trainings, the card's seed trainings) as that papermill parameter; ``--address``
+    ``executor`` (01, 04, 05, 08, 13: cohort, datasets, trainings, chapter 08's trainings, the card's seed trainings) as that papermill parameter; ``--address``
     reaches them as the environment variable ``XRLIB_RAY_ADDRESS`` of the kernel. Neither is part of
     the stage key: every executor writes the same artifacts, so switching it reuses cached stages.
 

@@ -177,12 +177,12 @@ def headline_markdown(profile: Profile, table: pd.DataFrame, acq: pd.DataFrame, 
     worst = curve.columns.max()
     drops = ", ".join(f"{m}: {curve.at[m, 0.0]:.3f} → {curve.at[m, worst]:.3f}" for m in curve.index)
     ranked = table[table["learned"].astype("boolean").fillna(False)] if has_flag else table
-    budget = (f"one budget of {s.steps} optimisation steps for every row" if s.steps is not None
+    budget = (f"one budget of {s.steps} optimisation steps for every row (cosine learning rate)" if s.steps is not None
               else f"{s.epochs} epochs at most")
     if steps is not None and len(steps):
         still = steps.loc[~steps["plateaued"], "model"].tolist()
         budget += (" (validation Dice plateaued for every row)" if not still
-                   else f" (still changing over the last quarter: {', '.join(still)})")
+                   else f" (still changing over the last quarter of the learning-rate time: {', '.join(still)})")
     lines = [
         f"**How realistic must the simulation be? — profile {profile.name}.** Trained on the surrogate pool's "
         f"subjects and poses rendered with each simulator (Sim2Real) or with the Real surrogate (Real2Real: per-image "

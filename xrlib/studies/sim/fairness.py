@@ -35,7 +35,7 @@ __all__ = ["BASELINE", "LEARNED_MARGIN", "PLATEAU_TOL", "flag_learned", "learnin
 BASELINE = "Mean mask (constant)"
 #: A row "learned" when its mean Dice exceeds the baseline's on the same images by more than this (Dice).
 LEARNED_MARGIN = 0.02
-#: Largest change of validation Dice over the last quarter of the steps that counts as a plateau (Dice).
+#: Largest change of validation Dice over the last quarter of the learning-rate time that counts as a plateau (Dice).
 PLATEAU_TOL = 0.02
 
 
