@@ -211,7 +211,8 @@ def test_book_passes_the_executor_only_to_notebooks_that_take_it(tmp_path):
 
     root = Path(__file__).resolve().parents[1] / "notebooks"
     assert [declares_parameter(root / f"{n}.ipynb", "executor") for n in
-            ("01_ct_cohort", "04_datasets", "05_training", "02_annotation", "06_rotation_robustness")] == [True] * 3 + [False] * 2
+            ("01_ct_cohort", "04_datasets", "05_training", "08_simulation_realism", "02_annotation",
+             "06_rotation_robustness")] == [True] * 4 + [False] * 2
     assert "executor" in RESERVED
     with pytest.raises(BookUsageError, match="set 'executor' with --executor, not -p"):
         execute_stages("smoke", overrides={"executor": "ray"}, book_dir=tmp_path)

@@ -227,6 +227,12 @@ def test_acquisition_images_at_budget_zero_are_the_realistic_chain_at_its_defaul
     np.testing.assert_array_equal(kvp[0], 120.0)
     np.testing.assert_allclose(kvp[2] - 120.0, np.clip(2 * (kvp[1] - 120.0), -60, 30))  # same draws, doubled
     assert not np.array_equal(out["images"][1], out["images"][0])
+    # a subject rendered at a subset of the grid (angles_per_subject) gets each angle's own draws: the same settings
+    sub = _render_subject(cfg, ct, lab, sid, (10.0,), (0.0, 1.0, 2.0), draws=[1])
+    np.testing.assert_array_equal(sub["settings"][:, 0], out["settings"][:, 1])
+    np.testing.assert_array_equal(sub["masks"][0], out["masks"][1])
+    assert not np.array_equal(_render_subject(cfg, ct, lab, sid, (10.0,), (0.0, 1.0), draws=[0])["settings"][1, 0],
+                              out["settings"][1, 1])
 
 
 def _toy_threat(toy_run):
@@ -444,7 +450,7 @@ def test_training_table_and_headline_name_steps_plateaus_and_unlearned_rows():
     acq = pd.DataFrame({"model": ["Real/strong"] * 2, "budget": [0.0, 3.0], "dice": [0.8, 0.4]})
     text = headline_markdown(cfg, table, acq, 4, 3, steps)
     assert "| Naive-ADDA | strong | 0.310" in text and "| not learned |" in text and "| rank 1 |" in text
-    assert "still changing over the last quarter: Naive-ADDA/strong" in text and "2 optimisation steps" in text
+    assert "still changing over the last quarter of the learning-rate time: Naive-ADDA/strong" in text and "2 optimisation steps" in text
     assert "scale 0 → 3" in text and "Best learned row here: Real" in text
 
 

@@ -213,3 +213,137 @@ def test_chapter_figures_label_their_axes_and_mark_unlearned_rows():
     fig = splots.plot_dice_bars(table, "t")
     hatches = [p.get_hatch() for p in fig.axes[0].patches]
     assert hatches[:3] == [None, "//", None] and fig.axes[0].get_ylabel() == "Dice"
+
+
+# ------------------------------------------------------------------------------ learning-rate schedule, lr time
+
+
+def test_cosine_schedule_runs_from_lr_to_its_floor_and_constant_keeps_the_rate():
+    from xrlib.training.config import COSINE_FLOOR, scheduled_lr
+
+    lrs = [scheduled_lr(0.01, "cosine", k, 400) for k in range(400)]
+    assert lrs[0] == pytest.approx(0.01) and lrs[-1] == pytest.approx(0.01 * COSINE_FLOOR)
+    assert lrs[199] == pytest.approx(0.01 * (COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * 199 / 399))))
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))                 # strictly decreasing
+    assert scheduled_lr(0.01, "cosine", 500, 400) == pytest.approx(0.01 * COSINE_FLOOR)  # past the end: the floor
+    assert {scheduled_lr(0.01, "constant", k, 400) for k in (0, 399)} == {0.01}
+    with pytest.raises(ValueError, match="unknown lr_schedule 'step'"):
+        scheduled_lr(0.01, "step", 0, 10)
+
+
+def test_lr_schedule_joins_the_hash_only_when_not_constant_and_bad_names_are_rejected():
+    from xrlib.training.config import TrainConfig
+
+    const, cos = TrainConfig(name="m", threads=1), TrainConfig(name="m", threads=1, lr_schedule="cosine")
+    d = const.as_dict()
+    for key in ("num_workers", "compile", "lr_schedule"):
+        d.pop(key)
+    assert const.config_hash() == const._hash(d, None)               # the hash from before the field existed
+    assert cos.config_hash() != const.config_hash() and cos.legacy_hash() is None
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        TrainConfig(name="m", threads=1, lr_schedule="linear").validate()
+
+
+def _history(val_dice, lr):
+    return pd.DataFrame({"epoch": np.arange(1, len(lr) + 1), "val_dice": val_dice, "train_loss": 1.0, "lr": lr})
+
+
+def test_plateau_check_under_a_decaying_rate_fails_a_curve_that_still_rises_with_the_rate():
+    """A schedule must not pass the check by freezing the weights: the window is the last quarter of the lr time."""
+    from xrlib.training.config import scheduled_lr
+
+    per_epoch, epochs = 2, 200
+    lr = np.array([scheduled_lr(0.01, "cosine", e * per_epoch - 1, epochs * per_epoch) for e in range(1, epochs + 1)])
+    progress = np.cumsum(lr) / lr.sum()
+    rising = 0.2 + 0.6 * progress                                   # Dice grows in proportion to the rate it gets
+    settled = 0.8 - 0.6 * np.exp(-progress / 0.08)                  # saturated halfway through the lr time
+    steps = np.arange(1, epochs + 1) * per_epoch
+    assert plateaued(steps, rising)                                 # the last quarter of the steps is fooled …
+    curves = learning_curves({"rising": SimpleNamespace(train_images=16, history=_history(rising, lr)),
+                              "settled": SimpleNamespace(train_images=16, history=_history(settled, lr))}, batch_size=8)
+    g = dict(tuple(curves.groupby("model")))
+    assert g["rising"]["lr_time"].iloc[-1] == pytest.approx(lr.sum() / lr[0] * per_epoch)
+    assert not plateaued(g["rising"]["lr_time"], g["rising"]["val_dice"])   # … the lr time is not
+    assert plateau_change(g["rising"]["lr_time"], g["rising"]["val_dice"]) == pytest.approx(0.15, abs=0.01)
+    assert plateaued(g["settled"]["lr_time"], g["settled"]["val_dice"])
+    const = learning_curves({"c": SimpleNamespace(train_images=16, history=_history(rising, np.full(epochs, 0.01)))}, 8)
+    assert np.allclose(const["lr_time"], const["step"])             # at a constant rate: the steps themselves
+
+
+# ------------------------------------------------------------------------------ acquisition angles per subject
+
+
+def test_subject_angles_are_stratified_differ_between_subjects_and_cover_the_grid():
+    from xrlib.studies.sim.sources import subject_angles
+
+    picks = [subject_angles(21, 4, i, 12) for i in range(12)]
+    assert all(len(set(p)) == 4 and p == sorted(p) and 0 <= p[0] and p[-1] <= 20 for p in picks)
+    assert all(int(j * 21 / 4) <= p[j] < (j + 1) * 21 / 4 for p in picks for j in range(4))  # one angle per stratum
+    assert set().union(*map(set, picks)) == set(range(21)) and len({tuple(p) for p in picks}) == 12
+    assert subject_angles(21, None, 0, 1) == list(range(21)) == subject_angles(21, 30, 0, 2)
+    with pytest.raises(ValueError, match="0 ≤ subject < n_subjects"):
+        subject_angles(21, 4, 12, 12)
+
+
+def test_quick_reads_threads_angles_per_subject_and_bad_values_are_input_errors(tmp_path):
+    import yaml
+
+    from xrlib.core.errors import InputError
+    from xrlib.core.profiles import load_profile
+    from xrlib.studies.sim.settings import sim_settings
+    from xrlib.studies.sim.study import LR_SCHEDULE, sim_configs
+
+    quick = load_profile("quick")
+    s = sim_settings(quick)
+    assert s.threads == 1 and s.acquisition_angles_per_subject == 4
+    assert {(c.lr_schedule, c.threads) for c, _ in sim_configs(quick, tmp_path)} == {(LR_SCHEDULE, 1)}
+    for key, value, match in (("threads", 0, "threads must be ≥ 1"),
+                              ("angles_per_subject", 0, "acquisition.angles_per_subject must be ≥ 1")):
+        raw = yaml.safe_load(open(quick.path, encoding="utf-8"))
+        (raw["sim"]["acquisition"] if key == "angles_per_subject" else raw["sim"])[key] = value
+        (tmp_path / "p.yml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+        with pytest.raises(InputError, match=match):
+            sim_settings(load_profile(tmp_path / "p.yml"))
+
+
+# ------------------------------------------------------------------------------ trainings as tasks
+
+
+def test_train_sim_on_an_executor_trains_the_cyclegan_and_the_costliest_first_then_the_cyc_rows(tmp_path, monkeypatch):
+    import json
+
+    from xrlib.core.profiles import load_profile
+    from xrlib.exec import InProcessExecutor
+    from xrlib.studies.sim import cyclegan, study
+    from xrlib.training.tasks import TrainTask
+
+    run = tmp_path / "run"
+    for d in ("real", "naive", "realistic", "realistic-scaled"):
+        (study.domain_dir(run, d)).mkdir(parents=True)
+        (study.domain_dir(run, d) / "build.json").write_text(json.dumps({"complete": True, "hash": d}))
+    events = []
+
+    def translate(profile, run_, domain, **kw):
+        events.append(("translate", domain))
+        out = cyclegan.translated_dir(run_, domain)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "build.json").write_text(json.dumps({"complete": True, "hash": "t-" + domain}))
+
+    monkeypatch.setattr(study, "build_domain", lambda *a, **k: None)
+    monkeypatch.setattr(cyclegan, "translate_domain", translate)
+    monkeypatch.setattr(cyclegan.CycleGANTask, "run", lambda self: events.append(("cyclegan", self.domain, self.threads)))
+    monkeypatch.setattr(TrainTask, "run", lambda self: events.append(("train", self.config.name, self.threads)) or self.config.name)
+    quick = load_profile("quick")
+    out = study.train_sim(quick, run, progress=False, executor=InProcessExecutor())
+    assert list(out) == list(study.sim_settings(quick).models) and all(out[n] == n for n in out)  # plan order
+    assert events[0] == ("cyclegan", "naive", 1) and events[1] == ("train", "Naive-ADDA/strong", 1)
+    assert events.index(("translate", "naive")) < events.index(("train", "Naive-Cyc/strong", 1)) == len(events) - 1
+    assert all(e[-1] == 1 for e in events if e[0] != "translate")   # sim.threads in every task
+    # two workers: the last plain row waits for the second round, beside the lone -Cyc row
+    events.clear()
+    pool = InProcessExecutor()
+    pool.workers = 2
+    study.train_sim(quick, run, progress=False, executor=pool)
+    trained = [e[1] for e in events if e[0] == "train"]
+    assert trained[-2:] == ["Naive-Cyc/strong", "Realistic-Scaled/strong"]
+    assert events.index(("translate", "naive")) < events.index(("train", "Realistic-Scaled/strong", 1))  # 2nd round

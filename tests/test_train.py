@@ -288,3 +288,19 @@ def test_txrv_status_unavailable(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="torchxrayvision not installed|no download attempted"):
         TxrvBaseline()
     assert not list(tmp_path.iterdir())
+
+
+def test_cosine_lr_schedule_in_the_loop_is_recorded_and_resumes_exactly(toy, tmp_path):
+    from xrlib.training.config import scheduled_lr
+
+    cfg = _cfg(epochs=3, loss="dice", lr_schedule="cosine")
+    a = train_model(cfg, toy, tmp_path / "a", progress=False)
+    per_epoch = -(-a.train_images // cfg.batch_size)
+    expected = [scheduled_lr(cfg.lr, "cosine", e * per_epoch - 1, 3 * per_epoch) for e in (1, 2, 3)]
+    np.testing.assert_allclose(a.history["lr"], expected)            # each epoch's last step
+    assert a.history["lr"].iloc[-1] == pytest.approx(cfg.lr * 0.01)
+    const = train_model(_cfg(epochs=3, loss="dice"), toy, tmp_path / "a", progress=False)
+    assert Path(const.folder) != Path(a.folder) and not np.allclose(_numbers(a)["val_loss"], _numbers(const)["val_loss"])
+    train_interrupted(cfg, toy, tmp_path / "c")
+    c = train_model(cfg, toy, tmp_path / "c", progress=False)       # resumed: the rate follows from the step index
+    pd.testing.assert_frame_equal(_numbers(a), _numbers(c))

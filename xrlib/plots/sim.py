@@ -121,7 +121,12 @@ def plot_learning_curves(curves: pd.DataFrame, plateau: pd.DataFrame | None = No
         ax.plot(g["step"], g["val_dice"], "-", lw=1, label=f"{model}{tag}")
     if len(curves):
         last = curves["step"].max()
-        ax.axvspan(last * 0.75, last, color="0.9", zorder=0, label="last quarter (plateau check)")
+        if "lr_time" in curves:  # the window of the check: the last quarter of the learning-rate time (earliest row)
+            start = min(float(g.loc[g["lr_time"] >= g["lr_time"].max() * 0.75, "step"].min())
+                        for _, g in curves.groupby("model", sort=False))
+        else:
+            start = last * 0.75
+        ax.axvspan(start, last, color="0.9", zorder=0, label="last quarter of lr time (plateau check)")
     ax.set_xlabel("optimisation step")
     ax.set_ylabel("validation Dice")
     ax.set_ylim(0, 1)

@@ -23,12 +23,21 @@ Compiled training
     models differ as a retraining would. The field joins the hash only when it is true, so an eager
     configuration keeps the hash (and the cached model) it had before the field existed, and a
     compiled one never adopts an eager model or the other way round.
+
+Learning-rate schedule
+    ``lr_schedule="constant"`` (the default) keeps Adam's learning rate at ``lr`` for every step;
+    ``"cosine"`` lowers it along half a cosine from ``lr`` at the first step to
+    ``lr`` × :data:`COSINE_FLOOR` at the last step of ``epochs`` epochs (:func:`scheduled_lr`), so a
+    fixed step budget ends with small updates and the validation Dice settles instead of jittering at
+    the full rate. The field joins the hash only when it is not ``"constant"``, so the configurations
+    (and cached models) from before the field existed keep their hash.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,6 +54,25 @@ TRAIN_SETS = tuple(n for n in DATASET_NAMES if n != "Syn_test")
 STANDARD_RECIPE = "standard"
 #: Fields that the legacy hash (before recipes and thread counts) did not have.
 _NEW_FIELDS = ("recipe", "recipe_params", "threads")
+#: Learning-rate schedules of :attr:`TrainConfig.lr_schedule` (module docstring).
+LR_SCHEDULES = ("constant", "cosine")
+#: The cosine schedule's last learning rate, as a fraction of ``lr``.
+COSINE_FLOOR = 0.01
+
+
+def scheduled_lr(lr: float, schedule: str, step: int, total_steps: int) -> float:
+    """Adam's learning rate at optimisation step ``step`` (0-based) of ``total_steps`` under ``schedule``
+    (:data:`LR_SCHEDULES`): ``lr`` for ``"constant"``; for ``"cosine"``
+    ``lr · (f + (1 − f) · (1 + cos(π · step / (total_steps − 1))) / 2)`` with f = :data:`COSINE_FLOOR`, i.e. ``lr``
+    at the first step and ``f · lr`` at the last (steps past the last keep ``f · lr``)."""
+    if schedule == "constant":
+        return float(lr)
+    if schedule != "cosine":
+        raise ValueError(f"unknown lr_schedule {schedule!r}; expected one of {LR_SCHEDULES}")
+    if total_steps < 1 or step < 0:
+        raise ValueError(f"need step ≥ 0 and total_steps ≥ 1, got {step} of {total_steps}")
+    t = min(1.0, step / max(1, total_steps - 1))
+    return float(lr) * (COSINE_FLOOR + (1.0 - COSINE_FLOOR) * 0.5 * (1.0 + math.cos(math.pi * t)))
 
 
 @dataclass
@@ -74,6 +102,9 @@ class TrainConfig:
         compile: train through ``torch.compile`` (module docstring; a profile's ``train.compile``);
             hashed only when true. Not for recipes that tap the network's intermediate features
             (:attr:`xrlib.training.recipes.Recipe.compilable`).
+        lr_schedule: ``"constant"`` or ``"cosine"`` over the ``epochs`` (module docstring); hashed only
+            when not constant. It sets the rate of the model's optimizer; a recipe's own optimizers
+            (:meth:`~xrlib.training.recipes.Recipe.extra_optimizers`, e.g. ADDA's discriminator) keep theirs.
     """
 
     name: str
@@ -93,6 +124,7 @@ class TrainConfig:
     recipe_params: dict = field(default_factory=dict)
     threads: int | None = None
     compile: bool = False
+    lr_schedule: str = "constant"
 
     def __post_init__(self):
         if self.threads is None:
@@ -128,6 +160,8 @@ class TrainConfig:
         except (TypeError, ValueError):
             raise ValueError(f"{self.name}: recipe_params must be a JSON mapping, got {self.recipe_params!r}") from None
         recipe = get_recipe(self.recipe, self.recipe_params)  # unknown recipe or bad parameters → ValueError
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"{self.name}: lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if not isinstance(self.compile, bool):
             raise ValueError(f"{self.name}: compile must be true or false, got {self.compile!r}")
         if self.compile and not recipe.compilable:
@@ -148,18 +182,21 @@ class TrainConfig:
         return hashlib.sha256(text.encode()).hexdigest()
 
     def config_hash(self, datasets_dir: str | Path | None = None) -> str:
-        """SHA-256 (hex) of the configuration (less ``num_workers``, and less ``compile`` when it is
-        false), the dataset build hash read from ``<datasets_dir>/build.json`` and :data:`TRAIN_VERSION`."""
+        """SHA-256 (hex) of the configuration (less ``num_workers``, less ``compile`` when it is
+        false and ``lr_schedule`` when it is constant), the dataset build hash read from ``<datasets_dir>/build.json`` and :data:`TRAIN_VERSION`."""
         d = self.as_dict()
         d.pop("num_workers")
         if not d["compile"]:
             d.pop("compile")
+        if d["lr_schedule"] == "constant":
+            d.pop("lr_schedule")
         return self._hash(d, datasets_dir)
 
     def is_legacy_recipe(self) -> bool:
         """Whether models of this configuration could have been trained before recipes existed
         (the standard recipe without parameters, eager)."""
-        return self.recipe == STANDARD_RECIPE and not self.recipe_params and not self.compile
+        return (self.recipe == STANDARD_RECIPE and not self.recipe_params and not self.compile
+                and self.lr_schedule == "constant")
 
     def legacy_hash(self, datasets_dir: str | Path | None = None) -> str | None:
         """The hash that training computed before recipes and thread counts (the same payload
@@ -168,7 +205,7 @@ class TrainConfig:
         if not self.is_legacy_recipe():
             return None
         d = self.as_dict()
-        for key in ("num_workers", "compile", *_NEW_FIELDS):
+        for key in ("num_workers", "compile", "lr_schedule", *_NEW_FIELDS):
             d.pop(key)
         return self._hash(d, datasets_dir)
 

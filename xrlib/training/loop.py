@@ -2,7 +2,10 @@
 
 :func:`train_model` trains on the union of the ``train`` splits of the configuration's
 ``train_sets``, validates on the union of their ``val`` splits after every epoch and stops early
-when the validation Dice has not improved for ``patience`` epochs (Adam with the configured lr).
+when the validation Dice has not improved for ``patience`` epochs (Adam with the configured lr,
+constant or on the configuration's ``lr_schedule`` over ``epochs`` × ``ceil(train images / batch size)``
+steps, :func:`xrlib.training.config.scheduled_lr`; the rate of each step follows from its index, so a resumed run
+needs no scheduler state).
 Defenses plug in as recipes (:mod:`xrlib.training.recipes`); the ``standard`` recipe is the plain
 loop.
 
@@ -65,7 +68,7 @@ from xrlib.training.checkpoint import (
     write_history,
     write_result,
 )
-from xrlib.training.config import TrainConfig, hashed_folder_name
+from xrlib.training.config import TrainConfig, hashed_folder_name, scheduled_lr
 from xrlib.training.data import load_tensors, select_images
 from xrlib.training.recipes import Recipe, StepContext, get_recipe
 
@@ -243,6 +246,9 @@ def train_model(
                 print(f"{cfg.name}: {len(x_tr)} train / {len(x_va)} val images, device {dev_text}, "
                       f"{cfg.threads} threads, recipe {cfg.recipe}{', compiled' if cfg.compile else ''}, folder {folder}")
 
+            per_epoch = -(-len(x_tr) // cfg.batch_size)  # the DataLoader's batches per epoch
+            total_steps = cfg.epochs * per_epoch
+            lr_now = float(cfg.lr)
             bar = tqdm(range(start, cfg.epochs + 1), desc=cfg.name, unit="epoch", disable=not progress,
                        initial=start - 1, total=cfg.epochs)
             for epoch in bar if not stopped else []:
@@ -257,6 +263,10 @@ def train_model(
                 for step, (x, y) in enumerate(loader):
                     ctx = StepContext(epoch, step, dev, _seeded_generator(cfg.seed, epoch, step), modules, own, loss_fn)
                     x, y = recipe.batch(x.to(dev), y.to(dev).float(), model, ctx)
+                    if cfg.lr_schedule != "constant":
+                        lr_now = scheduled_lr(cfg.lr, cfg.lr_schedule, (epoch - 1) * per_epoch + step, total_steps)
+                        for group in optimizer.param_groups:
+                            group["lr"] = lr_now
                     optimizer.zero_grad(set_to_none=True)
                     logits = forward(x)
                     loss = loss_fn(logits, y)
@@ -273,7 +283,7 @@ def train_model(
                 t_train = time.perf_counter() - t0
                 val_loss, val_dice = _evaluate(model, loss_fn, x_va, y_va, cfg.batch_size, dev)
                 row = {"epoch": epoch, "train_loss": total / seen, "val_loss": val_loss, "val_dice": val_dice,
-                       "seconds": time.perf_counter() - t0, "images_per_s": seen / max(t_train, 1e-9), "lr": float(cfg.lr)}
+                       "seconds": time.perf_counter() - t0, "images_per_s": seen / max(t_train, 1e-9), "lr": lr_now}
                 history.append(row)
                 if val_dice > best_dice:
                     best_dice, best_epoch = val_dice, epoch

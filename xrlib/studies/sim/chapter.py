@@ -90,8 +90,9 @@ def distance_table(run: Path, split: str = "train", limit: int | None = 64) -> p
 
 def training_table(profile: Profile, results: dict[str, TrainResult]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Learning curves (validation Dice vs step) and one row per model: training images, epochs, steps run, best
-    step, the change of validation Dice over the last quarter of the steps and whether it plateaued
-    (:func:`xrlib.studies.sim.fairness.plateaued`, tolerance :data:`~xrlib.studies.sim.fairness.PLATEAU_TOL`)."""
+    step, the last learning rate, the change of validation Dice over the last quarter of the learning-rate time and
+    whether it plateaued (:func:`xrlib.studies.sim.fairness.plateaued`, tolerance
+    :data:`~xrlib.studies.sim.fairness.PLATEAU_TOL`)."""
     from xrlib.studies.sim.fairness import PLATEAU_TOL, learning_curves, plateau_change
 
     s = sim_settings(profile)
@@ -100,10 +101,12 @@ def training_table(profile: Profile, results: dict[str, TrainResult]) -> tuple[p
     for name, g in curves.groupby("model", sort=False):
         res = results[name]
         per_epoch = int(np.ceil(res.train_images / s.batch_size))
-        change = plateau_change(g["step"], g["val_dice"])
+        change = plateau_change(g["lr_time"], g["val_dice"])
         rows.append({"model": name, "training images": int(res.train_images), "epochs": int(res.epochs_run),
                      "steps": int(g["step"].max()), "best step": int(res.best_epoch) * per_epoch,
-                     "best val Dice": float(res.best_val_dice), "last-quarter change": change,
+                     "best val Dice": float(res.best_val_dice),
+                     "last lr": float(res.history["lr"].iloc[-1]) if "lr" in res.history else float("nan"),
+                     "last-quarter change": change,
                      "plateaued": bool(np.isfinite(change) and abs(change) < PLATEAU_TOL)})
     return curves, pd.DataFrame(rows)
 
@@ -174,12 +177,12 @@ def headline_markdown(profile: Profile, table: pd.DataFrame, acq: pd.DataFrame, 
     worst = curve.columns.max()
     drops = ", ".join(f"{m}: {curve.at[m, 0.0]:.3f} → {curve.at[m, worst]:.3f}" for m in curve.index)
     ranked = table[table["learned"].astype("boolean").fillna(False)] if has_flag else table
-    budget = (f"one budget of {s.steps} optimisation steps for every row" if s.steps is not None
+    budget = (f"one budget of {s.steps} optimisation steps for every row (cosine learning rate)" if s.steps is not None
               else f"{s.epochs} epochs at most")
     if steps is not None and len(steps):
         still = steps.loc[~steps["plateaued"], "model"].tolist()
         budget += (" (validation Dice plateaued for every row)" if not still
-                   else f" (still changing over the last quarter: {', '.join(still)})")
+                   else f" (still changing over the last quarter of the learning-rate time: {', '.join(still)})")
     lines = [
         f"**How realistic must the simulation be? — profile {profile.name}.** Trained on the surrogate pool's "
         f"subjects and poses rendered with each simulator (Sim2Real) or with the Real surrogate (Real2Real: per-image "

@@ -4,8 +4,9 @@
 generators with :func:`~xrlib.nets.cyclegan.generator_blocks` blocks, 70×70 PatchGANs, LSGAN, cycle weight 10)
 on the *train* splits of both domains only (unpaired: the two batches are drawn independently), with the
 ``sim.cyclegan`` sizes, seeded, on the device. The generator is cached under
-``<run>/sim/cyclegan/<domain>-<hash>/generator.pt``, the hash covering the sizes, both dataset builds and
-:data:`CYCLEGAN_VERSION`. :func:`translate_domain` translates every image of the simulated domain (its
+``<run>/sim/cyclegan/<domain>-<hash>/generator.pt``, the hash covering the sizes, the torch thread count it
+trains with (``sim.threads``, else :func:`xrlib.core.runs.default_threads`; it changes the numbers), both dataset
+builds and :data:`CYCLEGAN_VERSION`. :class:`CycleGANTask` trains one as an :mod:`xrlib.exec` task. :func:`translate_domain` translates every image of the simulated domain (its
 masks unchanged) into ``<run>/sim/translated/<domain>``, a dataset folder with the same manifest rows
 (new checksums) and its own build hash, which the segmentation training reads like any other.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +33,7 @@ from xrlib.studies.sim.sources import domain_dir
 from xrlib.training.config import build_hash
 from xrlib.training.data import load_tensors
 
-__all__ = ["CYCLEGAN_VERSION", "cyclegan_settings", "train_cyclegan", "translate_domain", "translated_dir"]
+__all__ = ["CYCLEGAN_VERSION", "CycleGANTask", "cyclegan_settings", "train_cyclegan", "translate_domain", "translated_dir"]
 
 CYCLEGAN_VERSION = 1
 
@@ -64,19 +66,41 @@ def _train_images(ddir: Path) -> torch.Tensor:
     return load_tensors(rows, ddir)[0].float()
 
 
-def train_cyclegan(profile: Profile, run: Path, domain: str, device=None, progress: bool = False) -> Path:
-    """Train (or load from cache) the CycleGAN ``domain`` → Real surrogate; the folder holding ``generator.pt``."""
-    from tqdm.auto import tqdm
+def _threads(profile: Profile) -> int:
+    from xrlib.core.runs import default_threads
+    from xrlib.studies.sim.settings import sim_settings
 
+    threads = sim_settings(profile).threads
+    return default_threads() if threads is None else int(threads)
+
+
+def train_cyclegan(profile: Profile, run: Path, domain: str, device=None, progress: bool = False) -> Path:
+    """Train (or load from cache) the CycleGAN ``domain`` → Real surrogate; the folder holding ``generator.pt``.
+
+    It trains with the chapter's torch thread count (module docstring) and restores the process's count after."""
     run = Path(run)
     s = cyclegan_settings(profile)
     src, tgt = domain_dir(run, domain), domain_dir(run, "real")
     blocks = generator_blocks(profile.image_size)
+    threads = _threads(profile)
     key = json.dumps({**s, "blocks": blocks, "cycle": CYCLE_WEIGHT, "seed": profile.seed, "src": build_hash(src),
-                      "tgt": build_hash(tgt), "v": CYCLEGAN_VERSION}, sort_keys=True)
+                      "tgt": build_hash(tgt), "threads": threads, "v": CYCLEGAN_VERSION}, sort_keys=True)
     folder = run / "sim" / "cyclegan" / f"{domain}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     if (folder / "generator.pt").is_file():
         return folder
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _fit(profile, s, blocks, src, tgt, key, folder, domain, device, progress)
+    finally:
+        torch.set_num_threads(previous)
+    return folder
+
+
+def _fit(profile: Profile, s: dict, blocks: int, src: Path, tgt: Path, key: str, folder: Path, domain: str, device,
+         progress: bool) -> None:
+    from tqdm.auto import tqdm
+
     dev = resolve_device(device)
     xs, xt = _train_images(src).to(dev), _train_images(tgt).to(dev)
     torch.manual_seed(int(profile.seed))
@@ -105,7 +129,34 @@ def train_cyclegan(profile: Profile, run: Path, domain: str, device=None, progre
     write_text_atomic(folder / "history.csv", pd.DataFrame(history).to_csv(index=False))
     write_text_atomic(folder / "config.json", json.dumps({**json.loads(key), "seconds": time.perf_counter() - t0}, indent=1))
     save_torch_atomic(folder / "generator.pt", {"state": G.state_dict(), "blocks": blocks, "width": s["width"]})
-    return folder
+
+
+@dataclass
+class CycleGANTask:
+    """Training the CycleGAN of ``domain`` (:func:`train_cyclegan`) as an :mod:`xrlib.exec` task (picklable).
+
+    ``threads``: the chapter's ``sim.threads`` (``None``: :func:`xrlib.core.runs.default_threads`). The task only
+    trains and caches the generator; the driver translates (:func:`translate_domain`), as drivers alone write
+    manifests. Its result is the generator's folder (a string)."""
+
+    profile: Profile
+    run_dir: str
+    domain: str
+    threads: int | None = None
+    device: str | None = None
+
+    def __post_init__(self):
+        if self.threads is None:
+            from xrlib.core.runs import default_threads
+
+            self.threads = default_threads()
+
+    @property
+    def key(self) -> str:
+        return f"CycleGAN {self.domain}"
+
+    def run(self) -> str:
+        return str(train_cyclegan(self.profile, Path(self.run_dir), self.domain, self.device))
 
 
 def cyclegan_seconds(run: Path, domain: str) -> float | None:

@@ -8,10 +8,15 @@ Mean-mask baseline
     the baseline's by :data:`LEARNED_MARGIN` is flagged *not learned* (:func:`flag_learned`) and not ranked.
 Learning curves
     Validation Dice per optimisation step of every row (:func:`learning_curves`, from the training
-    histories: epoch × steps per epoch, ``ceil(train images / batch size)`` steps an epoch).
+    histories: epoch × steps per epoch, ``ceil(train images / batch size)`` steps an epoch), and the
+    *learning-rate time* of each point: the sum of the learning rates of the steps so far over the first
+    step's rate (full-rate-equivalent steps; each epoch's steps counted at the rate of its last step).
 Plateau
-    :func:`plateaued`: a least-squares line through the validation Dice of the last quarter of the steps
-    changes by less than ``tol`` (Dice) over that quarter. A curve that still rises fails it.
+    :func:`plateaued`: a least-squares line through the validation Dice over the last quarter of the
+    learning-rate time changes by less than ``tol`` (Dice) across it. At a constant rate that is the last
+    quarter of the steps. Under a decaying schedule it is a longer stretch of steps (for the cosine schedule
+    the last ≈ 56 %), so a schedule cannot pass the check by freezing the weights: a curve whose Dice rises in
+    proportion to the rate it is given fails exactly as a rising curve at a constant rate does.
 """
 
 from __future__ import annotations
@@ -23,14 +28,14 @@ import pandas as pd
 
 from xrlib.eval.metrics import dice
 
-__all__ = ["BASELINE", "LEARNED_MARGIN", "PLATEAU_TOL", "flag_learned", "learning_curves", "mean_mask_baseline",
-           "plateau_change", "plateaued"]
+__all__ = ["BASELINE", "LEARNED_MARGIN", "PLATEAU_TOL", "flag_learned", "learning_curves", "lr_time",
+           "mean_mask_baseline", "plateau_change", "plateaued"]
 
 #: Name of the constant baseline row.
 BASELINE = "Mean mask (constant)"
 #: A row "learned" when its mean Dice exceeds the baseline's on the same images by more than this (Dice).
 LEARNED_MARGIN = 0.02
-#: Largest change of validation Dice over the last quarter of the steps that counts as a plateau (Dice).
+#: Largest change of validation Dice over the last quarter of the learning-rate time that counts as a plateau (Dice).
 PLATEAU_TOL = 0.02
 
 
@@ -71,21 +76,35 @@ def flag_learned(table: pd.DataFrame, baseline_dice: float, margin: float = LEAR
 
 def learning_curves(results: dict, batch_size: int) -> pd.DataFrame:
     """Validation Dice vs optimisation step of every :class:`~xrlib.training.checkpoint.TrainResult` in ``results``
-    (name → result): columns ``model``, ``epoch``, ``step``, ``val_dice``, ``train_loss``."""
+    (name → result): columns ``model``, ``epoch``, ``step``, ``lr_time`` (module docstring; ``step`` where the history
+    has no ``lr`` column), ``val_dice``, ``train_loss``."""
     frames = []
     for name, res in results.items():
         per_epoch = math.ceil(int(res.train_images) / int(batch_size))
         h = res.history[["epoch", "val_dice", "train_loss"]].copy()
         h.insert(0, "model", name)
         h.insert(2, "step", h["epoch"].astype(int) * per_epoch)
+        h.insert(3, "lr_time", lr_time(res.history, per_epoch))
         frames.append(h)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["model", "epoch", "step", "val_dice", "train_loss"])
+        columns=["model", "epoch", "step", "lr_time", "val_dice", "train_loss"])
+
+
+def lr_time(history: pd.DataFrame, per_epoch: int) -> np.ndarray:
+    """Learning-rate time after each epoch of ``history`` (columns ``epoch`` and ``lr``: the rate of the epoch's last
+    step): ``per_epoch`` × the cumulative sum of ``lr`` over the first epoch's ``lr`` (full-rate-equivalent steps).
+    Without an ``lr`` column (or a first rate ≤ 0) the steps themselves."""
+    steps = history["epoch"].to_numpy(np.float64) * per_epoch
+    if "lr" not in history or len(history) == 0 or not float(history["lr"].iloc[0]) > 0:
+        return steps
+    lr = history["lr"].to_numpy(np.float64)
+    return np.cumsum(lr) / lr[0] * per_epoch
 
 
 def plateau_change(steps, val_dice) -> float:
-    """Change of validation Dice over the last quarter of the steps, from a least-squares line through its points
-    (slope × the quarter's length); NaN with fewer than 2 points in that quarter."""
+    """Change of validation Dice over the last quarter of ``steps`` (the progress axis: optimisation steps, or the
+    learning-rate time of :func:`learning_curves`), from a least-squares line through its points (slope × the
+    quarter's length); NaN with fewer than 2 points in that quarter."""
     s = np.asarray(steps, np.float64)
     v = np.asarray(val_dice, np.float64)
     if s.shape != v.shape or s.ndim != 1 or len(s) == 0:

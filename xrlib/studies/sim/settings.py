@@ -23,6 +23,10 @@ class SimSettings:
         acquisition_alphas: Syn_test angles (deg) of the threat and of the Sim2Real test on synthetic
             subjects; ``None``: the profile's whole synthetic grid (the 21 angles).
         acquisition_subjects: how many Syn_test subjects (``None``: all).
+        acquisition_angles_per_subject: how many of those angles each subject gets (``None``: all of them); a
+            stratified systematic sample that differs between subjects and covers the grid across them
+            (:func:`xrlib.studies.sim.sources.subject_angles`). Subjects are the statistical unit, so more
+            subjects with fewer angles each buys narrower subject-clustered intervals for the same images.
         poses_per_subject: poses per surrogate subject in the chapter's datasets (the first ones of the
             surrogate's seeded pose sequence; ``None``: all of ``surrogate.poses_per_subject``).
         scaled_factor: Realistic-Scaled renders this many times those poses per subject.
@@ -30,7 +34,12 @@ class SimSettings:
             each row's epochs are derived from its training-set size (:meth:`epochs_for`) and early
             stopping is off (patience = epochs), so every row takes about the same number of steps.
         epochs, patience, lr, batch_size: the chapter's trainings (every model alike; with ``steps``,
-            ``epochs`` and ``patience`` are not read).
+            ``epochs`` and ``patience`` are not read). Every row's learning rate follows the same cosine
+            schedule from ``lr`` down to 1 % of it over its steps (:data:`xrlib.studies.sim.study.LR_SCHEDULE`).
+        threads: torch threads of every training task of the chapter (the U-Nets and the CycleGANs; ``None``:
+            :func:`xrlib.core.runs.default_threads`). It is in each model's cache key, so it is a profile size, not
+            the executor's choice: the same models come out of ``--executor local`` (one task after another) and
+            ``--executor process`` (tasks side by side, where one thread per task is the fastest on 2 cores).
         models: the rows of the Table 4 analog this profile trains (names as in
             :data:`xrlib.studies.sim.study.ROWS`, each with ``/regular`` or ``/strong`` DR).
     """
@@ -46,6 +55,8 @@ class SimSettings:
     batch_size: int
     models: tuple[str, ...]
     steps: int | None = None
+    threads: int | None = None
+    acquisition_angles_per_subject: int | None = None
 
     def epochs_for(self, train_images: int) -> int:
         """Epochs of a row with ``train_images`` training images: ``ceil(steps / ceil(train_images / batch_size))``
@@ -85,6 +96,9 @@ def sim_settings(profile: Profile) -> SimSettings:
             lr=float(block["lr"]), batch_size=int(block["batch_size"]),
             models=tuple(str(m) for m in block["models"]),
             steps=None if block.get("steps") is None else int(block["steps"]),
+            threads=None if block.get("threads") is None else int(block["threads"]),
+            acquisition_angles_per_subject=(None if acq.get("angles_per_subject") is None
+                                            else int(acq["angles_per_subject"])),
         )
     except KeyError as exc:
         raise bad(f"missing key {exc.args[0]!r}") from None
@@ -98,6 +112,8 @@ def sim_settings(profile: Profile) -> SimSettings:
     if max(s.acquisition_budgets) < MIN_TOP_BUDGET:
         raise bad(f"acquisition.budgets must reach at least {MIN_TOP_BUDGET:g} (beyond the surrogate's own variability, "
                   f"which is drawn at 1), got {list(s.acquisition_budgets)}")
+    if s.threads is not None and s.threads < 1:
+        raise bad(f"threads must be ≥ 1 or null, got {s.threads}")
     if s.steps is not None and s.steps < 1:
         raise bad(f"steps must be ≥ 1 or null, got {s.steps}")
     from xrlib.data.recipes import profile_effects
@@ -105,6 +121,8 @@ def sim_settings(profile: Profile) -> SimSettings:
     profile_effects(profile)  # the Real surrogate's surrogate.effects block: checked before anything renders
     if s.acquisition_subjects is not None and s.acquisition_subjects < 1:
         raise bad("acquisition.subjects must be ≥ 1 or null")
+    if s.acquisition_angles_per_subject is not None and s.acquisition_angles_per_subject < 1:
+        raise bad("acquisition.angles_per_subject must be ≥ 1 or null")
     if s.poses_per_subject is not None and s.poses_per_subject < 1:
         raise bad("poses_per_subject must be ≥ 1 or null")
     if s.scaled_factor < 1 or s.epochs < 1 or s.patience < 1 or s.batch_size < 1 or not s.lr > 0:

@@ -21,8 +21,9 @@ Datasets (one cached build each, under ``<run>/sim/datasets/<domain>``, through
 
 Only the surrogate pool is rendered in these builds (the synthetic pools are ``None``); its subjects
 keep the run's assignment. The acquisition threat's test images (:func:`acquisition_threat`) are the
-run's Syn_test subjects at the chosen angles, rendered with the realistic chain at each budget's
-scaled settings, cached under ``<run>/sim/acquisition/``.
+run's Syn_test subjects at the chosen angles (all of them, or each subject its own stratified subset,
+:func:`subject_angles`), rendered with the realistic chain at each budget's scaled settings, cached under
+``<run>/sim/acquisition/``.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from xrlib.studies.rotation import study
 from xrlib.studies.sim.settings import SimSettings, sim_settings
 
 __all__ = ["DOMAINS", "SIMULATORS", "acquisition_threat", "build_domain", "domain_dir", "domain_recipe",
-           "syn_test_subjects"]
+           "subject_angles", "syn_test_subjects"]
 
 #: The simulator ladder (SyntheX naming) and the domains chapter 08 builds.
 SIMULATORS = ("naive", "heuristic", "realistic")
@@ -108,6 +109,24 @@ def syn_test_subjects(run: Path, profile: Profile) -> list[str]:
     return sorted(rows["subject"].astype(str).unique())
 
 
+def subject_angles(n_angles: int, k: int | None, subject: int, n_subjects: int) -> list[int]:
+    """Indices (into a grid of ``n_angles`` angles) of the ``k`` angles of subject number ``subject`` of ``n_subjects``.
+
+    A stratified systematic sample: the grid is cut into ``k`` equal strata and the subject takes the angle at the
+    same relative offset ``(subject + 0.5) / n_subjects`` in each, i.e. index ``floor((j + offset) · n_angles / k)``
+    for ``j = 0 … k − 1``. Every subject covers the whole range (one angle per stratum, so every α group), the
+    subjects' offsets differ, and together they reach every angle once ``n_subjects · k ≥ n_angles``. ``k`` of
+    ``None`` or ≥ ``n_angles``: every angle."""
+    if n_angles < 1 or n_subjects < 1 or not 0 <= subject < n_subjects:
+        raise ValueError(f"need n_angles ≥ 1 and 0 ≤ subject < n_subjects, got {n_angles}, {subject}, {n_subjects}")
+    if k is None or k >= n_angles:
+        return list(range(n_angles))
+    if k < 1:
+        raise ValueError(f"angles per subject must be ≥ 1, got {k}")
+    offset = (subject + 0.5) / n_subjects
+    return [int(np.floor((j + offset) * n_angles / k)) for j in range(k)]
+
+
 def _acq_key(profile: Profile, budgets, alphas) -> str:
     text = json.dumps({"render": profile.raw.get("render"), "size": profile.image_size, "seed": profile.seed,
                        "dose": profile.surrogate.dose_mas, "budgets": list(budgets), "alphas": list(alphas),
@@ -116,8 +135,12 @@ def _acq_key(profile: Profile, budgets, alphas) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def _render_subject(profile: Profile, ct, labels, subject: str, alphas, budgets) -> dict:
-    """Every angle × budget of one subject: preprocessed images ``(B, A, S, S)``, masks ``(A, S, S)``, settings."""
+def _render_subject(profile: Profile, ct, labels, subject: str, alphas, budgets, draws=None) -> dict:
+    """Every angle × budget of one subject: preprocessed images ``(B, A, S, S)``, masks ``(A, S, S)``, settings.
+
+    ``draws``: the acquisition draw of each angle (default ``0 … A − 1``; a subset of the grid passes the angles'
+    grid indices, so an angle gets the same settings whichever other angles are rendered with it)."""
+    draws = list(range(len(alphas))) if draws is None else list(draws)
     from xrlib.anatomy.annotate import clavicles_from_labels
     from xrlib.drr.render import render_batch
 
@@ -126,7 +149,7 @@ def _render_subject(profile: Profile, ct, labels, subject: str, alphas, budgets)
     base = RealisticParams(dose_mas=float(profile.surrogate.dose_mas))
     acqs = []  # [angle][budget]: the same draws scaled by each budget
     for i in range(len(alphas)):
-        rng = np.random.default_rng([int(profile.seed), _subject_key(subject), 4, i])
+        rng = np.random.default_rng([int(profile.seed), _subject_key(subject), 4, int(draws[i])])
         acqs.append(sample_acquisition(rng, tuple(budgets)))
     poses = [Pose(alpha=a) for _ in budgets for a in alphas]
     params = [acqs[i][j].realistic_params(base) for j in range(len(budgets)) for i in range(len(alphas))]
@@ -147,10 +170,12 @@ def _render_subject(profile: Profile, ct, labels, subject: str, alphas, budgets)
 
 
 def acquisition_threat(profile: Profile, run: Path, budgets=None, alphas=None, subjects=None,
-                       progress: bool = False) -> AcquisitionThreat:
+                       progress: bool = False, angles_per_subject: int | None | str = "profile") -> AcquisitionThreat:
     """The acquisition-shift threat of the run: its Syn_test subjects (all, or the first ``subjects`` of them)
-    at ``alphas`` (default the ``sim:`` block's, else the whole synthetic grid) under the realistic chain at
-    each budget's scaled settings (default ``sim.acquisition.budgets``). Cached per subject."""
+    at ``alphas`` (default the ``sim:`` block's, else the whole synthetic grid) — each subject at all of them, or
+    at its own ``angles_per_subject`` of them (:func:`subject_angles`; default ``sim.acquisition.angles_per_subject``)
+    — under the realistic chain at each budget's scaled settings (default ``sim.acquisition.budgets``). Cached per
+    subject and angle set."""
     from tqdm.auto import tqdm
 
     from xrlib.anatomy.cohort import load_subject
@@ -167,17 +192,21 @@ def acquisition_threat(profile: Profile, run: Path, budgets=None, alphas=None, s
     ids = ids if n is None else ids[:int(n)]
     if not ids:
         raise InputError(study.datasets_dir(run), "the datasets have no Syn_test subject")
-    key = _acq_key(profile, budgets, alphas)
+    k = s.acquisition_angles_per_subject if angles_per_subject == "profile" else angles_per_subject
+    picks = [subject_angles(len(alphas), k, i, len(ids)) for i in range(len(ids))]
     parts = []
-    for sid in tqdm(ids, desc="acquisition test images", disable=not progress):
-        path = run / "sim" / "acquisition" / f"{sid}-{key}.npz"
+    for sid, idx in tqdm(list(zip(ids, picks)), desc="acquisition test images", disable=not progress):
+        mine = tuple(alphas[j] for j in idx)
+        every = len(idx) == len(alphas)  # the whole grid: the key (and draws) of the builds before subsets
+        path = run / "sim" / "acquisition" / f"{sid}-{_acq_key(profile, budgets, mine if every else (mine, idx))}.npz"
         if not path.is_file():
             ct, labels = load_subject(run / "cohort", sid)
-            save_npz_atomic(path, _render_subject(profile, ct, labels, sid, alphas, budgets))
+            save_npz_atomic(path, _render_subject(profile, ct, labels, sid, mine, budgets, draws=idx))
         with np.load(path) as z:
             parts.append({k: z[k] for k in z.files})
     names = [str(x) for x in parts[0]["names"]]
-    rows = pd.DataFrame([{"subject": sid, "alpha": a, "source": source_ct(sid)} for sid in ids for a in alphas])
+    rows = pd.DataFrame([{"subject": sid, "alpha": alphas[j], "source": source_ct(sid)}
+                         for sid, idx in zip(ids, picks) for j in idx])
     masks = np.concatenate([p["masks"] for p in parts])
     images = {b: np.concatenate([p["images"][j] for p in parts]) for j, b in enumerate(budgets)}
     settings = {b: pd.DataFrame(np.concatenate([p["settings"][j] for p in parts]), columns=[f"acq_{x}" for x in names])

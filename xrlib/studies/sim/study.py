@@ -4,8 +4,8 @@ Models are named ``"<row>/<DR level>"`` (e.g. ``Realistic/strong``), rows as in 
 domain (:mod:`xrlib.studies.sim.sources`), the method (plain, ADDA towards the Real surrogate's unlabelled
 train split, CycleGAN translation) and the scale. All are the rotation study's U-Net (depth, loss, width
 from the profile's ``train:`` section), trained with the ``sim:`` block's step budget (every row the same
-number of optimisation steps, its epochs from its training-set size, no early stopping), lr and batch
-size, from scratch (a Sim2Real model never starts from weights that saw the Real domain), cached under
+number of optimisation steps, its epochs from its training-set size, no early stopping; the same cosine
+learning-rate schedule over those steps, :data:`LR_SCHEDULE`), lr, batch size and torch threads, from scratch (a Sim2Real model never starts from weights that saw the Real domain), cached under
 ``<run>/sim/models``. Every model is tested on the Real surrogate's test split (*Sim2Real* vs *Real2Real*)
 and on the Syn_test subjects at the chosen angles rendered with the realistic chain at the Real surrogate's
 acquisition variability (the acquisition threat's images at scale 1; without the surrogate's room effects).
@@ -34,9 +34,10 @@ from xrlib.studies.sim.sources import acquisition_threat, build_domain, domain_d
 from xrlib.training import TrainConfig, TrainResult, load_best
 from xrlib.training import train_all as _train_all
 from xrlib.training.checkpoint import cached_result
+from xrlib.training.tasks import TrainTask
 from xrlib.training.randomization import DR_VERSION
 
-__all__ = ["PAPER_TABLE4_DICE_360", "ROWS", "evaluate_sim", "parse_model", "real_train_masks", "sim_configs",
+__all__ = ["LR_SCHEDULE", "PAPER_TABLE4_DICE_360", "ROWS", "evaluate_sim", "parse_model", "real_train_masks", "sim_configs",
            "sim_models", "sim_plan", "table4", "train_images", "train_sim"]
 
 #: Table 4 rows → (training domain, method). Methods: ``plain``, ``adda``, ``cyc`` (CycleGAN-translated).
@@ -46,6 +47,10 @@ ROWS = {
     "Naive-ADDA": ("naive", "adda"), "Realistic-ADDA": ("realistic", "adda"),
     "Realistic-Scaled": ("realistic-scaled", "plain"),
 }
+#: Every row's learning-rate schedule (:func:`xrlib.training.config.scheduled_lr`): cosine from ``sim.lr`` to 1 % of
+#: it over the row's steps, so each row ends its step budget with small updates and its validation Dice settles
+#: (the plateau check, :func:`xrlib.studies.sim.fairness.plateaued`) instead of jittering at the full rate.
+LR_SCHEDULE = "cosine"
 #: Paper 001, Table 4, 360×360 px column: segmentation Dice (mean ± sd over 366 real hip radiographs).
 PAPER_TABLE4_DICE_360 = {
     ("Real", "regular"): (0.783, 0.232), ("Real", "strong"): (0.759, 0.248),
@@ -88,7 +93,7 @@ def _config(profile: Profile, s: SimSettings, name: str, run: Path) -> tuple[Tra
     common = dict(train_sets=["Real"], depth=STUDY_DEPTH if t.depth is None else int(t.depth),
                   loss=STUDY_LOSS if t.loss is None else str(t.loss), base_channels=int(t.base_channels),
                   lr=s.lr, batch_size=s.batch_size, epochs=epochs, patience=patience, seed=int(profile.seed),
-                  compile=bool(t.compile))
+                  compile=bool(t.compile), lr_schedule=LR_SCHEDULE, threads=s.threads)
     if method == "plain":
         return TrainConfig(name=name, recipe="domain_randomization", recipe_params={"level": level, "version": DR_VERSION}, **common), \
             domain_dir(run, domain)
@@ -164,19 +169,58 @@ def sim_plan(profile: Profile) -> dict[str, pd.DataFrame]:
     return {"domains": domains, "models": models}
 
 
-def train_sim(profile: Profile, run: Path, names=None, progress: bool = True) -> dict[str, TrainResult]:
-    """Build the needed domains, translate with CycleGAN where a ``-Cyc`` row asks, and train (or load) every model."""
+def _cost_order(cfg: TrainConfig) -> int:
+    """Submission order within a round: the costlier trainings first (ADDA's steps cost ≈ 3 plain ones)."""
+    return 0 if cfg.recipe == "adda" else 1
+
+
+def train_sim(profile: Profile, run: Path, names=None, progress: bool = True, executor=None) -> dict[str, TrainResult]:
+    """Build the needed domains, train the CycleGANs and the models, translate, and train the ``-Cyc`` models.
+
+    ``executor``: ``None``/``"local"`` trains one after another here; ``"process"``, ``"ray"`` or an
+    :class:`xrlib.exec.base.Executor` runs the trainings as independent tasks in two rounds: first every
+    CycleGAN (:class:`xrlib.studies.sim.cyclegan.CycleGANTask`) and the models that need no translation,
+    costliest first; then the driver translates the ``-Cyc`` domains and the ``-Cyc`` models train, beside as
+    many plain models held back from the first round as fill the executor's ``workers`` (so no worker idles
+    while a lone ``-Cyc`` model trains). Each task runs with ``sim.threads`` torch threads (in its cache key), so
+    every executor gives the same models."""
+    from xrlib.studies.sim.cyclegan import CycleGANTask, translate_domain
+
     run = Path(run)
     for d in needed_domains(profile, names):
         build_domain(profile, run, d, progress=progress)
-    out = {}
-    for cfg, ddir in sim_configs(profile, run, names):
-        if ddir.parent.name == "translated":
-            from xrlib.studies.sim.cyclegan import translate_domain
+    plan = sim_configs(profile, run, names)
+    cyc_domains = list(dict.fromkeys(ddir.name for _, ddir in plan if ddir.parent.name == "translated"))
+    if executor in (None, "local"):
+        out = {}
+        for cfg, ddir in plan:
+            if ddir.parent.name == "translated":
+                translate_domain(profile, run, ddir.name, progress=progress)
+            out.update(_train_all([cfg], ddir, models_dir(run), progress=progress))
+        return out
+    from xrlib.exec import get_executor
 
-            translate_domain(profile, run, ddir.name, progress=progress)
-        out.update(_train_all([cfg], ddir, models_dir(run), progress=progress))
-    return out
+    ex = get_executor(executor)
+    threads = sim_settings(profile).threads
+    direct = sorted([TrainTask(cfg, str(ddir), str(models_dir(run))) for cfg, ddir in plan
+                     if ddir.parent.name != "translated"], key=lambda t: _cost_order(t.config))
+    n_cyc = sum(ddir.parent.name == "translated" for _, ddir in plan)
+    workers = int(getattr(ex, "workers", 1))
+    held = min((-n_cyc) % workers, sum(t.config.recipe != "adda" for t in direct)) if n_cyc else 0
+    first = [CycleGANTask(profile, str(run), d, threads) for d in cyc_domains] + direct[:len(direct) - held]
+    results = {}
+    for task, res in ex.map(first, progress=progress, desc="chapter 08 trainings"):
+        if isinstance(task, TrainTask):
+            results[task.config.name] = res
+    second = []
+    for cfg, ddir in plan:
+        if ddir.parent.name == "translated":
+            translate_domain(profile, run, ddir.name, progress=progress)  # the CycleGAN is cached: translation only
+            second.append(TrainTask(cfg, str(ddir), str(models_dir(run))))
+    second += direct[len(direct) - held:]
+    for task, res in ex.map(second, progress=progress, desc="chapter 08 -Cyc trainings") if second else []:
+        results[task.config.name] = res
+    return {cfg.name: results[cfg.name] for cfg, _ in plan}
 
 
 def sim_models(profile: Profile, run: Path, names=None, level: str | None = "strong") -> dict[str, TrainResult]:
