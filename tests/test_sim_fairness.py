@@ -236,9 +236,9 @@ def test_lr_schedule_joins_the_hash_only_when_not_constant_and_bad_names_are_rej
 
     const, cos = TrainConfig(name="m", threads=1), TrainConfig(name="m", threads=1, lr_schedule="cosine")
     d = const.as_dict()
-    for key in ("num_workers", "compile", "lr_schedule"):
+    for key in ("num_workers", "compile", "lr_schedule", "val_every"):
         d.pop(key)
-    assert const.config_hash() == const._hash(d, None)               # the hash from before the field existed
+    assert const.config_hash() == const._hash(d, None)               # the hash from before the fields existed
     assert cos.config_hash() != const.config_hash() and cos.legacy_hash() is None
     with pytest.raises(ValueError, match="lr_schedule must be one of"):
         TrainConfig(name="m", threads=1, lr_schedule="linear").validate()
@@ -295,9 +295,16 @@ def test_quick_reads_threads_angles_per_subject_and_bad_values_are_input_errors(
 
     quick = load_profile("quick")
     s = sim_settings(quick)
-    assert s.threads == 1 and s.acquisition_angles_per_subject == 4
-    assert {(c.lr_schedule, c.threads) for c, _ in sim_configs(quick, tmp_path)} == {(LR_SCHEDULE, 1)}
-    for key, value, match in (("threads", 0, "threads must be ≥ 1"),
+    assert s.threads is None and s.acquisition_angles_per_subject == 4 and s.val_every_steps == 20
+    from xrlib.core.runs import default_threads
+
+    configs = [c for c, _ in sim_configs(quick, tmp_path)]
+    assert {(c.lr_schedule, c.threads) for c in configs} == {(LR_SCHEDULE, default_threads())}
+    # every row validates about every val_every_steps steps: epochs between validations × steps per epoch ≈ 20
+    per_epoch = [-(-s.steps // c.epochs) for c in configs]
+    assert all(abs(c.val_every * k - s.val_every_steps) <= k / 2 for c, k in zip(configs, per_epoch)), \
+        [(c.name, c.val_every, k) for c, k in zip(configs, per_epoch)]
+    for key, value, match in (("threads", 0, "threads must be ≥ 1"), ("val_every_steps", 0, "val_every_steps must be ≥ 1"),
                               ("angles_per_subject", 0, "acquisition.angles_per_subject must be ≥ 1")):
         raw = yaml.safe_load(open(quick.path, encoding="utf-8"))
         (raw["sim"]["acquisition"] if key == "angles_per_subject" else raw["sim"])[key] = value
@@ -347,3 +354,15 @@ def test_train_sim_on_an_executor_trains_the_cyclegan_and_the_costliest_first_th
     trained = [e[1] for e in events if e[0] == "train"]
     assert trained[-2:] == ["Naive-Cyc/strong", "Realistic-Scaled/strong"]
     assert events.index(("translate", "naive")) < events.index(("train", "Realistic-Scaled/strong", 1))  # 2nd round
+
+
+def test_val_every_steps_becomes_whole_epochs_per_row():
+    from xrlib.studies.sim.settings import SimSettings
+
+    s = SimSettings(acquisition_budgets=(0.0, 1.0, 3.0), acquisition_alphas=None, acquisition_subjects=None,
+                    poses_per_subject=4, scaled_factor=2, epochs=1, patience=1, lr=0.01, batch_size=8, models=(),
+                    steps=400, val_every_steps=20)
+    assert s.val_every_for(16) == 10        # 2 steps per epoch
+    assert s.val_every_for(32) == 5         # 4 steps per epoch
+    assert s.val_every_for(400) == 1        # 50 steps per epoch: every epoch
+    assert SimSettings(**{**s.__dict__, "val_every_steps": None}).val_every_for(16) == 1

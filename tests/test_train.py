@@ -304,3 +304,18 @@ def test_cosine_lr_schedule_in_the_loop_is_recorded_and_resumes_exactly(toy, tmp
     train_interrupted(cfg, toy, tmp_path / "c")
     c = train_model(cfg, toy, tmp_path / "c", progress=False)       # resumed: the rate follows from the step index
     pd.testing.assert_frame_equal(_numbers(a), _numbers(c))
+
+
+def test_val_every_validates_every_kth_and_the_last_epoch_and_resumes_exactly(toy, tmp_path):
+    """``val_every=2`` over 5 epochs validates after epochs 2, 4 and 5 only (history rows, best epoch among them),
+    joins the hash only when not 1, and a run interrupted after a validated epoch resumes to the same numbers."""
+    cfg = _cfg(epochs=5, loss="dice", val_every=2, patience=10)
+    a = train_model(cfg, toy, tmp_path / "a", progress=False)
+    assert a.history["epoch"].tolist() == [2, 4, 5] and a.best_epoch in (2, 4, 5)
+    assert _cfg(epochs=5, loss="dice", val_every=1).config_hash() == _cfg(epochs=5, loss="dice").config_hash()
+    assert cfg.config_hash() != _cfg(epochs=5, loss="dice", patience=10).config_hash()
+    train_interrupted(cfg, toy, tmp_path / "c", after_epoch=2)
+    c = train_model(cfg, toy, tmp_path / "c", progress=False)
+    pd.testing.assert_frame_equal(_numbers(a), _numbers(c))
+    with pytest.raises(ValueError, match="val_every must be an integer ≥ 1"):
+        _cfg(val_every=0).validate()

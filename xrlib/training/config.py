@@ -31,6 +31,13 @@ Learning-rate schedule
     fixed step budget ends with small updates and the validation Dice settles instead of jittering at
     the full rate. The field joins the hash only when it is not ``"constant"``, so the configurations
     (and cached models) from before the field existed keep their hash.
+
+Validation interval
+    ``val_every=k`` validates (and writes the checkpoints and a history row) after every k-th epoch and
+    after the last, instead of after every epoch: on training sets of a few batches an epoch is a couple of
+    optimiser steps, and the per-epoch validation and checkpoint writes cost more than the steps. Best
+    epoch and early stopping then see the validated epochs only (``patience`` still counts epochs). It
+    changes which epoch's weights are kept, so it joins the hash — only when not 1 (earlier hashes stay).
 """
 
 from __future__ import annotations
@@ -102,6 +109,7 @@ class TrainConfig:
         compile: train through ``torch.compile`` (module docstring; a profile's ``train.compile``);
             hashed only when true. Not for recipes that tap the network's intermediate features
             (:attr:`xrlib.training.recipes.Recipe.compilable`).
+        val_every: validate every this many epochs and after the last (module docstring); hashed only when not 1.
         lr_schedule: ``"constant"`` or ``"cosine"`` over the ``epochs`` (module docstring); hashed only
             when not constant. It sets the rate of the model's optimizer; a recipe's own optimizers
             (:meth:`~xrlib.training.recipes.Recipe.extra_optimizers`, e.g. ADDA's discriminator) keep theirs.
@@ -125,6 +133,7 @@ class TrainConfig:
     threads: int | None = None
     compile: bool = False
     lr_schedule: str = "constant"
+    val_every: int = 1
 
     def __post_init__(self):
         if self.threads is None:
@@ -147,7 +156,7 @@ class TrainConfig:
         if self.loss not in LOSSES:
             raise ValueError(f"{self.name}: loss must be one of {LOSSES}, got {self.loss!r}")
         for key, minimum in (("batch_size", 1), ("epochs", 1), ("patience", 1), ("base_channels", 1),
-                             ("num_workers", 0), ("threads", 1)):
+                             ("num_workers", 0), ("threads", 1), ("val_every", 1)):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
                 raise ValueError(f"{self.name}: {key} must be an integer ≥ {minimum}, got {v!r}")
@@ -190,13 +199,15 @@ class TrainConfig:
             d.pop("compile")
         if d["lr_schedule"] == "constant":
             d.pop("lr_schedule")
+        if d["val_every"] == 1:
+            d.pop("val_every")
         return self._hash(d, datasets_dir)
 
     def is_legacy_recipe(self) -> bool:
         """Whether models of this configuration could have been trained before recipes existed
         (the standard recipe without parameters, eager)."""
         return (self.recipe == STANDARD_RECIPE and not self.recipe_params and not self.compile
-                and self.lr_schedule == "constant")
+                and self.lr_schedule == "constant" and self.val_every == 1)
 
     def legacy_hash(self, datasets_dir: str | Path | None = None) -> str | None:
         """The hash that training computed before recipes and thread counts (the same payload
@@ -205,7 +216,7 @@ class TrainConfig:
         if not self.is_legacy_recipe():
             return None
         d = self.as_dict()
-        for key in ("num_workers", "compile", "lr_schedule", *_NEW_FIELDS):
+        for key in ("num_workers", "compile", "lr_schedule", "val_every", *_NEW_FIELDS):
             d.pop(key)
         return self._hash(d, datasets_dir)
 

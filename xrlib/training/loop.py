@@ -1,7 +1,7 @@
 """The one fit loop: seeded, checkpointed, resumable and cached training of a :class:`TrainConfig`.
 
 :func:`train_model` trains on the union of the ``train`` splits of the configuration's
-``train_sets``, validates on the union of their ``val`` splits after every epoch and stops early
+``train_sets``, validates on the union of their ``val`` splits after every epoch (every ``val_every``-th and the last, when set) and stops early
 when the validation Dice has not improved for ``patience`` epochs (Adam with the configured lr,
 constant or on the configuration's ``lr_schedule`` over ``epochs`` × ``ceil(train images / batch size)``
 steps, :func:`xrlib.training.config.scheduled_lr`; the rate of each step follows from its index, so a resumed run
@@ -281,6 +281,8 @@ def train_model(
                 if dev.type == "cuda":
                     torch.cuda.synchronize(dev)
                 t_train = time.perf_counter() - t0
+                if epoch % cfg.val_every and epoch < cfg.epochs:  # not a validated epoch (TrainConfig.val_every)
+                    continue
                 val_loss, val_dice = _evaluate(model, loss_fn, x_va, y_va, cfg.batch_size, dev)
                 row = {"epoch": epoch, "train_loss": total / seen, "val_loss": val_loss, "val_dice": val_dice,
                        "seconds": time.perf_counter() - t0, "images_per_s": seen / max(t_train, 1e-9), "lr": lr_now}

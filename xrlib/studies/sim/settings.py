@@ -40,6 +40,10 @@ class SimSettings:
             :func:`xrlib.core.runs.default_threads`). It is in each model's cache key, so it is a profile size, not
             the executor's choice: the same models come out of ``--executor local`` (one task after another) and
             ``--executor process`` (tasks side by side, where one thread per task is the fastest on 2 cores).
+        val_every_steps: validate each row about every this many optimisation steps (and after its last)
+            instead of after every epoch (:attr:`xrlib.training.TrainConfig.val_every`, in epochs:
+            :meth:`val_every_for`); ``None``: every epoch. A row of a few images has one or two steps per
+            epoch, where per-epoch validation and checkpoints cost more than the steps themselves.
         models: the rows of the Table 4 analog this profile trains (names as in
             :data:`xrlib.studies.sim.study.ROWS`, each with ``/regular`` or ``/strong`` DR).
     """
@@ -57,6 +61,7 @@ class SimSettings:
     steps: int | None = None
     threads: int | None = None
     acquisition_angles_per_subject: int | None = None
+    val_every_steps: int | None = None
 
     def epochs_for(self, train_images: int) -> int:
         """Epochs of a row with ``train_images`` training images: ``ceil(steps / ceil(train_images / batch_size))``
@@ -67,6 +72,14 @@ class SimSettings:
             raise ValueError(f"a row needs at least one training image, got {train_images}")
         per_epoch = math.ceil(train_images / self.batch_size)
         return max(1, math.ceil(self.steps / per_epoch))
+
+    def val_every_for(self, train_images: int) -> int:
+        """Epochs between validations of a row with ``train_images`` training images: ``val_every_steps`` steps,
+        rounded to whole epochs (at least 1; 1 without ``val_every_steps``)."""
+        if self.val_every_steps is None or train_images < 1:
+            return 1
+        per_epoch = math.ceil(train_images / self.batch_size)
+        return max(1, round(self.val_every_steps / per_epoch))
 
     def steps_for(self, train_images: int) -> int:
         """Optimisation steps a row with ``train_images`` training images takes at :meth:`epochs_for` epochs."""
@@ -99,6 +112,7 @@ def sim_settings(profile: Profile) -> SimSettings:
             threads=None if block.get("threads") is None else int(block["threads"]),
             acquisition_angles_per_subject=(None if acq.get("angles_per_subject") is None
                                             else int(acq["angles_per_subject"])),
+            val_every_steps=None if block.get("val_every_steps") is None else int(block["val_every_steps"]),
         )
     except KeyError as exc:
         raise bad(f"missing key {exc.args[0]!r}") from None
@@ -114,6 +128,8 @@ def sim_settings(profile: Profile) -> SimSettings:
                   f"which is drawn at 1), got {list(s.acquisition_budgets)}")
     if s.threads is not None and s.threads < 1:
         raise bad(f"threads must be ≥ 1 or null, got {s.threads}")
+    if s.val_every_steps is not None and s.val_every_steps < 1:
+        raise bad(f"val_every_steps must be ≥ 1 or null, got {s.val_every_steps}")
     if s.steps is not None and s.steps < 1:
         raise bad(f"steps must be ≥ 1 or null, got {s.steps}")
     from xrlib.data.recipes import profile_effects

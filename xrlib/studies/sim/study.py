@@ -88,12 +88,13 @@ def _config(profile: Profile, s: SimSettings, name: str, run: Path) -> tuple[Tra
     row, level = parse_model(name)
     domain, method = ROWS[row]
     t = profile.require_train()
-    epochs = s.epochs_for(train_images(profile, s, domain))
+    n_train = train_images(profile, s, domain)
+    epochs = s.epochs_for(n_train)
     patience = epochs if s.steps is not None else s.patience  # a step budget: no early stopping
     common = dict(train_sets=["Real"], depth=STUDY_DEPTH if t.depth is None else int(t.depth),
                   loss=STUDY_LOSS if t.loss is None else str(t.loss), base_channels=int(t.base_channels),
                   lr=s.lr, batch_size=s.batch_size, epochs=epochs, patience=patience, seed=int(profile.seed),
-                  compile=bool(t.compile), lr_schedule=LR_SCHEDULE, threads=s.threads)
+                  compile=bool(t.compile), lr_schedule=LR_SCHEDULE, threads=s.threads, val_every=s.val_every_for(n_train))
     if method == "plain":
         return TrainConfig(name=name, recipe="domain_randomization", recipe_params={"level": level, "version": DR_VERSION}, **common), \
             domain_dir(run, domain)
