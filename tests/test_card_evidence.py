@@ -190,6 +190,8 @@ def test_the_card_in_brief_names_reached_verdicts_and_the_aa_outcome():
     outcome in one sentence (a warning when it got a verdict)."""
     from types import SimpleNamespace
 
+    ONE_CT = "virtual subjects of one CT (not independent patients)"
+
     from xrlib.studies.card.study import summary_markdown
 
     cells = pd.DataFrame({"model": ["A", "B"], "threat": ["rotation"] * 2, "statistic": ["rel_auc"] * 2,
@@ -201,18 +203,18 @@ def test_the_card_in_brief_names_reached_verdicts_and_the_aa_outcome():
                  verdict="no evidence at this size (MDD 0.15)", kind="defense"),
             dict(defense="B", control="B [other seeds]", threat="rotation", statistic="rel_auc", difference=0.0,
                  lo=-0.1, hi=0.1, verdict="no evidence at this size (MDD 0.1)", kind="A/A")]
-    card = SimpleNamespace(profile="quick", evidence=cells, verdicts=pd.DataFrame(rows))
+    card = SimpleNamespace(profile="quick", evidence=cells, verdicts=pd.DataFrame(rows), cohort=ONE_CT)
     text = summary_markdown(card)
     assert "| A | 0.800 [0.700, 0.900] (12×3) |" in text
     assert "A vs B: more robust under rotation (rel_auc, +0.200 [+0.100, +0.300])" in text
     assert "C vs B" not in text and "3 contrast(s)" in text
     assert "The A/A row (the base against itself retrained with other seeds) got no verdict" in text
     rows[2]["verdict"] = "less robust"
-    warned = summary_markdown(SimpleNamespace(profile="quick", evidence=cells, verdicts=pd.DataFrame(rows)))
+    warned = summary_markdown(SimpleNamespace(profile="quick", evidence=cells, verdicts=pd.DataFrame(rows), cohort=ONE_CT))
     assert "**Warning:** the A/A row" in warned
     rows[0]["verdict"] = "no evidence at this size (MDD 0.3)"
     rows[2]["verdict"] = "no evidence at this size (MDD 0.1)"
-    none = summary_markdown(SimpleNamespace(profile="quick", evidence=cells, verdicts=pd.DataFrame(rows)))
+    none = summary_markdown(SimpleNamespace(profile="quick", evidence=cells, verdicts=pd.DataFrame(rows), cohort=ONE_CT))
     assert "none reached: no evidence at this size for any contrast" in none
 
 

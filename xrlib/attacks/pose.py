@@ -21,7 +21,7 @@ The search objective
 --------------------
 A smooth *image* is not enough: through a trained U-Net (MONAI: strided convolutions, instance
 normalisation, PReLU) the guide's objective ``f(θ) = 1 − soft Dice`` (truth held at the current pose)
-is still rough at the step scale. Measured on the quick build's U-Net(Real) at the chapter's check
+is still rough at the step scale. Measured on a trained U-Net of the quick build at the chapter's check
 pose (h = 0.5° / 0.5 mm): the guide's network input follows central differences on 5 of 5 parameters,
 but f's derivative on 1 of 5; a stronger prefilter of μ (2 or 3 mm), a Gaussian blur of the network
 input (0.5–2 px) or softplus in place of the PReLUs (β = 3–30) reached 1–3 of 5. So the search follows a

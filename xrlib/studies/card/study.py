@@ -107,8 +107,8 @@ def build_card(profile: Profile | str | Path, run: str | Path, rows: tuple[RowSp
         todo = [v for v in victims if v.name in planned] + seeded
         pose_pair = [v for v in todo if v.chapter == "12"]  # a pose defense: its threats, not the input attacks
         extra = grid_tables(profile, run, [v for v in todo if v.chapter != "12"], progress=progress)
-        for table, rows in grid_tables(profile, run, pose_pair, POSE_PAIR_TABLES, progress=progress).items():
-            extra[table] = pd.concat([extra[table], rows], ignore_index=True) if table in extra else rows
+        for name, rows in grid_tables(profile, run, pose_pair, POSE_PAIR_TABLES, progress=progress).items():
+            extra[name] = pd.concat([extra[name], rows], ignore_index=True) if name in extra else rows
     t3 = time.perf_counter()
     ev_cells, verdicts = card_evidence(run, victims + seeded, seeds, extra)
     return Card(profile.name, s, victims, seeds, missing, tuple(columns), table, mat,
