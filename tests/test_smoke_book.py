@@ -251,11 +251,10 @@ def test_smoke_book_card_joins_every_row_with_every_column(smoke_book):
     assert (smoke_book["html"] / "_images" / "card.png").is_file()
     section = smoke_book["readme"].read_text(encoding="utf-8")
     assert "robustness card (chapter 13) — profile smoke" in section and "card.png" not in section
-    # chapter 12's defense against its control on every seed of the profile (smoke: 2), not on one training each
-    verdicts = pd.read_csv(run / "card" / "verdicts.csv")
-    pose = verdicts[(verdicts["defense"] == "U-Net(Real)+worst-pose") & (verdicts["control"] == "U-Net(Real)+uniform-pose")
-                    & (verdicts["threat"] == "pose")]
-    assert len(pose) and (pose["n_seeds"] == 2).all(), pose
+    # chapter 12's defense and its control on every seed of the profile (smoke: 2), not on one training each
+    curves = pd.read_csv(run / "card" / "cells.csv")
+    pair = curves[curves["model"].isin(["U-Net(Real)+worst-pose", "U-Net(Real)+uniform-pose"]) & (curves["threat"] == "rotation")]
+    assert set(pair["model"]) == {"U-Net(Real)+worst-pose", "U-Net(Real)+uniform-pose"} and (pair["n_seeds"] == 2).all(), pair
 
 
 def test_smoke_book_card_costs_every_defense_with_a_recorded_time(smoke_book, monkeypatch):

@@ -14,7 +14,7 @@ cached folder — never retrained) and its ``control``. The plans (:func:`seed_p
   (:func:`xrlib.studies.rotation.seeds.base_seeds`), shown as ``U-Net(Real+Syn_all) [other seeds]``.
 
 Chapter 12's worst-pose defense and its uniform-pose control are fine-tuned by their own loop (the worst-pose
-pool is made by the model being trained), not from a :class:`~xrlib.training.TrainConfig`: their seeds k ≥ 1
+pool is made by the model being trained), not from a :class:`~xrlib.training.config.TrainConfig`: their seeds k ≥ 1
 start from seed k of U-Net(Real) (:func:`xrlib.studies.card.rows.pose_seed_victims`,
 :func:`xrlib.studies.pose.defense.defense_models`).
 

@@ -41,7 +41,7 @@ class SimSettings:
             the executor's choice: the same models come out of ``--executor local`` (one task after another) and
             ``--executor process`` (tasks side by side, where one thread per task is the fastest on 2 cores).
         val_every_steps: validate each row about every this many optimisation steps (and after its last)
-            instead of after every epoch (:attr:`xrlib.training.TrainConfig.val_every`, in epochs:
+            instead of after every epoch (``val_every`` of :class:`xrlib.training.config.TrainConfig`, in epochs:
             :meth:`val_every_for`); ``None``: every epoch. A row of a few images has one or two steps per
             epoch, where per-epoch validation and checkpoints cost more than the steps themselves.
         models: the rows of the Table 4 analog this profile trains (names as in
