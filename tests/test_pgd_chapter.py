@@ -264,6 +264,9 @@ def test_the_headline_reports_the_shape_study_or_says_it_did_not_run():
     assert "0.5× → 0.250 (clean 0.800), 1× → 0.350 (clean 0.700)" in text
     quick = dataclasses.replace(s, shape=None)
     assert "not run in this profile" in headline_markdown(cfg, quick, worst, checks, aurocs, 1, 3)
+    assert "1 synthetic test subject(s) × 3 angle(s);" in text                  # every angle of every subject
+    one = headline_markdown(cfg, dataclasses.replace(quick, angles_per_subject=1), worst, checks, aurocs, 12, 5)
+    assert "12 synthetic test subject(s) × 1 of 5 angles each, in rotation (12 images);" in one
 
 
 # ------------------------------------------------------------------------------------- reconstruction head

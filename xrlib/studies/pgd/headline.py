@@ -94,16 +94,19 @@ def headline_markdown(cfg: Profile, s: PGDSettings, worst: pd.DataFrame, checks:
                   f"transfer, gradient-free; (g) the profile's ε grid on validation images): {int(passed.sum())} of {len(checks)} passed"
                   + ("." if failed.empty else "; failed: " + "; ".join(f"{r.model} — {r.check}: {r.outcome}"
                                                                        for r in failed.itertuples()) + "."))
+    per = s.angles_per_subject
+    alphas = (f"{n_alphas} angle(s)" if per is None or per >= n_alphas
+              else f"{per} of {n_alphas} angles each, in rotation ({n_subjects * per} images)")
     lines = [
         f"**Gradient attacks on the network input — profile {cfg.name}: mean over images of the per-image minimum "
         f"Dice over the L∞ ensemble (PGD and SegPGD, {s.steps} steps of ε·{s.step_fraction:g}; APGD, {s.apgd_steps} "
         f"iterations, on soft Dice, balanced and masked CE; members run: {'all' if s.members is None else ', '.join(s.members)}; "
         f"every iterate; the diagnostic runs) on {n_subjects} "
-        f"synthetic test subject(s) × {n_alphas} angle(s); test subjects are virtual subjects of one CT.** ε in [0, 1] image units; "
+        f"synthetic test subject(s) × {alphas}; test subjects are virtual subjects of one CT.** ε in [0, 1] image units; "
         f"ε = 0 is the clean image. Defenses: fine-tuned from U-Net(Real+Syn_all) for {s.defense.epochs} epoch(s) "
         f"with {s.defense.steps}-step PGD (ε = {s.defense.eps:g})." if s.defense.warm_start else
         f"**Gradient attacks on the network input — profile {cfg.name}: mean of the per-image minimum Dice over the "
-        f"attack ensemble on {n_subjects} test subject(s) × {n_alphas} angle(s).** Defenses trained "
+        f"attack ensemble on {n_subjects} test subject(s) × {alphas}.** Defenses trained "
         f"{s.defense.epochs} epochs with {s.defense.steps}-step PGD (ε = {s.defense.eps:g}).",
         "",
         _table(["model"] + [f"ε = {e:g}" for e in eps] + ["flag"], rows),
