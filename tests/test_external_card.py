@@ -148,13 +148,14 @@ def test_placement_against_the_seed_range_or_the_interval():
     seeds = {"rotation": pd.DataFrame({"seed": [0, 1, 2], "rel_auc": [0.6, 0.7, 0.65], "clean": [0.9, 0.92, 0.94]})}
     book = pd.DataFrame({"model": ["U-Net(Real+Syn_all)"] * 2, "threat": ["pose", "noise"],
                          "statistic": ["rel_auc", "rel_auc"], "lo": [0.6, math.nan], "hi": [0.8, math.nan],
-                         "note": ["", "n/a (2 subjects)"]})
+                         "n_subjects": [3, 2], "n_seeds": [3, 3], "note": ["", "n/a (2 subjects)"]})
     p = placement(ext, book, seeds).set_index(["threat", "statistic"])
     assert p.loc[("rotation", "rel_auc"), "placement"] == "below"  # 0.5 < min over seeds 0.6
     assert p.loc[("rotation", "clean"), "placement"] == "above"  # 0.95 > 0.94
     assert p.loc[("rotation", "rel_auc"), "reference_range"] == "U-Net(Real+Syn_all): range over 3 seeds"
     assert p.loc[("pose", "rel_auc"), "placement"] == "within"
-    assert "one seed" in p.loc[("pose", "rel_auc"), "reference_range"]
+    assert p.loc[("pose", "rel_auc"), "reference_range"] == \
+        "U-Net(Real+Syn_all): 95 % interval of the book's card (3 subjects × 3 seed(s))"  # the card's seeds × subjects
     assert p.loc[("noise", "rel_auc"), "placement"] == "U-Net(Real+Syn_all) has no interval here (n/a (2 subjects))"
     assert (placement(ext, None, {})["placement"] == "no book card in this run").all()
 

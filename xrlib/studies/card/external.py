@@ -198,8 +198,10 @@ def placement(ext_cells: pd.DataFrame, book_cells: pd.DataFrame | None, seed_val
             b = book_cells[(book_cells["model"] == reference) & (book_cells["threat"] == r.threat)
                            & (book_cells["statistic"] == r.statistic)]
             if len(b) and not math.isnan(float(b["lo"].iloc[0])):
+                size = (f"{int(b['n_subjects'].iloc[0])} subjects × {int(b['n_seeds'].iloc[0])} seed(s)"
+                        if {"n_subjects", "n_seeds"} <= set(b.columns) else "the book's card")
                 rec.update(ref_lo=float(b["lo"].iloc[0]), ref_hi=float(b["hi"].iloc[0]),
-                           reference_range=f"{reference}: 95 % interval (one seed in this run)")
+                           reference_range=f"{reference}: 95 % interval of the book's card ({size})")
             elif len(b):
                 rec["placement"] = f"{reference} has no interval here ({b['note'].iloc[0]})"
         if rec["reference_range"]:
