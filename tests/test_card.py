@@ -321,3 +321,32 @@ def test_learned_success_rate_counts_only_good_clean_predictions():
                                                      clean=[0.9, 0.9, 0.5, 0.5]), "t")}
     t = cells(rows, (col,)).set_index("model")
     assert t.loc["m", "value"] == pytest.approx(0.5) and t.loc["m", "n_images"] == 2 and t.loc["m", "n_rows"] == 4
+
+
+@pytest.mark.parametrize("grid, expected", [((0, 1, 2, 3), None), ((0, 2), (0.0, 1.0))])
+def test_acquisition_cells_reuse_chapter_08s_renders_when_its_grid_holds_the_budget(monkeypatch, grid, expected):
+    # the card's budget-1 images are chapter 08's cached ones (same draws per budget); a grid without budget 1
+    # renders the card's own (0, 1) grid
+    import dataclasses
+
+    import xrlib.studies.card.columns as columns
+    import xrlib.studies.sim.settings as sim_settings_module
+    import xrlib.studies.sim.sources as sources
+    from xrlib.core.profiles import load_profile
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_threat(profile, run, budgets=None, **kw):
+        seen["budgets"] = budgets
+        raise Stop
+
+    real = sim_settings_module.sim_settings
+    monkeypatch.setattr(sources, "acquisition_threat", fake_threat)
+    monkeypatch.setattr(sim_settings_module, "sim_settings",
+                        lambda p: dataclasses.replace(real(p), acquisition_budgets=tuple(float(b) for b in grid)))
+    with pytest.raises(Stop):
+        columns._acquisition(load_profile("quick"), "run", None, [])
+    assert seen["budgets"] == expected

@@ -181,3 +181,25 @@ def test_grid_rows_of_a_seed_match_the_chapter_table_s_grid_and_images(toy3, tmp
     assert set(rows["model"]) == {"U-Net(Real)"} and set(rows["seed"]) == {1}
     key = ["budget", "subject", "alpha"]
     assert sorted(map(tuple, rows[key].astype(str).to_numpy())) == sorted(map(tuple, chapter[key].astype(str).to_numpy()))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_chapter_05_trains_every_study_seed_the_card_and_chapter_10_read(n):
+    # n = card.seeds: U-Net(Real) and the base get seeds 1 … n − 1, the base also its A/A seeds n … 2n − 1;
+    # chapter 10's repeated trainings (the base's seeds 1 … noise.seeds) are among them at quick (nothing new to train)
+    from xrlib.core.profiles import load_profile
+    from xrlib.studies.noise.settings import noise_settings
+    from xrlib.studies.noise.study import repeated_configs
+    from xrlib.studies.rotation.seeds import evidence_seed_configs
+
+    quick = load_profile("quick")
+    profile = validate_profile(dict(quick.raw, card={**quick.raw["card"], "seeds": n}), "t.yml")
+    names = [c.name for c in evidence_seed_configs(profile)]
+    expected = ([seed_name("U-Net(Real)", k) for k in range(1, n)] + [seed_name(BASE_MODEL, k) for k in range(1, 2 * n)]
+                if n >= 2 else [])
+    assert names == expected
+    got = {c.config_hash(None) for c in evidence_seed_configs(profile)}
+    assert all(study_seed_config(profile, BASE_MODEL, k).config_hash(None) in got for k in range(1, 2 * n)) or n == 1
+    if n == 3:  # the shipped quick profile: noise.seeds = 5 = 2n − 1
+        assert noise_settings(profile).seeds == 5
+        assert {c.config_hash(None) for c in repeated_configs(profile, noise_settings(profile))} <= got

@@ -373,13 +373,13 @@ def test_cli_unknown_profile_exits_2_with_one_line(capsys):
 def test_dataset_hash_payload_is_that_of_the_original_code():
     """The build hash changes only with the version: the payload form of commit dea4f93, at version 3 (the
     varied surrogate, physics-order noise, the surrogate's room effects, electronic noise per native detector
-    element); a change of this value without a version bump is a bug."""
+    element), at version 4 (kVp in 1-kV steps); a change of this value without a version bump is a bug."""
     import hashlib
 
     cfg = tiny_profile()
-    expected = hashlib.sha256(f"{profile_hash(cfg.raw, DATASET_KEYS)}|fp0|v3".encode()).hexdigest()
-    assert DATASETS_VERSION == 3
-    assert dataset_hash(cfg, "fp0") == expected == "59132d95b36294da81c204fbc1553333273c1229622438316543020ab7420d87"
+    expected = hashlib.sha256(f"{profile_hash(cfg.raw, DATASET_KEYS)}|fp0|v4".encode()).hexdigest()
+    assert DATASETS_VERSION == 4
+    assert dataset_hash(cfg, "fp0") == expected == "7d994dfb7e0a8d8bbfb61c120c0b7a0f9d0c0487cb2160a007ee91a46895dd7c"
 
 
 def test_render_prefilter_is_an_optional_profile_switch_that_keys_the_datasets(source):

@@ -53,7 +53,12 @@ def test_scale_one_spans_the_documented_ranges_and_scale_two_doubles_the_deviati
             expect = d[name] * (one / d[name]) ** 2
         else:
             expect = d[name] + 2 * (one - d[name])
-        np.testing.assert_allclose(two, np.clip(expect, *rg.bounds), rtol=1e-12, atol=1e-12, err_msg=name)
+        if rg.step:  # a stepped setting (kVp): each scale's value rounded to the step after scaling
+            np.testing.assert_array_equal(one, np.round(one / rg.step) * rg.step, err_msg=name)
+            np.testing.assert_array_equal(two, np.round(two / rg.step) * rg.step, err_msg=name)
+            np.testing.assert_allclose(two, np.clip(expect, *rg.bounds), atol=1.5 * rg.step, err_msg=name)
+        else:
+            np.testing.assert_allclose(two, np.clip(expect, *rg.bounds), rtol=1e-12, atol=1e-12, err_msg=name)
 
 
 def test_sampling_is_seeded_and_rejects_bad_scales():
@@ -225,7 +230,8 @@ def test_acquisition_images_at_budget_zero_are_the_realistic_chain_at_its_defaul
     names = [str(n) for n in out["names"]]
     kvp = out["settings"][:, :, names.index("kvp")]
     np.testing.assert_array_equal(kvp[0], 120.0)
-    np.testing.assert_allclose(kvp[2] - 120.0, np.clip(2 * (kvp[1] - 120.0), -60, 30))  # same draws, doubled
+    np.testing.assert_array_equal(kvp, np.round(kvp))  # 1-kV steps
+    np.testing.assert_allclose(kvp[2] - 120.0, np.clip(2 * (kvp[1] - 120.0), -60, 30), atol=1.5)  # same draws, doubled
     assert not np.array_equal(out["images"][1], out["images"][0])
     # a subject rendered at a subset of the grid (angles_per_subject) gets each angle's own draws: the same settings
     sub = _render_subject(cfg, ct, lab, sid, (10.0,), (0.0, 1.0, 2.0), draws=[1])

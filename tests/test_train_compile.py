@@ -52,6 +52,23 @@ def test_profile_switch_reaches_the_study_models_only():
     assert not any(c.compile for c in ablation_configs(profile))  # another network per experiment: eager
 
 
+def test_short_and_small_trainings_stay_eager_under_the_switch(tmp_path, monkeypatch):
+    # warm-started fine-tunes (a few epochs: one compilation costs more than it saves) and chapter 08's rows
+    # (2–4 steps an epoch, the last batch eager) train eagerly; the study models' seeds inherit the switch
+    import xrlib.studies.pgd.study as pgd_study
+    from xrlib.studies.pgd.settings import pgd_settings
+    from xrlib.studies.rotation.seeds import study_seed_config
+    from xrlib.studies.sim.study import sim_configs
+
+    profile = load_profile("quick")
+    assert profile.train.compile is True
+    monkeypatch.setattr(pgd_study, "base_folder", lambda p, r: "U-Net_Real_Syn_all-0")
+    defenses = pgd_study.defense_configs(profile, tmp_path, pgd_settings(profile))
+    assert defenses and all(c.recipe_params.get("warm_start") and not c.compile for c in defenses)
+    assert not any(c.compile for c, _ in sim_configs(profile, tmp_path, None))
+    assert study_seed_config(profile, "U-Net(Real+Syn_all)", 3).compile
+
+
 def test_compiled_training_is_deterministic_resumable_and_close_to_eager(toy, tmp_path):
     # batch 6 over 32 images: five batches of 6 and one of 2, which must reuse the one compilation
     cfg = _cfg(epochs=3, loss="dice", batch_size=6, compile=True)

@@ -46,7 +46,8 @@ from xrlib.exec import Executor, ProcessPoolExecutor, get_executor
 #: 3: the surrogate pool has the room effects no simulator models (:mod:`xrlib.drr.surrogate`) and its own
 #: quantum-noise stream; electronic noise is set per native 0.24 mm detector element and scaled to the
 #: binned pixel.
-DATASETS_VERSION = 3
+#: 4: the surrogate's kVp is set in 1-kV steps (:data:`xrlib.drr.acquisition.ACQUISITION_RANGES`).
+DATASETS_VERSION = 4
 BUILD_FILE = "build.json"
 
 

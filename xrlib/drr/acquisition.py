@@ -43,6 +43,7 @@ class Range:
     """A documented range ``[lo, hi]`` of one acquisition parameter, its physical ``bounds`` and ``source``.
 
     ``log``: the parameter is multiplicative (it is a *factor* of the default and is scaled in log space).
+    ``step``: the setting is chosen in steps of this size (after scaling and clamping; 0: continuous).
     """
 
     lo: float
@@ -51,6 +52,7 @@ class Range:
     source: str
     unit: str = ""
     log: bool = False
+    step: float = 0.0
 
 
 #: Per-image acquisition variability of the Real surrogate (see the module docstring). The simulator's
@@ -58,7 +60,8 @@ class Range:
 #: and :func:`~xrlib.drr.physics.postprocess` defaults).
 ACQUISITION_RANGES: dict[str, Range] = {
     "kvp": Range(100.0, 125.0, (60.0, 150.0), "PA chest practice: EUR 16260 (1996) quality criteria recommend "
-                 "125 kVp; 100–125 kVp is the range of the high-kV chest technique in routine use", "kVp"),
+                 "125 kVp; 100–125 kVp is the range of the high-kV chest technique in routine use; set in 1-kV steps, as "
+                 "generator consoles do (each kVp's spekpy spectrum is then computed once per process)", "kVp", step=1.0),
     "dose_factor": Range(0.5, 2.0, (0.05, 20.0), "AEC-terminated exposures vary with habitus and room: ×0.5–2 of "
                          "the reference mAs (assumption, about the spread of national PA-chest dose surveys)", "×", log=True),
     "scatter_to_primary": Range(0.2, 0.5, (0.0, 2.0), "behind an anti-scatter grid, PA chest at 120 kVp: "
@@ -139,7 +142,8 @@ def _scaled(default: float, u: float, scale: float, rg: Range) -> float:
         v = default * math.exp(scale * math.log(u / default))
     else:
         v = default + scale * (u - default)
-    return float(min(max(v, rg.bounds[0]), rg.bounds[1]))
+    v = min(max(v, rg.bounds[0]), rg.bounds[1])
+    return float(round(v / rg.step) * rg.step) if rg.step > 0 else float(v)
 
 
 def sample_acquisition(rng: np.random.Generator, scale: float | tuple[float, ...] = 1.0,

@@ -86,7 +86,7 @@ class Spectrum:
         return float(np.sum(self.energies_kev * self.fluence) / np.sum(self.fluence))
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=256)  # a few kB each; the acquisition draws set kVp in 1-kV steps (60–150 kVp: 91 values)
 def _spectrum(kvp: float, al: float, cu: float, angle: float, dk: float) -> Spectrum:
     import spekpy
 

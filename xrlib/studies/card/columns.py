@@ -140,7 +140,12 @@ ACQUISITION_BUDGET = 1.0
 def _acquisition(profile, run, s, victims):
     from xrlib.studies.sim.sources import acquisition_threat
 
-    th = acquisition_threat(profile, run, budgets=(0.0, ACQUISITION_BUDGET))
+    from xrlib.studies.sim.settings import sim_settings
+
+    # chapter 08's own threat when its grid holds the card's budget: its renders are cached (the same draws
+    # scaled per budget, so the budget-1 images are the ones a (0, 1) grid renders), not rendered again
+    grid = tuple(float(b) for b in sim_settings(profile).acquisition_budgets)
+    th = acquisition_threat(profile, run, budgets=None if ACQUISITION_BUDGET in grid else (0.0, ACQUISITION_BUDGET))
     return _score(th, victims, th.test, profile, [ACQUISITION_BUDGET])
 
 

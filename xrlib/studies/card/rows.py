@@ -201,7 +201,7 @@ ROWS: tuple[RowSpec, ...] = (
 
 
 def _seeds(profile: Profile, run: Path) -> list[Victim]:
-    """Chapter 10's repeated trainings of U-Net(Real+Syn_all) with other seeds (trained there; cached)."""
+    """Chapter 10's repeated trainings of U-Net(Real+Syn_all) with other seeds (chapter 05's evidence seeds; cached)."""
     from xrlib.studies.noise.settings import noise_settings
     from xrlib.studies.noise.study import repeated_configs
 

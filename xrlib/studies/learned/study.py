@@ -68,7 +68,8 @@ def defense_config(profile, run: Path, s: LearnedSettings) -> TrainConfig:
                   max_bias=f.max_bias, lambda_d=f.lambda_d, lambda_v=f.lambda_v, init_std=f.init_std, variant="DV",
                   warm_start=Path(victim.folder).name)
     return replace(base, name=s.victim + DEFENDED_SUFFIX, epochs=s.defense_epochs, patience=s.defense_epochs,
-                   lr=s.defense_lr, recipe="deformation-adversarial", recipe_params=params)
+                   lr=s.defense_lr, recipe="deformation-adversarial", recipe_params=params,
+                   compile=False)  # a short warm-started fine-tune: eager (one compilation would cost more)
 
 
 def train_defense(profile, run: Path, s: LearnedSettings, progress: bool = False) -> TrainResult:

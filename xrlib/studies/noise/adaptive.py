@@ -151,7 +151,8 @@ def run_adaptive(profile: Profile, run: Path, s: NoiseSettings | None = None, a:
                                 added[chain].table)
             configs[chain] = dataclasses.replace(base_cfg, name=f"{BASE_MODEL}{CHAINS[chain]} it{k}", epochs=a.epochs,
                                                  patience=a.epochs, lr=a.lr, recipe="added-samples",
-                                                 recipe_params={**params, "warm_start": prev[chain].folder.name})
+                                                 recipe_params={**params, "warm_start": prev[chain].folder.name},
+                                                 compile=False)  # a short warm-started fine-tune: eager
         trained = study.train_all(list(configs.values()), run, progress=progress, executor=executor)
         for chain, cfg in configs.items():
             prev[chain] = models[cfg.name] = trained[cfg.name]

@@ -225,12 +225,12 @@ def window_effect(df: pd.DataFrame) -> pd.DataFrame:
 
 def repeated_configs(profile: Profile, settings: NoiseSettings):
     """U-Net(Real+Syn_all) with ``settings.seeds`` other seeds at the study model's own schedule (epochs,
-    patience, lr): they differ from the victim only by the seed. They are the base's seeds ``n … n + k − 1``
-    (:func:`xrlib.studies.rotation.seeds.other_seeds_start`), the card's A/A seeds, so each trains once."""
-    from xrlib.studies.rotation.seeds import BASE_MODEL, other_seeds_start, study_seed_config
+    patience, lr): they differ from the victim only by the seed. They are the base's seeds ``1 … k`` — the
+    evidence design's seeds of the base that chapter 05 trains (:func:`xrlib.studies.rotation.seeds.evidence_seed_configs`:
+    the card's verdict seeds and its A/A seeds), read from the cache; seeds beyond those train here."""
+    from xrlib.studies.rotation.seeds import BASE_MODEL, study_seed_config
 
-    first = other_seeds_start(profile)
-    return [study_seed_config(profile, BASE_MODEL, first + k) for k in range(settings.seeds)]
+    return [study_seed_config(profile, BASE_MODEL, 1 + k) for k in range(settings.seeds)]
 
 
 def seed_sar(profile: Profile, run: Path, threat: NoiseThreat, results: dict, doses) -> tuple[pd.DataFrame, pd.DataFrame]:

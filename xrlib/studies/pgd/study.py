@@ -71,7 +71,8 @@ def defense_configs(profile: Profile, run: Path, s: PGDSettings) -> list[TrainCo
     Epochs and patience = ``defense.epochs``, Adam lr = ``defense.lr``; adversarial training with
     L∞ PGD (``eps``, ``steps``, ``step_size``), noise training with ``max_noise``. With
     ``defense.warm_start`` the recipe starts from the study model's folder, whose name (with its
-    configuration hash) enters the defense's cache hash through the recipe parameters.
+    configuration hash) enters the defense's cache hash through the recipe parameters. A warm-started
+    fine-tune trains eagerly whatever ``train.compile`` says: a few epochs cost less than one compilation.
     """
     base = {c.name: c for c in study_configs(profile)}[BASE_MODEL]
     d = s.defense
@@ -81,7 +82,7 @@ def defense_configs(profile: Profile, run: Path, s: PGDSettings) -> list[TrainCo
         params = ({"max_noise": d.max_noise} if recipe == "uniform-noise" else {} if recipe == "standard" else
                   {"eps": d.eps, "steps": d.steps, "step_size": d.step_size, "norm": "linf"})
         out.append(dataclasses.replace(base, name=BASE_MODEL + suffix, lr=d.lr, epochs=d.epochs, patience=d.epochs,
-                                       recipe=recipe, recipe_params={**params, **warm}))
+                                       recipe=recipe, recipe_params={**params, **warm}, compile=base.compile and not warm))
     return out
 
 

@@ -4,8 +4,9 @@ Seed 0 is the configuration itself (its name, hash and cached folder unchanged: 
 seed k ≥ 1 is named ``<name> [seed k]`` and seeded ``cfg.seed + k``. A warm-started recipe's seed k
 starts from seed k of its start model (:func:`warm_from`), so a defense and its control trained with
 the same k share their start. :func:`base_seeds` trains (or loads) seeds of U-Net(Real+Syn_all), the
-base of the warm-started defenses, under its own recipe: the card's seeds and A/A row use them, and
-so can any chapter that needs repeated trainings of the base.
+base of the warm-started defenses, under its own recipe; :func:`evidence_seed_configs` lists the study
+models' seeds that chapter 05 trains for the card's verdicts and A/A row, which chapter 10's repeated
+trainings reuse.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from xrlib.core.profiles import Profile
 from xrlib.studies.rotation.models import study_configs
 from xrlib.training import TrainConfig, TrainResult
 
-__all__ = ["BASE_MODEL", "base_seeds", "other_seeds_start", "seed_config", "seed_name", "study_seed_config", "warm_from"]
+__all__ = ["BASE_MODEL", "base_seeds", "evidence_seed_configs", "other_seeds_start", "seed_config", "seed_name", "study_seed_config", "warm_from"]
 
 #: The study model the warm-started defenses start from.
 BASE_MODEL = "U-Net(Real+Syn_all)"
@@ -51,10 +52,22 @@ def study_seed_config(profile: Profile, name: str, k: int) -> TrainConfig:
 
 def other_seeds_start(profile: Profile) -> int:
     """The first seed index of the base's *other* seeds: ``n`` = the card's seed count (``card.seeds``, default
-    1), so that the card's A/A row (seeds ``n … 2n − 1``) and chapter 10's repeated trainings are the same
-    trainings, trained once. The card checks the value (:func:`xrlib.studies.card.settings.card_settings`)."""
+    1): the card's A/A row is seeds ``n … 2n − 1`` (:func:`evidence_seed_configs`). The card checks the value
+    (:func:`xrlib.studies.card.settings.card_settings`)."""
     value = profile.section("card").get("seeds", 1)
     return int(value) if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
+
+
+def evidence_seed_configs(profile: Profile) -> list[TrainConfig]:
+    """The study models' seeds the evidence design needs beyond chapter 05's seed 0, with ``n`` = ``card.seeds``:
+    U-Net(Real) and U-Net(Real+Syn_all) seeds ``1 … n − 1`` (the card's study contrast) and the base's other seeds
+    ``n … 2n − 1`` (the card's A/A row). Chapter 05 trains them with the study models; chapter 10's repeated
+    trainings (the base's seeds ``1 … noise.seeds``) and the card read them from the cache. Empty for n = 1."""
+    n = other_seeds_start(profile)
+    if n < 2:
+        return []
+    return ([study_seed_config(profile, "U-Net(Real)", k) for k in range(1, n)]
+            + [study_seed_config(profile, BASE_MODEL, k) for k in range(1, 2 * n)])
 
 
 def base_seeds(profile: Profile, run: Path, k: int, first: int = 1, executor=None,

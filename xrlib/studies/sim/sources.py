@@ -59,7 +59,7 @@ __all__ = ["DOMAINS", "SIMULATORS", "acquisition_threat", "build_domain", "domai
 SIMULATORS = ("naive", "heuristic", "realistic")
 DOMAINS = ("real", *SIMULATORS, "realistic-scaled")
 #: Bumped when this module changes what it renders (enters every key below).
-SIM_VERSION = 2
+SIM_VERSION = 3  # 3: kVp in 1-kV steps
 
 
 def domain_dir(run: Path, domain: str) -> Path:
