@@ -32,6 +32,7 @@ from xrlib.studies.rotation.groups import alpha_group
 from xrlib.studies.rotation.models import study_configs
 from xrlib.training import TrainConfig, TrainResult, load_best, select_images
 from xrlib.training import train_all as _train_all
+from xrlib.studies.rotation.seeds import eager_if_warm
 
 __all__ = ["DEFENDED_SUFFIX", "compare_paper", "warped_changed", "defense_config", "defense_table", "example_rows", "method_comparison", "run_attacks",
            "table1", "test_images", "train_defense", "train_images", "victim_model"]
@@ -67,9 +68,9 @@ def defense_config(profile, run: Path, s: LearnedSettings) -> TrainConfig:
     params = dict(xi=s.defense_xi, steps=s.defense_attack_steps, lr=f.lr, grid=f.grid, max_disp_px=f.max_disp_px,
                   max_bias=f.max_bias, lambda_d=f.lambda_d, lambda_v=f.lambda_v, init_std=f.init_std, variant="DV",
                   warm_start=Path(victim.folder).name)
-    return replace(base, name=s.victim + DEFENDED_SUFFIX, epochs=s.defense_epochs, patience=s.defense_epochs,
-                   lr=s.defense_lr, recipe="deformation-adversarial", recipe_params=params,
-                   compile=False)  # a short warm-started fine-tune: eager (one compilation would cost more)
+    return eager_if_warm(replace(base, name=s.victim + DEFENDED_SUFFIX, epochs=s.defense_epochs,
+                                 patience=s.defense_epochs, lr=s.defense_lr, recipe="deformation-adversarial",
+                                 recipe_params=params))
 
 
 def train_defense(profile, run: Path, s: LearnedSettings, progress: bool = False) -> TrainResult:

@@ -52,6 +52,7 @@ from xrlib.studies.rotation.groups import alpha_group
 from xrlib.studies.rotation.models import study_configs
 from xrlib.training import TrainConfig, TrainResult, load_best, save_added
 from xrlib.training.checkpoint import read_result
+from xrlib.studies.rotation.seeds import eager_if_warm
 
 __all__ = ["BASE_MODEL", "CHAINS", "AdaptiveRun", "adaptive_doses", "adaptive_model", "adaptive_sar", "adaptive_seconds", "run_adaptive",
            "training_subjects"]
@@ -149,10 +150,9 @@ def run_adaptive(profile: Profile, run: Path, s: NoiseSettings | None = None, a:
             added[chain] = AttackedSamples.concat([added[chain], new[chain]])
             params = save_added(run / "models", f"noise-{chain}-it{k}", added[chain].images, added[chain].masks,
                                 added[chain].table)
-            configs[chain] = dataclasses.replace(base_cfg, name=f"{BASE_MODEL}{CHAINS[chain]} it{k}", epochs=a.epochs,
-                                                 patience=a.epochs, lr=a.lr, recipe="added-samples",
-                                                 recipe_params={**params, "warm_start": prev[chain].folder.name},
-                                                 compile=False)  # a short warm-started fine-tune: eager
+            configs[chain] = eager_if_warm(dataclasses.replace(
+                base_cfg, name=f"{BASE_MODEL}{CHAINS[chain]} it{k}", epochs=a.epochs, patience=a.epochs, lr=a.lr,
+                recipe="added-samples", recipe_params={**params, "warm_start": prev[chain].folder.name}))
         trained = study.train_all(list(configs.values()), run, progress=progress, executor=executor)
         for chain, cfg in configs.items():
             prev[chain] = models[cfg.name] = trained[cfg.name]

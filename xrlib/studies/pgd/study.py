@@ -36,6 +36,7 @@ from xrlib.studies.rotation.study import syn_test_images
 from xrlib.studies.rotation import study
 from xrlib.studies.rotation.groups import GROUP_ORDER, alpha_group
 from xrlib.studies.rotation.models import study_configs
+from xrlib.studies.rotation.seeds import eager_if_warm
 from xrlib.training import TrainConfig, TrainResult, load_best, train_all
 from xrlib.training.config import safe_name
 
@@ -71,8 +72,8 @@ def defense_configs(profile: Profile, run: Path, s: PGDSettings) -> list[TrainCo
     Epochs and patience = ``defense.epochs``, Adam lr = ``defense.lr``; adversarial training with
     L∞ PGD (``eps``, ``steps``, ``step_size``), noise training with ``max_noise``. With
     ``defense.warm_start`` the recipe starts from the study model's folder, whose name (with its
-    configuration hash) enters the defense's cache hash through the recipe parameters. A warm-started
-    fine-tune trains eagerly whatever ``train.compile`` says: a few epochs cost less than one compilation.
+    configuration hash) enters the defense's cache hash through the recipe parameters; a warm-started one
+    trains eagerly (:func:`~xrlib.studies.rotation.seeds.eager_if_warm`).
     """
     base = {c.name: c for c in study_configs(profile)}[BASE_MODEL]
     d = s.defense
@@ -82,8 +83,8 @@ def defense_configs(profile: Profile, run: Path, s: PGDSettings) -> list[TrainCo
         params = ({"max_noise": d.max_noise} if recipe == "uniform-noise" else {} if recipe == "standard" else
                   {"eps": d.eps, "steps": d.steps, "step_size": d.step_size, "norm": "linf"})
         out.append(dataclasses.replace(base, name=BASE_MODEL + suffix, lr=d.lr, epochs=d.epochs, patience=d.epochs,
-                                       recipe=recipe, recipe_params={**params, **warm}, compile=base.compile and not warm))
-    return out
+                                       recipe=recipe, recipe_params={**params, **warm}))
+    return [eager_if_warm(c) for c in out]
 
 
 def train_defenses(profile: Profile, run: Path, s: PGDSettings, progress: bool = True) -> dict[str, TrainResult]:

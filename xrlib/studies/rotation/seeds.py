@@ -18,7 +18,7 @@ from xrlib.core.profiles import Profile
 from xrlib.studies.rotation.models import study_configs
 from xrlib.training import TrainConfig, TrainResult
 
-__all__ = ["BASE_MODEL", "base_seeds", "evidence_seed_configs", "other_seeds_start", "seed_config", "seed_name", "study_seed_config", "warm_from"]
+__all__ = ["BASE_MODEL", "base_seeds", "eager_if_warm", "evidence_seed_configs", "other_seeds_start", "seed_config", "seed_name", "study_seed_config", "warm_from"]
 
 #: The study model the warm-started defenses start from.
 BASE_MODEL = "U-Net(Real+Syn_all)"
@@ -38,8 +38,16 @@ def seed_config(cfg: TrainConfig, k: int) -> TrainConfig:
 
 
 def warm_from(cfg: TrainConfig, folder: str) -> TrainConfig:
-    """``cfg`` with its recipe's ``warm_start`` set to ``folder`` (a model folder name under the models root)."""
-    return dataclasses.replace(cfg, recipe_params={**cfg.recipe_params, "warm_start": str(folder)})
+    """``cfg`` with its recipe's ``warm_start`` set to ``folder`` (a model folder name under the models root),
+    eager (:func:`eager_if_warm`)."""
+    return eager_if_warm(dataclasses.replace(cfg, recipe_params={**cfg.recipe_params, "warm_start": str(folder)}))
+
+
+def eager_if_warm(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` trained eagerly (``compile=False``) when its recipe starts from another model's weights, whatever
+    ``train.compile`` says: the chapters' warm starts are fine-tunes of a few epochs, which one compilation costs
+    more than it saves (chapter 05's models and their seeds, trained from scratch, keep the switch)."""
+    return dataclasses.replace(cfg, compile=False) if cfg.recipe_params.get("warm_start") else cfg
 
 
 def study_seed_config(profile: Profile, name: str, k: int) -> TrainConfig:
