@@ -122,7 +122,9 @@ def test_verdict_rule():
     assert ev.verdict(-0.05, -0.09, -0.01, 0.01, 0.04, higher_better=False) == "more robust"
     assert ev.verdict(0.05, 0.01, 0.09, 0.2, 0.04) == "no evidence at this size (MDD 0.04)"  # adjusted p too big
     assert ev.verdict(0.02, -0.01, 0.05, 0.01, 0.06) == "no evidence at this size (MDD 0.06)"  # interval spans 0
-    assert ev.verdict(0.02, np.nan, np.nan, np.nan, np.nan).startswith("n/a")
+    assert ev.verdict(0.02, np.nan, np.nan, np.nan, np.nan) == "n/a (too few subjects for an interval)"
+    # both arms censored at b_max on every subject and seed: an interval of width 0 and no p — not "too few subjects"
+    assert ev.verdict(0.0, 0.0, 0.0, np.nan, np.nan).startswith("n/a (no variance: the difference is the same")
 
 
 def _images(models=("a", "b"), S=6, K=3, n_img=2, effect=None, rng=None, source=None):

@@ -227,9 +227,13 @@ def adjust(p, method: str = "holm") -> np.ndarray:
 def verdict(difference: float, lo: float, hi: float, p_adjusted: float, mdd_value: float,
             higher_better: bool = True, alpha: float = VERDICT_ALPHA) -> str:
     """``"more robust"``/``"less robust"`` only where the interval excludes 0 and the adjusted p < ``alpha``;
-    otherwise ``"no evidence at this size (MDD x)"``; ``"n/a (…)"`` without an interval."""
-    if any(math.isnan(x) for x in (lo, hi, p_adjusted)):
+    otherwise ``"no evidence at this size (MDD x)"``; ``"n/a (…)"`` without an interval, or without a p where the
+    interval has no width (the difference is the same for every subject and seed: nothing to test)."""
+    if math.isnan(lo) or math.isnan(hi):
         return "n/a (too few subjects for an interval)"
+    if math.isnan(p_adjusted):
+        return ("n/a (no variance: the difference is the same for every subject and seed, e.g. b50 censored at "
+                "b_max in both arms)" if lo == hi else "n/a (no p-value)")
     if (lo > 0 or hi < 0) and p_adjusted < alpha:
         better = (difference > 0) == higher_better
         return "more robust" if better else "less robust"
