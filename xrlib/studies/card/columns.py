@@ -138,9 +138,8 @@ ACQUISITION_BUDGET = 1.0
 
 
 def _acquisition(profile, run, s, victims):
-    from xrlib.studies.sim.sources import acquisition_threat
-
     from xrlib.studies.sim.settings import sim_settings
+    from xrlib.studies.sim.sources import acquisition_threat
 
     # chapter 08's own threat when its grid holds the card's budget: its renders are cached (the same draws
     # scaled per budget, so the budget-1 images are the ones a (0, 1) grid renders), not rendered again

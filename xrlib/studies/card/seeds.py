@@ -41,7 +41,7 @@ from xrlib.core.profiles import Profile, profile_hash
 from xrlib.eval.robustness import robustness_path
 from xrlib.studies.card.rows import Victim
 from xrlib.studies.rotation import study
-from xrlib.studies.rotation.seeds import BASE_MODEL, seed_config, study_seed_config, warm_from
+from xrlib.studies.rotation.seeds import BASE_MODEL, STUDY_CONTRAST, seed_config, study_seed_config, warm_from
 from xrlib.training import TrainConfig, TrainResult, load_best
 from xrlib.training.config import STANDARD_RECIPE, safe_name
 
@@ -117,7 +117,8 @@ def seed_plans(profile: Profile, run: Path, names: Sequence[str], n: int) -> lis
     the A/A row's when the base is among them."""
     names = set(names)
     out = []
-    for name, control in (("U-Net(Real)", None), (BASE_MODEL, "U-Net(Real)")):
+    model, study_control = STUDY_CONTRAST
+    for name, control in ((study_control, None), (model, study_control)):
         if name in names:
             out.append(SeedPlan(name, "study", "none (study model)" if control is None else "rotated synthetic data (Syn_all)",
                                 "05", lambda k, name=name: study_seed_config(profile, name, k), control,

@@ -30,9 +30,9 @@ from xrlib.studies.learned.config import LearnedSettings
 from xrlib.studies.rotation import study
 from xrlib.studies.rotation.groups import alpha_group
 from xrlib.studies.rotation.models import study_configs
+from xrlib.studies.rotation.seeds import eager_if_warm
 from xrlib.training import TrainConfig, TrainResult, load_best, select_images
 from xrlib.training import train_all as _train_all
-from xrlib.studies.rotation.seeds import eager_if_warm
 
 __all__ = ["DEFENDED_SUFFIX", "compare_paper", "warped_changed", "defense_config", "defense_table", "example_rows", "method_comparison", "run_attacks",
            "table1", "test_images", "train_defense", "train_images", "victim_model"]

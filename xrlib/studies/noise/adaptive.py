@@ -50,9 +50,9 @@ from xrlib.studies.noise.sources import noise_sources, nps_patch
 from xrlib.studies.rotation import study
 from xrlib.studies.rotation.groups import alpha_group
 from xrlib.studies.rotation.models import study_configs
+from xrlib.studies.rotation.seeds import eager_if_warm
 from xrlib.training import TrainConfig, TrainResult, load_best, save_added
 from xrlib.training.checkpoint import read_result
-from xrlib.studies.rotation.seeds import eager_if_warm
 
 __all__ = ["BASE_MODEL", "CHAINS", "AdaptiveRun", "adaptive_doses", "adaptive_model", "adaptive_sar", "adaptive_seconds", "run_adaptive",
            "training_subjects"]

@@ -18,10 +18,12 @@ from xrlib.core.profiles import Profile
 from xrlib.studies.rotation.models import study_configs
 from xrlib.training import TrainConfig, TrainResult
 
-__all__ = ["BASE_MODEL", "base_seeds", "eager_if_warm", "evidence_seed_configs", "other_seeds_start", "seed_config", "seed_name", "study_seed_config", "warm_from"]
+__all__ = ["BASE_MODEL", "STUDY_CONTRAST", "base_seeds", "eager_if_warm", "evidence_seed_configs", "other_seeds_start", "seed_config", "seed_name", "study_seed_config", "warm_from"]
 
 #: The study model the warm-started defenses start from.
 BASE_MODEL = "U-Net(Real+Syn_all)"
+#: The study's own contrast (model, control) that carries a verdict on the card: both get the card's seeds.
+STUDY_CONTRAST = (BASE_MODEL, "U-Net(Real)")
 
 
 def seed_name(name: str, k: int) -> str:
@@ -74,8 +76,9 @@ def evidence_seed_configs(profile: Profile) -> list[TrainConfig]:
     n = other_seeds_start(profile)
     if n < 2:
         return []
-    return ([study_seed_config(profile, "U-Net(Real)", k) for k in range(1, n)]
-            + [study_seed_config(profile, BASE_MODEL, k) for k in range(1, 2 * n)])
+    model, control = STUDY_CONTRAST
+    return ([study_seed_config(profile, control, k) for k in range(1, n)]
+            + [study_seed_config(profile, model, k) for k in range(1, 2 * n)])
 
 
 def base_seeds(profile: Profile, run: Path, k: int, first: int = 1, executor=None,

@@ -95,8 +95,8 @@ def _config(profile: Profile, s: SimSettings, name: str, run: Path) -> tuple[Tra
                   loss=STUDY_LOSS if t.loss is None else str(t.loss), base_channels=int(t.base_channels),
                   lr=s.lr, batch_size=s.batch_size, epochs=epochs, patience=patience, seed=int(profile.seed),
                   compile=False, lr_schedule=LR_SCHEDULE, threads=s.threads, val_every=s.val_every_for(n_train))
-    # compile=False whatever train.compile says: a row has 2–4 steps an epoch, its last batch smaller (eager), so
-    # a compiled row measured no faster than an eager one (100 steps of Realistic/strong: 10.1 s vs 9.8 s)
+    # compile=False whatever train.compile says: a row has 2–4 steps an epoch and its smaller last batch runs
+    # eagerly, so a compiled row is no faster than an eager one (the compilation is not paid back)
     if method == "plain":
         return TrainConfig(name=name, recipe="domain_randomization", recipe_params={"level": level, "version": DR_VERSION}, **common), \
             domain_dir(run, domain)
